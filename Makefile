@@ -1,0 +1,29 @@
+# UltraRes: every target sets up what is missing first (scripts/setup.sh is idempotent).
+PY := .venv/bin/python
+export GRADIO_ANALYTICS_ENABLED := False
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast bench lint embedded-hdit
+
+setup:
+	bash scripts/setup.sh
+
+## The main job: the Gradio demo on the embedded model (prints its address).
+demo: setup
+	$(PY) -m ultrares.demo.app $(DEMO_ARGS)
+
+## The whole test suite: kernels, in-process ComfyUI, real server, headless Chromium.
+test:
+	SETUP_BROWSER=1 bash scripts/setup.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Kernel and in-process tests only (no server, no browser).
+test-fast: setup
+	$(PY) -m pytest -m "not server and not browser" $(PYTEST_ARGS)
+
+## Benchmarks: ratios against a baseline run in the same process; tables + bench_results/*.json.
+bench: setup
+	$(PY) tests/bench/run_all.py $(BENCH_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
