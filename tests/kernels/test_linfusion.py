@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
-
 from ultrares.kernels import linfusion as lf
 from ultrares.kernels import linfusion_format as fmt
 
