@@ -1,0 +1,241 @@
+"""Kernel tests for DDIM inversion/generation and the latent statistics (no ComfyUI).
+
+The denoiser is the exact posterior mean for Gaussian data x0 ~ N(mu, s^2) per dimension, so the
+probability-flow ODE has a closed-form solution to compare against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ultrares.kernels import inversion as inv
+
+torch.set_default_dtype(torch.float64)
+
+
+def gaussian_denoiser(mu: torch.Tensor, s: torch.Tensor, parametrisation: str = "ve"):
+    """Optimal D(x, sigma) = E[x0 | x] for x0 ~ N(mu, s^2) (per dimension)."""
+
+    def d(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sig = sigma.view(-1, *([1] * (x.ndim - 1)))
+        if parametrisation == "ve":
+            return mu + s**2 / (s**2 + sig**2) * (x - mu)
+        a = 1.0 - sig
+        return mu + a * s**2 / (a**2 * s**2 + sig**2) * (x - a * mu)
+
+    return d
+
+
+def log_schedule(steps: int, sigma_min: float = 0.02, sigma_max: float = 20.0) -> torch.Tensor:
+    """Generation order, log-uniform from sigma_max to sigma_min, then 0."""
+    s = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps))
+    return torch.cat([s, torch.zeros(1)])
+
+
+def flow_schedule(steps: int, top: float = 0.9) -> torch.Tensor:
+    return torch.linspace(top, 0.0, steps + 1)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 2, 4, 4)
+    mu = torch.randn(shape[1:], generator=g) * 0.5
+    s = 0.2 + torch.rand(shape[1:], generator=g)
+    x0 = mu + s * torch.randn(shape, generator=g)
+    return mu, s, x0
+
+
+def round_trip_error(denoiser, x0, sigmas, **kw) -> float:
+    z = inv.ddim_invert(denoiser, x0, sigmas, **kw)
+    back = inv.ddim_generate(denoiser, z, sigmas, parametrisation=kw.get("parametrisation", "ve"))
+    return float((back - x0).abs().max())
+
+
+@pytest.mark.parametrize("parametrisation", ["ve", "flow"])
+def test_round_trip_error_falls_as_steps_grow(data, parametrisation):
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s, parametrisation)
+    sched = log_schedule if parametrisation == "ve" else flow_schedule
+    errors = [round_trip_error(d, x0, sched(n), parametrisation=parametrisation) for n in (5, 10, 20, 40, 80)]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.1 * errors[0], errors
+
+
+def test_inverted_latent_converges_to_exact_ode_solution(data):
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    top = 20.0
+    # PF-ODE dx/dsigma = (x - D)/sigma for Gaussian data: (x - mu) grows like sqrt(s^2 + sigma^2)
+    exact = mu + (x0 - mu) * torch.sqrt(s**2 + top**2) / s
+    errs = []
+    for n in (10, 40, 160):
+        z = inv.ddim_invert(d, x0, log_schedule(n, sigma_min=1e-3, sigma_max=top))
+        errs.append(float((z - exact).norm() / exact.norm()))
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[-1] < 0.03, errs
+
+
+def test_generation_matches_paper_vp_formula(data):
+    """One DDIM step in sigma space equals the paper's sqrt(alpha_bar) form after the VP<->VE change."""
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    sig, sig_next = 3.0, 1.2
+    x_ve = x0 + sig * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    pred = d(x_ve, torch.full((x0.shape[0],), sig))
+    ours = inv.ddim_step(x_ve, pred, sig, sig_next)
+    ab, ab_next = 1 / (1 + sig**2), 1 / (1 + sig_next**2)
+    x_vp = x_ve * math.sqrt(ab)
+    eps = (x_vp - math.sqrt(ab) * pred) / math.sqrt(1 - ab)
+    paper = math.sqrt(ab_next) * pred + math.sqrt(1 - ab_next) * eps
+    torch.testing.assert_close(ours * math.sqrt(ab_next), paper)
+
+
+def test_refinement_makes_the_round_trip_nearly_exact(data):
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    sigmas = log_schedule(10)
+    plain = round_trip_error(d, x0, sigmas)
+    refined = round_trip_error(d, x0, sigmas, refine_iters=20)
+    assert refined < 1e-3 * plain, (plain, refined)
+
+
+def test_callback_counts_steps(data):
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    seen = []
+    inv.ddim_invert(d, x0, log_schedule(7), callback=lambda i, x, x0_, sig: seen.append((i, sig)))
+    assert [i for i, _ in seen] == list(range(7))
+    assert seen[-1][1] == pytest.approx(20.0)
+
+
+def test_bad_schedules_are_rejected(data):
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        inv.ddim_invert(d, x0, torch.tensor([5.0, 5.0, 0.0]))
+    with pytest.raises(ValueError, match="at least 2 entries"):
+        inv.ddim_generate(d, x0, torch.tensor([5.0]))
+    with pytest.raises(ValueError, match="top sigma must be < 1"):
+        inv.ddim_invert(d, x0, torch.tensor([1.0, 0.5, 0.0]), parametrisation="flow")
+    with pytest.raises(ValueError, match="level must be in"):
+        inv.schedule_steps_for_level(10, 1.5)
+    with pytest.raises(ValueError, match="fewer than the 20"):
+        inv.level_schedule(log_schedule(10), 20, 1.0)
+
+
+def test_level_schedule_matches_ksampler_denoise():
+    full = log_schedule(inv.schedule_steps_for_level(10, 0.5))
+    assert full.numel() == 21
+    tail = inv.level_schedule(full, 10, 0.5)
+    torch.testing.assert_close(tail, full[-11:])
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry and statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_slerp_endpoints_norm_and_uniform_angle():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 4, 8, 8, generator=g)
+    b = torch.randn(2, 4, 8, 8, generator=g)
+    b = b * (a.flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(inv.slerp(a, b, 0.0), a)
+    torch.testing.assert_close(inv.slerp(a, b, 1.0), b)
+    path = inv.slerp(a, b, torch.linspace(0, 1, 9))
+    assert path.shape == (9, 2, 4, 8, 8)
+    norms = path.flatten(2).norm(dim=2)
+    torch.testing.assert_close(norms, a.flatten(1).norm(dim=1).expand(9, 2))
+    steps = torch.stack([inv.angle_deg(path[k, :1], path[k + 1, :1])[0, 0] for k in range(8)])
+    torch.testing.assert_close(steps, steps.mean().expand(8))
+    assert float(steps.sum()) == pytest.approx(float(inv.angle_deg(a[:1], b[:1])[0, 0]))
+
+
+def test_slerp_parallel_falls_back_to_lerp_and_rejects_shape_mismatch():
+    a = torch.ones(1, 3)
+    torch.testing.assert_close(inv.slerp(a, 2 * a, 0.5), 1.5 * a)
+    with pytest.raises(ValueError, match="same shape"):
+        inv.slerp(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 16), 0.5)
+
+
+def test_distance_and_angle_measures_match_direct_evaluation():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g)
+    for i in range(3):
+        for j in range(4):
+            assert float(inv.pairwise_distance(a, b)[i, j]) == pytest.approx(float((a[i] - b[j]).norm()))
+            cos = float(a[i] @ b[j] / (a[i].norm() * b[j].norm()))
+            assert float(inv.angle_deg(a, b)[i, j]) == pytest.approx(math.degrees(math.acos(cos)))
+    tri = inv.angle_at(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]]))
+    assert float(tri[0]) == pytest.approx(90.0)
+
+
+def test_fit_gaussian_recovers_mean_and_scalar_variance():
+    g = torch.Generator().manual_seed(4)
+    mean = torch.linspace(-1, 1, 64)
+    z = mean + 1.7 * torch.randn(4000, 64, generator=g)
+    fit = inv.fit_gaussian(z)
+    assert fit.var == pytest.approx(1.7**2, rel=0.02)
+    assert float((fit.mean - mean).abs().max()) < 0.12
+    nll = -inv.log_likelihood(z[:5], fit)
+    direct = 0.5 * (((z[:5] - fit.mean) ** 2).sum(dim=1) / fit.var / 64 + math.log(2 * math.pi * fit.var))
+    torch.testing.assert_close(nll, direct)
+
+
+def test_leave_one_out_distances_match_refitting():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(7, 3, 4, generator=g)
+    ref = inv.domain_reference(z)
+    for i in range(7):
+        others = torch.cat([z[:i], z[i + 1:]])
+        direct = inv.mahalanobis(z[i:i + 1], inv.fit_gaussian(others))[0]
+        assert float(ref.loo["distance"][i]) == pytest.approx(float(direct))
+
+
+def test_domain_score_separates_two_gaussian_sets():
+    g = torch.Generator().manual_seed(6)
+    d = 1024
+    ref = torch.randn(64, d, generator=g)
+    in_domain = torch.randn(100, d, generator=g)
+    shifted = 0.5 + torch.randn(100, d, generator=g)
+    wider = 1.3 * torch.randn(100, d, generator=g)
+    reference = inv.domain_reference(ref, percentile=95.0)
+    ok = inv.domain_score(in_domain, reference)
+    assert float(ok.in_domain.double().mean()) > 0.8
+    for ood in (shifted, wider):
+        bad = inv.domain_score(ood, reference)
+        assert float(bad.in_domain.double().mean()) < 0.05
+        assert float(bad.p_value.max()) < float(ok.p_value.median())
+
+
+def test_thresholds_come_from_the_data_not_constants():
+    """Rescaling every latent rescales the thresholds and leaves every decision unchanged."""
+    g = torch.Generator().manual_seed(7)
+    ref, test = torch.randn(32, 256, generator=g), 0.1 + torch.randn(40, 256, generator=g)
+    base = inv.domain_score(test, inv.domain_reference(ref))
+    scaled_ref = inv.domain_reference(250.0 * ref)
+    scaled = inv.domain_score(250.0 * test, scaled_ref)
+    assert torch.equal(base.in_domain, scaled.in_domain)
+    hi = scaled_ref.thresholds["mean_pair_distance"][1]
+    assert hi == pytest.approx(250.0 * inv.domain_reference(ref).thresholds["mean_pair_distance"][1])
+    # a stricter percentile can only accept fewer latents
+    strict = inv.domain_score(test, inv.domain_reference(ref, percentile=60.0))
+    assert int(strict.in_domain.sum()) <= int(base.in_domain.sum())
+
+
+def test_statistics_reject_mismatched_sizes():
+    reference = inv.domain_reference(torch.randn(5, 4, 8, 8))
+    with pytest.raises(ValueError, match="same model at the same image size"):
+        inv.domain_score(torch.randn(2, 4, 8, 16), reference)
+    with pytest.raises(ValueError, match="at least 3 latents"):
+        inv.domain_reference(torch.randn(2, 4))
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert inv.psnr(a, a) == math.inf
+    assert inv.psnr(a, a + 0.1) == pytest.approx(20.0)
