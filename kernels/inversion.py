@@ -228,7 +228,7 @@ def level_schedule(full: torch.Tensor, steps: int, level: float) -> torch.Tensor
             f"the model's schedule has only {full.numel() - 1} steps, fewer than the {steps} asked for; "
             "lower the steps."
         )
-    return full[-(steps + 1):].clone()
+    return full[-(steps + 1) :].clone()
 
 
 def schedule_steps_for_level(steps: int, level: float) -> int:
@@ -248,7 +248,9 @@ def schedule_steps_for_level(steps: int, level: float) -> int:
 def flatten(latents: torch.Tensor) -> torch.Tensor:
     """``[B, ...]`` -> ``[B, D]`` float64 (statistics are accumulated in double precision)."""
     if latents.ndim < 2:
-        raise ValueError(f"latents must be a batch [B, ...] with at least 2 axes; got shape {tuple(latents.shape)}.")
+        raise ValueError(
+            f"latents must be a batch [B, ...] with at least 2 axes; got shape {tuple(latents.shape)}."
+        )
     return rearrange(latents.detach().double(), "b ... -> b (...)")
 
 

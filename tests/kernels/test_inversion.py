@@ -10,10 +10,16 @@ import math
 
 import pytest
 import torch
-
 from ultrares.kernels import inversion as inv
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Double precision for these tests only (restored afterwards: other test files share the process)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def gaussian_denoiser(mu: torch.Tensor, s: torch.Tensor, parametrisation: str = "ve"):
@@ -191,8 +197,8 @@ def test_leave_one_out_distances_match_refitting():
     z = torch.randn(7, 3, 4, generator=g)
     ref = inv.domain_reference(z)
     for i in range(7):
-        others = torch.cat([z[:i], z[i + 1:]])
-        direct = inv.mahalanobis(z[i:i + 1], inv.fit_gaussian(others))[0]
+        others = torch.cat([z[:i], z[i + 1 :]])
+        direct = inv.mahalanobis(z[i : i + 1], inv.fit_gaussian(others))[0]
         assert float(ref.loo["distance"][i]) == pytest.approx(float(direct))
 
 
