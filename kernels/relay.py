@@ -1,0 +1,454 @@
+"""Relay Diffusion (Teng et al., arXiv 2309.03350): block noise, block-DCT blurring, the
+sigma <-> u schedule coupling, the relay sampler and the blurring training objective.
+
+Plain PyTorch; nothing here imports ComfyUI. The sampler is written against a generic denoiser
+``D(x, sigma) -> x0`` (EDM / k-diffusion convention: ``x = x0 + sigma * n``), so it runs the same
+for an EDM pixel model, a k-diffusion wrapper, or ComfyUI's sampling wrapper.
+
+Conventions (all functions):
+
+- images / latents are ``(..., H, W)`` tensors (usually ``(B, C, H, W)``), any value range;
+- ``p`` is the block (patch) size of the DCT and of the block noise; the paper ties it to the
+  up-scale factor between the two stages (4 for 64 -> 256);
+- sigma is the EDM noise level (standard deviation of the added noise), ``u`` in [0, 1] the
+  "time" that drives both the noise level and the blur strength.
+
+Behaviour that follows the official code rather than the paper's prose:
+
+- block noise is a *circular* ``p x p`` box-sum of i.i.d. noise divided by ``p`` (unit variance
+  per pixel, correlated across neighbouring pixels, wrapping at the borders), not noise that is
+  constant on each block;
+- the blur keeps a floor ``min_scale`` (0.001) on every DCT coefficient;
+- the sampler draws fresh noise for the Heun-corrected step (the noise of the Euler proposal is
+  discarded) and returns ``D(x)`` at the final step.
+
+One deliberate difference: :func:`relay_training_loss` clamps ``u`` so that ``sigma >=
+truncate_sigma`` exactly (the official code multiplies by ``prob_length`` where the mapping
+divides by it, which makes its clamp slightly off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+__all__ = [
+    "RelaySettings",
+    "alpha_for_sigma",
+    "alpha_table",
+    "blocks_to_image",
+    "blur_sigma_of_u",
+    "block_dct",
+    "block_idct",
+    "block_noise",
+    "check_block_divisible",
+    "dct_blur",
+    "dct_matrix",
+    "image_to_blocks",
+    "karras_sigmas",
+    "relay_sample",
+    "relay_sigmas",
+    "relay_start",
+    "relay_training_loss",
+    "sigma_of_u",
+    "u_of_sigma",
+    "upsample_nearest",
+]
+
+# EDM training distribution of log-sigma; the relay schedule coupling is defined through it.
+P_MEAN = -1.2
+P_STD = 1.2
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Hyper-parameters of the relay sampler (defaults: the official ImageNet-256 settings
+    except ``blur_sigma_max``, which is 0 so that a model not trained for blurring works).
+
+    - ``patch``: block size p of the DCT and of the block noise (= up-scale factor).
+    - ``blur_sigma_max``: B_max, the blur strength at u = 1 (3.0 ImageNet, 2.0 CelebA; 0 = off).
+    - ``prob_length``: L, the fraction of the EDM log-normal sigma distribution mapped onto
+      u in [0, 1] (0.93 ImageNet, 0.89 CelebA).
+    - ``s_block``: weight of the block-noise component added to the i.i.d. noise.
+    - ``s_noise``: stochasticity of the relay step, in [0, 1] (0 = deterministic Heun).
+    - ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_churn_noise``: EDM "churn" (Karras et al.,
+      Algorithm 2), applied before each step exactly as k-diffusion's ``sample_heun`` does.
+    - ``min_scale``: floor of the blur coefficients.
+    - ``p_mean``, ``p_std``: the EDM log-normal sigma distribution used by the coupling.
+    """
+
+    patch: int = 4
+    blur_sigma_max: float = 0.0
+    prob_length: float = 0.93
+    s_block: float = 0.15
+    s_noise: float = 0.2
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_churn_noise: float = 1.0
+    min_scale: float = 0.001
+    p_mean: float = P_MEAN
+    p_std: float = P_STD
+
+    def __post_init__(self) -> None:
+        if int(self.patch) != self.patch or self.patch < 1:
+            raise ValueError(f"patch must be a positive integer (the up-scale factor), got {self.patch}.")
+        if not 0.0 <= self.s_noise <= 1.0:
+            raise ValueError(f"s_noise must be in [0, 1] (it is the share of fresh noise per step), got {self.s_noise}.")
+        if not 0.0 < self.prob_length <= 1.0:
+            raise ValueError(f"prob_length (L) must be in (0, 1], got {self.prob_length}.")
+        for name in ("blur_sigma_max", "s_block", "s_churn", "s_churn_noise", "min_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.s_tmin > self.s_tmax:
+            raise ValueError(f"s_tmin ({self.s_tmin}) must not exceed s_tmax ({self.s_tmax}).")
+
+
+# --------------------------------------------------------------------------------------------
+# Layout helpers, block noise, nearest upsampling
+
+
+def check_block_divisible(shape: torch.Size | tuple[int, ...], p: int, what: str = "input") -> None:
+    """Raise ``ValueError`` unless the last two sizes of ``shape`` are multiples of ``p``."""
+    h, w = int(shape[-2]), int(shape[-1])
+    if h % p or w % p:
+        raise ValueError(
+            f"{what} is {h}x{w}, which the block size {p} does not divide: the relay blocks "
+            f"(up-scale factor) must tile the image exactly. Resize to a multiple of {p} "
+            f"(e.g. {h - h % p or p}x{w - w % p or p}) or use a block size that divides both sides."
+        )
+
+
+def image_to_blocks(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(..., H, W)`` -> ``(..., H/p, W/p, p, p)``: each trailing ``p x p`` is one block."""
+    check_block_divisible(x.shape, p)
+    return rearrange(x, "... (bh p1) (bw p2) -> ... bh bw p1 p2", p1=p, p2=p)
+
+
+def blocks_to_image(b: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`image_to_blocks`: ``(..., H/p, W/p, p, p)`` -> ``(..., H, W)``."""
+    return rearrange(b, "... bh bw p1 p2 -> ... (bh p1) (bw p2)")
+
+
+def block_noise(eps: torch.Tensor, p: int) -> torch.Tensor:
+    """Block noise from i.i.d. unit noise ``eps`` (..., H, W), any float dtype.
+
+    ``out[i, j] = sum_{a, b < p} eps[i - a, j - b] / p`` with indices taken modulo (H, W): the sum
+    of ``p * p`` circular shifts divided by ``p``. Every pixel has unit variance; pixels closer than
+    ``p`` are correlated with coefficient ``(p - |di|) (p - |dj|) / p^2``. Same shape/dtype as eps.
+    """
+    if p == 1:
+        return eps.clone()
+    lead = eps.shape[:-2]
+    flat = rearrange(eps, "... h w -> (...) 1 h w")
+    # pad p-1 rows/cols at the top/left with the wrapped-around bottom/right (circular shift sum)
+    padded = F.pad(flat, (p - 1, 0, p - 1, 0), mode="circular")
+    summed = F.avg_pool2d(padded, kernel_size=p, stride=1) * (p * p)
+    return summed.reshape(*lead, *eps.shape[-2:]) / p
+
+
+def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour up-sampling by an integer factor: ``(..., H, W)`` -> ``(..., fH, fW)``."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor}.")
+    return repeat(x, "... h w -> ... (h f1) (w f2)", f1=int(factor), f2=int(factor))
+
+
+# --------------------------------------------------------------------------------------------
+# Orthonormal block DCT
+
+
+def dct_matrix(p: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``C`` (p, p): ``C[k, n] = s_k cos(pi (2n + 1) k / (2p))``,
+    ``s_0 = sqrt(1/p)``, ``s_k = sqrt(2/p)``; ``C @ C.T = I``."""
+    n = torch.arange(p, dtype=torch.float64, device=device)
+    k = n[:, None]
+    c = torch.cos(math.pi * (2 * n[None, :] + 1) * k / (2 * p)) * math.sqrt(2.0 / p)
+    c[0] = c[0] / math.sqrt(2.0)
+    return c.to(dtype)
+
+
+def _dct_blocks(blocks: torch.Tensor, p: int) -> torch.Tensor:
+    c = dct_matrix(p, blocks.dtype, blocks.device)
+    return torch.einsum("ki,...ij,lj->...kl", c, blocks, c)
+
+
+def _idct_blocks(coeffs: torch.Tensor, p: int) -> torch.Tensor:
+    c = dct_matrix(p, coeffs.dtype, coeffs.device)
+    return torch.einsum("ki,...kl,lj->...ij", c, coeffs, c)
+
+
+def block_dct(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II of every ``p x p`` block of ``x`` (..., H, W); H, W multiples of p.
+
+    Returns the coefficients in the same layout as ``x`` (block (i, j)'s coefficient (ky, kx) sits
+    at pixel (i p + ky, j p + kx)), same dtype. ``block_idct(block_dct(x)) == x``.
+    """
+    return blocks_to_image(_dct_blocks(image_to_blocks(x, p), p))
+
+
+def block_idct(u: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of :func:`block_dct` (orthonormal DCT-III per block). Same shape/dtype as ``u``."""
+    return blocks_to_image(_idct_blocks(image_to_blocks(u, p), p))
+
+
+# --------------------------------------------------------------------------------------------
+# Blur coefficients and the sigma <-> u coupling
+
+
+def u_of_sigma(sigma: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+    """``u = Phi((ln sigma - P_mean) / P_std) / L`` (float64 tensor, shape of ``sigma``; sigma > 0)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    return torch.special.ndtr((torch.log(s) - p_mean) / p_std) / prob_length
+
+
+def sigma_of_u(u: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+    """``sigma = exp(P_std * Phi^-1(u L) + P_mean)`` (float64, shape of ``u``; 0 < u L < 1)."""
+    uu = torch.as_tensor(u, dtype=torch.float64)
+    return torch.exp(p_std * torch.special.ndtri(uu * prob_length) + p_mean)
+
+
+def blur_sigma_of_u(u: torch.Tensor | float, blur_sigma_max: float) -> torch.Tensor:
+    """``sigma_b = B_max sin^2(pi u / 2)`` (float64, shape of ``u``)."""
+    uu = torch.as_tensor(u, dtype=torch.float64)
+    return blur_sigma_max * torch.sin(uu * math.pi / 2) ** 2
+
+
+def alpha_table(blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.001) -> torch.Tensor:
+    """Per-coefficient blur factors for block size ``p``.
+
+    ``alpha[ky, kx] = exp(-(f_ky^2 + f_kx^2) sigma_b^2 / 2) (1 - min_scale) + min_scale`` with
+    ``f_k = pi k / p``. ``blur_sigma`` of shape S (e.g. () or (B,)) gives float64 ``S + (p, p)``;
+    values in (min_scale, 1], exactly 1 everywhere when sigma_b = 0.
+    """
+    sb = torch.as_tensor(blur_sigma, dtype=torch.float64)
+    f = math.pi * torch.arange(p, dtype=torch.float64, device=sb.device) / p
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    sb = sb[..., None, None]
+    return torch.exp(-f2 * sb**2 / 2) * (1 - min_scale) + min_scale
+
+
+def alpha_for_sigma(sigma: torch.Tensor | float, settings: RelaySettings) -> torch.Tensor:
+    """Blur factors (float64, ``shape(sigma) + (p, p)``) of the forward process at noise level sigma."""
+    u = u_of_sigma(sigma, settings.prob_length, settings.p_mean, settings.p_std)
+    return alpha_table(blur_sigma_of_u(u, settings.blur_sigma_max), settings.patch, settings.min_scale)
+
+
+def dct_blur(x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.001) -> torch.Tensor:
+    """Blur each ``p x p`` block of ``x`` (B, ..., H, W) by scaling its DCT coefficients with
+    :func:`alpha_table`. ``blur_sigma``: scalar or (B,). Same shape and dtype as ``x``."""
+    sb = torch.as_tensor(blur_sigma, dtype=torch.float64, device=x.device)
+    alpha = alpha_table(sb, p, min_scale)  # () + (p,p) or (B,p,p)
+    if alpha.ndim == 3:  # one sigma_b per sample: broadcast over every axis but the batch
+        alpha = alpha.reshape(alpha.shape[0], *([1] * (x.ndim - 1)), p, p)
+    blocks = _dct_blocks(image_to_blocks(x.to(torch.float64), p), p)
+    return blocks_to_image(_idct_blocks(blocks * alpha, p)).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise-level grids
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """The EDM/Karras grid of ``steps`` noise levels from sigma_max down to sigma_min (float64,
+    no trailing zero): ``(s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+    if steps == 1:
+        return torch.tensor([sigma_max], dtype=torch.float64)
+    i = torch.arange(steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + i / (steps - 1) * (lo - hi)) ** rho
+
+
+def relay_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, truncation_sigma: float) -> torch.Tensor:
+    """Stage-two schedule: the Karras grid of ``steps`` nominal levels with every level
+    ``>= truncation_sigma`` dropped, plus a trailing 0 (float64, 1-D, strictly decreasing).
+    Raises ``ValueError`` when no level is left (truncation at or below sigma_min)."""
+    grid = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    kept = grid[grid < truncation_sigma]
+    if kept.numel() == 0:
+        raise ValueError(
+            f"truncation_sigma {truncation_sigma:g} is at or below the lowest noise level {float(grid[-1]):g} "
+            f"of the {steps}-step grid, so stage two would have no step. Raise truncation_sigma or steps."
+        )
+    return torch.cat([kept, kept.new_zeros(1)])
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RandnFn = Callable[[torch.Size], torch.Tensor]
+
+
+def _default_randn(dtype: torch.dtype, device) -> RandnFn:
+    return lambda shape: torch.randn(shape, dtype=dtype, device=device)
+
+
+def relay_start(x_up: torch.Tensor, sigma: float, p: int, s_block: float, randn: RandnFn | None = None) -> torch.Tensor:
+    """Stage-two starting point ``x_up + sigma (eps + s_block * block_noise(eps'))``.
+
+    ``x_up`` (..., H, W): the nearest-upsampled stage-one result (H, W multiples of p). ``randn``
+    draws i.i.d. unit noise of a given shape (default: torch's global generator, dtype of x_up).
+    Returns the dtype of x_up. eps is drawn first, then eps' (only when s_block > 0).
+    """
+    check_block_divisible(x_up.shape, p, "the up-sampled image")
+    randn = randn or _default_randn(x_up.dtype, x_up.device)
+    noise = randn(x_up.shape).to(x_up)
+    if s_block > 0:
+        noise = noise + s_block * block_noise(randn(x_up.shape).to(x_up), p)
+    return x_up + sigma * noise
+
+
+@torch.no_grad()
+def relay_sample(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    settings: RelaySettings,
+    randn: RandnFn | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Relay sampler: stochastic Heun in block-DCT space (float64 internally).
+
+    - ``denoise(x, sigma)``: the denoiser D; gets ``x`` (float64, shape of ``x``) and ``sigma``
+      (0-d float64 tensor), returns the x0 estimate (any float dtype, shape of ``x``).
+    - ``x``: (..., H, W), H and W multiples of ``settings.patch``; the state at ``sigmas[0]``
+      (e.g. from :func:`relay_start`: the up-sampled image plus noise at the truncation sigma).
+    - ``sigmas``: 1-D, strictly decreasing, >= 0; a trailing 0 makes the last step return D(x).
+    - ``randn(shape)``: i.i.d. unit noise (default: torch's global generator in x's dtype, the
+      same stream k-diffusion's ``sample_heun`` uses for churn). Drawn only when needed: churn
+      noise when the churn gamma > 0, step noise when s_noise > 0, a second draw for the block
+      component when s_block > 0.
+    - ``callback``: called once per step with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``.
+
+    Per step (t = t_hat after churn, s = t_next, a_t / a_s the blur factors, g = sqrt(1 - s_noise^2) s / t):
+    ``x' = IDCT(a_s u0 + g (u - a_t u0)) + s_noise s (eps + s_block eps_blk)`` with u = DCT(x),
+    u0 = DCT(D(x, t)); the Heun correction re-evaluates D at x' and averages the two slopes
+    ``(u - u0) / t`` under the same coefficients. With blur_sigma_max = 0, s_block = 0 and
+    s_noise = 0 this is exactly k-diffusion's ``sample_heun`` (churn included).
+    Returns float64, shape of ``x``.
+    """
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}.")
+    p = settings.patch
+    check_block_divisible(x.shape, p, "the latent being sampled")
+    noise_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+    randn = randn or _default_randn(noise_dtype, x.device)
+    sig = sigmas.detach().to(device="cpu", dtype=torch.float64)
+    if bool((sig[1:] >= sig[:-1]).any()) or bool((sig < 0).any()):
+        raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}.")
+
+    def fresh_noise() -> torch.Tensor:
+        n = randn(x.shape).to(device=x.device, dtype=torch.float64)
+        if settings.s_block > 0:
+            n = n + settings.s_block * block_noise(randn(x.shape).to(device=x.device, dtype=torch.float64), p)
+        return n
+
+    def to_dct(v: torch.Tensor) -> torch.Tensor:
+        return _dct_blocks(image_to_blocks(v, p), p)
+
+    def from_dct(c: torch.Tensor) -> torch.Tensor:
+        return blocks_to_image(_idct_blocks(c, p))
+
+    def den(v: torch.Tensor, s: float) -> torch.Tensor:
+        return denoise(v, torch.tensor(s, dtype=torch.float64)).to(device=x.device, dtype=torch.float64)
+
+    steps = sig.numel() - 1
+    xc = x.detach().to(torch.float64)
+    for i in range(steps):
+        t_cur, t_next = float(sig[i]), float(sig[i + 1])
+        churn = min(settings.s_churn / steps, 2**0.5 - 1) if settings.s_tmin <= t_cur <= settings.s_tmax else 0.0
+        t = t_cur * (churn + 1)
+        if churn > 0:
+            xc = xc + fresh_noise() * settings.s_churn_noise * (t**2 - t_cur**2) ** 0.5
+        d0 = den(xc, t)
+        if callback is not None:
+            callback({"x": xc, "i": i, "sigma": sig[i], "sigma_hat": t, "denoised": d0})
+        if t_next == 0:
+            xc = d0  # final step: the denoised estimate
+            continue
+        a_t = alpha_for_sigma(t, settings).to(xc.device)
+        a_s = alpha_for_sigma(t_next, settings).to(xc.device)
+        g = (1 - settings.s_noise**2) ** 0.5 * t_next / t
+        coef_u = a_s + g - g * a_t
+        coef_d = t * (g * a_t - a_s)
+        u = to_dct(xc)
+        slope = (u - to_dct(d0)) / t
+        x_prop = from_dct(coef_u * u + coef_d * slope)
+        if settings.s_noise > 0:
+            x_prop = x_prop + settings.s_noise * t_next * fresh_noise()
+        d1 = den(x_prop, t_next)
+        slope2 = (to_dct(x_prop) - to_dct(d1)) / t_next
+        xc = from_dct(coef_u * u + coef_d * (slope + slope2) / 2)
+        if settings.s_noise > 0:
+            xc = xc + settings.s_noise * t_next * fresh_noise()
+    return xc
+
+
+# --------------------------------------------------------------------------------------------
+# Training objective
+
+
+def relay_training_loss(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    settings: RelaySettings,
+    *,
+    block_scale: float = 0.15,
+    sigma_data: float = 0.5,
+    truncate_sigma: float = 7.5e-3,
+    max_weight: float = 1e5,
+    u: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    noise_block: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Relay (blurring) diffusion objective for a stage-two model; per-element loss.
+
+    - ``denoise(x, sigma)``: the network as an EDM denoiser; gets ``x`` (B, C, H, W, dtype of
+      images) and ``sigma`` (B,) in the images' dtype, returns the x0 estimate (B, C, H, W).
+    - ``images``: (B, C, H, W) sharp training images (EDM scaling, std ~ sigma_data), H, W
+      multiples of ``settings.patch``.
+    - ``u`` (B,) in [0, 1), ``noise`` / ``noise_block`` (B, C, H, W) unit normal: optional, drawn
+      from ``generator`` when omitted (u first, then noise, then noise_block).
+
+    ``u`` is clamped so that sigma >= truncate_sigma; sigma = exp(P_std Phi^-1(u L) + P_mean);
+    sigma_b = B_max sin^2(pi u / 2); input = DCT-blur(y, sigma_b) + sigma (eps + block_scale
+    eps_blk); target = the *sharp* y; weight = (sigma^2 + sd^2) / (sigma sd)^2, clamped at
+    ``max_weight``. Returns ``weight * (D(input, sigma) - y)^2``, shape and dtype of images
+    (reduce it as the training loop wants, e.g. ``.mean()``).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}.")
+    b = images.shape[0]
+    dev = images.device
+    if u is None:
+        u = torch.rand(b, generator=generator, dtype=torch.float64).to(dev)
+    u = u.to(device=dev, dtype=torch.float64)
+    u_min = u_of_sigma(truncate_sigma, settings.prob_length, settings.p_mean, settings.p_std).to(dev)
+    u = torch.maximum(u, u_min)
+    sigma = sigma_of_u(u, settings.prob_length, settings.p_mean, settings.p_std)
+    blur = blur_sigma_of_u(u, settings.blur_sigma_max)
+    weight = ((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2).clamp(max=max_weight)
+
+    if noise is None:
+        noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(dev)
+    n = noise
+    if block_scale > 0:
+        if noise_block is None:
+            noise_block = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(dev)
+        n = n + block_scale * block_noise(noise_block, settings.patch)
+    sig4 = sigma.to(images.dtype).view(b, 1, 1, 1)
+    y_blur = dct_blur(images, blur, settings.patch, settings.min_scale)
+    pred = denoise(y_blur + sig4 * n, sigma.to(images.dtype))
+    return weight.to(images.dtype).view(b, 1, 1, 1) * (pred - images) ** 2

@@ -1,0 +1,379 @@
+"""Relay Diffusion kernel: DCT, blur coefficients, block noise, the sampler and the objective,
+each checked against an independent direct evaluation (scipy DCT, explicit loops, a reference
+k-diffusion-style Heun written here)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.stats
+import torch
+from ultrares.kernels import relay as R
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def scipy_block_dct(x: np.ndarray, p: int, inverse: bool = False) -> np.ndarray:
+    """Per-block orthonormal DCT with scipy, by explicit loops over blocks."""
+    out = np.empty_like(x)
+    fn = scipy.fft.idctn if inverse else scipy.fft.dctn
+    h, w = x.shape[-2:]
+    for i in range(0, h, p):
+        for j in range(0, w, p):
+            out[..., i : i + p, j : j + p] = fn(x[..., i : i + p, j : j + p], norm="ortho", axes=(-2, -1))
+    return out
+
+
+def official_block_noise(eps: torch.Tensor, p: int) -> torch.Tensor:
+    """The official definition: the sum of p*p circular rolls divided by p."""
+    out = torch.zeros_like(eps)
+    for px in range(p):
+        for py in range(p):
+            out += torch.roll(eps, shifts=(px, py), dims=(-2, -1))
+    return out / p
+
+
+class ToyDenoiser(torch.nn.Module):
+    """A fixed, nonlinear, sigma-dependent denoiser (seeded random conv net), float32."""
+
+    def __init__(self, channels: int = 3, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.randn(8, channels, 3, 3, generator=g) * 0.3
+        self.w2 = torch.randn(channels, 8, 3, 3, generator=g) * 0.3
+        self.calls: list[float] = []
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        self.calls.append(s)
+        x32 = x.float()
+        c_in = 1 / math.sqrt(s**2 + 0.25)
+        h = torch.tanh(torch.nn.functional.conv2d(x32 * c_in, self.w1, padding=1))
+        out = torch.nn.functional.conv2d(h, self.w2, padding=1)
+        return x32 * 0.25 / (s**2 + 0.25) + out * s * 0.5 / math.sqrt(s**2 + 0.25)
+
+
+def reference_heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+    """Karras et al. Algorithm 2 written out independently (float32, global RNG for churn)."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            x = x + torch.randn_like(x) * s_noise * math.sqrt(s_hat**2 - s**2)
+        den = model(x, torch.tensor(s_hat))
+        d = (x - den) / s_hat
+        if s_next == 0:
+            x = den
+        else:
+            x2 = x + d * (s_next - s_hat)
+            d2 = (x2 - model(x2, torch.tensor(s_next))) / s_next
+            x = x + (d + d2) / 2 * (s_next - s_hat)
+    return x
+
+
+# ----------------------------------------------------------------------------- DCT
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_block_dct_matches_scipy_and_round_trips(p):
+    g = torch.Generator().manual_seed(p)
+    x = torch.randn(2, 3, 4 * p, 3 * p, generator=g, dtype=torch.float64)
+    u = R.block_dct(x, p)
+    np.testing.assert_allclose(u.numpy(), scipy_block_dct(x.numpy(), p), atol=1e-12)
+    np.testing.assert_allclose(R.block_idct(u, p).numpy(), x.numpy(), atol=1e-12)
+    np.testing.assert_allclose(R.block_idct(u, p).numpy(), scipy_block_dct(u.numpy(), p, inverse=True), atol=1e-12)
+    # orthonormal: energy preserved, matrix orthogonal
+    assert torch.allclose((u**2).sum(), (x**2).sum())
+    c = R.dct_matrix(p)
+    assert torch.allclose(c @ c.T, torch.eye(p, dtype=torch.float64), atol=1e-12)
+
+
+def test_block_dct_dc_coefficient_is_scaled_block_mean():
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    u = R.block_dct(x, 4)
+    means = torch.nn.functional.avg_pool2d(x, 4)
+    assert torch.allclose(u[..., ::4, ::4], means * 4)
+
+
+def test_block_dct_rejects_non_multiple_size():
+    with pytest.raises(ValueError, match="block size 4 does not divide"):
+        R.block_dct(torch.zeros(1, 1, 10, 8), 4)
+
+
+# ----------------------------------------------------------------------------- alpha and coupling
+
+
+def test_alpha_table_matches_formula():
+    p, min_scale = 4, 0.001
+    for sb in [0.0, 0.5, 1.7, 3.0]:
+        table = R.alpha_table(sb, p, min_scale)
+        for ky in range(p):
+            for kx in range(p):
+                f2 = (math.pi * ky / p) ** 2 + (math.pi * kx / p) ** 2
+                want = math.exp(-f2 * sb**2 / 2) * (1 - min_scale) + min_scale
+                assert table[ky, kx].item() == pytest.approx(want, rel=1e-12)
+    assert torch.equal(R.alpha_table(0.0, p), torch.ones(p, p, dtype=torch.float64))
+    batched = R.alpha_table(torch.tensor([0.0, 3.0]), p)
+    assert batched.shape == (2, p, p) and torch.allclose(batched[1], R.alpha_table(3.0, p))
+
+
+def test_sigma_u_coupling_is_the_official_mapping_and_inverse():
+    L = 0.93
+    for sigma in [0.01, 0.2, 0.9, 5.0, 80.0]:
+        u = R.u_of_sigma(sigma, L).item()
+        assert u == pytest.approx(scipy.stats.norm.cdf((math.log(sigma) + 1.2) / 1.2) / L, rel=1e-12)
+        assert R.sigma_of_u(u, L).item() == pytest.approx(sigma, rel=1e-9)
+    u = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(R.blur_sigma_of_u(u, 3.0), 3.0 * torch.sin(u * math.pi / 2) ** 2)
+    s = R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=L)
+    a = R.alpha_for_sigma(0.9, s)
+    assert torch.allclose(a, R.alpha_table(R.blur_sigma_of_u(R.u_of_sigma(0.9, L), 3.0), 4))
+    # blur grows with sigma: the highest frequency is attenuated more at larger sigma
+    assert R.alpha_for_sigma(0.5, s)[3, 3] > R.alpha_for_sigma(2.0, s)[3, 3]
+
+
+def test_dct_blur_applies_alpha_per_coefficient():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    sb = torch.tensor([0.0, 2.0])
+    y = R.dct_blur(x, sb, 4)
+    assert torch.allclose(y[0], x[0])
+    want = scipy_block_dct(x[1].numpy(), 4) * np.tile(R.alpha_table(2.0, 4).numpy(), (2, 2))
+    np.testing.assert_allclose(y[1].numpy(), scipy_block_dct(want, 4, inverse=True), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- block noise
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_block_noise_is_the_circular_box_sum(p):
+    eps = torch.randn(2, 3, 12, 8)
+    assert torch.allclose(R.block_noise(eps, p), official_block_noise(eps, p), atol=1e-5)
+
+
+def test_block_noise_covariance():
+    p = 4
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(4000, 1, 16, 16, generator=g, dtype=torch.float64)
+    blk = R.block_noise(eps, p)[:, 0]
+    var = blk.var(dim=0)
+    assert abs(var.mean().item() - 1.0) < 0.02  # unit variance per pixel
+    assert (var - 1).abs().max().item() < 0.15
+    for di in range(-p, p + 1):
+        for dj in range(-p, p + 1):
+            shifted = torch.roll(blk, shifts=(di, dj), dims=(-2, -1))
+            corr = (blk * shifted).mean().item()
+            want = max(p - abs(di), 0) * max(p - abs(dj), 0) / p**2
+            assert corr == pytest.approx(want, abs=0.02), (di, dj)
+
+
+def test_upsample_nearest_repeats_pixels():
+    x = torch.arange(6.0).reshape(1, 1, 2, 3)
+    y = R.upsample_nearest(x, 2)
+    assert y.shape == (1, 1, 4, 6)
+    assert torch.equal(y, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_relay_sigmas_start_below_truncation():
+    sig = R.relay_sigmas(40, 0.002, 80.0, 7.0, 0.9)
+    grid = R.karras_sigmas(40, 0.002, 80.0, 7.0)
+    first_kept = int((grid >= 0.9).sum())
+    assert sig[0].item() == grid[first_kept].item()
+    assert grid[first_kept - 1] >= 0.9 > sig[0]
+    assert sig[-1].item() == 0.0 and len(sig) == 40 - first_kept + 1
+    assert torch.all(sig[1:] < sig[:-1])
+    with pytest.raises(ValueError, match="no step"):
+        R.relay_sigmas(10, 0.5, 80.0, 7.0, 0.4)
+
+
+def test_stage_two_begins_at_truncation_sigma():
+    """The first denoiser call of stage two is at the first grid level below the truncation."""
+    torch.manual_seed(0)
+    s = R.RelaySettings(patch=2, blur_sigma_max=2.0, prob_length=0.89, s_block=0.15, s_noise=0.2)
+    sig = R.relay_sigmas(30, 0.008, 80.0, 7.0, 0.9)
+    low = torch.randn(1, 3, 8, 8)
+    x_up = R.upsample_nearest(low, 2)
+    x0 = R.relay_start(x_up, float(sig[0]), 2, s.s_block)
+    # starting noise has std sigma0 * sqrt(1 + s_block^2)
+    assert (x0 - x_up).std().item() == pytest.approx(float(sig[0]) * math.sqrt(1 + 0.15**2), rel=0.15)
+    model = ToyDenoiser()
+    out = R.relay_sample(model, x0, sig, s)
+    assert model.calls[0] == pytest.approx(float(sig[0])) and float(sig[0]) < 0.9
+    assert max(model.calls) < 0.9
+    # 2 calls per step except the final one (returns D(x))
+    assert len(model.calls) == 2 * (len(sig) - 1) - 1
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+@pytest.mark.parametrize("churn", [0.0, 20.0])
+def test_sampler_reduces_to_edm_heun(churn):
+    """B_max = 0, s_block = 0, s_noise = 0: identical to plain (churned) EDM Heun."""
+    sig = R.relay_sigmas(12, 0.02, 10.0, 7.0, 5.0).float()
+    x = torch.randn(2, 3, 8, 8) * float(sig[0])
+    model = ToyDenoiser()
+    s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_churn_noise=1.003)
+    torch.manual_seed(7)
+    got = R.relay_sample(model, x, sig, s)
+    torch.manual_seed(7)
+    want = reference_heun(model, x, sig, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_noise=1.003)
+    assert torch.allclose(got.float(), want, atol=1e-4), (got.float() - want).abs().max()
+    # and the churn really did something (different result without it)
+    if churn:
+        torch.manual_seed(7)
+        assert not torch.allclose(reference_heun(model, x, sig), want, atol=1e-3)
+
+
+def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise():
+    """The full relay update (blur, s_noise, s_block) against a numpy/scipy evaluation of
+    x' = IDCT(a_s u0 + g (u - a_t u0)) + s_noise s n and its Heun correction."""
+    p = 2
+    s = R.RelaySettings(patch=p, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.3)
+    sig = torch.tensor([0.8, 0.3, 0.1, 0.0], dtype=torch.float64)
+    model = ToyDenoiser(seed=3)
+    x = torch.randn(1, 3, 4, 6, dtype=torch.float64)
+    draws: list[torch.Tensor] = []
+    g = torch.Generator().manual_seed(11)
+
+    def randn(shape):
+        draws.append(torch.randn(shape, generator=g))
+        return draws[-1]
+
+    got = R.relay_sample(model, x, sig, s, randn=randn)
+
+    it = iter(draws)
+
+    def noise():
+        e = next(it).double()
+        return e + 0.15 * official_block_noise(next(it).double(), p)
+
+    def alpha(t):
+        u = scipy.stats.norm.cdf((math.log(t) + 1.2) / 1.2) / 0.93
+        sb = 3.0 * math.sin(u * math.pi / 2) ** 2
+        a = np.array([[math.exp(-((math.pi * i / p) ** 2 + (math.pi * j / p) ** 2) * sb**2 / 2) * 0.999 + 0.001 for j in range(p)] for i in range(p)])
+        return np.tile(a, (x.shape[-2] // p, x.shape[-1] // p))
+
+    dct = lambda v: scipy_block_dct(v.numpy(), p)  # noqa: E731
+    idct = lambda v: torch.from_numpy(scipy_block_dct(v, p, inverse=True))  # noqa: E731
+    xc = x.clone()
+    for i in range(3):
+        t, s_ = float(sig[i]), float(sig[i + 1])
+        d0 = model(xc, torch.tensor(t)).double()
+        if s_ == 0:
+            xc = d0
+            break
+        a_t, a_s = alpha(t), alpha(s_)
+        gam = math.sqrt(1 - 0.3**2) * s_ / t
+        u, u0 = dct(xc), dct(d0)
+        xp = idct(a_s * u0 + gam * (u - a_t * u0)) + 0.3 * s_ * noise()
+        d1 = model(xp, torch.tensor(s_)).double()
+        slope = (u - u0) / t
+        slope2 = (dct(xp) - dct(d1)) / s_
+        xc = idct((a_s + gam - gam * a_t) * u + t * (gam * a_t - a_s) * (slope + slope2) / 2) + 0.3 * s_ * noise()
+    assert torch.allclose(got, xc, atol=1e-5)
+    assert next(it, None) is None  # no unused draws
+
+
+def test_sampler_keeps_forward_marginal_for_point_mass_euler():
+    """For data = one image y (so D = y exactly) and B_max = 0, a deterministic sampler keeps
+    x_t = y + t n on the path: every callback state matches it."""
+    y = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    n = torch.randn_like(y)
+    sig = torch.tensor([0.9, 0.5, 0.2, 0.05, 0.0], dtype=torch.float64)
+    seen = []
+    s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0)
+    out = R.relay_sample(lambda v, t: y, y + 0.9 * n, sig, s, callback=lambda d: seen.append((d["sigma"], d["x"])))
+    for sigma, xs in seen:
+        assert torch.allclose(xs, y + float(sigma) * n, atol=1e-10)
+    assert torch.equal(out, y)
+
+
+def test_sampler_bad_input():
+    s = R.RelaySettings(patch=4)
+    with pytest.raises(ValueError, match="does not divide"):
+        R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 10, 12), torch.tensor([1.0, 0.0]), s)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 8, 8), torch.tensor([0.5, 1.0, 0.0]), s)
+    with pytest.raises(ValueError, match="s_noise"):
+        R.RelaySettings(s_noise=1.5)
+    with pytest.raises(ValueError, match="positive integer"):
+        R.RelaySettings(patch=0)
+
+
+# ----------------------------------------------------------------------------- training objective
+
+
+def test_training_loss_equals_direct_evaluation():
+    s = R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93)
+    y = torch.randn(3, 3, 8, 8, dtype=torch.float64) * 0.5
+    u = torch.tensor([0.0, 0.4, 0.95], dtype=torch.float64)
+    eps, eps2 = torch.randn_like(y), torch.randn_like(y)
+    model = ToyDenoiser(seed=5)
+    seen_sigma = []
+
+    def den(x, sigma):
+        seen_sigma.append(sigma)
+        return torch.stack([model(x[i : i + 1], sigma[i])[0].double() for i in range(x.shape[0])])
+
+    loss = R.relay_training_loss(den, y, s, block_scale=0.15, u=u, noise=eps, noise_block=eps2)
+    assert loss.shape == y.shape
+    u_min = scipy.stats.norm.cdf((math.log(7.5e-3) + 1.2) / 1.2) / 0.93
+    for i in range(3):
+        ui = max(u[i].item(), u_min)
+        sigma = math.exp(1.2 * scipy.stats.norm.ppf(ui * 0.93) - 1.2)
+        assert seen_sigma[0][i].item() == pytest.approx(sigma, rel=1e-9)
+        sb = 3.0 * math.sin(ui * math.pi / 2) ** 2
+        coeff = scipy_block_dct(y[i].numpy(), 4) * np.tile(R.alpha_table(sb, 4).numpy(), (2, 2))
+        y_blur = torch.from_numpy(scipy_block_dct(coeff, 4, inverse=True))
+        x_in = y_blur + sigma * (eps[i] + 0.15 * official_block_noise(eps2[i], 4))
+        w = min((sigma**2 + 0.25) / (sigma * 0.5) ** 2, 1e5)
+        want = w * (model(x_in[None], torch.tensor(sigma))[0].double() - y[i]) ** 2
+        assert torch.allclose(loss[i], want, rtol=1e-5, atol=1e-8)
+    assert seen_sigma[0][0].item() == pytest.approx(7.5e-3, rel=1e-9)  # u = 0 clamped to sigma >= 7.5e-3
+
+
+def test_training_loss_decreases_on_tiny_model():
+    torch.manual_seed(0)
+    s = R.RelaySettings(patch=2, blur_sigma_max=2.0, prob_length=0.89)
+    data = R.upsample_nearest(torch.randn(16, 1, 4, 4) * 0.5, 2)  # blocky "upsampled" images
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(2, 16, 3, padding=1)
+            self.b = torch.nn.Conv2d(16, 1, 3, padding=1)
+
+        def forward(self, x, sigma):
+            sig = sigma.view(-1, 1, 1, 1)
+            c_in = 1 / (sig**2 + 0.25).sqrt()
+            h = torch.cat([x * c_in, sig.log().expand_as(x) / 4], 1)
+            f = self.b(torch.relu(self.a(h)))
+            return x * 0.25 / (sig**2 + 0.25) + f * sig * 0.5 / (sig**2 + 0.25).sqrt()
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    eval_u = torch.rand(16, generator=g, dtype=torch.float64)
+    eval_n, eval_b = torch.randn(16, 1, 8, 8, generator=g), torch.randn(16, 1, 8, 8, generator=g)
+
+    def eval_loss():
+        with torch.no_grad():
+            return R.relay_training_loss(net, data, s, u=eval_u, noise=eval_n, noise_block=eval_b).mean().item()
+
+    before = eval_loss()
+    for _ in range(120):
+        opt.zero_grad()
+        R.relay_training_loss(net, data, s, generator=g).mean().backward()
+        opt.step()
+    after = eval_loss()
+    print("relay loss before/after", before, after)
+    assert after < 0.8 * before, (before, after)
