@@ -1,0 +1,50 @@
+"""Test-only ComfyUI pack: provides the reduced SD1.5/SDXL models under the same output types as
+``CheckpointLoaderSimple`` (MODEL, CLIP, VAE), so workflows run unchanged except for the loader.
+Loaded only by the tests (in-process and by the test server), never by the user's ComfyUI."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from comfy_api.latest import ComfyExtension, io
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_models  # noqa: E402
+
+
+def family_for(ckpt_name: str) -> str:
+    """The tiny family standing in for a real checkpoint name ("...xl..." -> sdxl, else sd15)."""
+    return "sdxl" if "xl" in ckpt_name.lower() else "sd15"
+
+
+class UltraResTestCheckpointLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResTestCheckpointLoader",
+            display_name="Tiny Test Checkpoint (UltraRes tests)",
+            category="_for_testing/ultrares",
+            description="Reduced-width SD1.5/SDXL-architecture models with seeded random weights.",
+            inputs=[
+                io.String.Input("ckpt_name", default="v1-5-pruned-emaonly.safetensors",
+                                tooltip="Name of the checkpoint this stands in for; picks the family."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed."),
+            ],
+            outputs=[io.Model.Output(tooltip="tiny diffusion model"), io.Clip.Output(tooltip="tiny text encoder"),
+                     io.Vae.Output(tooltip="tiny VAE")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str, seed: int = 0) -> io.NodeOutput:
+        model, clip, vae = tiny_models.build(family_for(ckpt_name), seed)
+        return io.NodeOutput(model.clone(), clip.clone(), vae)
+
+
+class _Extension(ComfyExtension):
+    async def get_node_list(self):
+        return [UltraResTestCheckpointLoader]
+
+
+async def comfy_entrypoint():
+    return _Extension()

@@ -1,0 +1,57 @@
+"""Session fixtures: a real ComfyUI in-process (``comfy``), tiny real-architecture models, and a real
+ComfyUI server subprocess (``comfy_server``). See tests/HARNESS.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import boot as _boot  # noqa: E402
+
+
+def pytest_configure(config):
+    # ComfyUI reads its CLI args when comfy.model_management is first imported: set them first.
+    _boot.configure_args()
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI booted in this process (CPU) with UltraRes + the test pack: a harness.boot.Runtime."""
+    return _boot.boot()
+
+
+def _tiny(family):
+    # The same module object the test pack imported (it put its folder on sys.path).
+    sys.path.insert(0, str(_boot.TEST_PACKS / "ultrares_testing"))
+    import tiny_models
+
+    return tiny_models.build(family)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy):
+    """(MODEL, CLIP, VAE): SD1.5 block layout, model_channels 32, context 64, seeded weights. Shared:
+    clone() before patching."""
+    return _tiny("sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(comfy):
+    """(MODEL, CLIP, VAE): SDXL block layout, model_channels 64, reduced depths, seeded weights."""
+    return _tiny("sdxl")
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A real `main.py --cpu` subprocess with UltraRes and the test pack installed (harness.server)."""
+    from harness.server import ComfyServer
+
+    server = ComfyServer.start(tmp_path_factory.mktemp("comfy-server"))
+    try:
+        yield server
+    finally:
+        server.stop()

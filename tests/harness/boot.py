@@ -1,0 +1,128 @@
+"""ComfyUI as a library, in this process, on the CPU, with UltraRes and the test pack loaded.
+
+``boot()`` is idempotent and returns a :class:`Runtime`. It must run before anything imports
+``comfy.model_management`` (the CLI args are read at import time), which the test session's
+``conftest.py`` guarantees by booting in ``pytest_configure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .paths import ROOT, TEST_PACKS, comfy_root  # noqa: F401  (TEST_PACKS re-exported)
+
+_RUNTIME: Runtime | None = None
+
+
+def configure_args() -> None:
+    """Set ComfyUI's CLI args for tests (before comfy.model_management is imported)."""
+    root = str(comfy_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    # As main.py does: claim the name "utils" for ComfyUI's package before anything can put
+    # comfy/ on sys.path and shadow it with comfy/utils.py (app.frontend_management needs it).
+    import utils.extra_config  # noqa: F401
+    from comfy.cli_args import args
+
+    args.cpu = True
+    # ComfyUI picks sub-quadratic attention on CPU, ~4x slower here than torch's SDPA.
+    args.use_pytorch_cross_attention = True
+    args.disable_all_custom_nodes = True
+    args.whitelist_custom_nodes = ["ultrares", "ultrares_testing"]
+
+
+@dataclass
+class Runtime:
+    """The booted ComfyUI: ``nodes`` is ``NODE_CLASS_MAPPINGS`` (core + UltraRes + test pack)."""
+
+    nodes: dict[str, type]
+    pack_nodes: list[str] = field(default_factory=list)
+
+    def node_class(self, node_id: str) -> type:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise KeyError(f"node {node_id!r} is not registered in ComfyUI") from None
+
+    def run_node(self, node_id: str, **inputs: Any) -> tuple:
+        """Call a node the way ComfyUI's executor does for one item; returns its outputs tuple."""
+        cls = self.node_class(node_id)
+        from comfy_api.latest import io
+
+        if isinstance(cls, type) and issubclass(cls, io.ComfyNode):
+            result = cls.execute(**inputs)
+        else:
+            result = getattr(cls(), cls.FUNCTION)(**inputs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)
+        if hasattr(result, "result"):  # io.NodeOutput
+            result = result.result
+        if isinstance(result, dict) and "result" in result:  # V1 node with a ui dict
+            result = result["result"]
+        return tuple(result) if result is not None else ()
+
+    def validate(self, node_id: str, **inputs: Any) -> bool | str:
+        """The node's own queue-time check (``validate_inputs``); True when valid."""
+        cls = self.node_class(node_id)
+        check = getattr(cls, "validate_inputs", None) or getattr(cls, "VALIDATE_INPUTS", None)
+        if check is None:
+            return True
+        out = check(**inputs)
+        if inspect.isawaitable(out):
+            out = asyncio.run(out)
+        return out
+
+    def object_info(self, node_id: str) -> dict:
+        """What the server would return at /object_info/<node_id>."""
+        return node_info(self.node_class(node_id), node_id)
+
+
+def node_info(cls: type, node_id: str) -> dict:
+    """Same shape as server.py's node_info (V3 via GET_NODE_INFO_V1, V1 from the class attributes)."""
+    from comfy_api.internal import _ComfyNodeInternal
+
+    if issubclass(cls, _ComfyNodeInternal):
+        return cls.GET_NODE_INFO_V1()
+    import nodes
+
+    types = cls.INPUT_TYPES()
+    return {
+        "input": types,
+        "input_order": {key: list(value.keys()) for key, value in types.items()},
+        "output": cls.RETURN_TYPES,
+        "output_is_list": getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES)),
+        "output_name": getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES),
+        "name": node_id,
+        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id),
+        "description": getattr(cls, "DESCRIPTION", ""),
+        "category": getattr(cls, "CATEGORY", "sd"),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+    }
+
+
+def boot() -> Runtime:
+    global _RUNTIME
+    if _RUNTIME is not None:
+        return _RUNTIME
+    configure_args()
+    import folder_paths
+
+    folder_paths.add_model_folder_path("custom_nodes", str(TEST_PACKS))
+    import nodes
+
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    logging.getLogger().setLevel(logging.WARNING)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    added = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+    missing = [m for m in ("ultrares", "ultrares_testing") if not any(
+        str(p).endswith(m) for p in nodes.LOADED_MODULE_DIRS.values())]
+    if missing:
+        raise RuntimeError(f"ComfyUI did not load {missing}; check the custom_nodes link made by `make setup` "
+                           f"(expected {comfy_root() / 'custom_nodes' / 'ultrares'} -> {ROOT})")
+    _RUNTIME = Runtime(nodes=nodes.NODE_CLASS_MAPPINGS, pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")])
+    return _RUNTIME

@@ -1,0 +1,39 @@
+"""Loading the committed workflows for tests, with the one substitution allowed: the model loader."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from .paths import WORKFLOWS
+
+# Real loaders -> the test pack's stand-in with the same outputs (MODEL, CLIP, VAE).
+LOADER_SUBSTITUTES = {"CheckpointLoaderSimple": "UltraResTestCheckpointLoader"}
+
+
+def workflow_names() -> list[str]:
+    return sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def load_ui(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def load_api(name: str, substitute_loaders: bool = True) -> dict:
+    prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    return substitute(prompt) if substitute_loaders else prompt
+
+
+def substitute(prompt: dict) -> dict:
+    """Swap real checkpoint loaders for the tiny test models (keeping ckpt_name, which picks the family)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        new = LOADER_SUBSTITUTES.get(node["class_type"])
+        if new:
+            node["class_type"] = new
+            node["inputs"] = {"ckpt_name": node["inputs"]["ckpt_name"]}
+    return prompt
+
+
+def output_nodes(prompt: dict, class_type: str = "SaveImage") -> list[str]:
+    return [k for k, v in prompt.items() if v["class_type"] == class_type]

@@ -1,0 +1,170 @@
+"""DiGIT kernel: the reference feature semantics, K-means, assignment, codebook files, atlas."""
+
+import numpy as np
+import pytest
+import torch
+from dinov2_reference import keys_bicubic_matrix, random_official_sd, reference_forward
+
+from ultrares.kernels import digit, dinov2
+from ultrares.kernels.dinov2 import Dinov2Config
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_features_match_direct_evaluation_of_the_reference_semantics(registers):
+    """256 px -> ImageNet normalisation -> bicubic to 224 -> block depth-3 -> final norm -> patches."""
+    depth = 6
+    cfg = Dinov2Config(embed_dim=64, depth=depth, num_heads=1, mlp_hidden=128, pos_grid=16, num_register_tokens=registers)
+    sd = random_official_sd(cfg, seed=5)
+    model = dinov2.from_state_dict(dict(sd))
+    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    got = digit.extract_features(model, images, batch_size=1)
+    assert got.shape == (2, 256, 64) and got.dtype == torch.float32
+
+    x = ((images - MEAN) / STD).double()
+    src = (torch.arange(224) + 0.5) * 256 / 224 - 0.5
+    resize = keys_bicubic_matrix(src, 256)
+    x = torch.einsum("rh,bchw,qw->bcrq", resize, x, resize).float()
+    want = reference_forward(sd, cfg, x, upto=depth - 3)[:, 1 + registers :]
+    torch.testing.assert_close(got, want, atol=5e-4, rtol=5e-4)
+    # the layer choice matters: the last block (or the one after) would give other features
+    later = reference_forward(sd, cfg, x, upto=depth - 2)[:, 1 + registers :]
+    assert (later - got).abs().max() > 1e-2
+
+
+def test_prepare_images_center_crop_stretch_and_tiny_inputs():
+    wide = torch.zeros(1, 3, 100, 300)
+    wide[..., 100:200] = 1.0  # a white middle third
+    crop = digit.prepare_images(wide, 256, "center_crop")
+    assert crop.shape == (1, 3, 256, 256)
+    assert crop[..., 128, 128].min() > 0.99 and crop[..., 128, 0].max() < 0.5
+    stretch = digit.prepare_images(wide, 256, "stretch")
+    assert stretch[..., 128, 0].max() < 0.01 and stretch[..., 128, 128].min() > 0.99
+    tiny = digit.prepare_images(torch.full((2, 3, 1, 1), 0.25), 64)
+    torch.testing.assert_close(tiny, torch.full((2, 3, 64, 64), 0.25))
+    assert digit.prepare_images(torch.rand(1, 3, 3, 7), 32).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="fit="):
+        digit.prepare_images(wide, 256, "zoom")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        digit.encoder_input(torch.rand(1, 3, 40, 40))
+
+
+def test_assignment_chunked_equals_unchunked_and_brute_force():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, 24, generator=g)
+    c = torch.randn(37, 24, generator=g)
+    ids, dist = digit.assign(x, c)
+    ids7, dist7 = digit.assign(x, c, chunk_size=7)
+    assert torch.equal(ids, ids7)
+    torch.testing.assert_close(dist, dist7)
+    brute = ((x[:, None, :].double() - c[None].double()) ** 2).sum(-1)
+    torch.testing.assert_close(dist.double(), brute.min(1).values, atol=1e-4, rtol=1e-5)
+    assert (brute.gather(1, ids[:, None]).squeeze(1) - brute.min(1).values).max() < 1e-4
+    with pytest.raises(ValueError, match="codebook dimension 24 != encoder feature dimension 16"):
+        digit.tokens_from_features(torch.randn(1, 4, 16), c)
+
+
+def blobs(k=8, d=16, per=200, spread=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g) * 5
+    x = (centres[:, None] + spread * torch.randn(k, per, d, generator=g)).reshape(-1, d)
+    return x[torch.randperm(x.shape[0], generator=g)], centres
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_kmeans_recovers_well_separated_clusters(init):
+    x, centres = blobs()
+    res = digit.kmeans(x, 8, n_iter=15, seed=3, init=init, chunk_size=100)
+    d = torch.cdist(centres, res.centroids)
+    if init == "k-means++":  # k-means++ seeding finds every blob at once
+        assert torch.equal(d.argmin(1).sort().values, torch.arange(8))
+        assert d.min(1).values.max() < 0.02
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(res.inertia, res.inertia[1:]))
+    again = digit.kmeans(x, 8, n_iter=15, seed=3, init=init, chunk_size=100)
+    assert torch.equal(res.centroids, again.centroids)
+    unchunked = digit.kmeans(x, 8, n_iter=15, seed=3, init=init)
+    torch.testing.assert_close(unchunked.centroids, res.centroids, atol=1e-5, rtol=1e-5)
+
+
+def test_kmeans_reseeds_empty_clusters():
+    pts = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = pts.repeat_interleave(25, dim=0)
+    found = 0
+    for seed in range(6):
+        res = digit.kmeans(x, 4, n_iter=6, seed=seed, init="random")
+        found += res.reseeded
+        assert res.inertia[-1] < 1e-6, f"seed {seed}: all four points must end up as centroids"
+    assert found > 0  # random init picked duplicates at least once, and reseeding fixed it
+    with pytest.raises(ValueError, match="K=200 for N=100"):
+        digit.kmeans(x, 200)
+
+
+def test_codebook_round_trip_in_released_format(tmp_path):
+    c = torch.randn(64, 48, dtype=torch.float64)
+    path = str(tmp_path / "km.npy")
+    digit.save_codebook(path, c)
+    raw = np.load(path)
+    assert raw.dtype == np.float32 and raw.shape == (64, 48)
+    back = digit.load_codebook(path)
+    assert back.dtype == torch.float32 and torch.equal(back, c.float())
+    with pytest.raises(FileExistsError, match="already exists"):
+        digit.save_codebook(path, c)
+    np.save(tmp_path / "int.npy", np.zeros((4, 4), dtype=np.int64))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    np.save(tmp_path / "3d.npy", np.zeros((2, 3, 4), dtype=np.float32))
+    for bad in ("int.npy", "obj.npy", "3d.npy"):
+        with pytest.raises(ValueError, match="codebook|npy"):
+            digit.load_codebook(str(tmp_path / bad))
+
+
+def test_centroid_colors_follow_the_principal_axis():
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(-1, 1, 50)
+    c = torch.randn(50, 10, generator=g) * 0.01
+    c[:, 3] += 5 * t  # the dominant direction
+    col = digit.centroid_colors(c)
+    assert col.shape == (50, 3) and col.min() >= 0 and col.max() <= 1
+    r = torch.corrcoef(torch.stack([col[:, 0], t]))[0, 1]
+    assert r > 0.99  # first channel = first principal axis, signed so the big loading is positive
+    assert torch.equal(col, digit.centroid_colors(c.clone()))
+    img = digit.paint_tokens(torch.tensor([[[0, 49], [49, 0]]]), col, 4)
+    assert img.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(img[0, :, 0, 0], col[0])
+    torch.testing.assert_close(img[0, :, 0, 7], col[49])
+
+
+def test_atlas_nearest_patch_mean_colour_and_decode(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(300, 8, generator=g)
+    patches = torch.rand(300, 3, 4, 4, generator=g)
+    cents = torch.randn(10, 8, generator=g)
+    atlas = digit.build_atlas(feats, patches, cents, chunk_size=32)
+    nearest = torch.cdist(cents, feats).argmin(1)
+    torch.testing.assert_close(atlas.patches, patches[nearest])
+    ids = torch.cdist(feats, cents).argmin(1)
+    for k in range(10):
+        if (ids == k).any():
+            torch.testing.assert_close(atlas.mean_rgb[k], patches[ids == k].mean(dim=(0, 2, 3)))
+    assert int(atlas.counts.sum()) == 300
+    path = str(tmp_path / "a.atlas.safetensors")
+    digit.save_atlas(path, atlas)
+    back = digit.load_atlas(path)
+    assert (back.patches - atlas.patches).abs().max() <= 0.5 / 255 + 1e-6
+    tokens = torch.tensor([[[3, 1], [0, 9]]])
+    img = digit.decode_tokens(tokens, back, "nearest_patch")
+    assert img.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(img[0, :, 4:, 4:], back.patches[9])
+    flat = digit.decode_tokens(tokens, back, "mean_color")
+    torch.testing.assert_close(flat[0, :, 0, 5], back.mean_rgb[1])
+    with pytest.raises(ValueError, match="atlas has 10 entries"):
+        digit.decode_tokens(torch.tensor([[[12]]]), back)
+    assert digit.atlas_path("/x/km_8k.npy") == "/x/km_8k.atlas.safetensors"
+
+
+def test_image_patches_follow_token_order():
+    img = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    p = digit.image_patches(img, 2)
+    assert p.shape == (8, 3, 16, 16)
+    torch.testing.assert_close(p[5], img[1, :, :16, 16:])  # image 1, row 0, column 1

@@ -1,0 +1,125 @@
+"""DINOv2 kernel: both checkpoint layouts, register tokens, position-embedding interpolation,
+intermediate layers against a direct evaluation written from the layer equations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dinov2_reference import keys_bicubic_matrix, random_official_sd, reference_forward, to_hf_layout
+from ultrares.kernels import dinov2
+from ultrares.kernels.dinov2 import Dinov2, Dinov2Config
+
+SMALL = dict(embed_dim=128, depth=4, num_heads=2, patch_size=14, mlp_hidden=256, pos_grid=5)
+
+
+@pytest.mark.parametrize("registers,layer_scale", [(0, True), (4, True), (4, False)])
+def test_official_layout_matches_direct_evaluation(registers, layer_scale):
+    cfg = Dinov2Config(**SMALL, num_register_tokens=registers, layer_scale=layer_scale)
+    sd = random_official_sd(cfg)
+    model = dinov2.from_state_dict(dict(sd))
+    assert model.cfg.num_register_tokens == registers and model.cfg.layer_scale == layer_scale
+    assert model.cfg.depth == 4 and model.cfg.num_heads == 2 and model.cfg.interpolate_offset == 0.1
+    x = torch.randn(2, 3, 70, 70, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model.get_intermediate_layers(x, [1], norm=True, prefix=True)[0]
+        patches = model.get_intermediate_layers(x, [1])[0]
+        full = model(x)
+    want = reference_forward(sd, cfg, x, upto=1)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(patches, want[:, 1 + registers :], atol=2e-4, rtol=2e-4)
+    assert patches.shape == (2, 25, 128)
+    torch.testing.assert_close(full, reference_forward(sd, cfg, x, upto=3), atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_hf_layout_converts_to_identical_outputs(registers):
+    cfg = Dinov2Config(**SMALL, num_register_tokens=registers)
+    sd = random_official_sd(cfg, seed=3)
+    hf = to_hf_layout(sd)
+    assert dinov2.detect_layout(hf) == "hf" and dinov2.detect_layout(sd) == "official"
+    a = dinov2.from_state_dict(dict(sd))
+    b = dinov2.from_state_dict(hf, config=a.cfg)
+    x = torch.randn(1, 3, 56, 84, generator=torch.Generator().manual_seed(2))  # non-square, interpolated
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+    # without a config the HF layout uses the size-based interpolation of the current HF code
+    c = dinov2.from_state_dict(hf)
+    assert c.cfg.interpolate_offset == 0.0 and c.cfg.num_register_tokens == registers
+
+
+def test_block_chunked_and_wrapped_checkpoints_load(tmp_path):
+    cfg = Dinov2Config(**SMALL)
+    sd = random_official_sd(cfg)
+    chunked = {(k.replace("blocks.", f"blocks.{int(k.split('.')[1]) // 2}.", 1) if k.startswith("blocks.") else k): v
+               for k, v in sd.items()}
+    path = tmp_path / "teacher.pth"
+    torch.save({"teacher": chunked}, path)
+    model = dinov2.load_dinov2(str(path))
+    ref = dinov2.from_state_dict(dict(sd))
+    x = torch.randn(1, 3, 70, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), atol=0, rtol=0)
+
+
+def test_safetensors_round_trip_keeps_config(tmp_path):
+    cfg = Dinov2Config(**{**SMALL, "pos_grid": 4}, num_register_tokens=4, interpolate_offset=0.0)
+    model = Dinov2(cfg)
+    model.load_state_dict(random_official_sd(cfg))
+    path = str(tmp_path / "m.safetensors")
+    dinov2.save_dinov2(model, path)
+    back = dinov2.load_dinov2(path)
+    assert back.cfg == cfg
+    x = torch.randn(1, 3, 42, 42)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+@pytest.mark.parametrize("rows,cols", [(14, 6), (16, 16)])
+def test_position_interpolation_is_bicubic_with_the_chosen_convention(offset, rows, cols):
+    """Separable Keys bicubic at src = (dst + 0.5) * grid / (n + offset) - 0.5, written out."""
+    m = 9
+    cfg = Dinov2Config(**{**SMALL, "pos_grid": m}, interpolate_offset=offset)
+    model = Dinov2(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.randn(model.pos_embed.shape, generator=g))
+    pos = model.interpolate_pos_embed(rows, cols)
+    assert pos.shape == (1, 1 + rows * cols, cfg.embed_dim)
+    torch.testing.assert_close(pos[0, 0], model.pos_embed[0, 0])  # cls position untouched
+    src_r = (torch.arange(rows) + 0.5) * m / (rows + offset) - 0.5
+    src_c = (torch.arange(cols) + 0.5) * m / (cols + offset) - 0.5
+    grid = model.pos_embed[0, 1:].double().reshape(m, m, -1)
+    want = torch.einsum("rm,mnd,cn->rcd", keys_bicubic_matrix(src_r, m), grid, keys_bicubic_matrix(src_c, m))
+    torch.testing.assert_close(pos[0, 1:].reshape(rows, cols, -1).double(), want, atol=1e-4, rtol=1e-4)
+    # the two conventions really differ, and the stored grid is used as is
+    other = Dinov2(Dinov2Config(**{**SMALL, "pos_grid": m}, interpolate_offset=0.1 - offset))
+    other.load_state_dict(model.state_dict())
+    assert not torch.allclose(other.interpolate_pos_embed(rows, cols), pos)
+    assert torch.equal(model.interpolate_pos_embed(m, m), model.pos_embed)
+
+
+def test_interpolated_forward_uses_interpolated_embedding():
+    cfg = Dinov2Config(**SMALL)
+    model = dinov2.from_state_dict(random_official_sd(cfg))
+    x = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        tokens = model.prepare_tokens(x)
+        patches = F.conv2d(x, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=14).flatten(2).transpose(1, 2)
+        want = torch.cat([model.cls_token, patches], 1) + model.interpolate_pos_embed(3, 4)
+    torch.testing.assert_close(tokens, want)
+
+
+def test_bad_inputs_have_clear_messages():
+    model = Dinov2(Dinov2Config(**SMALL))
+    with pytest.raises(ValueError, match="multiple of the patch size 14"):
+        model(torch.randn(1, 3, 30, 28))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model(torch.randn(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="not a DINOv2 checkpoint"):
+        dinov2.from_state_dict({"foo.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="out of range"):
+        model.get_intermediate_layers(torch.randn(1, 3, 28, 28), [7])
+    assert Dinov2Config.preset("vitb14_reg4").num_register_tokens == 4
+    assert Dinov2Config.preset("vitl14").depth == 24
+    with pytest.raises(ValueError, match="unknown DINOv2 preset"):
+        Dinov2Config.preset("vitg14")
