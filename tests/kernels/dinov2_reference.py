@@ -11,8 +11,10 @@ def random_official_sd(cfg: Dinov2Config, seed: int = 0) -> dict[str, torch.Tens
     """Official-layout state dict with every tensor random (norms and layer scales included)."""
     g = torch.Generator().manual_seed(seed)
     model = Dinov2(cfg)
-    return {k: torch.randn(v.shape, generator=g) * (0.5 if v.ndim > 1 else 0.2) + (1.0 if "gamma" in k else 0.0)
-            for k, v in model.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=g) * (0.5 if v.ndim > 1 else 0.2) + (1.0 if "gamma" in k else 0.0)
+        for k, v in model.state_dict().items()
+    }
 
 
 def to_hf_layout(sd: dict[str, torch.Tensor], prefix: str = "dinov2.") -> dict[str, torch.Tensor]:
@@ -94,8 +96,11 @@ def keys_bicubic_matrix(src: torch.Tensor, m: int, a: float = -0.75) -> torch.Te
 
     def w(t):
         t = t.abs()
-        return torch.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                           torch.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, torch.zeros_like(t)))
+        return torch.where(
+            t <= 1,
+            (a + 2) * t**3 - (a + 3) * t**2 + 1,
+            torch.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, torch.zeros_like(t)),
+        )
 
     mat = torch.zeros(src.numel(), m, dtype=torch.float64)
     for i, s in enumerate(src.double()):

@@ -49,8 +49,10 @@ def test_hf_layout_converts_to_identical_outputs(registers):
 def test_block_chunked_and_wrapped_checkpoints_load(tmp_path):
     cfg = Dinov2Config(**SMALL)
     sd = random_official_sd(cfg)
-    chunked = {(k.replace("blocks.", f"blocks.{int(k.split('.')[1]) // 2}.", 1) if k.startswith("blocks.") else k): v
-               for k, v in sd.items()}
+    chunked = {
+        (k.replace("blocks.", f"blocks.{int(k.split('.')[1]) // 2}.", 1) if k.startswith("blocks.") else k): v
+        for k, v in sd.items()
+    }
     path = tmp_path / "teacher.pth"
     torch.save({"teacher": chunked}, path)
     model = dinov2.load_dinov2(str(path))
@@ -104,7 +106,11 @@ def test_interpolated_forward_uses_interpolated_embedding():
     x = torch.randn(1, 3, 42, 56)
     with torch.no_grad():
         tokens = model.prepare_tokens(x)
-        patches = F.conv2d(x, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=14).flatten(2).transpose(1, 2)
+        patches = (
+            F.conv2d(x, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=14)
+            .flatten(2)
+            .transpose(1, 2)
+        )
         want = torch.cat([model.cls_token, patches], 1) + model.interpolate_pos_embed(3, 4)
     torch.testing.assert_close(tokens, want)
 
