@@ -1,0 +1,237 @@
+"""Tiled diffusion: per-step tile plans and the blending of per-tile predictions.
+
+Methods (all in latent units; a *step* is one sampler step, identified by an integer key):
+
+- ``fstd`` -- Fast Seamless Tiled Diffusion (Any-Size-Diffusion, arXiv 2308.16582). A grid of
+  ceil(H/th) x ceil(W/tw) **non-overlapping** tiles whose origin is shifted by a random offset
+  (oy, ox), each drawn uniformly from [0, tile/2), per step; the offset is reset to (0, 0) every
+  ``reset_interval`` steps. Tile origins are ``clamp(i*tile + offset, 0, size - tile)``, so the
+  last tile is clamped inside the image (and overlaps its neighbour) and, when the offset is
+  non-zero, the leading strips ``[0, oy)`` rows and ``[0, ox)`` columns are left uncovered.
+  As in the official code (``--noise_reference``), those strips take the previous step's
+  noise prediction: :func:`run_tiles` fills them from ``reference``. Seams move every step
+  ("implicit overlap") at about the cost of the image area itself.
+- ``fstd_full`` -- the documented full-coverage variant: the same shifted grid plus one extra
+  row/column of tiles at origin 0 whenever the offset is non-zero, so no reference is needed
+  (costs one more row and column of tiles on shifted steps).
+- ``multidiffusion`` -- overlapping tiles (stride = tile - overlap), uniform weights, averaged.
+- ``mixture_of_diffusers`` -- the same tiles, Gaussian weights (variance 0.01 of the tile size).
+- ``spotdiffusion`` -- non-overlapping tiles on a latent circularly shifted by a random
+  (sy, sx) in [0, tile) per step; the shift is undone after blending.
+
+Every plan is a pure function of (method, sizes, seed, step): deterministic for a given seed,
+the same for every evaluation a multi-stage sampler makes within one step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+METHODS = ("fstd", "fstd_full", "multidiffusion", "mixture_of_diffusers", "spotdiffusion")
+GAUSSIAN_VARIANCE = 0.01  # Mixture of Diffusers / FSTD blend weights, relative to the tile size
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile box in latent pixels: rows [y, y+h), columns [x, x+w)."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
+
+
+@dataclass
+class StepPlan:
+    """What one step evaluates.
+
+    tiles: boxes in the (possibly rolled) latent; all have the same (h, w).
+    weighting: "gaussian" or "uniform" blend weights per tile.
+    roll: (dy, dx) circular shift applied to the latent before tiling and undone after.
+    uncovered: bool [H, W] mask of latent pixels no tile covers (FSTD's leading strips), or None.
+    offset: the grid offset (oy, ox) this step used (FSTD), for display and tests.
+    """
+
+    tiles: list[Tile]
+    weighting: str
+    roll: tuple[int, int] = (0, 0)
+    uncovered: torch.Tensor | None = None
+    offset: tuple[int, int] = (0, 0)
+    image_hw: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def tile_area_ratio(self) -> float:
+        """Latent area evaluated this step / image area (1.0 = no overlap work)."""
+        h, w = self.image_hw
+        return sum(t.h * t.w for t in self.tiles) / float(h * w)
+
+
+def _grid_origins(size: int, tile: int, offset: int) -> list[int]:
+    """FSTD origins along one axis: clamp(i*tile + offset, 0, size - tile), i < ceil(size/tile)."""
+    n = math.ceil(size / tile)
+    return sorted({min(max(i * tile + offset, 0), size - tile) for i in range(n)})
+
+
+def _overlap_origins(size: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread overlapping origins (ComfyUI-TiledDiffusion's split): stride <= tile - overlap."""
+    if tile >= size:
+        return [0]
+    stride = tile - overlap
+    n = math.ceil((size - overlap) / stride)
+    n = max(n, 2)
+    step = (size - tile) / (n - 1)
+    return sorted({min(int(i * step), size - tile) for i in range(n)})
+
+
+def _step_rng(seed: int, step: int) -> torch.Generator:
+    # A generator per (seed, step): plans do not depend on how often or in which order steps are
+    # evaluated (Heun-type samplers evaluate some sigmas twice).
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919) % (2**63 - 1))
+
+
+class TilePlanner:
+    """Per-step tile plans for a latent of ``height`` x ``width`` (latent pixels).
+
+    tile_h, tile_w: tile size in latent pixels; clamped to the latent size (``clamped`` tells).
+    overlap: latent pixels of overlap for ``multidiffusion`` / ``mixture_of_diffusers``.
+    reset_interval: FSTD resets its grid offset to (0, 0) on steps that are multiples of this.
+    seed: makes the random offsets/shifts reproducible.
+    """
+
+    def __init__(self, method: str, height: int, width: int, tile_h: int, tile_w: int, overlap: int = 0,
+                 reset_interval: int = 4, seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"unknown tiling method {method!r}; expected one of {METHODS}")
+        if min(height, width, tile_h, tile_w) < 1:
+            raise ValueError(f"sizes must be positive, got image {height}x{width}, tile {tile_h}x{tile_w}")
+        if reset_interval < 1:
+            raise ValueError(f"reset_interval must be >= 1, got {reset_interval}")
+        self.method, self.height, self.width = method, height, width
+        self.clamped = tile_h > height or tile_w > width
+        self.tile_h, self.tile_w = min(tile_h, height), min(tile_w, width)
+        if method in ("multidiffusion", "mixture_of_diffusers"):
+            if not 0 <= overlap < min(self.tile_h, self.tile_w):
+                raise ValueError(f"overlap {overlap} must be in [0, tile size {min(self.tile_h, self.tile_w)})")
+        self.overlap = overlap
+        self.reset_interval = reset_interval
+        self.seed = seed
+
+    def offset(self, step: int) -> tuple[int, int]:
+        """FSTD grid offset for ``step``: (0, 0) on reset steps, else uniform in [0, tile/2)."""
+        if step % self.reset_interval == 0:
+            return 0, 0
+        gen = _step_rng(self.seed, step)
+        oy = int(torch.randint(0, max(1, self.tile_h // 2), (1,), generator=gen))
+        ox = int(torch.randint(0, max(1, self.tile_w // 2), (1,), generator=gen))
+        return oy, ox
+
+    def plan(self, step: int) -> StepPlan:
+        H, W, th, tw = self.height, self.width, self.tile_h, self.tile_w
+        m = self.method
+        if m in ("fstd", "fstd_full"):
+            oy, ox = self.offset(step)
+            ys, xs = _grid_origins(H, th, oy), _grid_origins(W, tw, ox)
+            if m == "fstd_full":
+                ys, xs = sorted({0, *ys}), sorted({0, *xs})
+            uncovered = None
+            if ys[0] > 0 or xs[0] > 0:  # the leading strips [0, ys[0]) rows and [0, xs[0]) columns
+                uncovered = torch.zeros(H, W, dtype=torch.bool)
+                uncovered[:ys[0], :] = True
+                uncovered[:, :xs[0]] = True
+            tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
+            return StepPlan(tiles, "gaussian", uncovered=uncovered, offset=(oy, ox), image_hw=(H, W))
+        if m in ("multidiffusion", "mixture_of_diffusers"):
+            ys, xs = _overlap_origins(H, th, self.overlap), _overlap_origins(W, tw, self.overlap)
+            tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
+            return StepPlan(tiles, "uniform" if m == "multidiffusion" else "gaussian", image_hw=(H, W))
+        # spotdiffusion: non-overlapping grid on a circularly shifted latent
+        gen = _step_rng(self.seed, step)
+        dy = int(torch.randint(0, th, (1,), generator=gen)) if th < H else 0
+        dx = int(torch.randint(0, tw, (1,), generator=gen)) if tw < W else 0
+        ys, xs = _grid_origins(H, th, 0), _grid_origins(W, tw, 0)
+        tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
+        return StepPlan(tiles, "gaussian", roll=(dy, dx), image_hw=(H, W))
+
+
+@lru_cache(maxsize=32)
+def _gaussian_1d(n: int) -> torch.Tensor:
+    x = torch.arange(n, dtype=torch.float64)
+    mu = (n - 1) / 2  # centred on both axes (ComfyUI-TiledDiffusion uses n/2 on one axis)
+    g = torch.exp(-((x - mu) ** 2) / (n * n * 2 * GAUSSIAN_VARIANCE)) / math.sqrt(2 * math.pi * GAUSSIAN_VARIANCE)
+    return g.float()
+
+
+def blend_weights(h: int, w: int, weighting: str) -> torch.Tensor:
+    """[h, w] float32 blend weights: Gaussian (variance 0.01 of the tile size) or all ones."""
+    if weighting == "uniform":
+        return torch.ones(h, w)
+    if weighting == "gaussian":
+        return torch.outer(_gaussian_1d(h), _gaussian_1d(w))
+    raise ValueError(f"unknown weighting {weighting!r}")
+
+
+Predict = Callable[[torch.Tensor, Sequence[Tile]], Sequence[torch.Tensor]]
+
+
+def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int = 1,
+              reference: Sequence[torch.Tensor | None] | None = None,
+              between_batches: Callable[[], None] | None = None) -> list[torch.Tensor]:
+    """Evaluate ``predict`` on the plan's tiles of ``x`` and blend the results.
+
+    x: [B, C, H, W] latent (any float dtype/device).
+    predict(tiles_x, tiles) -> K tensors, each [n*B, C, h, w], for tiles_x [n*B, C, h, w] stacked
+        tile-major (tile 0 of every batch item, then tile 1, ...) and the n tiles it holds. K is
+        the number of predictions per input (e.g. cond and uncond); each is blended separately.
+    batch_size: tiles per ``predict`` call.
+    reference: K tensors [B, C, H, W] (or None) used where no tile covers (FSTD's strips); if the
+        plan leaves pixels uncovered and no reference is given, the uncovered pixels are an error.
+    between_batches: called before every ``predict`` call (interruption checks, progress).
+    Returns K blended [B, C, H, W] tensors. Memory: K latents plus one tile batch, whatever the
+    number of tiles.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"tiled diffusion needs a [B, C, H, W] image latent, got shape {tuple(x.shape)}")
+    if tuple(x.shape[-2:]) != tuple(plan.image_hw):
+        raise ValueError(f"plan is for {plan.image_hw}, latent is {tuple(x.shape[-2:])}")
+    dy, dx = plan.roll
+    xr = torch.roll(x, shifts=(dy, dx), dims=(-2, -1)) if (dy or dx) else x
+    B = x.shape[0]
+    acc: list[torch.Tensor] | None = None
+    weight_sum = torch.zeros(1, 1, *plan.image_hw, device=x.device, dtype=torch.float32)
+    for start in range(0, len(plan.tiles), max(1, batch_size)):
+        batch = plan.tiles[start:start + max(1, batch_size)]
+        if between_batches is not None:
+            between_batches()
+        crops = torch.cat([xr[(..., *t.slices())] for t in batch], dim=0)
+        outs = predict(crops, batch)
+        if acc is None:
+            acc = [torch.zeros(x.shape, device=x.device, dtype=torch.float32) for _ in outs]
+        for i, t in enumerate(batch):
+            w = blend_weights(t.h, t.w, plan.weighting).to(x.device)
+            weight_sum[(..., *t.slices())] += w
+            for k, out in enumerate(outs):
+                acc[k][(..., *t.slices())] += out[i * B:(i + 1) * B].float() * w
+    assert acc is not None
+    covered = weight_sum > 0
+    results = []
+    for k, a in enumerate(acc):
+        blended = torch.where(covered, a / weight_sum.clamp_min(1e-12), a)
+        if (dy or dx):
+            blended = torch.roll(blended, shifts=(-dy, -dx), dims=(-2, -1))
+        if plan.uncovered is not None and bool(plan.uncovered.any()):
+            ref = reference[k] if reference is not None else None
+            if ref is None:
+                raise ValueError("this plan leaves strips uncovered and no reference prediction was given; "
+                                 "use the full-coverage variant or pass the previous step's prediction")
+            mask = plan.uncovered.to(x.device)
+            blended = torch.where(mask, ref.float(), blended)
+        results.append(blended.to(x.dtype))
+    return results
