@@ -226,6 +226,7 @@ def kmeans(
     reseeded = 0
     ids = torch.empty(n, dtype=torch.long, device=dev)
     mind = torch.empty(n, dtype=torch.float32, device=dev)
+    x_sq = (x * x).sum(1)
     for it in range(n_iter):
         c_t = c.t().contiguous()
         c_sq = (c * c).sum(1)
@@ -235,7 +236,7 @@ def kmeans(
             xc = x[i : i + chunk]
             best, idx = torch.addmm(c_sq, xc, c_t, beta=1.0, alpha=-2.0).min(dim=1)
             ids[i : i + chunk] = idx
-            mind[i : i + chunk] = best + (xc * xc).sum(1)
+            mind[i : i + chunk] = best + x_sq[i : i + chunk]
             part = torch.zeros(k, d, dtype=torch.float32, device=dev).index_add_(0, idx, xc)
             sums += part
             counts += torch.bincount(idx, minlength=k)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from dinov2_reference import keys_bicubic_matrix, random_official_sd, reference_forward
-
 from ultrares.kernels import digit, dinov2
 from ultrares.kernels.dinov2 import Dinov2Config
 
