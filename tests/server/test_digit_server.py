@@ -1,0 +1,78 @@
+"""The committed DiGIT workflow on a real ComfyUI server: LoadImage -> tokenize -> token map,
+nearest-patch decoding and the tokenized input saved; a bad image_size is a queue-time 400."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+from harness.workflows_util import load_api, output_nodes
+
+pytestmark = pytest.mark.server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENCODER = os.path.join(ROOT, "models", "digit", "ultrares-dinov2-s14-imgfocus.safetensors")
+
+
+def write_example(path) -> np.ndarray:
+    """A Twemoji (fox face) on a grey background, 200 x 240, as the workflow's input PNG."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import digit_assets
+    from PIL import Image
+
+    files = [f for f in digit_assets.twemoji_files() if f.endswith("1f98a.png")]
+    scene = digit_assets.emoji_scene(files[0], np.random.default_rng(0), size=240)
+    arr = (scene.permute(1, 2, 0).numpy()[20:220] * 255).round().astype(np.uint8)  # 200 x 240
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def run_and_wait(server, prompt: dict, timeout: float = 600) -> dict:
+    """Queue ``prompt`` and poll /history until its entry is stored (the history is written after
+    the websocket's execution_success, so it is polled rather than read once)."""
+    status, answer = server.post_prompt(prompt)
+    assert status == 200, answer
+    pid = answer["prompt_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get_json(f"/history/{pid}").get(pid)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            return entry
+        time.sleep(0.5)
+    raise AssertionError(f"prompt {pid} did not finish in {timeout} s\n{server.log_tail()}")
+
+
+def test_digit_tokenize_workflow(comfy_server):
+    if not os.path.exists(ENCODER):
+        pytest.skip("embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)")
+    prompt = load_api("digit_tokenize")
+    name = next(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage")
+    write_example(comfy_server.input_dir / name)
+    outputs = run_and_wait(comfy_server, prompt)["outputs"]
+    saved = {}
+    for node_id in output_nodes(prompt):
+        prefix = prompt[node_id]["inputs"]["filename_prefix"].split("/")[-1]
+        (img,) = outputs[node_id]["images"]
+        saved[prefix] = np.asarray(comfy_server.view_pil(img).convert("RGB"), dtype=np.float32) / 255
+    token_map, decoded, seen = saved["digit_token_map"], saved["digit_decoded"], saved["digit_input"]
+    assert token_map.shape == decoded.shape == seen.shape == (256, 256, 3)
+    cells = token_map.reshape(16, 16, 16, 16, 3)  # grid row, pixel row, grid col, pixel col
+    assert np.abs(cells - cells[:, :1, :, :1]).max() < 1.5 / 255  # every token a flat 16 px square
+    colours = {tuple(np.round(c * 255).astype(int)) for c in cells[:, 0, :, 0].reshape(-1, 3)}
+    assert len(colours) > 8  # the fox and the background get different tokens
+    # nearest-training-patch decoding resembles the picture better than its mean colour does
+    assert np.abs(decoded - seen).mean() < np.abs(seen - seen.mean((0, 1))).mean()
+
+
+def test_bad_image_size_is_rejected_at_queue_time(comfy_server):
+    prompt = copy.deepcopy(load_api("digit_tokenize"))
+    tok = next(k for k, n in prompt.items() if n["class_type"] == "UltraResDiGITTokenize")
+    prompt[tok]["inputs"]["image_size"] = 250
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400
+    assert "multiple of 16" in str(body["node_errors"][tok])
