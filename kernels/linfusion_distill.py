@@ -1,0 +1,426 @@
+"""Distilling LinFusion layers from an SD-family UNet (any fine-tune), and the distillation CLI.
+
+The objective is the official one (LinFusion ``src/train/distill.py``)::
+
+    loss = MSE(eps_student, eps) + 0.5 * MSE(eps_student, eps_teacher)
+           + 0.5 * mean_l MSE(attn1_student^l, attn1_teacher^l)
+
+The student is the teacher UNet with every ``attn1`` (self-attention) swapped for a
+:class:`~.linfusion.LinFusionAttention`; only those layers train (AdamW, lr 1e-4, wd 0). Each
+``attn1`` output is captured with forward hooks in the teacher pass and in the student pass.
+
+The training step is comfy-free: the UNet is any ``nn.Module`` whose self-attention modules are
+named ``...attn1`` and expose ``to_q``/``to_k``/``to_v``/``to_out`` and ``heads`` (ComfyUI's and
+LDM's ``CrossAttention``), driven through a denoiser callable in the k-diffusion convention
+``D(x0 + sigma * eps, sigma, **cond) -> x0_hat``. Only :func:`main` (the CLI) loads a user
+checkpoint through ComfyUI, imported as a library inside that function.
+
+Usage (see ``--help``)::
+
+    python -m ultrares.kernels.linfusion_distill --checkpoint my_sd15_finetune.safetensors \
+        --out models/linfusion/my_finetune.safetensors [--images DIR_WITH_JPG_AND_TXT] --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .linfusion import LinFusionAttention
+from .linfusion_format import LayerSpec, ldm_to_diffusers, save_linfusion
+
+Denoiser = Callable[..., torch.Tensor]
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+# ---------------------------------------------------------------------------------------------
+# finding and swapping attn1
+
+
+def find_attn1(unet: nn.Module) -> dict[str, nn.Module]:
+    """Every self-attention module of ``unet`` (``{path: module}``, paths relative to ``unet``)."""
+    found = {name: m for name, m in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"}
+    if not found:
+        raise ValueError("the UNet has no modules named 'attn1' (not an SD-family UNet?)")
+    return found
+
+
+def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *parts, last = path.split(".")
+    obj = root
+    for p in parts:
+        obj = getattr(obj, p)
+    return obj, last
+
+
+@contextlib.contextmanager
+def swapped(root: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[None]:
+    """Temporarily set ``root.<path> = module`` for each entry; always restores the originals."""
+    saved = {}
+    try:
+        for path, module in replacements.items():
+            parent, name = _parent(root, path)
+            saved[path] = getattr(parent, name)
+            setattr(parent, name, module)
+        yield
+    finally:
+        for path, module in saved.items():
+            parent, name = _parent(root, path)
+            setattr(parent, name, module)
+
+
+@contextlib.contextmanager
+def captured(modules: dict[str, nn.Module], inputs: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's output (or first positional input) during the block, by path."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for path, module in modules.items():
+        if inputs:
+            handles.append(module.register_forward_pre_hook(lambda m, a, p=path: store.__setitem__(p, a[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, out, p=path: store.__setitem__(p, out)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class StudentAttn1(nn.Module):
+    """A LinFusion layer with the ``attn1`` call signature ``(x, context=None, value=None, ...)``."""
+
+    def __init__(self, layer: LinFusionAttention):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, context=None, value=None, mask=None, transformer_options=None, **kwargs):
+        return self.layer(x, context, value)
+
+
+def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None) -> dict[str, LayerSpec]:
+    """Official-format specs for every attn1 of an LDM/ComfyUI ``unet``: ``{ldm_path: spec}``.
+
+    Heads are the teacher's (SD1.5: 8; SD2.x/SDXL: C/64); ``mid_dim_scale`` gives
+    ``projection_mid_dim = C / scale`` (the official XL release uses 16; ``None`` = C).
+    """
+    out = {}
+    for path, m in find_attn1(unet).items():
+        dim = m.to_q.weight.shape[1]
+        if m.to_q.weight.shape[0] != dim or m.to_v.weight.shape[0] != dim:
+            raise ValueError(f"{path}: attn1 inner width {m.to_q.weight.shape[0]} != {dim}; LinFusion needs square q/k/v")
+        mid = None if not mid_dim_scale else dim // int(mid_dim_scale)
+        out[path] = LayerSpec(ldm_to_diffusers(path, num_res_blocks), dim, int(m.heads), mid)
+    return out
+
+
+def make_student_layers(unet: nn.Module, specs: dict[str, LayerSpec], init: str = "teacher") -> dict[str, LinFusionAttention]:
+    """Fresh LinFusion layers for ``specs``; ``init="teacher"`` copies the teacher's projections and
+    zeroes the low-rank branches' last layers; ``"random"`` is the official fresh init."""
+    if init not in ("teacher", "random"):
+        raise ValueError(f"init must be 'teacher' or 'random', not {init!r}")
+    attn = find_attn1(unet)
+    ref = next(unet.parameters())
+    layers = {}
+    for path, spec in specs.items():
+        layer = LinFusionAttention(spec.dim_n, spec.heads, spec.projection_mid_dim).to(device=ref.device, dtype=torch.float32)
+        if init == "teacher":
+            m = attn[path]
+            layer.init_from_attention(m.to_q, m.to_k, m.to_v, m.to_out[0])
+        layers[path] = layer
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# the objective
+
+
+def sd_sigmas(timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SD's discrete noise levels (``scaled_linear`` betas): ``[timesteps]`` float32, increasing."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
+
+
+@dataclass
+class DistillConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    w_noise: float = 1.0
+    w_teacher: float = 0.5
+    w_feature: float = 0.5
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class Distiller:
+    """Holds the frozen teacher, the student layers and the optimiser.
+
+    ``denoiser(x_noisy, sigma, **cond) -> x0_hat`` runs ``unet`` (whatever attn1 modules are
+    currently installed in it); ``unet`` is the module whose attn1 paths ``layers`` is keyed by.
+    """
+
+    unet: nn.Module
+    denoiser: Denoiser
+    layers: dict[str, LinFusionAttention]
+    sigmas: torch.Tensor = field(default_factory=sd_sigmas)
+    config: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self):
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        params = [p for layer in self.layers.values() for p in layer.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.students = {path: StudentAttn1(layer) for path, layer in self.layers.items()}
+        self.teacher_attn = {path: m for path, m in find_attn1(self.unet).items() if path in self.layers}
+
+    def _eps(self, x_noisy, sigma, cond):
+        s = sigma.view(-1, *([1] * (x_noisy.ndim - 1)))
+        return (x_noisy - self.denoiser(x_noisy, sigma, **cond)) / s
+
+    def losses(self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The three loss terms and their weighted sum for one batch.
+
+        ``x0``: ``[B, C, H, W]`` clean latents (model scale); ``cond``: keyword arguments of the
+        denoiser (text context etc.). Noise levels are drawn uniformly from ``sigmas``.
+        """
+        idx = torch.randint(0, len(self.sigmas), (x0.shape[0],), generator=generator)
+        sigma = self.sigmas[idx].to(x0.device, x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * eps
+        with torch.no_grad(), captured(self.teacher_attn) as t_feats:
+            eps_teacher = self._eps(x_noisy, sigma, cond)
+        with swapped(self.unet, self.students), captured(self.students) as s_feats:
+            eps_student = self._eps(x_noisy, sigma, cond)
+        noise = F.mse_loss(eps_student.float(), eps.float())
+        teacher = F.mse_loss(eps_student.float(), eps_teacher.float())
+        feature = torch.stack([F.mse_loss(s_feats[p].float(), t_feats[p].float()) for p in self.layers]).mean()
+        total = self.config.w_noise * noise + self.config.w_teacher * teacher + self.config.w_feature * feature
+        return {"loss": total, "noise": noise, "teacher": teacher, "feature": feature}
+
+    def step(self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> dict[str, float]:
+        """One optimiser step; returns the loss terms as floats."""
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = self.losses(x0, cond, generator)
+        terms["loss"].backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip)
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def prefit(self, x0: torch.Tensor, cond: dict, steps: int, inner: int = 4, lr: float | None = None,
+               generator: torch.Generator | None = None) -> float:
+        """Layer-local warm-up (our addition, not in the official recipe): fit each student layer
+        to its teacher attn1 on the inputs that attn1 sees, one teacher pass per ``inner`` local
+        Adam steps, each layer's MSE divided by its teacher output's mean square so
+        small-magnitude layers count as much as large ones. Much cheaper than the full objective (no student UNet pass, no backward
+        through the UNet); the official objective then fine-tunes. Returns the last mean relative MSE."""
+        params = [p for layer in self.layers.values() for p in layer.parameters()]
+        opt = torch.optim.Adam(params, lr=lr or max(self.config.lr, 1e-3))
+        last = float("nan")
+        for _ in range(steps):
+            idx = torch.randint(0, len(self.sigmas), (x0.shape[0],), generator=generator)
+            sigma = self.sigmas[idx].to(x0.device, x0.dtype)
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+            with torch.no_grad(), captured(self.teacher_attn, inputs=True) as t_in, captured(self.teacher_attn) as t_out:
+                self.denoiser(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, **cond)
+            for _ in range(inner):
+                opt.zero_grad(set_to_none=True)
+                loss = torch.stack([
+                    F.mse_loss(layer(t_in[p].float()), t_out[p].float()) / t_out[p].float().square().mean().clamp_min(1e-12)
+                    for p, layer in self.layers.items()
+                ]).mean()
+                loss.backward()
+                opt.step()
+                last = float(loss.detach())
+        return last
+
+    @torch.no_grad()
+    def layer_errors(self, x0: torch.Tensor, cond: dict, sigma: float | list[float], seed: int = 0) -> dict[str, float]:
+        """Per-layer relative error ``|student(x) - teacher(x)| / |teacher(x)|`` of every attn1 on
+        the inputs the teacher's attn1 layers see at noise level(s) ``sigma`` (fixed noise per
+        ``seed``); with several levels, the per-layer mean."""
+        levels = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
+        gen = torch.Generator().manual_seed(seed)
+        eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
+        errors = dict.fromkeys(self.layers, 0.0)
+        for level in levels:
+            s = torch.full((x0.shape[0],), float(level), device=x0.device, dtype=x0.dtype)
+            with captured(self.teacher_attn, inputs=True) as t_in, captured(self.teacher_attn) as t_out:
+                self.denoiser(x0 + float(level) * eps, s, **cond)
+            for path, layer in self.layers.items():
+                got = layer(t_in[path].to(next(layer.parameters()).dtype)).to(t_out[path].dtype)
+                errors[path] += float((got - t_out[path]).norm() / t_out[path].norm().clamp_min(1e-12)) / len(levels)
+        return errors
+
+
+@torch.no_grad()
+def teacher_latents(denoiser: Denoiser, shape: tuple[int, ...], cond: dict, sigmas: torch.Tensor, steps: int = 8,
+                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Data-free training latents: the teacher's own samples (Euler, ``steps`` steps from pure
+    noise at the largest sigma). Returns ``[*shape]`` float32 latents in model scale."""
+    levels = torch.cat([sigmas.flip(0)[:: max(1, len(sigmas) // steps)][:steps], sigmas.new_zeros(1)])
+    x = torch.randn(shape, generator=generator).to(device) * levels[0]
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        sig = torch.full((shape[0],), float(s), device=x.device)
+        denoised = denoiser(x, sig, **cond)
+        x = denoised + (x - denoised) * (s_next / s)
+    return x
+
+
+def image_caption_pairs(folder: str) -> list[tuple[str, str]]:
+    """``[(image_path, caption)]`` for a folder of images; the caption is the same-stem ``.txt``
+    (empty if there is none). Raises ``ValueError`` if the folder has no images."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"--images {folder!r} is not a folder")
+    pairs = []
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTS:
+            txt = os.path.join(folder, stem + ".txt")
+            caption = open(txt, encoding="utf-8").read().strip() if os.path.isfile(txt) else ""
+            pairs.append((os.path.join(folder, name), caption))
+    if not pairs:
+        raise ValueError(f"--images {folder!r} holds no images ({', '.join(IMAGE_EXTS)})")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI (ComfyUI is imported here only, to load the user's checkpoint, VAE and text encoder)
+
+
+def _boot_comfyui(comfyui: str | None, device: str) -> None:
+    root = comfyui or os.environ.get("COMFYUI_PATH")
+    if not root:
+        recorded = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfyui", "path")
+        if os.path.isfile(recorded):
+            root = open(recorded).read().strip()
+    if not root or not os.path.isfile(os.path.join(root, "comfy", "sd.py")):
+        raise SystemExit("ComfyUI not found: pass --comfyui /path/to/ComfyUI or set COMFYUI_PATH")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from comfy.cli_args import args
+
+    args.cpu = device == "cpu"
+    args.use_pytorch_cross_attention = True
+
+
+def _load_image_latent(vae, path: str, resolution: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    scale = resolution / min(img.size)
+    img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))), Image.BICUBIC)
+    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(img).astype("float32") / 255.0)[None]  # [1,H,W,3]
+    return vae.encode(pixels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ultrares.kernels.linfusion_distill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="SD1.x/2.x/XL checkpoint (.safetensors) to distil from")
+    parser.add_argument("--out", required=True, help="output: .safetensors file, or a folder (config.json + weights)")
+    parser.add_argument("--images", help="folder of images with same-stem .txt captions; omit for data-free training")
+    parser.add_argument("--prompts", default="", help="data-free: '|'-separated prompts for the teacher's samples")
+    parser.add_argument("--resolution", type=int, default=512, help="training resolution in pixels")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    parser.add_argument("--batch", type=int, default=1, help="latents per step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (official 1e-4)")
+    parser.add_argument("--init", choices=["teacher", "random"], default="teacher",
+                        help="start from the teacher's projections (default) or the official fresh init")
+    parser.add_argument("--mid-dim-scale", type=int, default=None,
+                        help="projection_mid_dim = C / scale (default: 16 for SDXL, full width otherwise)")
+    parser.add_argument("--prefit-steps", type=int, default=200,
+                        help="layer-local warm-up passes before the official objective (0 = official recipe only)")
+    parser.add_argument("--noise-weight", type=float, default=1.0,
+                        help="weight of the ground-truth noise loss (official 1.0)")
+    parser.add_argument("--pool", type=int, default=8, help="data-free: teacher samples to draw and cycle through")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH or the pack's .comfyui)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint!r} does not exist")
+
+    _boot_comfyui(args.comfyui, args.device)
+    import comfy.sd
+
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
+    base = model.model
+    unet = base.diffusion_model.to(args.device).float()
+    family = type(base).__name__
+    unet_config = model.model.model_config.unet_config
+    mid_scale = args.mid_dim_scale if args.mid_dim_scale is not None else (16 if family == "SDXL" else None)
+    specs = specs_for(unet, unet_config["num_res_blocks"], mid_scale)
+    layers = make_student_layers(unet, specs, args.init)
+    gen = torch.Generator().manual_seed(args.seed)
+    latent_format = base.latent_format
+
+    def encode(text: str) -> dict:
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        out = {"c_crossattn": cond.to(args.device)}
+        px = args.resolution
+        y = base.encode_adm(pooled_output=pooled, width=px, height=px, crop_w=0, crop_h=0, target_width=px, target_height=px)
+        if y is not None:
+            out["y"] = y.to(args.device)
+        return out
+
+    def denoiser(x, sigma, **cond):
+        return base.apply_model(x, sigma, **cond)
+
+    sigmas = base.model_sampling.sigmas.float().cpu()
+    if args.images:
+        pairs = image_caption_pairs(args.images)
+        data = [(latent_format.process_in(_load_image_latent(vae, p, args.resolution)).to(args.device), encode(c)) for p, c in pairs]
+    else:
+        prompts = [p.strip() for p in args.prompts.split("|")] or [""]
+        data = []
+        lat = args.resolution // 8
+        for i in range(args.pool):
+            cond = encode(prompts[i % len(prompts)])
+            data.append((teacher_latents(denoiser, (1, 4, lat, lat), cond, sigmas, generator=gen, device=args.device), cond))
+    distiller = Distiller(unet, denoiser, layers, sigmas=sigmas, config=DistillConfig(lr=args.lr, w_noise=args.noise_weight))
+    before = distiller.layer_errors(data[0][0], data[0][1], sigma=[float(sigmas[i]) for i in (100, 500, 900)])
+    for step in range(args.prefit_steps):
+        x0, cond = data[step % len(data)]
+        mse = distiller.prefit(x0, cond, steps=1, generator=gen)
+        if step % 50 == 0 or step == args.prefit_steps - 1:
+            print(f"prefit {step + 1}/{args.prefit_steps} layer mse {mse:.5f}", flush=True)
+    start = time.time()
+    for step in range(args.steps):
+        batch = [data[(step * args.batch + j) % len(data)] for j in range(args.batch)]
+        x0 = torch.cat([b[0] for b in batch])
+        cond = {k: torch.cat([b[1][k] for b in batch]) for k in batch[0][1]}
+        terms = distiller.step(x0, cond, gen)
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step + 1}/{args.steps} " + " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+                  + f" ({time.time() - start:.0f}s)", flush=True)
+    after = distiller.layer_errors(data[0][0], data[0][1], sigma=[float(sigmas[i]) for i in (100, 500, 900)])
+    print(f"mean per-layer attn1 relative error: {sum(before.values()) / len(before):.4f} -> "
+          f"{sum(after.values()) / len(after):.4f}")
+    written = save_linfusion(args.out, [specs[p] for p in specs], [layers[p] for p in specs], dtype=torch.float16)
+    print(f"wrote {written} ({len(specs)} layers, {family})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "Distiller", "DistillConfig", "StudentAttn1", "captured", "find_attn1", "image_caption_pairs", "main",
+    "make_student_layers", "sd_sigmas", "specs_for", "swapped", "teacher_latents",
+]
