@@ -77,10 +77,27 @@ def _model_config(family: str):
     return config
 
 
+def _calibrate_output(unet: torch.nn.Module, family: str, seed: int) -> None:
+    """Scale the last conv so the predicted noise has unit std on random inputs, as a trained
+    model's does (random residual stacks otherwise predict noise with std ~100)."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    ctx = torch.randn(2, 77, UNETS[family]["context_dim"], generator=gen)
+    kwargs = {}
+    if UNETS[family].get("adm_in_channels"):
+        kwargs["y"] = torch.randn(2, UNETS[family]["adm_in_channels"], generator=gen)
+    with torch.no_grad():
+        eps = unet(x, timesteps=torch.tensor([500.0, 500.0]), context=ctx, **kwargs)
+        scale = 1.0 / float(eps.std())
+        unet.out[2].weight.mul_(scale)
+        unet.out[2].bias.mul_(scale)
+
+
 def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     config = _model_config(family)
     model = config.get_model({}, "", device=torch.device("cpu"))
     model.diffusion_model.load_state_dict(seeded_state_dict(model.diffusion_model, seed), strict=True)
+    _calibrate_output(model.diffusion_model, family, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 

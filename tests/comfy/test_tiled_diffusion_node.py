@@ -1,0 +1,159 @@
+"""UltraResTiledDiffusion on real ComfyUI objects: stock samplers, CFG, img2img, ControlNet, SDXL."""
+
+import pytest
+import torch
+
+NODE = "UltraResTiledDiffusion"
+
+
+def tiled(comfy, model, **kw):
+    args = dict(method="FSTD", tile_width=128, tile_height=128, overlap=32, tile_batch_size=4, reset_interval=4, seed=0)
+    args.update(kw)
+    (m,) = comfy.run_node(NODE, model=model, **args)
+    return m
+
+
+def encode(comfy, clip, text):
+    return comfy.run_node("CLIPTextEncode", clip=clip, text=text)[0]
+
+
+def sample(comfy, model, clip, latent, steps=3, sampler="euler", scheduler="normal", denoise=1.0, cfg=5.0, pos=None):
+    pos = pos or encode(comfy, clip, "a castle on a hill")
+    neg = encode(comfy, clip, "")
+    (out,) = comfy.run_node("KSampler", model=model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
+                            scheduler=scheduler, positive=pos, negative=neg, latent_image=latent, denoise=denoise)
+    return out["samples"]
+
+
+def count_calls(model):
+    """Count diffusion-model calls and their input sizes via a wrapper on a clone (ComfyUI API)."""
+    import comfy.patcher_extension as pe
+
+    calls = []
+
+    def spy(executor, *args, **kwargs):
+        calls.append(tuple(args[0].shape))
+        return executor(*args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_spy", spy)
+    return m, calls
+
+
+@pytest.mark.parametrize("sampler,scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"), ("heun", "simple"),
+                                               ("euler_ancestral", "normal")])
+def test_samples_with_stock_samplers_and_evaluates_only_tiles(comfy, tiny_sd15, sampler, scheduler):
+    model, clip, _ = tiny_sd15
+    spied, calls = count_calls(tiled(comfy, model, tile_width=128, tile_height=128))
+    z = torch.zeros(1, 4, 32, 48)  # 256x384 px -> 2x3 tiles of 16x16 latent
+    out = sample(comfy, spied, clip, {"samples": z}, steps=2, sampler=sampler, scheduler=scheduler)
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    assert calls and all(c[-2:] == (16, 16) for c in calls)  # the model never sees the whole latent
+
+
+def test_tiling_changes_the_result_but_stays_close_in_statistics(comfy, tiny_sd15):
+    model, clip, _ = tiny_sd15
+    z = {"samples": torch.zeros(1, 4, 32, 32)}
+    plain = sample(comfy, model, clip, z)
+    tiles = sample(comfy, tiled(comfy, model), clip, z)
+    assert not torch.allclose(plain, tiles)
+    assert abs(float(plain.std()) - float(tiles.std())) < 0.5 * float(plain.std())
+
+
+@pytest.mark.parametrize("denoise,batch", [(1.0, 1), (0.4, 2)])
+def test_one_tile_covering_the_image_equals_untiled_sampling(comfy, tiny_sd15, denoise, batch):
+    model, clip, _ = tiny_sd15
+    z = {"samples": torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(0))}  # 128 px
+    plain = sample(comfy, model, clip, z, denoise=denoise)
+    one_tile = sample(comfy, tiled(comfy, model, tile_width=128, tile_height=128), clip, z, denoise=denoise)
+    torch.testing.assert_close(one_tile, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_deterministic_for_a_seed_and_seed_changes_the_grid(comfy, tiny_sd15):
+    model, clip, _ = tiny_sd15
+    z = {"samples": torch.zeros(1, 4, 24, 40)}
+    a = sample(comfy, tiled(comfy, model, seed=1), clip, z, steps=4)
+    b = sample(comfy, tiled(comfy, model, seed=1), clip, z, steps=4)
+    c = sample(comfy, tiled(comfy, model, seed=2), clip, z, steps=4)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_img2img_denoise_and_batches(comfy, tiny_sd15):
+    model, clip, _ = tiny_sd15
+    z = torch.randn(2, 4, 24, 24, generator=torch.Generator().manual_seed(0))
+    out = sample(comfy, tiled(comfy, model, method="Mixture of Diffusers", overlap=32), clip, {"samples": z},
+                 steps=4, denoise=0.4)
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])  # each batch item keeps its own input
+
+
+@pytest.mark.parametrize("method", ["FSTD (full coverage)", "MultiDiffusion", "SpotDiffusion"])
+def test_other_methods_sample(comfy, tiny_sd15, method):
+    model, clip, _ = tiny_sd15
+    out = sample(comfy, tiled(comfy, model, method=method), clip, {"samples": torch.zeros(1, 4, 24, 40)}, steps=2)
+    assert torch.isfinite(out).all()
+
+
+def test_sdxl_family(comfy, tiny_sdxl):
+    model, clip, _ = tiny_sdxl
+    spied, calls = count_calls(tiled(comfy, model, tile_width=256, tile_height=256))
+    out = sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 32, 64)}, steps=2)
+    assert torch.isfinite(out).all() and all(c[-2:] == (32, 32) for c in calls)
+
+
+def test_controlnet_hint_is_cropped_per_tile(comfy, tiny_sd15):
+    """A T2I-Adapter-style control built from ComfyUI's ControlBase: it must receive per-tile hints
+    that equal the matching crop of the full-size hint."""
+    from comfy.controlnet import ControlBase
+
+    model, clip, _ = tiny_sd15
+    seen = []
+
+    class RecordingControl(ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            seen.append((tuple(x_noisy.shape), self.cond_hint_original.clone()))
+            return None
+
+        def copy(self):
+            c = RecordingControl()
+            self.copy_to(c)
+            return c
+
+    hint = torch.linspace(0, 1, 256 * 384).reshape(1, 1, 256, 384).repeat(1, 3, 1, 1)
+    control = RecordingControl().set_cond_hint(hint, 1.0)
+    pos = encode(comfy, clip, "a castle")
+    pos = [[pos[0][0], {**pos[0][1], "control": control}]]
+    out = sample(comfy, tiled(comfy, model, tile_width=128, tile_height=128, method="FSTD (full coverage)",
+                              tile_batch_size=1), clip, {"samples": torch.zeros(1, 4, 32, 48)}, steps=1, pos=pos)
+    assert torch.isfinite(out).all()
+    assert seen, "control was never evaluated"
+    for shape, h in seen:
+        assert shape[-2:] == (16, 16) and h.shape[-2:] == (128, 128)
+        # the crop is a window of the full hint: its first row is a contiguous run of it
+        row = h[0, 0, 0]
+        start = int(torch.argmin((hint[0, 0].flatten() - row[0]).abs()))
+        torch.testing.assert_close(row, hint[0, 0].flatten()[start:start + 128], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_fail_before_sampling(comfy, tiny_sd15):
+    assert "multiple of 8" in comfy.validate(NODE, tile_width=500, tile_height=512)
+    assert "overlap" in comfy.validate(NODE, tile_width=128, tile_height=128, overlap=128, method="MultiDiffusion")
+    assert comfy.validate(NODE, tile_width=512, tile_height=512, overlap=64, method="FSTD") is True
+    model, clip, _ = tiny_sd15
+    with pytest.raises(ValueError, match="video latent"):
+        sample(comfy, tiled(comfy, model), clip, {"samples": torch.zeros(1, 4, 2, 16, 16)})
+
+
+def test_interrupt_between_tile_batches(comfy, tiny_sd15):
+    import comfy.model_management as mm
+
+    model, clip, _ = tiny_sd15
+    spied, calls = count_calls(tiled(comfy, model, tile_batch_size=1))
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 32, 32)})
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(calls) == 0  # stopped before the first tile
