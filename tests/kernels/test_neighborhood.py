@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from ultrares.kernels.neighborhood import (
     global_attention_2d,
     neighborhood_attention_2d,

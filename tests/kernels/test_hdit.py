@@ -1,0 +1,269 @@
+"""HDiT architecture: official k-diffusion key layout loads strictly, shapes, attention types, I/O."""
+
+import json
+import math
+
+import pytest
+import torch
+from ultrares.kernels import hdit
+from ultrares.kernels.hdit import HDiTLoadError
+
+
+def official_keys(widths, depths, d_heads, mapping_width, mapping_depth, d_ffs, mapping_d_ff, num_classes, patch, c=3):
+    """k-diffusion image_transformer_v2 state-dict keys -> shapes, written from the published key list
+    (independent of the module's own attribute names)."""
+    p = patch[0] * patch[1]
+    mw = mapping_width
+    keys = {
+        "patch_in.proj.weight": (widths[0], c * p),
+        "time_emb.weight": (mw // 2, 1),
+        "time_in_proj.weight": (mw, mw),
+        "aug_emb.weight": (mw // 2, 9),
+        "aug_in_proj.weight": (mw, mw),
+        "mapping.in_norm.scale": (mw,),
+        "mapping.out_norm.scale": (mw,),
+        "out_norm.scale": (widths[0],),
+        "patch_out.proj.weight": (c * p, widths[0]),
+    }
+    if num_classes:
+        keys["class_emb.weight"] = (num_classes + 1, mw)
+    for b in range(mapping_depth):
+        keys[f"mapping.blocks.{b}.norm.scale"] = (mw,)
+        keys[f"mapping.blocks.{b}.up_proj.weight"] = (2 * mapping_d_ff, mw)
+        keys[f"mapping.blocks.{b}.down_proj.weight"] = (mw, mapping_d_ff)
+
+    def layer(prefix, w, d_ff, d_head):
+        nh = w // d_head
+        keys[f"{prefix}.self_attn.norm.linear.weight"] = (w, mw)
+        keys[f"{prefix}.self_attn.qkv_proj.weight"] = (3 * w, w)
+        keys[f"{prefix}.self_attn.scale"] = (nh,)
+        keys[f"{prefix}.self_attn.pos_emb.freqs"] = (nh, d_head // 8)
+        keys[f"{prefix}.self_attn.out_proj.weight"] = (w, w)
+        keys[f"{prefix}.ff.norm.linear.weight"] = (w, mw)
+        keys[f"{prefix}.ff.up_proj.weight"] = (2 * d_ff, w)
+        keys[f"{prefix}.ff.down_proj.weight"] = (w, d_ff)
+
+    n = len(widths)
+    for i in range(n - 1):
+        for j in range(depths[i]):
+            layer(f"down_levels.{i}.{j}", widths[i], d_ffs[i], d_heads[i])
+            layer(f"up_levels.{i}.{j}", widths[i], d_ffs[i], d_heads[i])
+        keys[f"merges.{i}.proj.weight"] = (widths[i + 1], 4 * widths[i])
+        keys[f"splits.{i}.proj.weight"] = (4 * widths[i], widths[i + 1])
+        keys[f"splits.{i}.fac"] = (1,)
+    for j in range(depths[-1]):
+        layer(f"mid_level.{j}", widths[-1], d_ffs[-1], d_heads[-1])
+    return keys
+
+
+def random_official_state_dict(keys, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape in keys.items():
+        if k.endswith("pos_emb.freqs"):
+            sd[k] = torch.rand(shape, generator=g) * 30 + 3
+        elif k.endswith(".scale") and "self_attn" in k:
+            sd[k] = torch.rand(shape, generator=g) * 10 + 5
+        elif k.endswith("fac"):
+            sd[k] = torch.rand(shape, generator=g)
+        else:
+            sd[k] = torch.randn(shape, generator=g) * (0.02 if len(shape) == 2 else 1.0) + (1.0 if len(shape) == 1 else 0)
+    return sd
+
+
+SMALL = {
+    "model": {
+        "type": "image_transformer_v2",
+        "input_channels": 3,
+        "input_size": [32, 32],
+        "patch_size": [2, 2],
+        "depths": [1, 1, 2],
+        "widths": [32, 64, 64],
+        "self_attns": [
+            {"type": "neighborhood", "d_head": 16, "kernel_size": 3},
+            {"type": "shifted-window", "d_head": 16, "window_size": 4},
+            {"type": "global", "d_head": 32},
+        ],
+        "mapping_width": 32,
+        "mapping_depth": 1,
+        "sigma_data": 0.5,
+    },
+    "dataset": {"num_classes": 5},
+}
+
+
+def small_keys():
+    return official_keys([32, 64, 64], [1, 1, 2], [16, 16, 32], 32, 1, [96, 192, 192], 96, 5, (2, 2))
+
+
+def test_official_layout_loads_strictly_and_runs():
+    sd = random_official_state_dict(small_keys())
+    cfg = hdit.parse_config(SMALL)
+    model = hdit.build_model(cfg)
+    assert set(model.state_dict()) == set(sd)
+    hdit.load_state_dict_strict(model, sd)
+    for k, v in sd.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x, torch.tensor([0.5, 3.0]), class_cond=torch.tensor([1, 5]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # the output depends on sigma and on the class (a broken mapping network would not)
+    out2 = model(x, torch.tensor([0.5, 3.0]), class_cond=torch.tensor([2, 5]))
+    assert (out - out2)[0].abs().max() > 1e-4 and torch.allclose(out[1], out2[1], atol=1e-5)
+
+
+def test_defaults_match_kdiffusion_config():
+    cfg = hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [128, 256], "depths": [2, 2]}})
+    assert [lv.d_ff for lv in cfg.levels] == [384, 768]
+    assert cfg.mapping.width == 256 and cfg.mapping.d_ff == 768 and cfg.mapping.depth == 2
+    assert isinstance(cfg.levels[0].self_attn, hdit.NeighborhoodAttentionSpec)
+    assert cfg.levels[0].self_attn.kernel_size == 7 and cfg.levels[0].self_attn.d_head == 64
+    assert isinstance(cfg.levels[1].self_attn, hdit.GlobalAttentionSpec)
+    assert cfg.num_classes == 0
+    keys = official_keys([128, 256], [2, 2], [64, 64], 256, 2, [384, 768], 768, 0, (1, 1))
+    assert {k: tuple(v.shape) for k, v in hdit.build_model(cfg).state_dict().items()} == keys
+
+
+def test_mismatch_errors_name_the_problem():
+    sd = random_official_state_dict(small_keys())
+    model = hdit.build_model(SMALL)
+    bad = dict(sd)
+    bad.pop("merges.0.proj.weight")
+    bad["foo.bar"] = torch.zeros(1)
+    bad["out_norm.scale"] = torch.ones(7)
+    with pytest.raises(HDiTLoadError) as e:
+        hdit.load_state_dict_strict(model, bad, "x.safetensors")
+    msg = str(e.value)
+    assert "merges.0.proj.weight" in msg and "foo.bar" in msg and "out_norm.scale" in msg and "x.safetensors" in msg
+    nan = dict(sd)
+    nan["out_norm.scale"] = torch.full((32,), float("nan"))
+    with pytest.raises(HDiTLoadError, match="NaN"):
+        hdit.load_state_dict_strict(model, nan)
+
+
+def test_prefixed_training_state_dict_loads():
+    sd = random_official_state_dict(small_keys())
+    model = hdit.build_model(SMALL)
+    hdit.load_state_dict_strict(model, {"module.inner_model." + k: v for k, v in sd.items()})
+    torch.testing.assert_close(model.state_dict()["patch_in.proj.weight"], sd["patch_in.proj.weight"])
+
+
+def test_rope_freqs_and_rotation():
+    rope = hdit.AxialRoPE(64 // 2, 4)
+    assert rope.freqs.shape == (4, 8)
+    flat = rope.freqs.T.reshape(-1)
+    torch.testing.assert_close(flat[0], torch.tensor(math.pi))
+    assert torch.all(flat[1:] > flat[:-1]) and flat[-1] < 10 * math.pi
+    theta = rope(torch.tensor([[0.5, -0.25]]))
+    assert theta.shape == (1, 4, 16)
+    torch.testing.assert_close(theta[0, 0, :8], 0.5 * rope.freqs[0])
+    torch.testing.assert_close(theta[0, 0, 8:], -0.25 * rope.freqs[0])
+    x = torch.randn(3, 64)
+    th = torch.rand(16)
+    y = hdit.apply_rotary(x, th)
+    # pairs (i, 16 + i) rotate, norms are kept, the second half of the head is untouched
+    torch.testing.assert_close(y[:, 32:], x[:, 32:])
+    torch.testing.assert_close(y[:, :16] ** 2 + y[:, 16:32] ** 2, x[:, :16] ** 2 + x[:, 16:32] ** 2)
+    torch.testing.assert_close(y[:, 0], x[:, 0] * th[0].cos() - x[:, 16] * th[0].sin())
+
+
+def test_axial_pos_aspect():
+    pos = hdit.make_axial_pos(2, 4)
+    assert pos.shape == (2, 4, 2)
+    torch.testing.assert_close(pos[..., 1][0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    torch.testing.assert_close(pos[..., 0][:, 0], torch.tensor([-0.25, 0.25]))
+
+
+def test_neighborhood_model_equals_global_when_kernel_covers_grid():
+    """With the kernel as large as the token grid, neighborhood attention is global attention."""
+    base = {"type": "image_transformer_v2", "input_size": [28, 28], "patch_size": [2, 2], "depths": [1, 1],
+            "widths": [32, 64], "mapping_width": 32, "mapping_depth": 1}
+    m_na = hdit.build_model({**base, "self_attns": [{"type": "global", "d_head": 16},
+                                                    {"type": "neighborhood", "d_head": 32, "kernel_size": 7}]})
+    m_gl = hdit.build_model({**base, "self_attns": [{"type": "global", "d_head": 16}, {"type": "global", "d_head": 32}]})
+    sd = {k: torch.randn_like(v) * 0.1 if v.ndim == 2 else v for k, v in m_na.state_dict().items()}
+    m_na.load_state_dict(sd)
+    m_gl.load_state_dict(sd)
+    x = torch.randn(1, 3, 28, 28)  # mid level: 7x7 tokens, the 7x7 window is the whole grid
+    with torch.no_grad():
+        torch.testing.assert_close(m_na(x, torch.tensor([1.0])), m_gl(x, torch.tensor([1.0])), atol=1e-5, rtol=1e-4)
+        x = torch.randn(1, 3, 40, 40)  # 10x10 tokens: the 7x7 neighborhood now differs from global
+        assert (m_na(x, torch.tensor([1.0])) - m_gl(x, torch.tensor([1.0]))).abs().max() > 1e-4
+
+
+def test_denoiser_scalings_and_loss():
+    inner = hdit.build_model(SMALL)
+    den = hdit.Denoiser(inner, sigma_data=0.5)
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    cs, co, ci = den.scalings(sigma)
+    torch.testing.assert_close(cs, 0.25 / (sigma**2 + 0.25))
+    torch.testing.assert_close(co, sigma * 0.5 / (sigma**2 + 0.25).sqrt())
+    torch.testing.assert_close(ci, 1 / (sigma**2 + 0.25).sqrt())
+    x = torch.randn(3, 3, 16, 16)
+    c = torch.tensor([0, 1, 5])
+    # patch_out is zero-initialised: F = 0, so D = c_skip * x_in and loss = mean(target^2) * w
+    d = den(x, sigma, class_cond=c)
+    torch.testing.assert_close(d, x * cs[:, None, None, None])
+    noise = torch.randn_like(x)
+    loss = den.loss(x, noise, sigma, class_cond=c)
+    target = (x - cs[:, None, None, None] * (x + noise * sigma[:, None, None, None])) / co[:, None, None, None]
+    w = (sigma * 0.5) ** 2 / (sigma**2 + 0.25) ** 2
+    torch.testing.assert_close(loss, target.pow(2).flatten(1).mean(1) * w)
+
+
+def test_inference_format_roundtrip_and_pth(tmp_path):
+    sd = random_official_state_dict(small_keys(), seed=3)
+    model = hdit.build_model(SMALL)
+    hdit.load_state_dict_strict(model, sd)
+    cfg = hdit.parse_config(SMALL)
+    path = tmp_path / "m.safetensors"
+    hdit.save_inference(model, cfg, str(path), dtype=torch.float32)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["config"])["model"]["widths"] == [32, 64, 64]
+    loaded, cfg2 = hdit.load_checkpoint(str(path))
+    assert cfg2.num_classes == 5 and cfg2.sigma_data == 0.5
+    for k, v in sd.items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    # training checkpoint: model_ema is preferred over model
+    pth = tmp_path / "train.pth"
+    torch.save({"config": SMALL, "model": {k: v * 0 for k, v in sd.items()}, "model_ema": sd, "step": 3}, pth)
+    loaded, _ = hdit.load_checkpoint(str(pth))
+    torch.testing.assert_close(loaded.state_dict()["patch_in.proj.weight"], sd["patch_in.proj.weight"])
+    # weights without config + a JSON beside them
+    bare = tmp_path / "bare.pth"
+    torch.save({"model_ema": sd}, bare)
+    with pytest.raises(HDiTLoadError, match="bare.json"):
+        hdit.load_checkpoint(str(bare))
+    (tmp_path / "bare.json").write_text(json.dumps(SMALL))
+    loaded, _ = hdit.load_checkpoint(str(tmp_path / "bare.json"))
+    torch.testing.assert_close(loaded.state_dict()["splits.0.fac"], sd["splits.0.fac"])
+    # corrupt file
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(HDiTLoadError, match="bad.safetensors"):
+        hdit.load_checkpoint(str(bad))
+
+
+def test_config_errors():
+    with pytest.raises(HDiTLoadError, match="image_transformer_v2"):
+        hdit.parse_config({"model": {"type": "image_v1"}})
+    with pytest.raises(HDiTLoadError, match="self_attns"):
+        hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [8, 16], "depths": [1, 1],
+                                     "self_attns": [{"type": "global"}]}})
+    with pytest.raises(HDiTLoadError, match="unknown"):
+        hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [8], "depths": [1],
+                                     "self_attns": [{"type": "bogus"}]}})
+
+
+def test_size_check_and_sampler_runs():
+    model = hdit.build_model(SMALL)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        model(torch.randn(1, 3, 20, 16), torch.tensor([1.0]), class_cond=torch.tensor([0]))
+    den = hdit.Denoiser(model, 0.5)
+    sig = hdit.karras_sigmas(4, 0.01, 80)
+    assert sig.shape == (5,) and sig[0] == pytest.approx(80) and sig[-2] == pytest.approx(0.01) and sig[-1] == 0
+    out = hdit.sample_dpmpp_2m(den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5)
+    # zero-init output head: D(x) = c_skip x, so after the final step x is ~0 but finite
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
