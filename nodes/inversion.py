@@ -1,0 +1,678 @@
+"""DDIM inversion nodes (UnseenDiffusion, arXiv 2310.09213): invert, generate, slerp, domain score.
+
+The model is driven through ComfyUI's own machinery: a ``CFGGuider`` (conditioning, cfg, model
+loading, patches and wrappers) runs a custom ``KSAMPLER`` whose function is the comfy-free loop in
+:mod:`..kernels.inversion`. The denoiser it sees is ComfyUI's x0 prediction, so every model family
+ComfyUI can sample (eps, v, EDM, rectified flow) inverts the same way.
+
+Noise latents follow ComfyUI's convention for a partly-noised latent (what ``KSamplerAdvanced``
+returns with ``return_with_leftover_noise``): the model-space point at the top sigma, brought back
+to latent space with ``process_latent_out``. They carry an ``ultrares_inversion`` entry (top sigma,
+steps, level, scheduler, model family) that the generate node checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import latent_preview
+import numpy as np
+import safetensors.torch
+import torch
+from comfy_api.latest import io, ui
+from PIL import Image, ImageDraw
+
+from ..kernels import inversion as kinv
+
+CATEGORY = "UltraRes/inversion"
+META_KEY = "ultrares_inversion"
+LOG = logging.getLogger("ultrares.inversion")
+
+# ------------------------------------------------------------------------------------ shared inputs
+
+
+def _steps_input() -> io.Int.Input:
+    return io.Int.Input(
+        "steps",
+        default=50,
+        min=1,
+        max=1000,
+        tooltip="Number of DDIM steps between the clean latent and the noise level. More steps give a more "
+        "exact inversion (reconstruction error falls as steps grow) and cost one model call each.",
+    )
+
+
+def _level_input() -> io.Float.Input:
+    return io.Float.Input(
+        "level",
+        default=1.0,
+        min=0.01,
+        max=1.0,
+        step=0.01,
+        tooltip="How far up the model's noise schedule to invert, as a fraction (the paper's t0/T; it used 0.9). "
+        "Same meaning as KSampler's denoise: the schedule is computed for steps/level steps and its last "
+        "steps+1 sigmas are used. 1.0 goes to the model's maximum noise.",
+    )
+
+
+def _scheduler_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "scheduler",
+        options=comfy.samplers.SCHEDULER_NAMES,
+        default="simple",
+        tooltip="ComfyUI scheduler that spaces the sigmas. Use the same scheduler, steps and level to invert "
+        "and to generate, or the reconstruction will not match.",
+    )
+
+
+def _cond_inputs() -> list:
+    return [
+        io.Conditioning.Input(
+            "positive",
+            optional=True,
+            tooltip="Conditioning the model sees at every step (text models such as SD need one: an empty "
+            "CLIPTextEncode prompt is fine; class-conditional HDiT takes UltraResHDiTClass). Use the same "
+            "conditioning to invert and to generate.",
+        ),
+        io.Conditioning.Input(
+            "negative",
+            optional=True,
+            tooltip="Negative conditioning, used only when cfg is not 1.",
+        ),
+        io.Float.Input(
+            "cfg",
+            default=1.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            tooltip="Classifier-free guidance scale. 1.0 (no guidance) keeps the inversion closest to exact; "
+            "larger values make the inversion drift and need a negative conditioning.",
+        ),
+    ]
+
+
+def _check_static(steps, level, cfg=None) -> bool | str:
+    if steps is not None and not 1 <= int(steps) <= 1000:
+        return f"steps={steps} is outside 1..1000; pick a step count the model's schedule can hold."
+    if level is not None and not 0.0 < float(level) <= 1.0:
+        return f"level={level} is outside (0, 1]: it is a fraction of the model's noise schedule (1.0 = maximum noise)."
+    if cfg is not None and float(cfg) < 0:
+        return f"cfg={cfg} is negative; use 1.0 for an exact inversion."
+    return True
+
+
+# ------------------------------------------------------------------------------------ model helpers
+
+
+def _model_sampling(model):
+    return model.get_model_object("model_sampling")
+
+
+def _parametrisation(model) -> str:
+    return "flow" if isinstance(_model_sampling(model), comfy.model_sampling.CONST) else "ve"
+
+
+def _model_family(model) -> str:
+    return type(model.model.model_config).__name__
+
+
+def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Tensor:
+    """The generation-order sigmas ``[steps + 1]`` (float32, CPU) for ``steps`` DDIM steps up to ``level``."""
+    ok = _check_static(steps, level)
+    if ok is not True:
+        raise ValueError(ok)
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise ValueError(f"scheduler={scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}.")
+    ms = _model_sampling(model)
+    total = kinv.schedule_steps_for_level(int(steps), float(level))
+    full = comfy.samplers.calculate_sigmas(ms, scheduler, total).float().cpu()
+    n_levels = len(getattr(ms, "sigmas", []))
+    context = (
+        f"steps={steps}, level={level}, scheduler={scheduler!r} on this model's schedule "
+        f"(sigma {float(ms.sigma_min):.4g}..{float(ms.sigma_max):.4g}"
+        + (f", {n_levels} discrete levels" if n_levels else "")
+        + ")"
+    )
+    try:
+        sigmas = kinv.level_schedule(full, int(steps), float(level))
+        kinv.check_schedule(sigmas, _parametrisation(model))
+    except ValueError as err:
+        raise ValueError(f"{context}: {err}") from None
+    if float(sigmas[-1]) != 0.0:
+        raise ValueError(f"{context}: the schedule does not end at sigma 0; pick another scheduler.")
+    return sigmas
+
+
+def _check_latent_channels(model, samples: torch.Tensor, name: str) -> None:
+    fmt = model.get_model_object("latent_format")
+    want = getattr(fmt, "latent_channels", None)
+    if samples.ndim < 4:
+        raise ValueError(f"{name} must be an image latent [B, C, H, W]; got shape {tuple(samples.shape)}.")
+    if want is not None and samples.shape[1] != want:
+        raise ValueError(
+            f"{name} has {samples.shape[1]} channels but this model ({_model_family(model)}) works on "
+            f"{want}-channel latents: it comes from another model or VAE. Encode the image with this "
+            "model's VAE (or pixel-latent node) and invert it with this model."
+        )
+
+
+def _sampler_function(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    *,
+    direction: str,
+    refine_iters: int,
+    sigma_floor: float,
+    parametrisation: str,
+):
+    """KSAMPLER function: ``model`` is ComfyUI's x0 predictor; ``sigmas`` in the order the loop walks."""
+    extra_args = {} if extra_args is None else extra_args
+
+    def denoiser(xx: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return model(xx, sigma, **extra_args)
+
+    def step_done(i, xx, x0, sigma):
+        if callback is not None:
+            callback({"x": xx, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+
+    if direction == "invert":  # sigmas arrive ascending (0 first: ComfyUI adds no noise at sigma 0)
+        return kinv.ddim_invert(
+            denoiser,
+            x,
+            sigmas.flip(0),
+            sigma_floor=sigma_floor,
+            refine_iters=refine_iters,
+            parametrisation=parametrisation,
+            callback=step_done,
+        )
+    return kinv.ddim_generate(denoiser, x, sigmas, parametrisation=parametrisation, callback=step_done)
+
+
+def run_ddim(
+    model,
+    samples: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    direction: str,
+    positive=None,
+    negative=None,
+    cfg: float = 1.0,
+    refine_iters: int = 0,
+) -> torch.Tensor:
+    """Run the inversion (``direction="invert"``) or generation loop on a ComfyUI MODEL.
+
+    ``samples`` is a latent-space ``[B, C, H, W]`` tensor (a clean latent to invert, or a noise latent
+    to generate from); ``sigmas`` the generation-order schedule. Returns latent space, on the
+    intermediate device.
+    """
+    if positive is None and not math.isclose(cfg, 1.0):
+        raise ValueError(
+            f"cfg={cfg} needs a positive and a negative conditioning; connect them or set cfg to 1.0."
+        )
+    if negative is None and not math.isclose(cfg, 1.0):
+        raise ValueError(f"cfg={cfg} needs a negative conditioning; connect one or set cfg to 1.0.")
+    guider = comfy.samplers.CFGGuider(model)
+    conds = {"positive": positive if positive is not None else [[None, {}]]}
+    if negative is not None:
+        conds["negative"] = negative
+    guider.inner_set_conds(conds)
+    guider.set_cfg(cfg)
+    ms = _model_sampling(model)
+    sampler = comfy.samplers.KSAMPLER(
+        _sampler_function,
+        extra_options={
+            "direction": direction,
+            "refine_iters": int(refine_iters),
+            "sigma_floor": float(ms.sigma_min),
+            "parametrisation": _parametrisation(model),
+        },
+    )
+    walk = sigmas.flip(0) if direction == "invert" else sigmas
+    steps = len(sigmas) - 1
+    callback = latent_preview.prepare_callback(model, steps)
+    latent = samples.float()
+    try:
+        with torch.no_grad():
+            out = guider.sample(
+                torch.zeros_like(latent),
+                latent,
+                sampler,
+                walk,
+                callback=callback,
+                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                seed=0,
+            )
+    except comfy.model_management.InterruptProcessingException:
+        raise
+    except (RuntimeError, TypeError, AttributeError) as err:
+        if positive is None:
+            raise ValueError(
+                f"the model failed without conditioning ({type(err).__name__}: {err}). Connect a positive "
+                "conditioning (an empty CLIPTextEncode prompt for SD models, UltraResHDiTClass for HDiT)."
+            ) from err
+        raise
+    return out.to(comfy.model_management.intermediate_device())
+
+
+def _meta(latent: dict) -> dict | None:
+    meta = latent.get(META_KEY)
+    return meta if isinstance(meta, dict) else None
+
+
+# ------------------------------------------------------------------------------------ nodes
+
+
+class DDIMInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResDDIMInvert",
+            display_name="DDIM Invert (UltraRes)",
+            category=CATEGORY,
+            description="Deterministic (eta = 0) DDIM inversion: walks a clean latent up the model's own noise "
+            "schedule to the noise that UltraResDDIMGenerate turns back into it (UnseenDiffusion). Works for "
+            "any model ComfyUI samples, including images far outside the model's training domain.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model whose noise space to invert into."),
+                io.Latent.Input(
+                    "latent",
+                    tooltip="Clean latent to invert (VAEEncode output, or a pixel latent "
+                    "for pixel-space models). A noise_mask on it is ignored.",
+                ),
+                _steps_input(),
+                _level_input(),
+                _scheduler_input(),
+                *_cond_inputs(),
+                io.Int.Input(
+                    "refine_iters",
+                    default=0,
+                    min=0,
+                    max=20,
+                    optional=True,
+                    tooltip="Fixed-point refinements per step (0 = plain DDIM inversion as in the paper). Each "
+                    "adds one model call per step and makes generation land closer to the input.",
+                ),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "noise",
+                    tooltip="The inverted latent at the top sigma, in ComfyUI's leftover-noise convention; "
+                    "feed it to UltraResDDIMGenerate with the same model, steps, level and scheduler.",
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps=None, level=None, cfg=None, **_) -> bool | str:
+        return _check_static(steps, level, cfg)
+
+    @classmethod
+    def execute(
+        cls, model, latent, steps, level, scheduler, positive=None, negative=None, cfg=1.0, refine_iters=0
+    ) -> io.NodeOutput:
+        samples = latent["samples"]
+        _check_latent_channels(model, samples, "latent")
+        sigmas = model_schedule(model, scheduler, steps, level)
+        noise = run_ddim(
+            model,
+            samples,
+            sigmas,
+            direction="invert",
+            positive=positive,
+            negative=negative,
+            cfg=cfg,
+            refine_iters=refine_iters,
+        )
+        meta = {
+            "sigma": float(sigmas[0]),
+            "steps": int(steps),
+            "level": float(level),
+            "scheduler": scheduler,
+            "model": _model_family(model),
+            "shape": list(samples.shape[1:]),
+        }
+        return io.NodeOutput({"samples": noise, META_KEY: meta})
+
+
+class DDIMGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResDDIMGenerate",
+            display_name="DDIM Generate (UltraRes)",
+            category=CATEGORY,
+            description="Deterministic (eta = 0) DDIM generation from a noise latent made by UltraResDDIMInvert "
+            "(or an interpolation of such latents): with the same model, steps, level, scheduler and "
+            "conditioning it reconstructs the inverted image.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the noise was inverted with."),
+                io.Latent.Input(
+                    "noise", tooltip="Noise latent from UltraResDDIMInvert or UltraResLatentSlerp."
+                ),
+                _steps_input(),
+                _level_input(),
+                _scheduler_input(),
+                *_cond_inputs(),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "latent", tooltip="The clean latent (decode it with VAEDecode or the pixel-latent node)."
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps=None, level=None, cfg=None, **_) -> bool | str:
+        return _check_static(steps, level, cfg)
+
+    @classmethod
+    def execute(
+        cls, model, noise, steps, level, scheduler, positive=None, negative=None, cfg=1.0
+    ) -> io.NodeOutput:
+        samples = noise["samples"]
+        _check_latent_channels(model, samples, "noise")
+        sigmas = model_schedule(model, scheduler, steps, level)
+        meta = _meta(noise)
+        if meta is not None:
+            if meta.get("model") not in (None, _model_family(model)):
+                raise ValueError(
+                    f"the noise latent was inverted with a {meta['model']} model but this model is "
+                    f"{_model_family(model)}; generate with the model that inverted it."
+                )
+            top = float(meta.get("sigma", sigmas[0]))
+            if not math.isclose(top, float(sigmas[0]), rel_tol=1e-3):
+                raise ValueError(
+                    f"the noise latent sits at sigma {top:.5g} (inverted with steps={meta.get('steps')}, "
+                    f"level={meta.get('level')}, scheduler={meta.get('scheduler')!r}) but steps={steps}, "
+                    f"level={level}, scheduler={scheduler!r} start at sigma {float(sigmas[0]):.5g}. Use the "
+                    "inversion's steps, level and scheduler."
+                )
+        out = run_ddim(
+            model, samples, sigmas, direction="generate", positive=positive, negative=negative, cfg=cfg
+        )
+        return io.NodeOutput({"samples": out})
+
+
+class LatentSlerp(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResLatentSlerp",
+            display_name="Latent Slerp (UltraRes)",
+            category=CATEGORY,
+            description="Spherical interpolation between two noise latents (the paper moves from an inverted "
+            "out-of-domain latent towards a Gaussian sample this way). Without latent_b, a seeded Gaussian "
+            "sample with latent_a's RMS is used.",
+            inputs=[
+                io.Latent.Input("latent_a", tooltip="Start latent (t = 0), e.g. from UltraResDDIMInvert."),
+                io.Float.Input(
+                    "t",
+                    default=0.5,
+                    min=-1.0,
+                    max=2.0,
+                    step=0.01,
+                    tooltip="Fraction of the way from latent_a to latent_b (0 = a, 1 = b).",
+                ),
+                io.Int.Input(
+                    "count",
+                    default=1,
+                    min=1,
+                    max=256,
+                    tooltip="Number of points: count = 1 gives the point at t; more gives count points "
+                    "evenly spaced in (0, t], as a batch (point-major).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the Gaussian sample used when latent_b is not connected.",
+                ),
+                io.Latent.Input(
+                    "latent_b",
+                    optional=True,
+                    tooltip="End latent (t = 1), same shape as latent_a (or batch 1).",
+                ),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "latent", tooltip="The interpolated noise latent(s); feed to UltraResDDIMGenerate."
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, latent_a, t, count, seed, latent_b=None) -> io.NodeOutput:
+        a = latent_a["samples"].float()
+        if latent_b is None:
+            gen = torch.Generator().manual_seed(int(seed))
+            g = torch.randn(a.shape, generator=gen).to(a.device)
+            rms = a.flatten(1).pow(2).mean(dim=1).sqrt() / g.flatten(1).pow(2).mean(dim=1).sqrt()
+            b = g * rms.view(-1, *([1] * (a.ndim - 1)))
+            meta_b = None
+        else:
+            b = latent_b["samples"].float().to(a.device)
+            meta_b = _meta(latent_b)
+            if a.shape[1:] != b.shape[1:]:
+                raise ValueError(
+                    f"latent_a {tuple(a.shape)} and latent_b {tuple(b.shape)} differ in shape; slerp needs latents "
+                    "of the same model and image size (resize or crop one before inverting)."
+                )
+            if a.shape[0] != b.shape[0]:
+                if b.shape[0] == 1:
+                    b = b.expand_as(a)
+                elif a.shape[0] == 1:
+                    a = a.expand_as(b)
+                else:
+                    raise ValueError(
+                        f"latent_a has batch {a.shape[0]} and latent_b batch {b.shape[0]}; use equal "
+                        "batches or a batch of 1 on one side."
+                    )
+        meta_a = _meta(latent_a)
+        if meta_a and meta_b and not math.isclose(meta_a["sigma"], meta_b["sigma"], rel_tol=1e-3):
+            raise ValueError(
+                f"latent_a was inverted to sigma {meta_a['sigma']:.5g} and latent_b to "
+                f"{meta_b['sigma']:.5g}; interpolate latents inverted with the same steps and level."
+            )
+        ts = [float(t)] if count == 1 else [float(t) * (k + 1) / count for k in range(count)]
+        path = kinv.slerp(a, b, ts)  # [T, B, ...]
+        out = {"samples": path.reshape((-1,) + tuple(a.shape[1:]))}
+        meta = meta_a or meta_b
+        if meta:
+            out[META_KEY] = dict(meta)
+        return io.NodeOutput(out)
+
+
+def _resolve_reference_file(name: str) -> str:
+    path = name if os.path.isabs(name) else os.path.join(folder_paths.get_output_directory(), name)
+    if not path.endswith(".safetensors"):
+        path += ".safetensors"
+    return path
+
+
+def _plot(
+    reference: kinv.DomainReference, score: kinv.DomainScore, width: int = 640, height: int = 320
+) -> torch.Tensor:
+    """Histogram of the reference's leave-one-out distances, the threshold, and the scored latents."""
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    ref = reference.loo["distance"].numpy()
+    test = score.features["distance"].numpy()
+    thr = reference.thresholds["distance"][1]
+    lo = float(min(ref.min(), test.min(), thr))
+    hi = float(max(ref.max(), test.max(), thr))
+    pad = 0.05 * (hi - lo) + 1e-9
+    lo, hi = lo - pad, hi + pad
+    left, right, top, bottom = 40, width - 15, 30, height - 60
+
+    def xpos(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * (right - left)
+
+    bins = 30
+    counts, edges = np.histogram(ref, bins=bins, range=(lo, hi))
+    peak = max(int(counts.max()), 1)
+    for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
+        if c:
+            draw.rectangle(
+                [xpos(e0), bottom - (bottom - top) * c / peak, xpos(e1) - 1, bottom], fill=(150, 170, 200)
+            )
+    draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
+    draw.line([xpos(thr), top - 10, xpos(thr), bottom], fill=(200, 30, 30), width=2)
+    draw.text(
+        (xpos(thr) + 4, top - 12), f"threshold {thr:.4g} ({reference.percentile:g}th pct)", fill=(200, 30, 30)
+    )
+    for v, ok in zip(test, score.in_domain.tolist()):
+        colour = (30, 150, 60) if ok else (210, 60, 30)
+        draw.line([xpos(float(v)), bottom + 5, xpos(float(v)), bottom + 25], fill=colour, width=2)
+    for v in np.linspace(lo, hi, 5):
+        draw.text((xpos(float(v)) - 12, bottom + 30), f"{v:.3g}", fill=(0, 0, 0))
+    draw.text(
+        (left, 8),
+        "normalised distance to the reference Gaussian: bars = reference (leave-one-out), "
+        "ticks = scored (green in / red out)",
+        fill=(0, 0, 0),
+    )
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    return arr[None]
+
+
+class DomainScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResDomainScore",
+            display_name="Domain Score (UltraRes)",
+            category=CATEGORY,
+            description="How in-domain a set of inverted latents looks: fits the paper's Gaussian (per-dim mean, "
+            "scalar variance) to a reference set of in-domain inverted latents and scores each latent by its "
+            "normalised distance, mean distance and mean angle to the reference. Thresholds are percentiles "
+            "of the reference set's own leave-one-out scores, never fixed numbers.",
+            is_output_node=True,
+            inputs=[
+                io.Latent.Input(
+                    "latents", tooltip="Inverted latents to score (a batch from UltraResDDIMInvert)."
+                ),
+                io.Float.Input(
+                    "percentile",
+                    default=95.0,
+                    min=50.0,
+                    max=99.9,
+                    step=0.1,
+                    tooltip="Acceptance percentile: about this share of fresh in-domain latents passes "
+                    "each test.",
+                ),
+                io.Latent.Input(
+                    "reference",
+                    optional=True,
+                    tooltip="In-domain inverted latents (at least 3, same model, size, steps and "
+                    "level). Takes precedence over reference_file.",
+                ),
+                io.String.Input(
+                    "reference_file",
+                    default="",
+                    optional=True,
+                    tooltip="Saved reference (a .safetensors in ComfyUI's output folder, or an absolute "
+                    "path) used when no reference latent is connected.",
+                ),
+                io.String.Input(
+                    "save_reference_as",
+                    default="",
+                    optional=True,
+                    tooltip="If set and a reference latent is connected, save it under this name in "
+                    "the output folder for later use as reference_file.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(
+                    "report", tooltip="Per-latent scores, p-values, verdicts and the thresholds."
+                ),
+                io.Image.Output(
+                    "plot",
+                    tooltip="Histogram of the reference distances with the threshold and the scored latents.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, latents, percentile, reference=None, reference_file="", save_reference_as=""
+    ) -> io.NodeOutput:
+        test = latents["samples"].float().cpu()
+        meta_test = _meta(latents)
+        if reference is not None:
+            ref = reference["samples"].float().cpu()
+            meta_ref = _meta(reference)
+            if save_reference_as:
+                path = _resolve_reference_file(save_reference_as)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+
+                safetensors.torch.save_file(
+                    {"latents": ref.contiguous()}, path, metadata={META_KEY: json.dumps(meta_ref or {})}
+                )
+        elif reference_file:
+            path = _resolve_reference_file(reference_file)
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"reference_file {reference_file!r} not found (looked for {path}); save one with "
+                    "save_reference_as first, or connect a reference latent."
+                )
+
+            ref = safetensors.torch.load_file(path)["latents"].float()
+            with safetensors.safe_open(path, framework="pt") as f:
+                meta_ref = json.loads((f.metadata() or {}).get(META_KEY, "{}")) or None
+        else:
+            raise ValueError("connect a reference latent (in-domain inverted latents) or set reference_file.")
+        if meta_test and meta_ref and not math.isclose(meta_test["sigma"], meta_ref["sigma"], rel_tol=1e-3):
+            raise ValueError(
+                f"the latents were inverted to sigma {meta_test['sigma']:.5g} but the reference to "
+                f"{meta_ref['sigma']:.5g}; invert both with the same model, steps and level."
+            )
+        if tuple(test.shape[1:]) != tuple(ref.shape[1:]):
+            raise ValueError(
+                f"latents {tuple(test.shape)} and reference {tuple(ref.shape)} differ in shape; invert "
+                "both sets with the same model at the same image size."
+            )
+        reference_stats = kinv.domain_reference(ref, percentile=float(percentile))
+        score = kinv.domain_score(test, reference_stats)
+        report = _report(reference_stats, score)
+        plot = _plot(reference_stats, score)
+        preview = ui.PreviewImage(plot, cls=cls).as_dict()
+        return io.NodeOutput(report, plot, ui={**preview, "text": (report,)})
+
+
+def _report(reference: kinv.DomainReference, score: kinv.DomainScore) -> str:
+    n_in = int(score.in_domain.sum())
+    lines = [
+        f"reference: {reference.fit.count} latents, {reference.fit.dim} values each, scalar variance "
+        f"{reference.fit.var:.4g}; thresholds at the {reference.percentile:g}th percentile of leave-one-out scores:",
+    ]
+    for name, (lo, hi) in reference.thresholds.items():
+        lines.append(f"  {name}: [{lo:.5g}, {hi:.5g}]")
+    lines.append(f"scored: {n_in} of {len(score.in_domain)} in-domain")
+    lines.append("index  distance  p_value  mean_pair_distance  mean_angle  verdict")
+    f = score.features
+    for i in range(len(score.in_domain)):
+        lines.append(
+            f"{i:5d}  {float(f['distance'][i]):8.4f}  {float(score.p_value[i]):7.3f}  "
+            f"{float(f['mean_pair_distance'][i]):18.4f}  {float(f['mean_angle'][i]):10.3f}  "
+            f"{'in-domain' if bool(score.in_domain[i]) else 'out-of-domain'}"
+        )
+    return "\n".join(lines)
+
+
+NODES = [DDIMInvert, DDIMGenerate, LatentSlerp, DomainScore]
