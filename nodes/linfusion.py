@@ -1,0 +1,262 @@
+"""LinFusion as ComfyUI nodes (thin adapters over ``kernels/linfusion.py`` and ``linfusion_format.py``).
+
+- ``UltraResLinFusionLoader``: official-format LinFusion weights from ``models/linfusion`` -> LINFUSION.
+- ``UltraResLinFusionApply``: MODEL + LINFUSION -> MODEL whose every ``attn1`` (self-attention) is
+  object-patched by a module with ComfyUI's ``CrossAttention.forward`` signature. The replacement
+  keeps the original module (and shares its ``to_q``/``to_k``/``to_v``/``to_out``, so LoRA weight
+  patches and ``attn1_replace`` patches of other packs still reach the base projections) and runs
+  it below ``min_tokens`` tokens, for masked calls, and for attention whose context has another
+  width. Everything else of the model is untouched, so LoRA, ControlNet and tiled samplers compose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import comfy.ops
+import folder_paths
+import torch
+from comfy_api.latest import io
+from torch import nn
+
+from ..kernels import linfusion as L
+from ..kernels import linfusion_format as fmt
+
+CATEGORY = "UltraRes/linfusion"
+FOLDER = "linfusion"
+
+LinFusionType = io.Custom("LINFUSION")
+
+
+@dataclass
+class LinFusionWeights:
+    """What the loader returns: the file's name, its layer specs and per-layer state dicts."""
+
+    name: str
+    specs: list[fmt.LayerSpec]
+    layers: list[dict[str, torch.Tensor]]
+
+    @property
+    def family(self) -> str:
+        return describe_specs(self.specs)
+
+
+def describe_specs(specs: list[fmt.LayerSpec]) -> str:
+    """A human label for a LinFusion file's layout, for error messages."""
+    widths = sorted({s.dim_n for s in specs})
+    if not any(s.module_name.startswith("down_blocks.0.") for s in specs):
+        kind = "SDXL layout (no attention in the first down block)"
+    elif all(s.heads == 8 for s in specs):
+        kind = "SD1.x layout (8 heads)"
+    elif all(s.heads * 64 == s.dim_n for s in specs):
+        kind = "SD2.x layout (heads = width/64)"
+    else:
+        kind = f"custom layout (heads {sorted({s.heads for s in specs})})"
+    return f"{kind}, {len(specs)} attn1 layers, widths {widths}"
+
+
+def model_family(model) -> str:
+    """``"SD15"``, ``"SD20"``, ``"SDXL"``... from the model config's class hierarchy."""
+    names = [c.__name__ for c in type(model.model.model_config).__mro__]
+    for known in ("SDXLRefiner", "SDXL", "SD20", "SD15"):
+        if known in names:
+            return known
+    return names[0]
+
+
+def _attn1_paths(model) -> list[str]:
+    unet = model.get_model_object("diffusion_model")
+    return [name for name, _ in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"]
+
+
+def _describe_model(model, bases: dict[str, nn.Module]) -> str:
+    widths = sorted({m.to_q.weight.shape[1] for m in bases.values()})
+    return f"a {model_family(model)} model ({len(bases)} attn1 layers, widths {widths})"
+
+
+class LinFusionAttn1(nn.Module):
+    """Drop-in replacement for one ComfyUI ``CrossAttention`` used as ``attn1``.
+
+    Shares the base module's projections (registered under the same names) and owns the LinFusion
+    layer as ``linfusion``. ``forward`` has ``CrossAttention.forward``'s signature.
+    """
+
+    def __init__(self, base: nn.Module, layer: L.LinFusionAttention, min_tokens: int = 0,
+                 keep_base_value_output: bool = False, compute_fp32: bool = False, chunk_size: int = 0):
+        super().__init__()
+        self.to_q, self.to_k, self.to_v, self.to_out = base.to_q, base.to_k, base.to_v, base.to_out
+        self.linfusion = layer
+        object.__setattr__(self, "base", base)  # not a registered child: its parameters are ours already
+        self.heads = base.heads
+        self.dim_head = getattr(base, "dim_head", None)
+        self.attn_precision = getattr(base, "attn_precision", None)
+        self.min_tokens = int(min_tokens)
+        self.keep_base_value_output = bool(keep_base_value_output)
+        self.compute_fp32 = bool(compute_fp32)
+        self.chunk_size = int(chunk_size) or None
+
+    def uses_linfusion(self, x: torch.Tensor, context=None, value=None, mask=None) -> bool:
+        if mask is not None or x.shape[1] < self.min_tokens:
+            return False
+        dim = self.linfusion.dim
+        return (context is None or context.shape[-1] == dim) and (value is None or value.shape[-1] == dim)
+
+    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006 (ComfyUI's signature)
+        if not self.uses_linfusion(x, context, value, mask):
+            return self.base(x, context=context, value=value, mask=mask, transformer_options=transformer_options)
+        lin = self.linfusion
+        cdt = torch.float32 if self.compute_fp32 else x.dtype
+        ctx = x if context is None else context
+        val = ctx if value is None else value
+        q = lin.project_q(x.to(cdt))
+        k = lin.project_k(ctx.to(cdt))
+        v = self.to_v(val) if self.keep_base_value_output else lin.to_v(val.to(cdt))
+        core = L.linear_attention(q, k, v, lin.heads, self.chunk_size)
+        if self.keep_base_value_output:
+            return self.to_out(core.to(x.dtype))
+        return lin.to_out[0](core).to(x.dtype)
+
+
+def load_weights(path: str, name: str) -> LinFusionWeights:
+    try:
+        specs, layers = fmt.load_linfusion(path)
+    except fmt.LinFusionFormatError as exc:
+        raise ValueError(f"lf_name '{name}': {exc}") from exc
+    return LinFusionWeights(name, specs, layers)
+
+
+def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,
+                chunk_size: int = 0, precision: str = "auto"):
+    """A clone of ``model`` with every attn1 object-patched; refuses any mismatch."""
+    paths = _attn1_paths(model)
+    if not paths:
+        raise ValueError(f"model: {model_family(model)} has no attn1 (self-attention) layers; LinFusion patches "
+                         "SD1.x, SD2.x and SDXL UNets only.")
+    bases = {}
+    for p in paths:
+        m = model.get_model_object(f"diffusion_model.{p}")
+        if isinstance(m, LinFusionAttn1):
+            raise ValueError("model: LinFusion is already applied to this model; connect the model from before "
+                             "the first UltraResLinFusionApply.")
+        bases[p] = m
+    unet_config = model.model.model_config.unet_config
+    res_blocks = unet_config.get("num_res_blocks", 2)
+    file_desc, model_desc = weights.family, _describe_model(model, bases)
+    mismatch = (f"lf_name '{weights.name}' ({file_desc}) does not fit {model_desc}. Use LinFusion weights made for "
+                "this model family (LinFusion-1-5 for SD1.x, -2-1 for SD2.x, -XL for SDXL) or distil your own with "
+                "`python -m ultrares.kernels.linfusion_distill`.")
+    mapped = {}
+    for spec, sd in zip(weights.specs, weights.layers):
+        try:
+            target = fmt.diffusers_to_ldm(spec.module_name, res_blocks)
+        except fmt.LinFusionFormatError as exc:
+            raise ValueError(f"{mismatch} ({exc})") from None
+        if target not in bases:
+            raise ValueError(f"{mismatch} (the file's {spec.module_name} -> {target} is not an attn1 of the model)")
+        base = bases[target]
+        width, heads = base.to_q.weight.shape[1], int(base.heads)
+        if spec.dim_n != width or base.to_q.weight.shape[0] != width:
+            raise ValueError(f"{mismatch} ({target}: file width {spec.dim_n}, model width {width})")
+        if spec.heads != heads:
+            raise ValueError(f"{mismatch} ({target}: file has {spec.heads} heads, model has {heads})")
+        mapped[target] = (spec, sd)
+    missing = [p for p in paths if p not in mapped]
+    if missing:
+        raise ValueError(f"{mismatch} (the file does not cover {len(missing)} attn1 layers of the model, "
+                         f"e.g. {missing[0]})")
+
+    base_model = model.model
+    model_dtype = base_model.manual_cast_dtype or base_model.get_dtype()
+    compute_fp32 = precision == "fp32"
+    if precision == "auto" and model_family(model) == "SD20" and model_dtype == torch.float16:
+        compute_fp32 = True
+        logging.warning("UltraRes LinFusion: SD2.x LinFusion weights are numerically unstable in float16 "
+                        "(as the official repo warns); the LinFusion layers run in float32.")
+    layer_dtype = torch.float32 if compute_fp32 else model_dtype
+    m = model.clone()
+    for target, (spec, sd) in mapped.items():
+        layer = fmt.build_layer(spec, sd, operations=comfy.ops.manual_cast, dtype=layer_dtype)
+        m.add_object_patch(
+            f"diffusion_model.{target}",
+            LinFusionAttn1(bases[target], layer, min_tokens, keep_base_value_output, compute_fp32, chunk_size),
+        )
+    return m
+
+
+def _lf_files() -> list[str]:
+    return sorted(f for f in folder_paths.get_filename_list(FOLDER) if f.endswith((".safetensors", "config.json")))
+
+
+class LinFusionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResLinFusionLoader",
+            display_name="LinFusion Loader (UltraRes)",
+            category=CATEGORY,
+            description=(
+                "Loads LinFusion linear-attention weights from models/linfusion: the official release "
+                "(Yuanshi/LinFusion-1-5, -2-1, -XL: a folder with config.json + diffusion_pytorch_model.safetensors; "
+                "pick either file) or a single .safetensors with the config in its metadata (what "
+                "`python -m ultrares.kernels.linfusion_distill` writes)."
+            ),
+            inputs=[
+                io.Combo.Input("lf_name", options=_lf_files(),
+                               tooltip="LinFusion weights in models/linfusion (.safetensors, or a release folder's config.json)."),
+            ],
+            outputs=[LinFusionType.Output(display_name="linfusion",
+                                          tooltip="LinFusion layers for UltraResLinFusionApply.")],
+        )
+
+    @classmethod
+    def execute(cls, lf_name: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path(FOLDER, lf_name)
+        if path is None:
+            raise ValueError(f"lf_name '{lf_name}' is not in models/linfusion; put the file there and refresh.")
+        return io.NodeOutput(load_weights(path, lf_name))
+
+
+class LinFusionApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResLinFusionApply",
+            display_name="Apply LinFusion (UltraRes)",
+            category=CATEGORY,
+            description=(
+                "Replaces every self-attention (attn1) of an SD1.x/SD2.x/SDXL UNet by LinFusion's linear attention: "
+                "cost linear in the number of latent pixels instead of quadratic, which makes 2K-16K images "
+                "feasible. Cross-attention, LoRA on other layers, ControlNet and tiled samplers are unaffected. "
+                "Refuses weights made for another model family."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model."),
+                LinFusionType.Input("linfusion", tooltip="Weights from LinFusion Loader, made for this model family."),
+                io.Int.Input("min_tokens", default=0, min=0, max=1 << 24, step=64,
+                             tooltip="Layers seeing fewer tokens (latent pixels) than this keep the original softmax "
+                                     "attention, where linear attention saves little (e.g. 4096 = a 64x64 latent). "
+                                     "0 = LinFusion everywhere (as distilled)."),
+                io.Boolean.Input("keep_base_value_output", default=False,
+                                 tooltip="Use the model's own value and output projections (to_v, to_out) instead of "
+                                         "LinFusion's: keeps more of a fine-tune's self-attention. Off = the official "
+                                         "behaviour (all four projections from the LinFusion file)."),
+                io.Int.Input("chunk_size", default=0, min=0, max=1 << 24, step=1024,
+                             tooltip="Tokens per chunk in the linear attention's float32 reductions (bounds memory at "
+                                     "very large sizes); 0 = no chunking."),
+                io.Combo.Input("precision", options=["auto", "fp32"], default="auto",
+                               tooltip="auto: the model's dtype, except SD2.x in float16, which runs LinFusion in "
+                                       "float32 (the official weights are unstable in fp16). fp32: always float32."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with LinFusion self-attention.")],
+        )
+
+    @classmethod
+    def execute(cls, model, linfusion: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,
+                chunk_size: int = 0, precision: str = "auto") -> io.NodeOutput:
+        if not isinstance(linfusion, LinFusionWeights):
+            raise ValueError("linfusion: connect the output of LinFusion Loader (UltraRes).")
+        return io.NodeOutput(patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision))
+
+
+NODES = [LinFusionLoader, LinFusionApply]

@@ -1,0 +1,238 @@
+"""LinFusion nodes on the tiny SD1.5/SDXL models: loading official-format files, patching every attn1
+and nothing else, refusing mismatches, the min_tokens switch, value/output projections, precision."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import folder_paths
+import pytest
+import torch
+from ultrares.kernels import linfusion as L
+from ultrares.kernels import linfusion_distill as ld
+from ultrares.kernels import linfusion_format as fmt
+
+
+def _lf_module(comfy):
+    """The nodes module ComfyUI loaded (same class identities as the node outputs)."""
+    cls = comfy.node_class("UltraResLinFusionApply")
+    return sys.modules[cls.__module__]
+
+
+def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=torch.float16):
+    """Random LinFusion weights in the official layout, sized for ``model`` (a ModelPatcher)."""
+    unet = model.model.diffusion_model
+    specs = ld.specs_for(unet, model.model.model_config.unet_config["num_res_blocks"], mid_dim_scale)
+    if heads is not None:
+        specs = {p: fmt.LayerSpec(s.module_name, s.dim_n, heads(s.dim_n), s.projection_mid_dim) for p, s in specs.items()}
+    torch.manual_seed(seed)
+    layers = [fmt.build_layer(s) for s in specs.values()]
+    fmt.save_linfusion(str(path), list(specs.values()), layers, dtype=dtype)
+    return specs
+
+
+@pytest.fixture()
+def lf_dir(tmp_path):
+    d = tmp_path / "linfusion"
+    d.mkdir()
+    folder_paths.add_model_folder_path("linfusion", str(d))
+    yield d
+    folder_paths.folder_names_and_paths["linfusion"][0].remove(str(d))
+
+
+def _sample(comfy, model, clip, seed=1, size=16, steps=1):
+    (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a lighthouse")
+    (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
+    (out,) = comfy.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=4.0, sampler_name="euler",
+                            scheduler="normal", positive=pos, negative=neg,
+                            latent_image={"samples": torch.zeros(1, 4, size, size)}, denoise=1.0)
+    return out["samples"]
+
+
+@pytest.mark.parametrize("family,n_layers,mid_scale", [("sd15", 16, None), ("sdxl", 16, 16)])
+def test_official_file_patches_every_attn1_and_nothing_else(comfy, request, lf_dir, family, n_layers, mid_scale):
+    model, clip, _ = request.getfixturevalue(f"tiny_{family}")
+    specs = write_lf_file(model, lf_dir / f"lf_{family}.safetensors", mid_dim_scale=mid_scale)
+    assert f"lf_{family}.safetensors" in folder_paths.get_filename_list("linfusion")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name=f"lf_{family}.safetensors")
+    assert len(weights.specs) == n_layers
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
+                                keep_base_value_output=False, chunk_size=0, precision="auto")
+    mod = _lf_module(comfy)
+    attn1 = {f"diffusion_model.{p}" for p in specs}
+    assert set(patched.object_patches) - set(model.object_patches) == attn1
+    assert patched.patches == model.patches and not model.object_patches.keys() & attn1
+    for key in attn1:
+        wrapper = patched.object_patches[key]
+        assert isinstance(wrapper, mod.LinFusionAttn1)
+        base = model.get_model_object(key)
+        assert wrapper.base is base and wrapper.to_q is base.to_q and wrapper.to_out is base.to_out
+        spec = specs[key.removeprefix("diffusion_model.")]
+        assert wrapper.linfusion.heads == spec.heads and wrapper.linfusion.mid_dim == spec.mid_dim
+    # the file's weights are what runs (cast to the model's fp32)
+    (_, sd_layers) = fmt.load_linfusion(str(lf_dir / f"lf_{family}.safetensors"))
+    first = patched.object_patches[f"diffusion_model.{next(iter(specs))}"].linfusion
+    torch.testing.assert_close(first.to_q_[3].weight, sd_layers[0]["to_q_.3.weight"].float())
+    # while patched, the UNet really holds the wrappers; afterwards the originals are back
+    patched.patch_model()
+    try:
+        unet = patched.model.diffusion_model
+        kinds = {type(m).__name__ for n, m in unet.named_modules() if n.endswith("attn1")}
+        assert kinds == {"LinFusionAttn1"}
+        assert {type(m).__name__ for n, m in unet.named_modules() if n.endswith("attn2")} == {"CrossAttention"}
+    finally:
+        patched.unpatch_model()
+    assert {type(m).__name__ for n, m in model.model.diffusion_model.named_modules() if n.endswith("attn1")} == {"CrossAttention"}
+    # and the sampled result changes
+    assert not torch.allclose(_sample(comfy, patched, clip), _sample(comfy, model, clip))
+
+
+def test_wrapper_equals_kernel_and_base_below_min_tokens(comfy, tiny_sd15, lf_dir):
+    model, _, _ = tiny_sd15
+    specs = write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
+    key = "input_blocks.1.1.transformer_blocks.0.attn1"
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=100,
+                                keep_base_value_output=False, chunk_size=0, precision="auto")
+    wrapper = patched.object_patches[f"diffusion_model.{key}"]
+    ref = fmt.build_layer(specs[key], fmt.load_linfusion(str(lf_dir / "lf.safetensors"))[1][0])
+    x_big = torch.randn(2, 256, 32)
+    torch.testing.assert_close(wrapper(x_big), ref(x_big))
+    x_small = torch.randn(2, 64, 32)  # below min_tokens: the original softmax attention
+    torch.testing.assert_close(wrapper(x_small), wrapper.base(x_small))
+    assert not torch.allclose(wrapper(x_small), ref(x_small))
+    # masked calls fall back too
+    assert not wrapper.uses_linfusion(x_big, mask=torch.ones(2, 256, 256))
+
+
+def test_min_tokens_switch_in_sampling(comfy, tiny_sd15, lf_dir):
+    model, clip, _ = tiny_sd15
+    write_lf_file(model, lf_dir / "lf.safetensors")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
+
+    def apply(min_tokens):
+        return comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=min_tokens,
+                              keep_base_value_output=False, chunk_size=0, precision="auto")[0]
+
+    base = _sample(comfy, model, clip)
+    # 16x16 latent: 256 tokens at level 0, 64 and 16 below. Above every size: identical to the base model.
+    assert torch.equal(_sample(comfy, apply(1 << 20), clip), base)
+    only_top = _sample(comfy, apply(200), clip)
+    everywhere = _sample(comfy, apply(0), clip)
+    assert not torch.allclose(only_top, base) and not torch.allclose(only_top, everywhere)
+    # count which layers used LinFusion in a real forward
+    patched = apply(200)
+    used = []
+    for key, wrapper in patched.object_patches.items():
+        wrapper.register_forward_hook(lambda mod, args, out, k=key: used.append((k, mod.uses_linfusion(args[0]))))
+    _sample(comfy, patched, clip)
+    on = {k for k, u in used if u}
+    assert on == {f"diffusion_model.{p}.transformer_blocks.0.attn1" for p in
+                  ("input_blocks.1.1", "input_blocks.2.1", "output_blocks.9.1", "output_blocks.10.1", "output_blocks.11.1")}
+
+
+def test_keep_base_value_output(comfy, tiny_sd15, lf_dir):
+    model, _, _ = tiny_sd15
+    write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
+                                keep_base_value_output=True, chunk_size=0, precision="auto")
+    wrapper = patched.object_patches["diffusion_model.middle_block.1.transformer_blocks.0.attn1"]
+    lin = wrapper.linfusion
+    x = torch.randn(1, 16, 128)
+    want = wrapper.base.to_out(L.linear_attention(lin.project_q(x), lin.project_k(x), wrapper.base.to_v(x), lin.heads))
+    torch.testing.assert_close(wrapper(x), want)
+    assert not torch.allclose(wrapper(x), lin(x))
+
+
+def test_chunked_patch_matches_unchunked(comfy, tiny_sd15, lf_dir):
+    model, _, _ = tiny_sd15
+    write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
+    outs = []
+    for chunk in (0, 50):
+        (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
+                              keep_base_value_output=False, chunk_size=chunk, precision="auto")
+        outs.append(p.object_patches["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1"](torch.ones(1, 256, 32).cumsum(1) / 256))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_mismatched_family_refused_naming_both(comfy, tiny_sd15, tiny_sdxl, lf_dir):
+    sd15, sdxl = tiny_sd15[0], tiny_sdxl[0]
+    write_lf_file(sdxl, lf_dir / "xl.safetensors", mid_dim_scale=16)
+    write_lf_file(sd15, lf_dir / "v15.safetensors")
+    write_lf_file(sd15, lf_dir / "v2like.safetensors", heads=lambda c: max(1, c // 16))
+    (xl,) = comfy.run_node("UltraResLinFusionLoader", lf_name="xl.safetensors")
+    (v15,) = comfy.run_node("UltraResLinFusionLoader", lf_name="v15.safetensors")
+    (v2,) = comfy.run_node("UltraResLinFusionLoader", lf_name="v2like.safetensors")
+    kw = {"min_tokens": 0, "keep_base_value_output": False, "chunk_size": 0, "precision": "auto"}
+    with pytest.raises(ValueError, match=r"xl\.safetensors' \(SDXL layout.*does not fit a SD15 model"):
+        comfy.run_node("UltraResLinFusionApply", model=sd15, linfusion=xl, **kw)
+    with pytest.raises(ValueError, match=r"SD1\.x layout.*does not fit a SDXL model"):
+        comfy.run_node("UltraResLinFusionApply", model=sdxl, linfusion=v15, **kw)
+    with pytest.raises(ValueError, match=r"custom layout.*file has 2 heads, model has 8\)"):
+        comfy.run_node("UltraResLinFusionApply", model=sd15, linfusion=v2, **kw)
+    # applying twice is refused too
+    (once,) = comfy.run_node("UltraResLinFusionApply", model=sd15, linfusion=v15, **kw)
+    with pytest.raises(ValueError, match="already applied"):
+        comfy.run_node("UltraResLinFusionApply", model=once, linfusion=v15, **kw)
+
+
+def test_bad_files_give_clear_errors(comfy, lf_dir):
+    (lf_dir / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    with pytest.raises(ValueError, match=r"lf_name 'corrupt.safetensors'.*corrupt or incomplete"):
+        comfy.run_node("UltraResLinFusionLoader", lf_name="corrupt.safetensors")
+    with pytest.raises(ValueError, match=r"'missing.safetensors' is not in models/linfusion"):
+        comfy.run_node("UltraResLinFusionLoader", lf_name="missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"0.to_q.weight": torch.zeros(2, 2)}, str(lf_dir / "noconfig.safetensors"))
+    with pytest.raises(ValueError, match="no LinFusion config"):
+        comfy.run_node("UltraResLinFusionLoader", lf_name="noconfig.safetensors")
+    with pytest.raises(ValueError, match="connect the output of LinFusion Loader"):
+        comfy.run_node("UltraResLinFusionApply", model=None, linfusion="nope", min_tokens=0,
+                       keep_base_value_output=False, chunk_size=0, precision="auto")
+
+
+def test_official_folder_layout_loads(comfy, tiny_sd15, lf_dir):
+    model = tiny_sd15[0]
+    unet = model.model.diffusion_model
+    specs = ld.specs_for(unet, [2, 2, 2, 2])
+    fmt.save_linfusion(str(lf_dir / "LinFusion-tiny"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
+    names = folder_paths.get_filename_list("linfusion")
+    pick = next(n for n in names if n.endswith("config.json"))
+    (w,) = comfy.run_node("UltraResLinFusionLoader", lf_name=pick)
+    (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=w, min_tokens=0,
+                          keep_base_value_output=False, chunk_size=0, precision="auto")
+    assert len(p.object_patches) == 16
+
+
+def test_sd2_fp16_runs_linfusion_in_fp32_and_warns(comfy, lf_dir, caplog):
+    from comfy import model_patcher, supported_models
+
+    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                   "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 64,
+                   "num_res_blocks": [1, 1], "transformer_depth": [1, 1, 1, 1], "channel_mult": [1, 2],
+                   "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64,
+                   "num_head_channels": 64, "transformer_depth_output": [1, 1, 1, 1],
+                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    config = supported_models.SD20(dict(unet_config))
+    config.set_inference_dtype(torch.float16, None)
+    base = config.get_model({}, "", device=torch.device("cpu"))
+    with torch.no_grad():
+        for prm in base.diffusion_model.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.05)
+    model = model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    write_lf_file(model, lf_dir / "v21.safetensors")
+    (w,) = comfy.run_node("UltraResLinFusionLoader", lf_name="v21.safetensors")
+    with caplog.at_level(logging.WARNING):
+        (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=w, min_tokens=0,
+                              keep_base_value_output=False, chunk_size=0, precision="auto")
+    assert "float16" in caplog.text and "float32" in caplog.text
+    wrapper = next(iter(p.object_patches.values()))
+    assert wrapper.compute_fp32 and wrapper.linfusion.to_q.weight.dtype == torch.float32
+    x = torch.randn(1, 64, 64, dtype=torch.float16) * 30
+    out = wrapper(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), wrapper.linfusion(x.float()), rtol=1e-2, atol=1e-2)
