@@ -107,7 +107,8 @@ def _model_controls(sources: list[str], default: str | None):
                              info="The embedded HDiT, or a checkpoint from ComfyUI/models/checkpoints.")
         label = gr.Dropdown(labels, value=labels[0] if labels else None, label="Class",
                             visible=not default or default.startswith(H.HDIT_PREFIX),
-                            info="What the class-conditional HDiT draws ('unconditional' = any).")
+                            info="What the class-conditional HDiT draws ('unconditional' = any).",
+                            allow_custom_value=True)  # the choices follow the model; the handler checks
         prompt = gr.Textbox(label="Prompt", value="a photo of a cat", visible=bool(default) and
                             default.startswith(H.CKPT_PREFIX))
     source.change(ui_source_changed, source, [label, prompt], queue=False, api_visibility="undocumented")

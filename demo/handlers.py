@@ -14,8 +14,10 @@ ComfyUI's ``checkpoints`` folder (text-conditional, with their VAE).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,11 +68,23 @@ def tracked(report: Report | None, stage: str):
         comfy.utils.set_progress_bar_global_hook(None)
 
 
-def start_run() -> None:
-    """Clear a Cancel pressed while nothing was running, so it does not stop this run."""
-    import comfy.model_management
+_RUN_LOCK = threading.Lock()
 
-    comfy.model_management.interrupt_current_processing(False)
+
+def exclusive(fn):
+    """One run at a time in this process, whatever the web server does: a cancelled run's thread
+    finishes its current step before the next run starts. The next run then clears the Cancel flag
+    (a Cancel pressed while nothing was running must not stop it)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        import comfy.model_management
+
+        with _RUN_LOCK:
+            comfy.model_management.interrupt_current_processing(False)
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def cancel() -> None:
@@ -196,6 +210,12 @@ def load(source: str | None) -> Bundle:
     return bundle
 
 
+def remember(bundle: Bundle) -> None:
+    """Offer a model that is already in memory (built by another program) under ``bundle.source``."""
+    _CACHE.clear()
+    _CACHE[bundle.source] = bundle
+
+
 def _module_of(node_id: str):
     import sys
 
@@ -306,11 +326,11 @@ def _check_int(name: str, value, lo: int, hi: int, multiple: int = 1) -> int:
 # ------------------------------------------------------------------------------------ tab: HDiT
 
 
+@exclusive
 def generate(source: str | None, label: str | None = None, steps: int = 20, seed: int = 0, cfg: float = 3.0,
              batch: int = 4, sampler: str = "dpmpp_2m", scheduler: str = "karras", prompt: str = "",
              report: Report | None = None) -> tuple[Image.Image, str]:
     """Sample ``batch`` images at the model's native size; returns (row of images, description)."""
-    start_run()
     steps = _check_int("steps", steps, 1, 200)
     batch = _check_int("batch", batch, 1, 16)
     bundle = load(source)
@@ -364,6 +384,7 @@ def draw_tiles(image: Image.Image, plan, ratio: int) -> Image.Image:
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
+@exclusive
 def any_size(source: str | None, label: str | None = None, width: int = 192, height: int = 128,
              method: str = "FSTD", tile: int = 0, overlap: int = 16, steps: int = 20, seed: int = 0,
              cfg: float = 3.0, show_step: int = 1, compare: bool = False, prompt: str = "",
@@ -371,7 +392,6 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
     """Sample at any width x height with UltraResTiledDiffusion (tiles at the model's native size
     unless ``tile`` is set). Returns (image, the tile grid of ``show_step`` drawn on it, the untiled
     image when ``compare``, description)."""
-    start_run()
     bundle = load(source)
     ratio = 1 if bundle.kind == "hdit" else 8
     multiple = 16 if bundle.kind == "hdit" else 8
@@ -415,6 +435,7 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
 # ------------------------------------------------------------------------------------ tab: Relay
 
 
+@exclusive
 def relay(source: str | None, label: str | None = None, image=None, factor: int = 2, steps: int = 30,
           truncation_sigma: float = 0.9, seed: int = 0, cfg: float = 3.0, s_block: float = 0.15,
           s_noise: float = 0.2, base_steps: int = 20, prompt: str = "",
@@ -422,7 +443,6 @@ def relay(source: str | None, label: str | None = None, image=None, factor: int 
     """Relay upscaling: the uploaded image (fitted to the model's native size), or one generated at
     the native size, up-scaled ``factor`` x by UltraResRelayUpscale. Returns (low-res shown at the
     output size, relay result, description)."""
-    start_run()
     bundle = load(source)
     factor = _check_int("factor", factor, 2, 8)
     steps = _check_int("steps", steps, 2, 1000)
@@ -461,12 +481,12 @@ def linfusion_files() -> list[str]:
     return node_options("UltraResLinFusionLoader", "lf_name")
 
 
+@exclusive
 def linfusion_timing(source: str | None, lf_name: str | None, prompt: str = "a photo of a cat", width: int = 512,
                      height: int = 512, steps: int = 10, seed: int = 0, cfg: float = 6.0,
                      report: Report | None = None) -> tuple[Image.Image, Image.Image, str]:
     """The same sampling with the model's softmax self-attention and with LinFusion; returns
     (softmax image, LinFusion image, timing table in Markdown)."""
-    start_run()
     if not source or not source.startswith(CKPT_PREFIX):
         raise UserError("LinFusion replaces the self-attention of SD1.x/SD2.x/SDXL UNets: pick a Stable Diffusion "
                         "checkpoint (put one in ComfyUI/models/checkpoints). The embedded HDiT has no UNet.")
@@ -519,11 +539,11 @@ def digit_decode_modes() -> list[str]:
 _DIGIT_CACHE: dict[tuple[str, str], tuple] = {}
 
 
+@exclusive
 def digit_tokens(image, encoder: str | None = None, codebook: str | None = None, image_size: int = 256,
                  fit: str = "center_crop", mode: str = "nearest_patch",
                  report: Report | None = None) -> tuple[Image.Image, Image.Image, Image.Image, str]:
     """Tokenize an image with DiGIT; returns (image as tokenized, token map, tokens decoded, description)."""
-    start_run()
     r = runtime()
     encoder = encoder or (digit_encoders() or [None])[0]
     codebook = codebook or (digit_codebooks() or [None])[0]
@@ -562,6 +582,7 @@ def inversion_schedulers() -> list[str]:
     return node_options("UltraResDDIMInvert", "scheduler")
 
 
+@exclusive
 def invert(source: str | None, label: str | None = None, image=None, steps: int = 50, level: float = 1.0,
            scheduler: str = "simple", seed: int = 0, prompt: str = "",
            report: Report | None = None) -> tuple[Image.Image, Image.Image, Image.Image, str]:
@@ -569,7 +590,6 @@ def invert(source: str | None, label: str | None = None, image=None, steps: int 
     reconstruct it; returns (input, inverted noise, reconstruction, PSNR text)."""
     from ultrares.kernels.inversion import psnr
 
-    start_run()
     bundle = load(source)
     steps = _check_int("steps", steps, 1, 1000)
     if not 0.0 < float(level) <= 1.0:

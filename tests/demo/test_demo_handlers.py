@@ -1,0 +1,205 @@
+"""The demo's tab handlers called directly, in-process on the real ComfyUI (the `comfy` fixture),
+with a small random-weight HDiT registered in the hdit models folder (and the embedded model when
+it is there): shapes, determinism, the tile grid, PSNR, progress, Cancel, and the error messages."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from demo_support import TEST_CLASSES, TEST_HDIT, hdit_registered
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "demo" / "examples"
+
+
+@pytest.fixture(scope="module")
+def H(comfy, tmp_path_factory):
+    from ultrares.demo import handlers
+
+    with hdit_registered(tmp_path_factory.mktemp("demo-models")):
+        yield handlers
+
+
+@pytest.fixture(scope="module")
+def src(H):
+    return H.HDIT_PREFIX + TEST_HDIT
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
+def test_sources_list_hdit_files_and_checkpoints(H, src):
+    found = H.sources()
+    assert src in found
+    embedded = H.HDIT_PREFIX + H.EMBEDDED_HDIT
+    if (Path(H.__file__).resolve().parents[1] / "models" / "hdit" / H.EMBEDDED_HDIT).exists():
+        assert found[0] == embedded == H.default_source()
+    # every checkpoint ComfyUI's loader offers is listed, after the HDiT files
+    ckpts = [s for s in found if s.startswith(H.CKPT_PREFIX)]
+    assert [c[len(H.CKPT_PREFIX):] for c in ckpts] == H.checkpoint_files()
+    assert not any(s.endswith(".json") for s in found if s.startswith(H.HDIT_PREFIX) and
+                   s[len(H.HDIT_PREFIX):-5] + ".safetensors" in H.hdit_files())
+    bundle = H.load(src)
+    assert bundle.kind == "hdit" and bundle.native == 32 and bundle.labels == [*TEST_CLASSES, H.UNCONDITIONAL]
+
+
+def test_generate_is_seeded_and_reports_progress(H, src):
+    seen = []
+    img, info = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t)))
+    # a row of two 32x32 images, enlarged 8x (nearest) for viewing
+    assert img.size == (2 * 256, 256)
+    assert "2 x 32x32" in info and "squares" in info
+    again, _ = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2)
+    other, _ = H.generate(src, "squares", steps=3, seed=6, cfg=2.0, batch=2)
+    assert np.array_equal(pixels(img), pixels(again))
+    assert np.abs(pixels(img) - pixels(other)).mean() > 1
+    # ComfyUI's progress bar reached the demo: 3 sampler steps
+    values = [(v, t) for s, v, t in seen if t == 3]
+    assert values and values[-1] == (3, 3)
+
+
+def test_class_choice_changes_the_image(H, src):
+    a, _ = H.generate(src, "circles", steps=2, seed=1, batch=1)
+    b, _ = H.generate(src, "stars", steps=2, seed=1, batch=1)
+    assert np.abs(pixels(a) - pixels(b)).mean() > 0.5
+
+
+def test_cancel_interrupts_sampling_and_the_next_run_works(H, src):
+    import comfy.model_management
+
+    def press_cancel(stage, value, total):
+        if value == 1:
+            H.cancel()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        H.generate(src, "circles", steps=6, seed=0, batch=1, report=press_cancel)
+    H.cancel()  # pressed while idle: must not stop the next run
+    img, _ = H.generate(src, "circles", steps=2, seed=0, batch=1)
+    assert img.size == (256, 256)
+
+
+def test_any_size_draws_the_tile_grid_of_the_chosen_step(H, src):
+    from ultrares.kernels.tiling import TilePlanner
+
+    image, grid, plain, info = H.any_size(src, "stars", width=96, height=48, method="FSTD", steps=3, seed=3,
+                                          show_step=1, compare=True)
+    scale = image.width // 96
+    assert image.size == (96 * scale, 48 * scale) and grid.size == image.size and plain.size == image.size
+    # the planner of the node, at step 1: tiles of the model's native 32 px
+    plan = TilePlanner("fstd", 48, 96, 32, 32, reset_interval=4, seed=3).plan(1)
+    assert f"{len(plan.tiles)} tiles" in info and f"grid offset {plan.offset}" in info
+    diff = np.abs(pixels(grid) - pixels(image)).sum(axis=-1) > 0
+    for tile in plan.tiles:  # each tile's left edge is drawn
+        x, y0, y1 = tile.x * scale, tile.y * scale, (tile.y + tile.h) * scale
+        assert diff[y0 + 2:y1 - 2, x].mean() > 0.9
+    # tiled sampling really differs from untiled sampling at this size
+    assert np.abs(pixels(image) - pixels(plain)).mean() > 0.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(width=100), "multiple of 16"),
+    (dict(method="Tiles"), "not one of"),
+    (dict(method="MultiDiffusion", tile=32, overlap=32), "overlap"),
+    (dict(show_step=3), "show step"),
+])
+def test_any_size_refuses_bad_settings(H, src, kwargs, match):
+    settings = dict(width=64, height=64, steps=3)
+    settings.update(kwargs)
+    with pytest.raises(H.UserError, match=match):
+        H.any_size(src, "stars", **settings)
+
+
+def test_relay_upscales_generated_and_uploaded_images(H, src):
+    low, up, info = H.relay(src, "circles", None, factor=2, steps=8, truncation_sigma=0.9, base_steps=2)
+    assert low.size == up.size and up.width >= 64
+    assert "relay x2 to 64x64" in info
+    upload = Image.open(EXAMPLES / "apple.png")
+    low2, up2, info2 = H.relay(src, "circles", upload, factor=3, steps=8)
+    assert "upload fitted to 32 px" in info2 and "96x96" in info2
+    # the relay result is not just the nearest up-sampling of its input
+    assert np.abs(pixels(low2) - pixels(up2)).mean() > 1
+
+
+def test_digit_token_maps_of_an_image(H):
+    seen, token_map, decoded, info = H.digit_tokens(Image.open(EXAMPLES / "cat.png"), image_size=128)
+    assert seen.size == token_map.size == decoded.size
+    m = re.search(r"(\d+)x(\d+) tokens .* \(K = (\d+)\); (\d+) distinct", info)
+    assert m and m.group(1) == m.group(2) == "8"
+    assert 1 < int(m.group(4)) <= 64 and int(m.group(3)) >= int(m.group(4))
+    # the token map is piecewise constant on the 8x8 token grid
+    arr = pixels(token_map)
+    cell = arr.shape[0] // 8
+    block = arr[:cell, :cell]
+    assert (block == block[0, 0]).all()
+
+
+def test_inversion_reports_the_psnr_of_its_images(H, src):
+    from ultrares.kernels.inversion import psnr
+
+    inp, noise, rec, text = H.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    assert inp.size == noise.size == rec.size
+    value = float(re.search(r"PSNR\(reconstruction, input\) = ([-\d.]+) dB", text).group(1))
+    a = torch.from_numpy(pixels(inp).astype(np.float32) / 255)
+    b = torch.from_numpy(pixels(rec).astype(np.float32) / 255)
+    assert value == pytest.approx(psnr(b, a), abs=0.2)  # same PSNR up to 8-bit rounding of the shown images
+    # deterministic: the same inversion gives the same reconstruction
+    _, _, rec2, _ = H.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    assert np.array_equal(pixels(rec), pixels(rec2))
+
+
+def test_linfusion_timing_on_a_text_model(H, tiny_sd15, tmp_path):
+    import folder_paths
+    from ultrares.kernels import linfusion_distill as ld
+    from ultrares.kernels import linfusion_format as fmt
+
+    model, clip, vae = tiny_sd15
+    folder = tmp_path / "linfusion"
+    folder.mkdir()
+    specs = ld.specs_for(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], None)
+    torch.manual_seed(0)
+    fmt.save_linfusion(str(folder / "lf-tiny.safetensors"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
+    folder_paths.add_model_folder_path("linfusion", str(folder))
+    try:
+        assert "lf-tiny.safetensors" in H.linfusion_files()
+        H.remember(H.Bundle(H.CKPT_PREFIX + "tiny-sd15", "checkpoint", model, vae, clip=clip, native=512))
+        base, lin, table = H.linfusion_timing(H.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat",
+                                              width=64, height=64, steps=1)
+    finally:
+        folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
+    assert base.size == lin.size == (64, 64)
+    assert "| softmax attention |" in table and "| LinFusion |" in table and "latent tokens" in table
+    assert np.abs(pixels(base) - pixels(lin)).mean() > 0.1  # the attention really was replaced
+
+
+def test_errors_say_what_to_do(H, src):
+    with pytest.raises(H.UserError, match="make embedded-hdit"):
+        H.generate(None)
+    with pytest.raises(H.UserError, match="not in the hdit models folder"):
+        H.load(H.HDIT_PREFIX + "nope.safetensors")
+    with pytest.raises(H.UserError, match="upload an image"):
+        H.digit_tokens(None)
+    with pytest.raises(H.UserError, match="Stable Diffusion checkpoint"):
+        H.linfusion_timing(src, "x.safetensors")
+    with pytest.raises(H.UserError, match="not one of this model's classes"):
+        H.generate(src, "dogs", steps=1)
+    with pytest.raises(H.UserError, match="level"):
+        H.invert(src, "squares", None, steps=2, level=1.5)
+    with pytest.raises(H.UserError, match="steps=0"):
+        H.generate(src, "circles", steps=0)
+
+
+def test_demo_imports_no_test_code():
+    """The demo must run from a plain install: nothing under tests/ may be imported by it."""
+    import ultrares.demo.app  # noqa: F401
+
+    demo_modules = [m for name, m in sys.modules.items() if name.startswith("ultrares.demo")]
+    assert len(demo_modules) >= 3
+    test_import = re.compile(r"^\s*(from|import)\s+(harness|demo_support|conftest|tests|tiny_models)\b", re.M)
+    for module in demo_modules:
+        assert not test_import.search(Path(module.__file__).read_text()), module.__name__
