@@ -1,0 +1,422 @@
+"""Relay Diffusion as ComfyUI custom-sampling nodes (thin adapters over ``kernels/relay.py``).
+
+- ``UltraResBlockNoise`` (NOISE): i.i.d. noise plus the relay block component.
+- ``UltraResRelaySigmas`` (SIGMAS): the Karras grid of the model's own range, truncated at the
+  truncation sigma (stage two of the relay: only the low-noise part of the schedule).
+- ``UltraResRelaySampler`` (SAMPLER): the relay sampler (stochastic Heun in block-DCT space) for
+  SamplerCustom / SamplerCustomAdvanced.
+- ``UltraResRelayUpscale``: all of it in one node (nearest up-sampling, block noise at the
+  truncation sigma, relay sampling with CFG).
+
+The sampler works in ComfyUI's sigma space on the denoised outputs of ComfyUI's model wrapper,
+so it runs on any model whose noising is ``x = x0 + sigma * noise`` (SD1.x/2.x/SDXL eps and
+v-prediction, EDM models such as the HDiT pixel models). Flow-matching models (SD3, Flux, ...)
+noise differently and are refused with a message.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..kernels import relay as R
+
+CATEGORY = "UltraRes/relay"
+
+
+# --------------------------------------------------------------------------------------------
+# Shared input definitions (one place for ranges and tooltips)
+
+
+def _block_size_input(default: int = 2) -> io.Int.Input:
+    return io.Int.Input(
+        "block_size", default=default, min=1, max=16,
+        tooltip="Block size p of the block noise and of the per-block DCT blur: the up-scale factor between "
+                "the two stages, in latent pixels (2 for 512->1024). Must divide the latent's height and width.")
+
+
+def _s_block_input() -> io.Float.Input:
+    return io.Float.Input(
+        "s_block", default=0.15, min=0.0, max=2.0, step=0.01,
+        tooltip="Weight of the block-noise component added to the i.i.d. noise (0.15 in the paper; 0 = plain noise).")
+
+
+def _relay_sampler_inputs() -> list:
+    return [
+        io.Float.Input(
+            "blur_sigma_max", default=0.0, min=0.0, max=10.0, step=0.05,
+            tooltip="B_max: blur strength of the forward process at u = 1. Use the value the model was trained "
+                    "with (3.0 ImageNet, 2.0 CelebA); 0 for ordinary models (training-free relay hires fix)."),
+        io.Float.Input(
+            "prob_length", default=0.93, min=0.01, max=1.0, step=0.01,
+            tooltip="L: the share of the EDM log-normal noise distribution mapped onto u in [0, 1] "
+                    "(0.93 ImageNet, 0.89 CelebA). Only matters when blur_sigma_max > 0."),
+        _s_block_input(),
+        io.Float.Input(
+            "s_noise", default=0.2, min=0.0, max=1.0, step=0.01,
+            tooltip="Stochasticity of each relay step: the share of the next noise level that is fresh noise "
+                    "(0.2 in the paper; 0 = deterministic Heun)."),
+        io.Float.Input(
+            "s_churn", default=0.0, min=0.0, max=100.0, step=0.1,
+            tooltip="EDM churn (Karras et al. Algorithm 2) before each step, as in the heun sampler; 0 = off."),
+        io.Float.Input("s_tmin", default=0.0, min=0.0, max=1000.0, step=0.01,
+                       tooltip="Churn only at sigma >= s_tmin."),
+        io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01,
+                       tooltip="Churn only at sigma <= s_tmax."),
+        io.Float.Input("s_churn_noise", default=1.0, min=0.0, max=2.0, step=0.001,
+                       tooltip="Scale of the churn noise (S_noise in EDM, 1.003 in the paper's stage one)."),
+    ]
+
+
+def _relay_schedule_inputs() -> list:
+    return [
+        io.Int.Input(
+            "steps", default=30, min=2, max=10000,
+            tooltip="Nominal steps of the full Karras grid; only the levels below truncation_sigma are run "
+                    "(the effective step count is shown nowhere else: about 40-50% of this for SD models)."),
+        io.Float.Input(
+            "truncation_sigma", default=0.9, min=0.001, max=1000.0, step=0.01,
+            tooltip="Stage two starts at the first grid level below this sigma (0.9 in the paper for EDM pixel "
+                    "models; 0.9-2.0 suits SD latents). Higher = more freedom to add detail, more steps."),
+        io.Float.Input("rho", default=7.0, min=0.1, max=200.0, step=0.1,
+                       tooltip="Karras grid exponent (7 usual; the paper's ImageNet stage two uses 100)."),
+    ]
+
+
+def _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise) -> R.RelaySettings:
+    return R.RelaySettings(
+        patch=int(block_size), blur_sigma_max=float(blur_sigma_max), prob_length=float(prob_length),
+        s_block=float(s_block), s_noise=float(s_noise), s_churn=float(s_churn), s_tmin=float(s_tmin),
+        s_tmax=float(s_tmax), s_churn_noise=float(s_churn_noise))
+
+
+def _check_ranges(**values) -> bool | str:
+    """Range checks for inputs that a validate_inputs names (ComfyUI skips its own for those)."""
+    for name, (value, lo, hi) in values.items():
+        if value is None:  # linked input: checked at run time
+            continue
+        if not lo <= value <= hi:
+            return f"{name} = {value} is outside [{lo}, {hi}]."
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Model / latent checks
+
+
+def check_sigma_space(model_sampling, who: str) -> None:
+    """Refuse models whose noising is not ``x0 + sigma * noise`` (flow matching)."""
+    probe = model_sampling.noise_scaling(torch.tensor(0.5), torch.ones(1), torch.full((1,), 2.0), max_denoise=False)
+    if not torch.allclose(probe, torch.tensor([2.5])):
+        raise ValueError(
+            f"{who}: this model ({type(model_sampling).__name__}) does not noise as x0 + sigma * noise (it is a "
+            "flow-matching model such as SD3/Flux), which the relay sampler assumes. Use it with SD1.x/SD2.x/SDXL "
+            "(eps or v-prediction) or EDM models such as HDiT.")
+
+
+def check_image_latent(latent: dict, who: str, input_name: str = "latent") -> torch.Tensor:
+    """The latent's samples, after refusing non-image latents with a message."""
+    samples = latent["samples"]
+    kind = latent.get("type")
+    if kind is not None:
+        raise ValueError(f"{who}: {input_name} is a {kind!r} latent; relay sampling works on image latents "
+                         "(B, C, H, W) only.")
+    if getattr(samples, "is_nested", False) or samples.ndim != 4:
+        shape = "nested" if getattr(samples, "is_nested", False) else tuple(samples.shape)
+        raise ValueError(
+            f"{who}: {input_name} has shape {shape}; relay sampling works on image latents (B, C, H, W) only, "
+            "not video (5-D), audio (3-D) or multi-part latents.")
+    return samples
+
+
+def check_sigmas_in_range(sigmas: torch.Tensor, model_sampling, who: str) -> None:
+    lo, hi = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"{who}: sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}.")
+    top = float(sigmas[0])
+    if top > hi * 1.001:
+        raise ValueError(f"{who}: the schedule starts at sigma {top:g}, above this model's sigma_max {hi:g}. "
+                         "Use UltraResRelaySigmas (it reads the model's range) or lower the first sigma.")
+    positive = sigmas[sigmas > 0]
+    if positive.numel() and float(positive.min()) < lo * 0.999:
+        raise ValueError(f"{who}: the schedule goes down to sigma {float(positive.min()):g}, below this model's "
+                         f"sigma_min {lo:g}. End the schedule at sigma_min (then 0).")
+
+
+# --------------------------------------------------------------------------------------------
+# NOISE
+
+
+class BlockNoise:
+    """NOISE object: ``eps + s_block * block_noise(eps')`` for a latent dict.
+
+    eps is exactly ComfyUI's RandomNoise(seed) draw (same batch_index handling); eps' is drawn
+    from seed + 1 before it, so the global RNG ends in the same state as after RandomNoise(seed).
+    """
+
+    def __init__(self, seed: int, block_size: int, s_block: float):
+        self.seed = int(seed)
+        self.block_size = int(block_size)
+        self.s_block = float(s_block)
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        samples = check_image_latent(input_latent, "UltraResBlockNoise", "latent_image")
+        R.check_block_divisible(samples.shape, self.block_size, "UltraResBlockNoise: the latent")
+        batch_inds = input_latent.get("batch_index")
+        if self.s_block > 0:
+            second = comfy.sample.prepare_noise(samples, self.seed + 1, batch_inds)
+            eps = comfy.sample.prepare_noise(samples, self.seed, batch_inds)
+            return eps + self.s_block * R.block_noise(second, self.block_size)
+        return comfy.sample.prepare_noise(samples, self.seed, batch_inds)
+
+
+class UltraResBlockNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResBlockNoise",
+            display_name="Relay Block Noise (UltraRes)",
+            category=CATEGORY,
+            description="Noise for relay stage two: ComfyUI's seeded noise plus s_block times block noise (a circular "
+                        "block_size x block_size box-sum of i.i.d. noise / block_size, unit variance per pixel), which "
+                        "matches the low-frequency noise of the up-sampled image. With s_block = 0 it equals RandomNoise.",
+            inputs=[
+                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise (the i.i.d. part is the same as RandomNoise with this seed)."),
+                _block_size_input(),
+                _s_block_input(),
+            ],
+            outputs=[io.Noise.Output(tooltip="NOISE for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, noise_seed, block_size, s_block) -> io.NodeOutput:
+        return io.NodeOutput(BlockNoise(noise_seed, block_size, s_block))
+
+
+# --------------------------------------------------------------------------------------------
+# SIGMAS
+
+
+def relay_sigmas_for_model(model, steps: int, truncation_sigma: float, rho: float,
+                           sigma_min: float = 0.0, sigma_max: float = 0.0, who: str = "UltraResRelaySigmas") -> torch.Tensor:
+    ms = model.get_model_object("model_sampling")
+    lo, hi = float(ms.sigma_min), float(ms.sigma_max)
+    s_min = sigma_min if sigma_min > 0 else lo
+    s_max = sigma_max if sigma_max > 0 else hi
+    if s_min < lo * 0.999 or s_max > hi * 1.001:
+        raise ValueError(f"{who}: sigma range [{s_min:g}, {s_max:g}] is outside this model's range [{lo:g}, {hi:g}]. "
+                         "Set sigma_min/sigma_max to 0 to use the model's own range.")
+    if not s_min < truncation_sigma:
+        raise ValueError(f"{who}: truncation_sigma {truncation_sigma:g} must be above the lowest sigma {s_min:g} "
+                         "(this model's sigma_min unless overridden).")
+    if truncation_sigma > s_max:
+        raise ValueError(f"{who}: truncation_sigma {truncation_sigma:g} is above the model's sigma_max {s_max:g}: "
+                         "nothing would be truncated (that is generation from noise). Lower it below sigma_max.")
+    try:
+        sig = R.relay_sigmas(int(steps), s_min, s_max, float(rho), float(truncation_sigma))
+    except ValueError as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    return sig.to(torch.float32)
+
+
+class UltraResRelaySigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResRelaySigmas",
+            display_name="Relay Sigmas (UltraRes)",
+            category=CATEGORY,
+            description="Relay stage-two schedule: the Karras grid of `steps` levels over the model's own sigma range, "
+                        "keeping only the levels below truncation_sigma, then 0.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model whose model_sampling gives the sigma range."),
+                *_relay_schedule_inputs(),
+                io.Float.Input("sigma_min", default=0.0, min=0.0, max=1000.0, step=0.001, optional=True,
+                               tooltip="Lowest grid level; 0 = the model's sigma_min."),
+                io.Float.Input("sigma_max", default=0.0, min=0.0, max=1000.0, step=0.01, optional=True,
+                               tooltip="Highest grid level (before truncation); 0 = the model's sigma_max."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="Truncated schedule (first entry < truncation_sigma, last 0).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, truncation_sigma=None, sigma_min=None, sigma_max=None) -> bool | str:
+        ok = _check_ranges(truncation_sigma=(truncation_sigma, 0.001, 1000.0),
+                           sigma_min=(sigma_min, 0.0, 1000.0), sigma_max=(sigma_max, 0.0, 1000.0))
+        if ok is not True:
+            return ok
+        if sigma_min and sigma_max and sigma_min >= sigma_max:
+            return f"sigma_min ({sigma_min}) must be below sigma_max ({sigma_max}) (or 0 for the model's own)."
+        if sigma_min and truncation_sigma is not None and truncation_sigma <= sigma_min:
+            return f"truncation_sigma ({truncation_sigma}) must be above sigma_min ({sigma_min})."
+        if sigma_max and truncation_sigma is not None and truncation_sigma > sigma_max:
+            return f"truncation_sigma ({truncation_sigma}) must not exceed sigma_max ({sigma_max})."
+        return True
+
+    @classmethod
+    def execute(cls, model, steps, truncation_sigma, rho, sigma_min=0.0, sigma_max=0.0) -> io.NodeOutput:
+        return io.NodeOutput(relay_sigmas_for_model(model, steps, truncation_sigma, rho, sigma_min or 0.0, sigma_max or 0.0))
+
+
+# --------------------------------------------------------------------------------------------
+# SAMPLER
+
+
+@torch.no_grad()
+def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    """k-diffusion-style sampler function for ``comfy.samplers.KSAMPLER``.
+
+    ``model`` is ComfyUI's wrapper (returns denoised), ``x`` the noised latent at sigmas[0]; the
+    options are :class:`kernels.relay.RelaySettings` fields. Noise comes from torch's global RNG in
+    x's dtype (the stream ComfyUI's heun sampler uses), so B_max = s_block = s_noise = 0 reproduces
+    ComfyUI's ``heun`` (with the same churn options).
+    """
+    extra_args = {} if extra_args is None else extra_args
+    settings = R.RelaySettings(**options)
+    who = "UltraResRelaySampler"
+    inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
+    ms = getattr(inner, "model_sampling", None)
+    if ms is not None:
+        check_sigma_space(ms, who)
+        check_sigmas_in_range(sigmas, ms, who)
+    if x.ndim != 4:
+        raise ValueError(f"{who}: got a latent of shape {tuple(x.shape)}; relay sampling works on image latents "
+                         "(B, C, H, W) only, not video (5-D) or audio latents.")
+    R.check_block_divisible(x.shape, settings.patch, f"{who}: the latent")
+    dtype = x.dtype
+    s_in = x.new_ones([x.shape[0]])
+
+    def denoise(v, sigma):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return model(v.to(dtype), sigma.to(device=x.device, dtype=dtype) * s_in, **extra_args)
+
+    def randn(shape):
+        return torch.randn(shape, dtype=dtype, device=x.device)
+
+    def step_callback(info):
+        if callback is not None:
+            callback({**info, "x": info["x"].to(dtype), "denoised": info["denoised"].to(dtype)})
+
+    return R.relay_sample(denoise, x, sigmas, settings, randn=randn, callback=step_callback).to(dtype)
+
+
+def make_relay_sampler(settings: R.RelaySettings) -> comfy.samplers.KSAMPLER:
+    opts = {f: getattr(settings, f) for f in ("patch", "blur_sigma_max", "prob_length", "s_block", "s_noise",
+                                              "s_churn", "s_tmin", "s_tmax", "s_churn_noise")}
+    return comfy.samplers.KSAMPLER(sample_relay, extra_options=opts)
+
+
+class UltraResRelaySampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResRelaySampler",
+            display_name="Relay Sampler (UltraRes)",
+            category=CATEGORY,
+            description="Relay Diffusion's stage-two sampler for SamplerCustom/SamplerCustomAdvanced: stochastic Heun in "
+                        "block-DCT space (float64), with blur coefficients from the sigma<->u coupling, block noise and "
+                        "a final denoise step. With blur_sigma_max = s_block = s_noise = 0 it is ComfyUI's heun sampler.",
+            inputs=[_block_size_input(), *_relay_sampler_inputs()],
+            outputs=[io.Sampler.Output(tooltip="SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, s_tmin=None, s_tmax=None) -> bool | str:
+        ok = _check_ranges(s_tmin=(s_tmin, 0.0, 1000.0), s_tmax=(s_tmax, 0.0, 1000.0))
+        if ok is not True:
+            return ok
+        if s_tmin is not None and s_tmax is not None and s_tmin > s_tmax:
+            return f"s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax}): churn would never apply."
+        return True
+
+    @classmethod
+    def execute(cls, block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
+                s_churn_noise) -> io.NodeOutput:
+        settings = _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
+                             s_churn_noise)
+        return io.NodeOutput(make_relay_sampler(settings))
+
+
+# --------------------------------------------------------------------------------------------
+# All in one
+
+
+def relay_upscale(model, latent: dict, factor: int, positive, negative, cfg: float, seed: int, steps: int,
+                  truncation_sigma: float, rho: float, settings: R.RelaySettings, who: str = "UltraResRelayUpscale") -> dict:
+    """Nearest-upsample ``latent`` by ``factor`` and run relay stage two on it; returns a latent dict."""
+    samples = check_image_latent(latent, who)
+    ms = model.get_model_object("model_sampling")
+    check_sigma_space(ms, who)
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.shape[1] != channels:
+        raise ValueError(f"{who}: latent has {samples.shape[1]} channels but the model expects {channels}: "
+                         "connect a latent made for this model (its VAE / its empty-latent node).")
+    sigmas = relay_sigmas_for_model(model, steps, truncation_sigma, rho, who=who)
+    up = latent.copy()
+    up["samples"] = R.upsample_nearest(samples, factor)
+    if "noise_mask" in latent:
+        mask = latent["noise_mask"]
+        up["noise_mask"] = R.upsample_nearest(mask, factor) if mask.ndim >= 2 else mask
+    noise = BlockNoise(seed, settings.patch, settings.s_block).generate_noise(up)
+    guider = comfy.samplers.CFGGuider(model)
+    if negative is None:
+        guider.inner_set_conds({"positive": positive})
+    else:
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+    x0_output = {}
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, x0_output)
+    out = guider.sample(noise, up["samples"], make_relay_sampler(settings), sigmas, denoise_mask=up.get("noise_mask"),
+                        callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    up["samples"] = out.to(comfy.model_management.intermediate_device())
+    return up
+
+
+class UltraResRelayUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResRelayUpscale",
+            display_name="Relay Upscale (UltraRes)",
+            category=CATEGORY,
+            description="Relay Diffusion stage two in one node: nearest-upsample the low-res latent by `factor`, add "
+                        "noise (plus block noise) at the truncation sigma, and run the relay sampler over the rest of "
+                        "the schedule. With an ordinary model (blur_sigma_max 0) it is a training-free relay hires fix "
+                        "that needs under half the model evaluations of sampling from noise.",
+            inputs=[
+                io.Model.Input("model", tooltip="The stage-two model (any SD1.x/SD2.x/SDXL or EDM model)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning."),
+                io.Latent.Input("latent", tooltip="The finished low-resolution latent (stage one), (B, C, H, W)."),
+                io.Int.Input("factor", default=2, min=2, max=8,
+                             tooltip="Integer up-scale factor; also the block size of the noise and of the DCT blur."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the stage-two noise."),
+                *_relay_schedule_inputs(),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (ignored without negative conditioning)."),
+                *_relay_sampler_inputs(),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative conditioning; leave empty for no CFG (unconditional/EDM models)."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The up-scaled latent, factor times larger, fully denoised.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, s_tmin=None, s_tmax=None) -> bool | str:
+        return UltraResRelaySampler.validate_inputs(s_tmin=s_tmin, s_tmax=s_tmax)
+
+    @classmethod
+    def execute(cls, model, positive, latent, factor, seed, steps, truncation_sigma, rho, cfg, blur_sigma_max,
+                prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise, negative=None) -> io.NodeOutput:
+        settings = _settings(factor, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise)
+        return io.NodeOutput(relay_upscale(model, latent, factor, positive, negative, cfg, seed, steps,
+                                           truncation_sigma, rho, settings))
+
+
+NODES = [UltraResBlockNoise, UltraResRelaySigmas, UltraResRelaySampler, UltraResRelayUpscale]
