@@ -50,7 +50,6 @@ def _timed(fn, repeats):
 def operator_rows(quick: bool):
     import comfy.ldm.modules.attention as A
     import comfy.ops
-
     from ultrares.kernels.linfusion import LinFusionAttention
 
     torch.manual_seed(0)
@@ -140,7 +139,7 @@ def unet_rows(quick: bool, results_out: dict):
         for label, m in (("softmax", model), ("linfusion", patched)):
             m.patch_model()
             try:
-                fn = lambda m=m: m.model.apply_model(x, sigma, c_crossattn=ctx)  # noqa: E731
+                fn = lambda m=m, x=x, sigma=sigma: m.model.apply_model(x, sigma, c_crossattn=ctx)  # noqa: E731
                 timings[label] = _timed(fn, 1 if px >= 2048 else 2)
             finally:
                 m.unpatch_model()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from harness.workflows_util import load_api
-
 from ultrares.kernels import linfusion_distill as ld
 from ultrares.kernels import linfusion_format as fmt
 
