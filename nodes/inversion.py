@@ -317,7 +317,7 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None, **_) -> bool | str:
+    def validate_inputs(cls, steps=None, level=None, cfg=None) -> bool | str:
         return _check_static(steps, level, cfg)
 
     @classmethod
@@ -376,7 +376,7 @@ class DDIMGenerate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None, **_) -> bool | str:
+    def validate_inputs(cls, steps=None, level=None, cfg=None) -> bool | str:
         return _check_static(steps, level, cfg)
 
     @classmethod
