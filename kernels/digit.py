@@ -197,8 +197,8 @@ def kmeans(
 
     ``x``: ``[N, D]`` float features (moved to ``device``, default ``x``'s own). ``k <= N``.
     ``init``: ``"k-means++"`` (on a random sample of ``init_sample`` rows, default
-    ``min(N, 32 k)``) or ``"random"`` (``k`` distinct rows, as faiss does). ``n_iter`` rounds of
-    assign + update; assignment is chunked (``chunk_size`` rows, default a 256 MiB distance block),
+    ``min(N, 8 K)``: seeding is sequential over K, so its sample stays small) or ``"random"``
+    (``k`` distinct rows, as faiss does). ``n_iter`` rounds of assign + update; assignment is chunked (``chunk_size`` rows, default a 256 MiB distance block),
     sums are accumulated per chunk in float32 and across chunks in float64. A cluster left empty
     is re-seeded with the point farthest from its centroid. ``progress(i, n_iter)`` is called after
     each round. Deterministic for a given seed and device.
@@ -218,7 +218,7 @@ def kmeans(
     if init == "random":
         c = x[torch.randperm(n, generator=gen)[:k].to(dev)].clone()
     else:
-        m = min(n, init_sample or 32 * k)
+        m = min(n, init_sample or 8 * k)
         sample = x[torch.randperm(n, generator=gen)[:m].to(dev)] if m < n else x
         c = kmeans_plusplus(sample, k, gen)
     chunk = chunk_size or auto_chunk(k)

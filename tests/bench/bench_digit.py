@@ -72,7 +72,8 @@ def run(quick: bool) -> dict:
         raise RuntimeError("run `make setup` first: the embedded DiGIT encoder is converted at set-up")
     model = dinov2.load_dinov2(encoder_path)
     centroids = digit.load_codebook(codebook_path)
-    n_img = 32 if quick else 256
+    n_img = 32 if quick else 128
+    repeats = 1 if quick else 3
     images = _scenes(n_img)
     rows, notes, targets = [], [], {}
 
@@ -124,10 +125,13 @@ def run(quick: bool) -> dict:
         def objective(c):
             return float(digit.assign(feats, torch.as_tensor(c))[1].mean())
 
-        t_pp, res_pp = _timed(lambda k=k: digit.kmeans(feats, k, n_iter=20, seed=0))
-        t_rand, res_rand = _timed(lambda k=k: digit.kmeans(feats, k, n_iter=20, seed=0, init="random"))
         label = f"k-means fit N={n} D={d} K={k} (20 it)"
-        base = None
+        impls = {
+            "ours k-means++": lambda k=k: digit.kmeans(feats, k, n_iter=20, seed=0).centroids,
+            "ours random init": lambda k=k: (
+                digit.kmeans(feats, k, n_iter=20, seed=0, init="random").centroids
+            ),
+        }
         if faiss is not None:
             faiss.omp_set_num_threads(threads)
 
@@ -136,29 +140,22 @@ def run(quick: bool) -> dict:
                 km.train(x_np)
                 return km.centroids
 
-            base, c_faiss = _timed(faiss_fit)
-            rows.append([label, "faiss-cpu", round(base, 2), "s", 1.0, round(objective(c_faiss), 3)])
-            targets[f"fit_K{k}_ours_over_faiss"] = {"value": round(t_pp / base, 3), "target": "<= 1.5"}
-        rows.append(
-            [
-                label,
-                "ours k-means++",
-                round(t_pp, 2),
-                "s",
-                round(t_pp / base, 3) if base else "",
-                round(objective(res_pp.centroids), 3),
-            ]
-        )
-        rows.append(
-            [
-                label,
-                "ours random init",
-                round(t_rand, 2),
-                "s",
-                round(t_rand / base, 3) if base else "",
-                round(objective(res_rand.centroids), 3),
-            ]
-        )
+            impls = {"faiss-cpu": faiss_fit, **impls}
+        best = {name: float("inf") for name in impls}
+        cents = {}
+        for _ in range(repeats):  # interleaved, best of each: the shared machine's load varies
+            for name, fn in impls.items():
+                t, cents[name] = _timed(fn)
+                best[name] = min(best[name], t)
+        base = best.get("faiss-cpu")
+        for name in impls:
+            ratio = round(best[name] / base, 3) if base else ""
+            rows.append([label, name, round(best[name], 2), "s", ratio, round(objective(cents[name]), 3)])
+        if base:
+            targets[f"fit_K{k}_ours_over_faiss"] = {
+                "value": round(best["ours k-means++"] / base, 3),
+                "target": "<= 1.5",
+            }
     for r in rows:
         if len(r) == 5:
             r.append("")

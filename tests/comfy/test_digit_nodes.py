@@ -160,7 +160,10 @@ def test_official_layout_pth_loads_and_bad_files_are_named(comfy, digit_dir):
     torch.save(sd, digit_dir / "dinov2_tiny_reg4_pretrain.pth")
     (enc,) = comfy.run_node("UltraResDiGITEncoderLoader", encoder_name="dinov2_tiny_reg4_pretrain.pth")
     assert (
-        enc.dim == 128 and enc.model.cfg.num_register_tokens == 4 and enc.model.cfg.interpolate_offset == 0.1
+        enc.dim == 128
+        and enc.model.cfg.num_register_tokens == 4
+        and enc.model.cfg.interpolate_offset == 0.0
+        and enc.model.cfg.interpolate_antialias
     )
     np.save(digit_dir / "tiny128.npy", np.random.default_rng(1).standard_normal((8, 128)).astype(np.float32))
     (cb,) = comfy.run_node("UltraResDiGITCodebookLoader", codebook_name="tiny128.npy")

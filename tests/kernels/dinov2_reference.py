@@ -108,3 +108,27 @@ def keys_bicubic_matrix(src: torch.Tensor, m: int, a: float = -0.75) -> torch.Te
         for j in range(base - 1, base + 3):
             mat[i, min(max(j, 0), m - 1)] += w(s - j)
     return mat
+
+
+def aa_bicubic_matrix(n_out: int, m: int, a: float = -0.5) -> torch.Tensor:
+    """[n_out, m] weights of antialiased bicubic resampling (the PIL-style filter torch uses for
+    ``antialias=True``: Keys a = -0.5, support stretched by the down-scale factor, window cut at
+    the borders and renormalised)."""
+
+    def w(t):
+        t = abs(t)
+        if t <= 1:
+            return (a + 2) * t**3 - (a + 3) * t**2 + 1
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+    scale = m / n_out
+    support = 2 * scale if scale >= 1 else 2.0
+    inv = 1 / scale if scale >= 1 else 1.0
+    mat = torch.zeros(n_out, m, dtype=torch.float64)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), m)
+        ws = [w((j - centre + 0.5) * inv) for j in range(lo, hi)]
+        for j, v in zip(range(lo, hi), ws):
+            mat[i, j] = v / sum(ws)
+    return mat

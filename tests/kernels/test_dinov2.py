@@ -4,7 +4,13 @@ intermediate layers against a direct evaluation written from the layer equations
 import pytest
 import torch
 import torch.nn.functional as F
-from dinov2_reference import keys_bicubic_matrix, random_official_sd, reference_forward, to_hf_layout
+from dinov2_reference import (
+    aa_bicubic_matrix,
+    keys_bicubic_matrix,
+    random_official_sd,
+    reference_forward,
+    to_hf_layout,
+)
 from ultrares.kernels import dinov2
 from ultrares.kernels.dinov2 import Dinov2, Dinov2Config
 
@@ -17,7 +23,11 @@ def test_official_layout_matches_direct_evaluation(registers, layer_scale):
     sd = random_official_sd(cfg)
     model = dinov2.from_state_dict(dict(sd))
     assert model.cfg.num_register_tokens == registers and model.cfg.layer_scale == layer_scale
-    assert model.cfg.depth == 4 and model.cfg.num_heads == 2 and model.cfg.interpolate_offset == 0.1
+    assert model.cfg.depth == 4 and model.cfg.num_heads == 2
+    # the official hub code: (offset 0.1, no antialias) for the first releases, (0, antialias) for _reg4
+    assert (model.cfg.interpolate_offset, model.cfg.interpolate_antialias) == (
+        (0.0, True) if registers else (0.1, False)
+    )
     x = torch.randn(2, 3, 70, 70, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = model.get_intermediate_layers(x, [1], norm=True, prefix=True)[0]
@@ -43,7 +53,8 @@ def test_hf_layout_converts_to_identical_outputs(registers):
         torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
     # without a config the HF layout uses the size-based interpolation of the current HF code
     c = dinov2.from_state_dict(hf)
-    assert c.cfg.interpolate_offset == 0.0 and c.cfg.num_register_tokens == registers
+    assert c.cfg.interpolate_offset == 0.0 and not c.cfg.interpolate_antialias
+    assert c.cfg.num_register_tokens == registers
 
 
 def test_block_chunked_and_wrapped_checkpoints_load(tmp_path):
@@ -75,12 +86,13 @@ def test_safetensors_round_trip_keeps_config(tmp_path):
         torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("offset", [0.1, 0.0])
+@pytest.mark.parametrize("offset,antialias", [(0.1, False), (0.0, False), (0.0, True)])
 @pytest.mark.parametrize("rows,cols", [(14, 6), (16, 16)])
-def test_position_interpolation_is_bicubic_with_the_chosen_convention(offset, rows, cols):
-    """Separable Keys bicubic at src = (dst + 0.5) * grid / (n + offset) - 0.5, written out."""
+def test_position_interpolation_is_bicubic_with_the_chosen_convention(offset, antialias, rows, cols):
+    """Separable bicubic written out: Keys a = -0.75 at src = (dst + 0.5) * grid / (n + offset) - 0.5
+    (official ViT-S/B/L, Hugging Face), or the antialiased filter of the official _reg4 models."""
     m = 9
-    cfg = Dinov2Config(**{**SMALL, "pos_grid": m}, interpolate_offset=offset)
+    cfg = Dinov2Config(**{**SMALL, "pos_grid": m}, interpolate_offset=offset, interpolate_antialias=antialias)
     model = Dinov2(cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -88,13 +100,20 @@ def test_position_interpolation_is_bicubic_with_the_chosen_convention(offset, ro
     pos = model.interpolate_pos_embed(rows, cols)
     assert pos.shape == (1, 1 + rows * cols, cfg.embed_dim)
     torch.testing.assert_close(pos[0, 0], model.pos_embed[0, 0])  # cls position untouched
-    src_r = (torch.arange(rows) + 0.5) * m / (rows + offset) - 0.5
-    src_c = (torch.arange(cols) + 0.5) * m / (cols + offset) - 0.5
+    if antialias:
+        mat_r, mat_c = aa_bicubic_matrix(rows, m), aa_bicubic_matrix(cols, m)
+    else:
+        mat_r = keys_bicubic_matrix((torch.arange(rows) + 0.5) * m / (rows + offset) - 0.5, m)
+        mat_c = keys_bicubic_matrix((torch.arange(cols) + 0.5) * m / (cols + offset) - 0.5, m)
     grid = model.pos_embed[0, 1:].double().reshape(m, m, -1)
-    want = torch.einsum("rm,mnd,cn->rcd", keys_bicubic_matrix(src_r, m), grid, keys_bicubic_matrix(src_c, m))
+    want = torch.einsum("rm,mnd,cn->rcd", mat_r, grid, mat_c)
     torch.testing.assert_close(pos[0, 1:].reshape(rows, cols, -1).double(), want, atol=1e-4, rtol=1e-4)
     # the two conventions really differ, and the stored grid is used as is
-    other = Dinov2(Dinov2Config(**{**SMALL, "pos_grid": m}, interpolate_offset=0.1 - offset))
+    other = Dinov2(
+        Dinov2Config(
+            **{**SMALL, "pos_grid": m}, interpolate_offset=0.1 - offset, interpolate_antialias=not antialias
+        )
+    )
     other.load_state_dict(model.state_dict())
     assert not torch.allclose(other.interpolate_pos_embed(rows, cols), pos)
     assert torch.equal(model.interpolate_pos_embed(m, m), model.pos_embed)
