@@ -99,9 +99,20 @@ def ui_source_changed(source):
 # ------------------------------------------------------------------------------------ layout
 
 
+def labels_of(source: str | None) -> list[str]:
+    """Class names of an HDiT source ([] for checkpoints, nothing, or a file that does not load)."""
+    if not source or not source.startswith(H.HDIT_PREFIX):
+        return []
+    try:
+        return H.load(source).labels
+    except ValueError as exc:
+        LOG.warning("UltraRes demo: %s", exc)
+        return []
+
+
 def _model_controls(sources: list[str], default: str | None):
     """Model source, class (HDiT) and prompt (checkpoints) controls, wired together."""
-    labels = H.load(default).labels if default and default.startswith(H.HDIT_PREFIX) else []
+    labels = labels_of(default)
     with gr.Row():
         source = gr.Dropdown(sources, value=default, label="Model",
                              info="The embedded HDiT, or a checkpoint from ComfyUI/models/checkpoints.")
@@ -164,10 +175,10 @@ def build_app() -> gr.Blocks:
             info = gr.Markdown(elem_id="hdit-info")
             inputs = [source, label, prompt, steps, seed, cfg, batch, sampler, scheduler]
             _wire(run, stop, ui_generate, inputs, [out, info], "generate")
-            if default and default.startswith(H.HDIT_PREFIX):
+            if labels_of(default):
                 gr.Examples([[default, c, 20, s, 3.0, 4] for c, s in (("Food & Drink", 1), ("Animals & Nature", 2),
                                                                       ("Smileys & Emotion", 3))
-                             if c in H.load(default).class_names],
+                             if c in labels_of(default)],
                             [source, label, steps, seed, cfg, batch], label="Examples")
 
         with gr.Tab("Any size (FSTD)", id="fstd"):

@@ -203,3 +203,18 @@ def test_demo_imports_no_test_code():
     test_import = re.compile(r"^\s*(from|import)\s+(harness|demo_support|conftest|tests|tiny_models)\b", re.M)
     for module in demo_modules:
         assert not test_import.search(Path(module.__file__).read_text()), module.__name__
+
+
+def test_app_without_any_model_says_how_to_get_one(H, monkeypatch):
+    """A fresh machine whose embedded model is not built yet: the app still opens and says what to run."""
+    from ultrares.demo import app
+
+    monkeypatch.setattr(H, "hdit_files", lambda: [])
+    monkeypatch.setattr(H, "checkpoint_files", lambda: [])
+    assert H.sources() == [] and H.default_source() is None
+    demo = app.build_app()
+    texts = [c.get("props", {}).get("value") or "" for c in demo.config["components"]]
+    note = next(t for t in texts if "is missing" in str(t))
+    assert "make embedded-hdit" in note and "models/checkpoints" in note
+    with pytest.raises(H.UserError, match="make embedded-hdit"):
+        H.generate(H.default_source())
