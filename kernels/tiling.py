@@ -235,3 +235,21 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
             blended = torch.where(mask, ref.float(), blended)
         results.append(blended.to(x.dtype))
     return results
+
+
+def plan_any_size(target_w: int, target_h: int, native_pixels: int, multiple: int = 64) -> tuple[int, int, float]:
+    """Any-Size-Diffusion's first stage (the ARAD idea): the size to generate at natively.
+
+    Returns (w, h, upscale) where w x h has the target's aspect ratio, about ``native_pixels``
+    pixels (never more than the target), sides are multiples of ``multiple``, and
+    ``upscale = max(target_w / w, target_h / h)`` is the factor the second (tiled) stage applies.
+    """
+    if min(target_w, target_h, native_pixels, multiple) <= 0:
+        raise ValueError(f"sizes must be positive, got target {target_w}x{target_h}, native {native_pixels}")
+    aspect = target_w / target_h
+    area = min(native_pixels, target_w * target_h)
+    w = math.sqrt(area * aspect)
+    h = w / aspect
+    w = max(multiple, int(round(w / multiple)) * multiple)
+    h = max(multiple, int(round(h / multiple)) * multiple)
+    return w, h, max(target_w / w, target_h / h)

@@ -21,7 +21,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.tiling import StepPlan, Tile, TilePlanner, run_tiles
+from ..kernels.tiling import StepPlan, Tile, TilePlanner, plan_any_size, run_tiles
 from ._common import latent_downscale_ratio, require_image_latent
 
 log = logging.getLogger("ultrares")
@@ -259,4 +259,68 @@ class UltraResTiledDiffusion(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [UltraResTiledDiffusion]
+# Native training resolution per ComfyUI model config class (pixels per side).
+NATIVE_SIDE = {"SD15": 512, "SD20": 768, "SD21UnclipL": 768, "SD21UnclipH": 768, "SDXL": 1024, "SDXLRefiner": 1024,
+               "SSD1B": 1024, "Segmind_Vega": 1024, "SD3": 1024, "Flux": 1024, "FluxSchnell": 1024, "AuraFlow": 1024,
+               "PixArtSigma": 1024, "HunyuanDiT": 1024, "Lumina2": 1024}
+
+
+def native_pixels(model) -> tuple[int, str]:
+    """(pixel count, how it was found) for a MODEL: its config's ``native_size`` if it states one
+    (pixel-space models of this pack do), else the table above, else 512x512."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    side = getattr(config, "native_size", None)
+    if side:
+        return int(side) ** 2, "model config"
+    name = type(config).__name__
+    if name in NATIVE_SIDE:
+        return NATIVE_SIDE[name] ** 2, name
+    return 512 * 512, f"unknown model type {name}: assumed 512x512"
+
+
+class UltraResAnySizePlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResAnySizePlan",
+            display_name="Any-Size Plan (UltraRes)",
+            category="UltraRes/tiling",
+            description="Any-Size-Diffusion's first stage: pick the size to generate at natively (the target's "
+                        "aspect ratio at about the model's native pixel count, multiples of 64) and the upscale "
+                        "factor to the target. Sample at first_width x first_height, upscale to the target, then "
+                        "refine with Tiled Diffusion (FSTD) at the target size.",
+            inputs=[
+                io.Int.Input("target_width", default=2048, min=64, max=16384, step=8, tooltip="Final image width in pixels."),
+                io.Int.Input("target_height", default=2048, min=64, max=16384, step=8, tooltip="Final image height in pixels."),
+                io.Int.Input("native_size", default=0, min=0, max=4096, step=64,
+                             tooltip="The model's native side in pixels (512 for SD1.5, 1024 for SDXL); 0 = read it "
+                                     "from the connected model."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional: the model, to read its native resolution when native_size is 0."),
+            ],
+            outputs=[
+                io.Int.Output(display_name="first_width", tooltip="Width to generate at (multiple of 64)."),
+                io.Int.Output(display_name="first_height", tooltip="Height to generate at (multiple of 64)."),
+                io.Float.Output(display_name="upscale_by", tooltip="Factor from the first stage to the target."),
+                io.Int.Output(display_name="target_width", tooltip="The target width, passed through."),
+                io.Int.Output(display_name="target_height", tooltip="The target height, passed through."),
+                io.String.Output(display_name="summary", tooltip="The plan in words."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, target_width, target_height, native_size=0, model=None) -> io.NodeOutput:
+        if native_size:
+            pixels, source = native_size**2, "native_size input"
+        elif model is not None:
+            pixels, source = native_pixels(model)
+        else:
+            raise ValueError("Any-Size Plan needs the model's native size: connect the model, or set native_size "
+                             "(512 for SD1.5, 1024 for SDXL).")
+        w, h, up = plan_any_size(target_width, target_height, pixels)
+        summary = (f"generate {w}x{h}, upscale x{up:.3g} to {target_width}x{target_height}, refine with FSTD "
+                   f"(native {int(pixels ** 0.5)}^2 px from {source})")
+        return io.NodeOutput(w, h, up, target_width, target_height, summary)
+
+
+NODES = [UltraResTiledDiffusion, UltraResAnySizePlan]

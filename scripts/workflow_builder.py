@@ -139,19 +139,20 @@ class Graph:
                 ui["title"] = node["title"]
             for name, spec, required in self._ordered_inputs(node["class_type"]):
                 value = node["inputs"].get(name)
-                if _is_widget(spec) and not isinstance(value, Ref):
-                    if name in node["inputs"]:
+                if _is_widget(spec):
+                    # The editor keeps a widget (and its value) even when the input is linked.
+                    if name in node["inputs"] and not isinstance(value, Ref):
                         ui["widgets_values"].append(value)
-                    elif required:
+                    elif required or isinstance(value, Ref):
                         ui["widgets_values"].append(self._default(node["class_type"], name, spec))
-                    else:
+                    if name in node["inputs"] or required:
+                        opts = spec[1] if len(spec) > 1 else {}
+                        if opts.get("control_after_generate"):
+                            ui["widgets_values"].append("fixed")
+                        if opts.get("image_upload"):
+                            ui["widgets_values"].append("image")
+                    if not isinstance(value, Ref):
                         continue
-                    opts = spec[1] if len(spec) > 1 else {}
-                    if opts.get("control_after_generate"):
-                        ui["widgets_values"].append("fixed")
-                    if opts.get("image_upload"):
-                        ui["widgets_values"].append("image")
-                    continue
                 slot = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": None}
                 if isinstance(value, Ref):
                     link_id = len(links) + 1
@@ -182,6 +183,8 @@ class Graph:
 
 def load_spec(name: str):
     path = SPECS / f"{name}.py"
+    if str(SPECS) not in sys.path:
+        sys.path.insert(0, str(SPECS))  # specs share workflows/specs/_common.py
     spec = importlib.util.spec_from_file_location(f"workflow_spec_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -157,3 +157,15 @@ def test_interrupt_between_tile_batches(comfy, tiny_sd15):
     finally:
         mm.interrupt_current_processing(False)
     assert len(calls) == 0  # stopped before the first tile
+
+
+def test_any_size_plan_reads_the_model_family(comfy, tiny_sd15, tiny_sdxl):
+    w, h, up, tw, th, summary = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024,
+                                                native_size=0, model=tiny_sd15[0])
+    assert (w, h) == (704, 384) and (tw, th) == (2048, 1024) and up == pytest.approx(2048 / 704)
+    assert "SD15" in summary
+    w, h, *_ = comfy.run_node("UltraResAnySizePlan", target_width=4096, target_height=2048, native_size=0,
+                              model=tiny_sdxl[0])
+    assert (w, h) == (1472, 704)
+    with pytest.raises(ValueError, match="native size"):
+        comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=2048, native_size=0)

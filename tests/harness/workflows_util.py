@@ -31,7 +31,7 @@ def substitute(prompt: dict) -> dict:
         new = LOADER_SUBSTITUTES.get(node["class_type"])
         if new:
             node["class_type"] = new
-            node["inputs"] = {"ckpt_name": node["inputs"]["ckpt_name"]}
+            node["inputs"] = {"ckpt_name": node["inputs"]["ckpt_name"], "seed": 0}
     return prompt
 
 

@@ -133,3 +133,17 @@ def test_bad_inputs_are_refused_clearly():
     assert planner.clamped and (planner.tile_h, planner.tile_w) == (40, 40)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         run_tiles(torch.zeros(1, 4, 2, 40, 40), planner.plan(0), lambda tx, t: [tx])
+
+
+@pytest.mark.parametrize("target,native", [((2048, 2048), 512 * 512), ((4096, 2048), 1024 * 1024),
+                                           ((1920, 1080), 512 * 512), ((300, 200), 512 * 512)])
+def test_any_size_plan_keeps_aspect_budget_and_multiples(target, native):
+    from ultrares.kernels.tiling import plan_any_size
+
+    tw, th = target
+    w, h, up = plan_any_size(tw, th, native)
+    assert w % 64 == 0 and h % 64 == 0
+    assert abs(w / h - tw / th) / (tw / th) < 0.2  # same aspect up to rounding to 64
+    assert w * h <= 1.3 * min(native, tw * th)
+    assert up == pytest.approx(max(tw / w, th / h))
+    assert w * up >= tw - 1e-6 and h * up >= th - 1e-6

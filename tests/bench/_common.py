@@ -1,0 +1,71 @@
+"""Helpers shared by the benches: in-process ComfyUI, tiny models, timing and peak-memory probes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+
+
+def boot():
+    """ComfyUI in this process with UltraRes + the test pack (the tests' harness)."""
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from harness import boot as harness_boot
+
+    return harness_boot.boot()
+
+
+def tiny(family: str, seed: int = 0):
+    boot()
+    path = os.path.join(TESTS, "comfy_packs", "ultrares_testing")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import tiny_models
+
+    return tiny_models.build(family, seed)
+
+
+class PeakRSS:
+    """Peak resident memory of this process above the level at start, sampled every 5 ms (CPU).
+    On CUDA use torch.cuda.max_memory_allocated instead."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+@contextmanager
+def timer():
+    out = {}
+    start = time.perf_counter()
+    yield out
+    out["s"] = time.perf_counter() - start

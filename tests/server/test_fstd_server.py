@@ -1,0 +1,59 @@
+"""The FSTD workflows run unchanged (loader substitution only) on a real ComfyUI server and write
+images of the requested size; bad tile settings are refused at queue time."""
+
+import pytest
+from harness.workflows_util import load_api, output_nodes
+
+pytestmark = pytest.mark.server
+
+
+def _size_of(api, node_id):
+    """Requested (width, height) of the EmptyLatentImage / plan feeding the workflow."""
+    return api[node_id]["inputs"]
+
+
+@pytest.mark.parametrize("name,size", [("fstd_sd15_2048", (2048, 2048)), ("fstd_sdxl_4096x2048", (4096, 2048)),
+                                       ("fstd_any_size", (1920, 1080))])
+def test_fstd_workflow_writes_image_of_requested_size(comfy_server, name, size):
+    prompt = load_api(name)
+    run = comfy_server.run_prompt(prompt, timeout=1500)
+    images = run.images()
+    assert len(images) == 1, run.outputs
+    assert comfy_server.view_pil(images[0]).size == size
+    # one progress bar per sampler node, counting its steps (tile batches do not restart it)
+    samplers = [k for k, v in prompt.items() if v["class_type"] == "KSampler"]
+    for node in samplers:
+        maxima = {m for _, m, n in run.progress if n == node}
+        assert maxima == {prompt[node]["inputs"]["steps"]}, (node, maxima)
+    assert output_nodes(prompt)[0] in run.outputs
+
+
+def test_bad_tiles_are_refused_at_queue_time(comfy_server):
+    prompt = load_api("fstd_sd15_2048")
+    tiled = next(k for k, v in prompt.items() if v["class_type"] == "UltraResTiledDiffusion")
+    prompt[tiled]["inputs"]["tile_width"] = 500
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400
+    assert "multiple of 8" in str(body["node_errors"][tiled])
+    prompt[tiled]["inputs"]["tile_width"] = 32  # below the minimum
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400 and tiled in body["node_errors"]
+
+
+def test_video_latent_is_refused_with_a_clear_error(comfy_server):
+    from harness.server import PromptFailed
+
+    prompt = {
+        "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
+        "2": {"class_type": "UltraResTiledDiffusion", "inputs": {"model": ["1", 0], "method": "FSTD", "tile_width": 512,
+              "tile_height": 512, "overlap": 64, "tile_batch_size": 4, "reset_interval": 4, "seed": 0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+              "sampler_name": "euler", "scheduler": "normal", "positive": ["3", 0], "negative": ["3", 0],
+              "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+    }
+    with pytest.raises(PromptFailed, match="video latent"):
+        comfy_server.run_prompt(prompt, timeout=300)
+    assert comfy_server.get_json("/system_stats")  # the server is still up
