@@ -167,6 +167,20 @@ def test_prompt_from_the_editor_completes(editor, name):
     assert server.view_pil(images[0]).size[0] > 0
 
 
+def test_a_missing_node_is_detected(editor):
+    """Control for the checks above: a workflow with an unknown node type is reported by both."""
+    page, _ = editor
+    wf = load_ui(workflow_names()[0])
+    wf["nodes"][0]["type"] = "UltraResNoSuchNode"
+    result = page.evaluate(LOAD_JS, [wf, "missing-node-control"])
+    assert result["missing"] == ["UltraResNoSuchNode"]
+    page.wait_for_function("() => [...document.querySelectorAll('.p-dialog')].some("
+                           "(d) => /missing|not found/i.test(d.innerText))", timeout=30_000)
+    assert any("UltraResNoSuchNode" in t for t in _missing_node_dialogs(page))
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => document.querySelectorAll('.p-dialog').length === 0", timeout=30_000)
+
+
 def test_screenshot_of_a_workflow_in_the_editor(editor):
     page, _ = editor
     name = SCREENSHOT if SCREENSHOT in workflow_names() else workflow_names()[0]
