@@ -50,7 +50,7 @@ def to_hf_layout(sd: dict[str, torch.Tensor], prefix: str = "dinov2.") -> dict[s
     return {prefix + k: v for k, v in out.items()}
 
 
-def reference_forward(sd, cfg, x, upto: int):
+def reference_forward(sd, cfg, x, upto: int, resample=None):
     """Direct evaluation: tokens after block ``upto`` (0-based) then the final LayerNorm.
     Per-head softmax attention written out, exact GELU, pre-norm residuals with layer scale."""
     p, d, h = cfg.patch_size, cfg.embed_dim, cfg.num_heads
@@ -59,8 +59,13 @@ def reference_forward(sd, cfg, x, upto: int):
     patches = x.unfold(2, p, p).unfold(3, p, p)  # b c rows cols p p
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, rows * cols, 3 * p * p)
     tok = patches @ sd["patch_embed.proj.weight"].reshape(d, -1).t() + sd["patch_embed.proj.bias"]
-    assert (rows, cols) == (cfg.pos_grid, cfg.pos_grid), "reference uses the stored grid"
-    tok = torch.cat([sd["cls_token"].expand(b, 1, d), tok], 1) + sd["pos_embed"]
+    pos = sd["pos_embed"]
+    if (rows, cols) != (cfg.pos_grid, cfg.pos_grid):  # written-out resampling of the patch grid
+        assert resample is not None, "pass resample=(row matrix, column matrix) for another grid"
+        grid = pos[0, 1:].double().reshape(cfg.pos_grid, cfg.pos_grid, d)
+        grid = torch.einsum("rm,mnd,cn->rcd", resample[0], grid, resample[1]).reshape(1, rows * cols, d)
+        pos = torch.cat([pos[:, :1], grid.float()], 1)
+    tok = torch.cat([sd["cls_token"].expand(b, 1, d), tok], 1) + pos
     if cfg.num_register_tokens:
         tok = torch.cat([tok[:, :1], sd["register_tokens"].expand(b, -1, d), tok[:, 1:]], 1)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from dinov2_reference import keys_bicubic_matrix, random_official_sd, reference_forward
+from dinov2_reference import aa_bicubic_matrix, keys_bicubic_matrix, random_official_sd, reference_forward
 from ultrares.kernels import digit, dinov2
 from ultrares.kernels.dinov2 import Dinov2Config
 
@@ -13,6 +13,7 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 @pytest.mark.parametrize("registers", [0, 4])
 def test_features_match_direct_evaluation_of_the_reference_semantics(registers):
+    """(Position grid = the token grid here; the next test adds the 37 -> 16 interpolation.)"""
     """256 px -> ImageNet normalisation -> bicubic to 224 -> block depth-3 -> final norm -> patches."""
     depth = 6
     cfg = Dinov2Config(
@@ -169,3 +170,23 @@ def test_image_patches_follow_token_order():
     p = digit.image_patches(img, 2)
     assert p.shape == (8, 3, 16, 16)
     torch.testing.assert_close(p[5], img[1, :, :16, 16:])  # image 1, row 0, column 1
+
+
+def test_features_of_a_reg4_layout_model_with_interpolated_positions():
+    """The paper's encoder geometry: official layout with 4 registers and a 37 x 37 position grid
+    (518 px) resampled to 16 x 16 for the 224 px input by the _reg4 releases' antialiased bicubic."""
+    depth = 5
+    cfg = Dinov2Config(
+        embed_dim=64, depth=depth, num_heads=1, mlp_hidden=128, pos_grid=37, num_register_tokens=4
+    )
+    sd = random_official_sd(cfg, seed=7)
+    model = dinov2.from_state_dict(dict(sd))
+    assert model.cfg.interpolate_antialias and model.cfg.interpolate_offset == 0.0
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    got = digit.extract_features(model, images)
+    x = ((images - MEAN) / STD).double()
+    resize = keys_bicubic_matrix((torch.arange(224) + 0.5) * 256 / 224 - 0.5, 256)
+    x = torch.einsum("rh,bchw,qw->bcrq", resize, x, resize).float()
+    pos = aa_bicubic_matrix(16, 37)
+    want = reference_forward(sd, cfg, x, upto=depth - 3, resample=(pos, pos))[:, 5:]
+    torch.testing.assert_close(got, want, atol=5e-4, rtol=5e-4)
