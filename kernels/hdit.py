@@ -411,8 +411,14 @@ class HDiT(nn.Module):
     @property
     def size_multiple(self) -> tuple[int, int]:
         """H and W must be multiples of these."""
-        f = 2 ** (len(self.levels) - 1)
-        return self.patch_size[0] * f, self.patch_size[1] * f
+        mh = self.patch_size[0] * 2 ** (len(self.levels) - 1)
+        mw = self.patch_size[1] * 2 ** (len(self.levels) - 1)
+        for i, lv in enumerate(self.levels):
+            if isinstance(lv.self_attn, ShiftedWindowAttentionSpec):
+                ws = lv.self_attn.window_size
+                mh = math.lcm(mh, self.patch_size[0] * 2**i * ws)
+                mw = math.lcm(mw, self.patch_size[1] * 2**i * ws)
+        return mh, mw
 
     def forward(self, x, sigma, class_cond=None, aug_cond=None, mapping_cond=None):
         mh, mw = self.size_multiple

@@ -1,0 +1,222 @@
+"""HDiT (k-diffusion image_transformer_v2) checkpoints as ComfyUI models.
+
+- ``UltraResHDiTLoader``: a file from the ``hdit`` models folder (the pack's own ``models/hdit``
+  holds the embedded Twemoji model) -> MODEL (EDM preconditioning with the file's sigma_data and
+  sigma range, pixel-space latent: 3 channels in [-1, 1], one latent pixel per image pixel) and the
+  matching pixel-space VAE (ComfyUI's own ``pixel_space`` conversion VAE, so stock VAEDecode and
+  VAEEncode turn the latent into an IMAGE and back).
+- ``UltraResHDiTClass``: class id -> positive CONDITIONING and the unconditional CONDITIONING
+  (the model's extra embedding row) for the negative input, so CFG works with stock KSampler.
+
+The latent comes from the stock ``EmptyChromaRadianceLatentImage`` (a zero [B, 3, H, W] latent).
+"""
+
+from __future__ import annotations
+
+import os
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models_base
+import folder_paths
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..kernels import hdit as H
+
+CATEGORY = "UltraRes/hdit"
+COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
+UNCOND = -1  # class id meaning "the model's unconditional row"
+
+
+class HDiTPixelLatent(comfy.latent_formats.ChromaRadiance):
+    """Pixel-space latent: 3 channels, values in [-1, 1], no scaling, 1 latent px per image px."""
+
+    spacial_downscale_ratio = 1
+
+
+class HDiTModelConfig(comfy.supported_models_base.BASE):
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config = {}
+    latent_format = HDiTPixelLatent
+    supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
+    memory_usage_factor = 1.0
+
+    def __init__(self, cfg: H.HDiTConfig):
+        self.sampling_settings = {
+            "sigma_min": cfg.sigma_min,
+            "sigma_max": cfg.sigma_max,
+            "sigma_data": cfg.sigma_data,
+        }
+        super().__init__({"disable_unet_model_creation": True})
+
+
+class HDiTAdapter(torch.nn.Module):
+    """ComfyUI's ``diffusion_model`` call -> HDiT inner model.
+
+    ComfyUI passes ``c_in * x`` and ``t = ln(sigma) / 4`` (ModelSamplingContinuousEDM.timestep);
+    HDiT takes raw sigma, so ``sigma = exp(4 t)``. Inputs whose side is not a multiple of the model's
+    patch grid are padded (reflect) and cropped back.
+    """
+
+    def __init__(self, inner: H.HDiT):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def dtype(self):
+        return next(self.inner.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
+        sigma = torch.exp(4 * timesteps.float()).to(x.dtype)
+        class_cond = kwargs.get(COND_KEY)
+        if self.inner.class_emb is not None:
+            n = self.inner.class_emb.num_embeddings
+            if class_cond is None:
+                class_cond = torch.full((x.shape[0],), n - 1, dtype=torch.long, device=x.device)
+            else:
+                class_cond = class_cond.to(x.device).long().reshape(-1)
+                class_cond = torch.where(class_cond < 0, torch.full_like(class_cond, n - 1), class_cond)
+                if int(class_cond.max()) >= n:
+                    raise ValueError(
+                        f"UltraResHDiTClass: class_id {int(class_cond.max())} is out of range for this HDiT, which "
+                        f"has {n - 1} classes (ids 0-{n - 2}); use a smaller id or 'unconditional'."
+                    )
+        else:
+            class_cond = None
+        mh, mw = self.inner.size_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % mh, (-w) % mw
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = self.inner(x, sigma, class_cond=class_cond)
+        return out[..., :h, :w]
+
+
+class HDiTComfyModel(comfy.model_base.BaseModel):
+    """BaseModel with EDM model sampling around an HDiT; class ids come from the conditioning."""
+
+    def __init__(self, model_config: HDiTModelConfig, inner: H.HDiT, cfg: H.HDiTConfig, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.EDM, device=device)
+        self.diffusion_model = HDiTAdapter(inner)
+        self.hdit_config = cfg
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        out.pop("c_crossattn", None)  # HDiT has no text conditioning; the tensor slot is a placeholder
+        cls = kwargs.get(COND_KEY)
+        if cls is not None:
+            out[COND_KEY] = comfy.conds.CONDRegular(torch.as_tensor(cls, dtype=torch.long).reshape(-1))
+        return out
+
+
+def build_comfy_model(inner: H.HDiT, cfg: H.HDiTConfig, dtype: torch.dtype = torch.float32):
+    """Wrap an inner HDiT in a ModelPatcher that ComfyUI's samplers use like any MODEL."""
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    base = HDiTComfyModel(HDiTModelConfig(cfg), inner.to(dtype), cfg, device=offload_device)
+    base.eval()
+    return comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
+
+
+def pixel_space_vae():
+    """ComfyUI's own pixel-space conversion VAE (what VAELoader's ``pixel_space`` entry builds)."""
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    vae.throw_exception_if_invalid()
+    return vae
+
+
+def _model_files() -> list[str]:
+    return folder_paths.get_filename_list("hdit")  # registered by nodes/_paths.py (+ the pack's models/hdit)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_hdit_file(path: str, dtype: str = "float32"):
+    name = os.path.basename(path)
+    try:
+        inner, cfg = H.load_checkpoint(path)
+    except H.HDiTLoadError as e:
+        raise ValueError(f"UltraResHDiTLoader: cannot load {name}: {e}") from e
+    return build_comfy_model(inner, cfg, DTYPES[dtype]), cfg
+
+
+class UltraResHDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResHDiTLoader",
+            display_name="Load HDiT Model (UltraRes)",
+            category=CATEGORY,
+            description="Load an Hourglass Diffusion Transformer (k-diffusion image_transformer_v2) from the hdit "
+                        "models folder: the inference format (.safetensors with the config in its metadata), a "
+                        "training checkpoint (.pth with model_ema), or a config .json with the weights beside it. "
+                        "It samples in pixel space with stock KSampler and any sampler/scheduler; start from "
+                        "EmptyChromaRadianceLatentImage and decode with the VAE output. The shipped "
+                        "ultrares-emoji64 model makes 64x64 emoji (Twemoji, CC-BY-4.0). Neighborhood attention "
+                        "runs in plain PyTorch (no NATTEN needed).",
+            inputs=[
+                io.Combo.Input("model_name", options=_model_files(),
+                               tooltip="File in models/hdit (or the pack's embedded models/hdit)."),
+                io.Combo.Input("weight_dtype", options=list(DTYPES), default="float32",
+                               tooltip="Dtype to run the weights in; float32 is best on CPU, bfloat16 on GPUs."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The HDiT as a ComfyUI model (EDM, pixel-space latent)."),
+                io.Vae.Output(tooltip="Pixel-space conversion VAE: VAEDecode turns the sampled latent into an "
+                                      "IMAGE, VAEEncode an IMAGE into a latent for img2img."),
+                io.Int.Output(display_name="num_classes",
+                              tooltip="Number of classes of the model (0 = unconditional model)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype="float32"):
+        path = folder_paths.get_full_path("hdit", model_name)
+        if path is None:
+            raise ValueError(f"UltraResHDiTLoader: {model_name!r} is not in the hdit models folder; put the file in "
+                             f"ComfyUI/models/hdit/ and refresh.")
+        model, cfg = load_hdit_file(path, weight_dtype)
+        return io.NodeOutput(model, pixel_space_vae(), cfg.num_classes)
+
+
+class UltraResHDiTClass(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResHDiTClass",
+            display_name="HDiT Class (UltraRes)",
+            category=CATEGORY,
+            description="Class conditioning for a class-conditional HDiT: 'positive' asks for class_id, "
+                        "'negative' is the unconditional embedding, so KSampler's cfg does classifier-free "
+                        "guidance. Embedded emoji model classes: 0 Smileys & Emotion, 1 People & Body, 2 Animals "
+                        "& Nature, 3 Food & Drink, 4 Travel & Places, 5 Activities, 6 Objects, 7 Symbols, 8 Flags.",
+            inputs=[
+                io.Int.Input("class_id", default=0, min=0, max=1_000_000,
+                             tooltip="Class index (0-based, below the model's num_classes)."),
+                io.Boolean.Input("unconditional", default=False,
+                                 tooltip="Ignore class_id: positive is unconditional too (plain sampling; use cfg 1)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="The class (or unconditional)."),
+                io.Conditioning.Output(display_name="negative", tooltip="Unconditional: the model's extra class row."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, class_id, unconditional=False):
+        placeholder = torch.zeros(1, 1, 1)
+        pos_id = UNCOND if unconditional else int(class_id)
+        pos = [[placeholder, {COND_KEY: torch.tensor([pos_id])}]]
+        neg = [[placeholder.clone(), {COND_KEY: torch.tensor([UNCOND])}]]
+        return io.NodeOutput(pos, neg)
+
+
+NODES = [UltraResHDiTLoader, UltraResHDiTClass]

@@ -1,0 +1,163 @@
+"""HDiT nodes in-process: an official-layout k-diffusion checkpoint loads with strict keys and samples
+through ComfyUI's own KSampler; the EDM wiring matches a direct evaluation of the kernel's Denoiser."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import comfy.sample as comfy_sample
+import comfy.samplers as comfy_samplers
+import folder_paths
+import pytest
+import torch
+from hdit_layout import SMALL, write_official_safetensors
+from ultrares.kernels import hdit as H
+
+CFG_64 = {
+    "model": {**SMALL["model"], "sigma_min": 0.02, "sigma_max": 60.0, "sigma_data": 0.5},
+    "dataset": {"num_classes": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def hdit_dir(comfy):
+    d = folder_paths.get_folder_paths("hdit")[0]  # ComfyUI's models/hdit (the pack's own folder is second)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def official_file(hdit_dir):
+    name = f"test_official_{uuid.uuid4().hex[:8]}.safetensors"
+    path = os.path.join(hdit_dir, name)
+    sd = write_official_safetensors(path, CFG_64, seed=1)
+    yield name, path, sd
+    os.remove(path)
+
+
+def _reference_denoiser(sd):
+    inner = H.build_model(CFG_64)
+    H.load_state_dict_strict(inner, sd)
+    return H.Denoiser(inner.eval(), 0.5)
+
+
+def test_loader_strict_and_model_sampling(comfy, official_file):
+    name, _, sd = official_file
+    model, vae, n = comfy.run_node("UltraResHDiTLoader", model_name=name, weight_dtype="float32")
+    assert n == 5
+    ms = model.get_model_object("model_sampling")
+    assert ms.sigma_data == 0.5
+    assert float(ms.sigma_min) == pytest.approx(0.02, rel=1e-4) and float(ms.sigma_max) == pytest.approx(60.0, rel=1e-4)
+    inner = model.model.diffusion_model.inner
+    for k, v in sd.items():
+        torch.testing.assert_close(inner.state_dict()[k], v.float())
+    assert model.model.latent_format.latent_channels == 3
+
+
+@pytest.mark.parametrize("cfg_scale,class_id", [(1.0, 2), (3.0, 4)])
+def test_ksampler_matches_direct_euler(comfy, official_file, cfg_scale, class_id):
+    name, _, sd = official_file
+    model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name=name, weight_dtype="float32")
+    pos, neg = comfy.run_node("UltraResHDiTClass", class_id=class_id, unconditional=False)
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
+    steps, seed = 3, 11
+    (out,) = comfy.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg_scale, sampler_name="euler",
+                            scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    got = out["samples"]
+    assert got.shape == (1, 3, 32, 32) and torch.isfinite(got).all()
+
+    # the same Euler sampling written directly against the kernel (EDM preconditioning, raw sigma)
+    den = _reference_denoiser(sd)
+    sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps).float()
+    noise = comfy_sample.prepare_noise(latent["samples"], seed)
+    x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # ComfyUI's max_denoise noise scaling
+    c = torch.tensor([class_id])
+    u = torch.tensor([5])
+    with torch.no_grad():
+        for i in range(steps):
+            d_c = den(x, sigmas[i:i + 1], class_cond=c)
+            d = d_c if cfg_scale == 1.0 else den(x, sigmas[i:i + 1], class_cond=u) + (d_c - den(x, sigmas[i:i + 1], class_cond=u)) * cfg_scale
+            x = x + (x - d) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    torch.testing.assert_close(got, x, atol=2e-4, rtol=1e-3)
+
+
+def test_class_changes_output_and_uncond(comfy, official_file):
+    name = official_file[0]
+    model, vae, _ = comfy.run_node("UltraResHDiTLoader", model_name=name, weight_dtype="float32")
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
+    outs = []
+    for cid, unc in ((0, False), (3, False), (3, True)):
+        pos, neg = comfy.run_node("UltraResHDiTClass", class_id=cid, unconditional=unc)
+        (o,) = comfy.run_node("KSampler", model=model, seed=1, steps=2, cfg=1.0, sampler_name="euler",
+                              scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        outs.append(o["samples"])
+    assert (outs[0] - outs[1]).abs().max() > 1e-4
+    assert (outs[1] - outs[2]).abs().max() > 1e-4
+    # VAE output: ComfyUI's pixel-space VAE maps [-1, 1] latents to [0, 1] images
+    (img,) = comfy.run_node("VAEDecode", samples={"samples": outs[0]}, vae=vae)
+    assert img.shape == (1, 32, 32, 3)
+    torch.testing.assert_close(img, ((outs[0].movedim(1, -1) + 1) / 2).clamp(0, 1))
+
+
+def test_out_of_range_class_and_odd_size(comfy, official_file):
+    name = official_file[0]
+    model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name=name, weight_dtype="float32")
+    pos, neg = comfy.run_node("UltraResHDiTClass", class_id=7, unconditional=False)
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
+    with pytest.raises(ValueError, match="class_id 7 is out of range"):
+        comfy.run_node("KSampler", model=model, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
+                       positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    # a side that is not a multiple of the patch/window grid (16 here) is padded and cropped back
+    pos, neg = comfy.run_node("UltraResHDiTClass", class_id=1, unconditional=False)
+    odd = {"samples": torch.zeros(1, 3, 20, 28)}
+    (o,) = comfy.run_node("KSampler", model=model, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
+                          positive=pos, negative=neg, latent_image=odd, denoise=1.0)
+    assert o["samples"].shape == (1, 3, 20, 28) and torch.isfinite(o["samples"]).all()
+
+
+def test_bad_files_get_clear_errors(comfy, hdit_dir):
+    bad = os.path.join(hdit_dir, f"corrupt_{uuid.uuid4().hex[:6]}.safetensors")
+    with open(bad, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    mism = os.path.join(hdit_dir, f"mismatch_{uuid.uuid4().hex[:6]}.safetensors")
+    cfg = json.loads(json.dumps(CFG_64))
+    write_official_safetensors(mism, cfg, seed=2)
+    # same weights, but a config that says the widths are different
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(mism, "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    cfg["model"]["widths"] = [32, 64, 128]
+    save_file(sd, mism, metadata={"config": json.dumps(cfg)})
+    try:
+        with pytest.raises(ValueError, match="not a readable safetensors"):
+            comfy.run_node("UltraResHDiTLoader", model_name=os.path.basename(bad), weight_dtype="float32")
+        with pytest.raises(ValueError, match="shape mismatches") as e:
+            comfy.run_node("UltraResHDiTLoader", model_name=os.path.basename(mism), weight_dtype="float32")
+        assert os.path.basename(mism) in str(e.value)
+        with pytest.raises(ValueError, match="not in the hdit models folder"):
+            comfy.run_node("UltraResHDiTLoader", model_name="nope.safetensors", weight_dtype="float32")
+    finally:
+        os.remove(bad)
+        os.remove(mism)
+
+
+def test_embedded_model_makes_emoji_on_white(comfy):
+    """The shipped weights load from the pack's models/hdit and sample images on the training background."""
+    names = folder_paths.get_filename_list("hdit")
+    assert "ultrares-emoji64.safetensors" in names
+    model, vae, n = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
+                                   weight_dtype="float32")
+    assert n == 9
+    pos, neg = comfy.run_node("UltraResHDiTClass", class_id=0, unconditional=False)
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=64, height=64, batch_size=2)
+    (o,) = comfy.run_node("KSampler", model=model, seed=3, steps=10, cfg=2.0, sampler_name="dpmpp_2m",
+                          scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    (img,) = comfy.run_node("VAEDecode", samples=o, vae=vae)
+    assert img.shape == (2, 64, 64, 3)
+    corners = torch.cat([img[:, :6, :6], img[:, :6, -6:], img[:, -6:, :6], img[:, -6:, -6:]], dim=1)
+    assert corners.mean() > 0.85  # white background, as in training
+    assert img[:, 16:48, 16:48].std() > 0.1  # and something drawn in the middle
