@@ -82,6 +82,8 @@ def neighborhood_attention_2d(
     scale: float | None = None,
     max_chunk_elems: int = 1 << 24,
     dense_factor: int = 8,
+    method: str = "auto",
+    block: int = 8,
 ) -> torch.Tensor:
     """NATTEN-equivalent 2-D neighborhood attention.
 
@@ -97,6 +99,13 @@ def neighborhood_attention_2d(
             with a boolean NATTEN mask (``N^2 <= dense_factor * N * k^2`` elements, so memory is still
             ``O(N k^2)``); it is much faster for small token grids, above all in the backward pass.
             ``0`` disables it.
+        method: ``"auto"`` (dense mask for small grids, else ``"blocked"`` for dilation 1, else
+            ``"gather"``), ``"blocked"``, ``"gather"`` or ``"dense"``. *blocked*: queries in
+            ``block x block`` tiles attend, through one masked SDPA call per chunk of tiles, to the
+            ``(block+k-1)^2`` key region that holds all their (clamped) windows: memory
+            ``O(N (block+k-1)^2 / block^2)`` keys + ``O(N (block+k-1)^2)`` mask bits, fast batched
+            matmuls. *gather*: every query's ``k^2`` keys are gathered (``O(N k^2 D)`` memory).
+        block: query tile side of the blocked method.
     Returns:
         ``[B, heads, H, W, Dv]`` in ``q.dtype``; softmax is computed in float32.
     """
@@ -106,7 +115,15 @@ def neighborhood_attention_2d(
     idx_h = neighborhood_indices_1d(h, kernel_size, dilation, device=q.device)  # [H, kh]
     idx_w = neighborhood_indices_1d(w, kernel_size, dilation, device=q.device)  # [W, kw]
     ks = kernel_size
-    if h * w <= dense_factor * ks * ks:
+    if method not in ("auto", "blocked", "gather", "dense"):
+        raise ValueError(f"method must be auto, blocked, gather or dense; got {method!r}")
+    if method == "auto":
+        method = "dense" if h * w <= dense_factor * ks * ks else "blocked" if dilation == 1 else "gather"
+    if method == "blocked":
+        if dilation != 1:
+            raise ValueError("the blocked method supports dilation 1 only; use method='gather'")
+        return _na2d_blocked(q, k, v, idx_h[:, 0], idx_w[:, 0], ks, scale, block, max_chunk_elems)
+    if method == "dense":
         mask = neighborhood_mask_2d(h, w, ks, dilation, device=q.device)
         qf, kf, vf = (rearrange(t, "b n h w d -> b n (h w) d") for t in (q, k, v))
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
@@ -131,6 +148,51 @@ def neighborhood_attention_2d(
         attn = rearrange(attn, "b n h w (i j) -> b n h w i j", i=ks, j=ks)
         out.append(torch.einsum("bnhwij,bnhiwjd->bnhwd", attn, v_win.to(cdt)).to(q.dtype))
     return torch.cat(out, dim=2)
+
+
+def _block_regions(starts: torch.Tensor, length: int, ks: int, block: int):
+    """For 1-D window starts ``[L]``: per query block its key-region start ``[nb]`` (region length
+    ``R = min(length, block + ks - 1)``) and the window mask ``[nb, block, R]`` (padded queries reuse
+    the last query's window)."""
+    n = starts.shape[0]
+    nb = -(-n // block)
+    r = min(length, block + ks - 1)
+    qi = torch.arange(nb * block, device=starts.device).clamp(max=n - 1)
+    st = starts[qi].view(nb, block)
+    region = torch.minimum(st[:, 0], torch.full_like(st[:, 0], length - r))
+    pos = region[:, None, None] + torch.arange(r, device=starts.device)[None, None, :]  # [nb, 1, R]
+    mask = (pos >= st[:, :, None]) & (pos < st[:, :, None] + ks)
+    return region, mask, r
+
+
+def _na2d_blocked(q, k, v, start_h, start_w, ks, scale, block, max_chunk_elems):
+    b, nh, h, w, d = q.shape
+    dv = v.shape[-1]
+    reg_h, mask_h, rh = _block_regions(start_h, h, ks, block)
+    reg_w, mask_w, rw = _block_regions(start_w, w, ks, block)
+    nbh, nbw = reg_h.shape[0], reg_w.shape[0]
+    ar_h = torch.arange(rh, device=q.device)
+    ar_w = torch.arange(rw, device=q.device)
+    # pad queries to whole blocks (the padded rows/cols are dropped at the end)
+    qp = F.pad(q, (0, 0, 0, nbw * block - w, 0, nbh * block - h))
+    qb = rearrange(qp, "b n (bh i) (bw j) d -> b n bh bw (i j) d", i=block, j=block)
+    cols = (reg_w[:, None] + ar_w[None, :]).reshape(-1)  # [nbw * rw]
+    per_block_row = b * nh * nbw * (rh * rw * (d + dv) + block * block * rh * rw)
+    rows_per_chunk = max(1, min(nbh, max_chunk_elems // max(per_block_row, 1)))
+    out = []
+    for r0 in range(0, nbh, rows_per_chunk):
+        r1 = min(nbh, r0 + rows_per_chunk)
+        rows = (reg_h[r0:r1, None] + ar_h[None, :]).reshape(-1)  # [nr * rh]
+        kr = k.index_select(2, rows).index_select(3, cols)  # [B, n, nr*rh, nbw*rw, D]
+        vr = v.index_select(2, rows).index_select(3, cols)
+        kr = rearrange(kr, "b n (bh i) (bw j) d -> b n bh bw (i j) d", i=rh, j=rw)
+        vr = rearrange(vr, "b n (bh i) (bw j) d -> b n bh bw (i j) d", i=rh, j=rw)
+        m = mask_h[r0:r1, None, :, None, :, None] & mask_w[None, :, None, :, None, :]
+        m = rearrange(m, "bh bw qi qj ki kj -> bh bw (qi qj) (ki kj)")
+        out.append(F.scaled_dot_product_attention(qb[:, :, r0:r1], kr, vr, attn_mask=m, scale=scale))
+    o = torch.cat(out, dim=2)
+    o = rearrange(o, "b n bh bw (i j) d -> b n (bh i) (bw j) d", i=block, j=block)
+    return o[:, :, :h, :w].to(q.dtype)
 
 
 def _window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
