@@ -203,9 +203,9 @@ def build_app() -> gr.Blocks:
             f_run, f_stop = _buttons("Generate any size")
             with gr.Row():
                 f_out = gr.Image(label="Result", type="pil", interactive=False, format="png")
-                f_grid = gr.Image(label="Tile grid", type="pil", interactive=False, format="png")
+                f_grid = gr.Image(label="Tile grid", type="pil", interactive=False, format="png", elem_id="fstd-grid")
                 f_plain = gr.Image(label="Untiled", type="pil", interactive=False, format="png")
-            f_info = gr.Markdown()
+            f_info = gr.Markdown(elem_id="fstd-info")
             _wire(f_run, f_stop, ui_any_size, [f_source, f_label, f_prompt, width, height, method, tile, overlap,
                                                f_steps, f_seed, f_cfg, show_step, compare],
                   [f_out, f_grid, f_plain, f_info], "any_size")

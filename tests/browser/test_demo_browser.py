@@ -40,6 +40,20 @@ def test_generate_shows_an_image(page):
     page.screenshot(path=str(DOCS_IMAGES / "demo.png"))
 
 
+def test_any_size_tab_shows_the_tile_grid(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Any size (FSTD)").click()
+    page.get_by_role("button", name="Generate any size").click()
+    grid = page.locator("#fstd-grid img")
+    expect(grid).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#fstd-info")).to_contain_text("grid offset", timeout=30_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=grid.element_handle(), timeout=30_000)
+    width, height = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width * 2 == height * 3  # the default 192 x 128 px
+    page.screenshot(path=str(DOCS_IMAGES / "demo_fstd.png"))
+
+
 def test_missing_input_shows_a_message_not_a_trace(page):
     from playwright.sync_api import expect
 

@@ -218,3 +218,14 @@ def test_app_without_any_model_says_how_to_get_one(H, monkeypatch):
     assert "make embedded-hdit" in note and "models/checkpoints" in note
     with pytest.raises(H.UserError, match="make embedded-hdit"):
         H.generate(H.default_source())
+
+
+def test_command_line_defaults_and_bad_comfyui_path(monkeypatch, tmp_path):
+    from ultrares.demo import app, runtime
+
+    args = app.parse_args([])
+    assert (args.host, args.port, args.share, args.cpu) == ("127.0.0.1", 7860, False, False)
+    assert app.parse_args(["--port", "7999", "--share"]).port == 7999
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    with pytest.raises(runtime.ComfyNotFound, match="not a ComfyUI checkout.*COMFYUI_PATH"):
+        runtime.comfy_root()
