@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
 from ultrares.kernels.tiling import TilePlanner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from ultrares.kernels.tiling import METHODS, TilePlanner, blend_weights, run_tiles
 
 
