@@ -27,3 +27,7 @@ bench: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+## Reproduce the embedded HDiT emoji model (resumable: re-run to continue; STEPS, MAX_MINUTES, THREADS).
+embedded-hdit: setup
+	bash scripts/train_embedded_hdit.sh
