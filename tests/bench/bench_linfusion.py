@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PeakRSS, boot  # noqa: E402
 
+
 def _return_freed_memory_to_os() -> None:
     """Make glibc serve every allocation >= 64 KiB with mmap and unmap it on free, so RSS tracks
     live tensors (by default the mmap threshold grows after frees and freed blocks stay in the
