@@ -236,3 +236,28 @@ def test_sd2_fp16_runs_linfusion_in_fp32_and_warns(comfy, lf_dir, caplog):
     out = wrapper(x)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), wrapper.linfusion(x.float()), rtol=1e-2, atol=1e-2)
+
+
+SDXL_FULL = {"num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10}
+SD15_FULL = {"num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1}
+
+
+@pytest.mark.parametrize("unet_config,n_attn1", [(SD15_FULL, 16), (SDXL_FULL, 70)])
+def test_name_mapping_matches_comfyui_for_full_size_models(comfy, unet_config, n_attn1):
+    """Our diffusers -> ComfyUI mapping agrees with ComfyUI's own unet_to_diffusers on the real
+    SD1.5 and SDXL layouts (70 attn1 layers on SDXL, none in its first down block)."""
+    import comfy.utils as cu
+
+    table = cu.unet_to_diffusers(dict(unet_config))
+    attn1 = {d[: -len(".to_q.weight")]: c[: -len(".to_q.weight")] for d, c in table.items() if d.endswith("attn1.to_q.weight")}
+    assert len(attn1) == n_attn1
+    for diffusers_name, comfy_name in attn1.items():
+        assert fmt.diffusers_to_ldm(diffusers_name, unet_config["num_res_blocks"]) == comfy_name
+        assert fmt.diffusers_to_ldm(diffusers_name) == comfy_name  # the 3i+j+1 / 3i+j shorthand
+        assert fmt.ldm_to_diffusers(comfy_name, unet_config["num_res_blocks"]) == diffusers_name
+    if n_attn1 == 70:
+        assert not any(n.startswith("down_blocks.0.") for n in attn1)
+        assert attn1["down_blocks.1.attentions.0.transformer_blocks.1.attn1"] == "input_blocks.4.1.transformer_blocks.1.attn1"
+        assert attn1["up_blocks.0.attentions.2.transformer_blocks.9.attn1"] == "output_blocks.2.1.transformer_blocks.9.attn1"
