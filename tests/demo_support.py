@@ -57,6 +57,8 @@ def hdit_registered(tmp: Path):
         paths = folder_paths.folder_names_and_paths["hdit"][0]
         if str(folder) in paths:
             paths.remove(str(folder))
+        # ComfyUI's file-list cache stats every folder it listed: forget this one before deleting it
+        folder_paths.filename_list_cache.pop("hdit", None)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -172,6 +172,7 @@ def test_linfusion_timing_on_a_text_model(H, tiny_sd15, tmp_path):
                                               width=64, height=64, steps=1)
     finally:
         folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
+        folder_paths.filename_list_cache.pop("linfusion", None)
     assert base.size == lin.size == (64, 64)
     assert "| softmax attention |" in table and "| LinFusion |" in table and "latent tokens" in table
     assert np.abs(pixels(base) - pixels(lin)).mean() > 0.1  # the attention really was replaced
