@@ -231,16 +231,23 @@ class UltraResTiledDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile_width=512, tile_height=512, overlap=0, method="FSTD", **kwargs):
+    def validate_inputs(cls, tile_width: int, tile_height: int, overlap: int, method: str):
+        # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
+        if method not in METHOD_CHOICES:
+            return f"method {method!r} is not one of {list(METHOD_CHOICES)}."
         for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
-            if isinstance(value, int) and value % 8:
+            if not isinstance(value, int):
+                continue  # linked from another node: checked when the node runs
+            if value < MIN_TILE_PX:
+                return f"{name}={value} is below the minimum tile of {MIN_TILE_PX} px: use the model's native size (512 for SD1.5, 1024 for SDXL)."
+            if value % 8:
                 return f"{name}={value} is not a multiple of 8: use {value - value % 8} or {value - value % 8 + 8}."
-        if method in ("MultiDiffusion", "Mixture of Diffusers") and isinstance(overlap, int):
+        if isinstance(overlap, int) and overlap < 0:
+            return f"overlap={overlap} must be >= 0."
+        if method in ("MultiDiffusion", "Mixture of Diffusers") and all(isinstance(v, int) for v in (overlap, tile_width, tile_height)):
             smallest = min(tile_width, tile_height)
             if overlap >= smallest:
                 return f"overlap={overlap} must be smaller than the tile ({smallest} px): lower it, e.g. to {smallest // 8}."
-        if method not in METHOD_CHOICES:
-            return f"method {method!r} is not one of {list(METHOD_CHOICES)}."
         return True
 
     @classmethod

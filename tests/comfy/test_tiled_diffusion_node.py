@@ -137,8 +137,10 @@ def test_controlnet_hint_is_cropped_per_tile(comfy, tiny_sd15):
 
 
 def test_bad_inputs_fail_before_sampling(comfy, tiny_sd15):
-    assert "multiple of 8" in comfy.validate(NODE, tile_width=500, tile_height=512)
+    assert "multiple of 8" in comfy.validate(NODE, tile_width=500, tile_height=512, overlap=0, method="FSTD")
+    assert "minimum" in comfy.validate(NODE, tile_width=512, tile_height=32, overlap=0, method="FSTD")
     assert "overlap" in comfy.validate(NODE, tile_width=128, tile_height=128, overlap=128, method="MultiDiffusion")
+    assert "method" in comfy.validate(NODE, tile_width=128, tile_height=128, overlap=0, method="Nope")
     assert comfy.validate(NODE, tile_width=512, tile_height=512, overlap=64, method="FSTD") is True
     model, clip, _ = tiny_sd15
     with pytest.raises(ValueError, match="video latent"):
