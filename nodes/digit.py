@@ -167,6 +167,20 @@ def _check_dims(encoder: DigitEncoder, codebook: DigitCodebook) -> None:
         )
 
 
+def _check_choice(name: str, value: str, options: list[str] | tuple[str, ...], hint: str = "") -> bool | str:
+    # ComfyUI 0.3.75 does not check V3 combo values at queue time: do it here.
+    if value in options:
+        return True
+    shown = ", ".join(list(options)[:12]) or "(none)"
+    return f"{name}={value!r} is not one of: {shown}{hint}"
+
+
+def _check_image_size(image_size: int) -> bool | str:
+    if not 16 <= image_size <= 1024 or image_size % 16:
+        return f"image_size={image_size} must be a multiple of 16 between 16 and 1024 (256 gives DiGIT's 16 x 16 tokens)"
+    return True
+
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
@@ -211,6 +225,12 @@ class DiGITEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, encoder_name: str) -> bool | str:
+        return _check_choice(
+            "encoder_name", encoder_name, _encoder_files(), " (put DINOv2 weights into ComfyUI/models/digit/)"
+        )
+
+    @classmethod
     def execute(cls, encoder_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, encoder_name)
         try:
@@ -251,6 +271,15 @@ class DiGITCodebookLoader(io.ComfyNode):
                     display_name="codebook", tooltip="Centroids, colours and optional atlas."
                 )
             ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, codebook_name: str) -> bool | str:
+        return _check_choice(
+            "codebook_name",
+            codebook_name,
+            _codebook_files(),
+            " (put .npy codebooks into ComfyUI/models/digit/)",
         )
 
     @classmethod
@@ -310,10 +339,10 @@ class DiGITTokenize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, image_size: int, **kwargs) -> bool | str:
-        if image_size % 16:
-            return f"image_size={image_size} must be a multiple of 16 (256 gives DiGIT's 16 x 16 tokens)"
-        return True
+    def validate_inputs(cls, image_size: int, fit: str) -> bool | str:
+        # Only the inputs named here skip ComfyUI's own checks, so the range is checked too.
+        ok = _check_image_size(image_size)
+        return ok if ok is not True else _check_choice("fit", fit, D.FIT_MODES)
 
     @classmethod
     def execute(
@@ -388,11 +417,10 @@ class DiGITFitCodebook(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, filename: str = "digit-codebook", overwrite: bool = False, image_size: int = 256, **kwargs
-    ) -> bool | str:
-        if image_size % 16:
-            return f"image_size={image_size} must be a multiple of 16"
+    def validate_inputs(cls, filename: str, overwrite: bool, image_size: int, fit: str) -> bool | str:
+        for ok in (_check_image_size(image_size), _check_choice("fit", fit, D.FIT_MODES)):
+            if ok is not True:
+                return ok
         try:
             target = _codebook_target(filename)
         except ValueError as exc:
@@ -470,6 +498,10 @@ class DiGITDecode(io.ComfyNode):
                 io.Image.Output(display_name="image", tooltip="Tokens drawn as pixels (16 px per token).")
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, mode: str) -> bool | str:
+        return _check_choice("mode", mode, DECODE_MODES)
 
     @classmethod
     def execute(cls, tokens: DigitTokens, codebook: DigitCodebook, mode: str) -> io.NodeOutput:

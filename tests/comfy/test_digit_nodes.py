@@ -190,7 +190,10 @@ def test_fit_codebook_writes_npy_and_atlas_never_overwrites(comfy, embedded, dig
         encoder=enc, images=imgs, k=24, iterations=4, seed=1, image_size=128, fit="stretch", filename="mine"
     )
     assert (
-        comfy.validate("UltraResDiGITFitCodebook", filename="mine", overwrite=False, image_size=128) is True
+        comfy.validate(
+            "UltraResDiGITFitCodebook", filename="mine", overwrite=False, image_size=128, fit="stretch"
+        )
+        is True
     )
     (cb,) = comfy.run_node("UltraResDiGITFitCodebook", overwrite=False, **args)
     path = digit_dir / "mine.npy"
@@ -211,16 +214,32 @@ def test_fit_codebook_writes_npy_and_atlas_never_overwrites(comfy, embedded, dig
     err_grey = (seen - seen.mean()).abs().mean()
     assert err_patch < err_grey  # retrieval resembles the picture better than a flat grey
     # no silent overwrite: refused at queue time and at run time
-    msg = comfy.validate("UltraResDiGITFitCodebook", filename="mine", overwrite=False, image_size=128)
+    msg = comfy.validate(
+        "UltraResDiGITFitCodebook", filename="mine", overwrite=False, image_size=128, fit="stretch"
+    )
     assert isinstance(msg, str) and "already exists" in msg
     with pytest.raises(ValueError, match="already exists"):
         comfy.run_node("UltraResDiGITFitCodebook", overwrite=False, **args)
     (again,) = comfy.run_node("UltraResDiGITFitCodebook", overwrite=True, **{**args, "seed": 2})
     assert not torch.equal(again.centroids, cb.centroids)
     assert "plain file name" in comfy.validate(
-        "UltraResDiGITFitCodebook", filename="../evil", overwrite=False, image_size=128
+        "UltraResDiGITFitCodebook", filename="../evil", overwrite=False, image_size=128, fit="stretch"
     )
     with pytest.raises(ValueError, match="k=500 needs at least 500 patches"):
         comfy.run_node("UltraResDiGITFitCodebook", overwrite=False, **{**args, "filename": "other", "k": 500})
     with pytest.raises(ValueError, match="K=24"):
         comfy.run_node("UltraResDiGITDecode", tokens=D_tokens(256), codebook=loaded, mode="nearest_patch")
+
+
+def test_queue_time_checks_cover_combos(comfy, embedded):
+    """ComfyUI 0.3.75 does not check V3 combo values itself, so the nodes do (HTTP 400 at queue time)."""
+    assert "fit='zoom' is not one of" in comfy.validate("UltraResDiGITTokenize", image_size=256, fit="zoom")
+    assert comfy.validate("UltraResDiGITTokenize", image_size=256, fit="center_crop") is True
+    assert "between 16 and 1024" in comfy.validate("UltraResDiGITTokenize", image_size=2048, fit="stretch")
+    assert "mode='x'" in comfy.validate("UltraResDiGITDecode", mode="x")
+    assert comfy.validate("UltraResDiGITEncoderLoader", encoder_name=ENCODER) is True
+    msg = comfy.validate("UltraResDiGITEncoderLoader", encoder_name="dinov2_vitb14_reg4_pretrain.pth")
+    assert "models/digit" in msg
+    assert "codebook_name='km_8k.npy'" in comfy.validate(
+        "UltraResDiGITCodebookLoader", codebook_name="km_8k.npy"
+    )

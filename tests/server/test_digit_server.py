@@ -49,7 +49,9 @@ def run_and_wait(server, prompt: dict, timeout: float = 600) -> dict:
 
 def test_digit_tokenize_workflow(comfy_server):
     if not os.path.exists(ENCODER):
-        pytest.skip("embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)")
+        pytest.skip(
+            "embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)"
+        )
     prompt = load_api("digit_tokenize")
     name = next(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage")
     write_example(comfy_server.input_dir / name)
@@ -71,8 +73,16 @@ def test_digit_tokenize_workflow(comfy_server):
 
 def test_bad_image_size_is_rejected_at_queue_time(comfy_server):
     prompt = copy.deepcopy(load_api("digit_tokenize"))
+    name = next(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage")
+    write_example(comfy_server.input_dir / name)  # so that validation reaches the tokenize node
     tok = next(k for k, n in prompt.items() if n["class_type"] == "UltraResDiGITTokenize")
     prompt[tok]["inputs"]["image_size"] = 250
     status, body = comfy_server.post_prompt(prompt)
     assert status == 400
     assert "multiple of 16" in str(body["node_errors"][tok])
+    # an unknown combo value is a 400 too (ComfyUI 0.3.75 leaves V3 combos to the node's own check)
+    prompt[tok]["inputs"]["image_size"] = 256
+    prompt[tok]["inputs"]["fit"] = "zoom"
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400, body
+    assert "fit='zoom' is not one of" in str(body["node_errors"][tok]), body
