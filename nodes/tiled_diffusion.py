@@ -210,7 +210,7 @@ def _inputs():
                      tooltip="Tiles evaluated per model call: higher is faster if memory allows."),
         io.Int.Input("reset_interval", default=4, min=1, max=1000,
                      tooltip="FSTD: every this many steps the grid offset returns to (0, 0)."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                      tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion)."),
     ]
 
