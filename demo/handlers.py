@@ -393,7 +393,9 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
     unless ``tile`` is set). Returns (image, the tile grid of ``show_step`` drawn on it, the untiled
     image when ``compare``, description)."""
     bundle = load(source)
-    ratio = 1 if bundle.kind == "hdit" else 8
+    td = _module_of("UltraResTiledDiffusion")  # pixels per latent pixel, as the node computes it
+    ratio = td.latent_downscale_ratio(bundle.model) if hasattr(td, "latent_downscale_ratio") else (
+        1 if bundle.kind == "hdit" else 8)
     multiple = 16 if bundle.kind == "hdit" else 8
     width = _check_int("width", width, 16, MAX_SIDE, multiple)
     height = _check_int("height", height, 16, MAX_SIDE, multiple)
@@ -404,7 +406,7 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
     show_step = _check_int("show step", show_step, 0, steps - 1)
     settings = dict(method=method, tile_width=tile, tile_height=tile, overlap=int(overlap), tile_batch_size=4,
                     reset_interval=4, seed=int(seed))
-    verdict = runtime().node_class("UltraResTiledDiffusion").validate_inputs(**settings)
+    verdict = runtime().validate("UltraResTiledDiffusion", **settings)
     if verdict is not True:
         raise UserError(str(verdict))
     (tiled,) = runtime().run_node("UltraResTiledDiffusion", model=bundle.model, **settings)
@@ -460,7 +462,7 @@ def relay(source: str | None, label: str | None = None, image=None, factor: int 
     settings = node_defaults("UltraResRelayUpscale")
     settings.update(factor=factor, seed=int(seed), steps=steps, truncation_sigma=float(truncation_sigma), cfg=float(cfg),
                     s_block=float(s_block), s_noise=float(s_noise))
-    verdict = r.node_class("UltraResRelayUpscale").validate_inputs(s_tmin=settings.get("s_tmin"), s_tmax=settings.get("s_tmax"))
+    verdict = r.validate("UltraResRelayUpscale", **settings)
     if verdict is not True:
         raise UserError(str(verdict))
     t0 = time.perf_counter()
@@ -605,7 +607,7 @@ def invert(source: str | None, label: str | None = None, image=None, steps: int 
         pixels = fit_to(from_pil(image), bundle.native, bundle.native)
     latent = encode(bundle, pixels)
     opts = dict(steps=steps, level=float(level), scheduler=scheduler, positive=pos, negative=neg, cfg=1.0)
-    verdict = r.node_class("UltraResDDIMInvert").validate_inputs(steps=steps, level=float(level), cfg=1.0)
+    verdict = r.validate("UltraResDDIMInvert", steps=steps, level=float(level), scheduler=scheduler, cfg=1.0)
     if verdict is not True:
         raise UserError(str(verdict))
     with tracked(report, f"inverting ({steps} DDIM steps)"):

@@ -111,6 +111,21 @@ class Runtime:
             result = result["result"]
         return tuple(result) if result is not None else ()
 
+    def validate(self, node_id: str, **inputs: Any) -> bool | str:
+        """The node's queue-time check (``validate_inputs``), given only the inputs it asks for, as
+        ComfyUI's executor does; True when valid, else the node's message."""
+        cls = self.node_class(node_id)
+        check = getattr(cls, "validate_inputs", None) or getattr(cls, "VALIDATE_INPUTS", None)
+        if check is None:
+            return True
+        params = inspect.signature(check).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            inputs = {k: v for k, v in inputs.items() if k in params}
+        out = check(**inputs)
+        if inspect.isawaitable(out):
+            out = asyncio.run(out)
+        return out
+
     def filenames(self, folder: str) -> list[str]:
         """Files in one of ComfyUI's model folders (``folder_paths.get_filename_list``); [] for an unknown folder."""
         import folder_paths

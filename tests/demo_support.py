@@ -20,12 +20,12 @@ TEST_CLASSES = ["circles", "squares", "stars"]
 
 
 def write_test_hdit(folder: Path, seed: int = 0) -> Path:
-    """A 32x32 class-conditional HDiT (3 classes, ~0.1 M parameters) with seeded random weights, in the
+    """A 64x64 class-conditional HDiT (3 classes, ~0.1 M parameters) with seeded random weights, in the
     inference format the loader reads (config with class names in the metadata)."""
     from ultrares.kernels import hdit
 
     config = {
-        "model": {"type": "image_transformer_v2", "input_channels": 3, "input_size": [32, 32], "patch_size": [4, 4],
+        "model": {"type": "image_transformer_v2", "input_channels": 3, "input_size": [64, 64], "patch_size": [4, 4],
                   "depths": [1, 1], "widths": [32, 64], "mapping_width": 32, "mapping_depth": 1,
                   "self_attns": [{"type": "neighborhood", "d_head": 16, "kernel_size": 3}, {"type": "global", "d_head": 16}],
                   "sigma_data": 0.5, "sigma_min": 0.01, "sigma_max": 80.0},

@@ -43,7 +43,7 @@ def test_generate_returns_a_png(client, src):
     path, info = c.predict(src, "stars", "", 3, 7, 2.0, 3, "euler", "normal", api_name="/generate")
     img = Image.open(path)
     assert img.format == "PNG" and img.size == (3 * 256, 256)
-    assert "3 x 32x32" in info and "seed 7" in info
+    assert "3 x 64x64" in info and "seed 7" in info
 
 
 def test_error_is_a_message_not_a_traceback(client, src):

@@ -46,15 +46,15 @@ def test_sources_list_hdit_files_and_checkpoints(H, src):
     assert not any(s.endswith(".json") for s in found if s.startswith(H.HDIT_PREFIX) and
                    s[len(H.HDIT_PREFIX):-5] + ".safetensors" in H.hdit_files())
     bundle = H.load(src)
-    assert bundle.kind == "hdit" and bundle.native == 32 and bundle.labels == [*TEST_CLASSES, H.UNCONDITIONAL]
+    assert bundle.kind == "hdit" and bundle.native == 64 and bundle.labels == [*TEST_CLASSES, H.UNCONDITIONAL]
 
 
 def test_generate_is_seeded_and_reports_progress(H, src):
     seen = []
     img, info = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t)))
-    # a row of two 32x32 images, enlarged 8x (nearest) for viewing
+    # a row of two 64x64 images, enlarged 4x (nearest) for viewing
     assert img.size == (2 * 256, 256)
-    assert "2 x 32x32" in info and "squares" in info
+    assert "2 x 64x64" in info and "squares" in info
     again, _ = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2)
     other, _ = H.generate(src, "squares", steps=3, seed=6, cfg=2.0, batch=2)
     assert np.array_equal(pixels(img), pixels(again))
@@ -87,12 +87,12 @@ def test_cancel_interrupts_sampling_and_the_next_run_works(H, src):
 def test_any_size_draws_the_tile_grid_of_the_chosen_step(H, src):
     from ultrares.kernels.tiling import TilePlanner
 
-    image, grid, plain, info = H.any_size(src, "stars", width=96, height=48, method="FSTD", steps=3, seed=3,
+    image, grid, plain, info = H.any_size(src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3,
                                           show_step=1, compare=True)
-    scale = image.width // 96
-    assert image.size == (96 * scale, 48 * scale) and grid.size == image.size and plain.size == image.size
-    # the planner of the node, at step 1: tiles of the model's native 32 px
-    plan = TilePlanner("fstd", 48, 96, 32, 32, reset_interval=4, seed=3).plan(1)
+    scale = image.width // 192
+    assert image.size == (192 * scale, 128 * scale) and grid.size == image.size and plain.size == image.size
+    # the planner of the node, at step 1: tiles of the model's native 64 px
+    plan = TilePlanner("fstd", 128, 192, 64, 64, reset_interval=4, seed=3).plan(1)
     assert f"{len(plan.tiles)} tiles" in info and f"grid offset {plan.offset}" in info
     diff = np.abs(pixels(grid) - pixels(image)).sum(axis=-1) > 0
     for tile in plan.tiles:  # each tile's left edge is drawn
@@ -105,7 +105,7 @@ def test_any_size_draws_the_tile_grid_of_the_chosen_step(H, src):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(width=100), "multiple of 16"),
     (dict(method="Tiles"), "not one of"),
-    (dict(method="MultiDiffusion", tile=32, overlap=32), "overlap"),
+    (dict(method="MultiDiffusion", tile=64, overlap=64), "overlap"),
     (dict(show_step=3), "show step"),
 ])
 def test_any_size_refuses_bad_settings(H, src, kwargs, match):
@@ -117,11 +117,11 @@ def test_any_size_refuses_bad_settings(H, src, kwargs, match):
 
 def test_relay_upscales_generated_and_uploaded_images(H, src):
     low, up, info = H.relay(src, "circles", None, factor=2, steps=8, truncation_sigma=0.9, base_steps=2)
-    assert low.size == up.size and up.width >= 64
-    assert "relay x2 to 64x64" in info
+    assert low.size == up.size and up.width >= 128
+    assert "relay x2 to 128x128" in info
     upload = Image.open(EXAMPLES / "apple.png")
     low2, up2, info2 = H.relay(src, "circles", upload, factor=3, steps=8)
-    assert "upload fitted to 32 px" in info2 and "96x96" in info2
+    assert "upload fitted to 64 px" in info2 and "192x192" in info2
     # the relay result is not just the nearest up-sampling of its input
     assert np.abs(pixels(low2) - pixels(up2)).mean() > 1
 
