@@ -96,7 +96,8 @@ class Graph:
                 elif _is_widget(spec) and required:
                     inputs[name] = self._default(node["class_type"], name, spec)
             entry = {"inputs": inputs, "class_type": node["class_type"]}
-            entry["_meta"] = {"title": node["title"] or self.info(node["class_type"]).get("display_name", "")}
+            entry["_meta"] = {"title": node["title"] or self.info(node["class_type"]).get("display_name")
+                              or node["class_type"]}
             prompt[str(node_id)] = entry
         return prompt
 
@@ -147,7 +148,10 @@ class Graph:
                         ui["widgets_values"].append(self._default(node["class_type"], name, spec))
                     if name in node["inputs"] or required:
                         opts = spec[1] if len(spec) > 1 else {}
-                        if opts.get("control_after_generate"):
+                        control = opts.get("control_after_generate")
+                        if control is None:  # the editor adds one to any INT seed input by name
+                            control = spec[0] == "INT" and name in ("seed", "noise_seed")
+                        if control:
                             ui["widgets_values"].append("fixed")
                         if opts.get("image_upload"):
                             ui["widgets_values"].append("image")

@@ -198,5 +198,14 @@ class ComfyServer:
                     break
         finally:
             ws.close()
-        run.history = self.get_json(f"/history/{prompt_id}")[prompt_id]
+        # the history entry is stored just after the final websocket message: poll briefly
+        deadline = time.monotonic() + 30
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if entry is None:
+            raise PromptFailed(f"prompt {prompt_id} finished but never appeared in /history")
+        run.history = entry
         return run
