@@ -7,6 +7,16 @@ from dinov2_reference import aa_bicubic_matrix, keys_bicubic_matrix, random_offi
 from ultrares.kernels import digit, dinov2
 from ultrares.kernels.dinov2 import Dinov2Config
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: one thread avoids OpenMP barrier stalls on a loaded machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
