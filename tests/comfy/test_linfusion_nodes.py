@@ -261,3 +261,41 @@ def test_name_mapping_matches_comfyui_for_full_size_models(comfy, unet_config, n
         assert not any(n.startswith("down_blocks.0.") for n in attn1)
         assert attn1["down_blocks.1.attentions.0.transformer_blocks.1.attn1"] == "input_blocks.4.1.transformer_blocks.1.attn1"
         assert attn1["up_blocks.0.attentions.2.transformer_blocks.9.attn1"] == "output_blocks.2.1.transformer_blocks.9.attn1"
+
+
+def test_composes_with_lora_and_tiled_sampling(comfy, tiny_sd15, lf_dir):
+    """A LoRA-style weight patch on attn2 (cross-attention) and on attn1's base to_q survives the
+    LinFusion patch, and the result runs inside UltraResTiledDiffusion."""
+    model, clip, _ = tiny_sd15
+    write_lf_file(model, lf_dir / "lf.safetensors")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
+    attn2_k = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    attn1_q = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    lora = model.clone()
+    gen = torch.Generator().manual_seed(0)
+    diffs = {}
+    for key in (attn2_k, attn1_q):
+        shape = model.get_model_object(key.rsplit(".", 1)[0]).weight.shape
+        diffs[key] = torch.randn(shape, generator=gen) * 0.5
+        lora.add_patches({key: ("diff", (diffs[key],))}, 1.0)
+    w0 = model.get_model_object(attn1_q.rsplit(".", 1)[0]).weight.detach().clone()
+    kw = {"min_tokens": 0, "keep_base_value_output": False, "chunk_size": 0, "precision": "auto"}
+    (lf_only,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, **kw)
+    (lf_lora,) = comfy.run_node("UltraResLinFusionApply", model=lora, linfusion=weights, **kw)
+    assert attn2_k in lf_lora.patches and attn1_q in lf_lora.patches
+    a, b = _sample(comfy, lf_only, clip, size=16), _sample(comfy, lf_lora, clip, size=16)
+    assert torch.isfinite(b).all() and not torch.allclose(a, b)  # the attn2 LoRA still acts
+    # while patched, the attn1 LoRA lands on the base projection the wrapper shares (used below min_tokens)
+    lf_lora.patch_model()
+    try:
+        wrapper = lf_lora.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1
+        assert type(wrapper).__name__ == "LinFusionAttn1"
+        torch.testing.assert_close(wrapper.to_q.weight.detach(), w0 + diffs[attn1_q])
+        assert wrapper.to_q is wrapper.base.to_q
+    finally:
+        lf_lora.unpatch_model()
+    (tiled,) = comfy.run_node("UltraResTiledDiffusion", model=lf_lora, method="FSTD", tile_width=64, tile_height=64,
+                              overlap=0, tile_batch_size=2, reset_interval=4, seed=0)
+    c = _sample(comfy, tiled, clip, size=16)
+    assert c.shape == b.shape and torch.isfinite(c).all()
+    assert set(tiled.object_patches) >= set(lf_lora.object_patches)
