@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+
+from ultrares.demo.runtime import Runtime as DemoRuntime
 
 from .paths import ROOT, TEST_PACKS, comfy_root  # noqa: F401  (TEST_PACKS re-exported)
 
@@ -36,46 +35,8 @@ def configure_args() -> None:
     args.whitelist_custom_nodes = ["ultrares", "ultrares_testing"]
 
 
-@dataclass
-class Runtime:
-    """The booted ComfyUI: ``nodes`` is ``NODE_CLASS_MAPPINGS`` (core + UltraRes + test pack)."""
-
-    nodes: dict[str, type]
-    pack_nodes: list[str] = field(default_factory=list)
-
-    def node_class(self, node_id: str) -> type:
-        try:
-            return self.nodes[node_id]
-        except KeyError:
-            raise KeyError(f"node {node_id!r} is not registered in ComfyUI") from None
-
-    def run_node(self, node_id: str, **inputs: Any) -> tuple:
-        """Call a node the way ComfyUI's executor does for one item; returns its outputs tuple."""
-        cls = self.node_class(node_id)
-        from comfy_api.latest import io
-
-        if isinstance(cls, type) and issubclass(cls, io.ComfyNode):
-            result = cls.execute(**inputs)
-        else:
-            result = getattr(cls(), cls.FUNCTION)(**inputs)
-        if inspect.isawaitable(result):
-            result = asyncio.run(result)
-        if hasattr(result, "result"):  # io.NodeOutput
-            result = result.result
-        if isinstance(result, dict) and "result" in result:  # V1 node with a ui dict
-            result = result["result"]
-        return tuple(result) if result is not None else ()
-
-    def validate(self, node_id: str, **inputs: Any) -> bool | str:
-        """The node's own queue-time check (``validate_inputs``); True when valid."""
-        cls = self.node_class(node_id)
-        check = getattr(cls, "validate_inputs", None) or getattr(cls, "VALIDATE_INPUTS", None)
-        if check is None:
-            return True
-        out = check(**inputs)
-        if inspect.isawaitable(out):
-            out = asyncio.run(out)
-        return out
+class Runtime(DemoRuntime):
+    """The demo's runtime (run_node, validate, filenames, ...) plus what tests need on top."""
 
     def object_info(self, node_id: str) -> dict:
         """What the server would return at /object_info/<node_id>."""
@@ -124,5 +85,6 @@ def boot() -> Runtime:
     if missing:
         raise RuntimeError(f"ComfyUI did not load {missing}; check the custom_nodes link made by `make setup` "
                            f"(expected {comfy_root() / 'custom_nodes' / 'ultrares'} -> {ROOT})")
-    _RUNTIME = Runtime(nodes=nodes.NODE_CLASS_MAPPINGS, pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")])
+    _RUNTIME = Runtime(comfy_path=comfy_root(), nodes=nodes.NODE_CLASS_MAPPINGS,
+                       pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")])
     return _RUNTIME
