@@ -1,0 +1,107 @@
+"""The relay workflows run unchanged (loader substitution only) on a real ComfyUI server, with our
+SAMPLER/SIGMAS/NOISE nodes inside SamplerCustomAdvanced; bad relay settings are refused at queue
+time and non-image latents with a clear error."""
+
+import pytest
+from harness.workflows_util import load_api, output_nodes
+
+pytestmark = pytest.mark.server
+
+
+def _ids(prompt, class_type):
+    return [k for k, v in prompt.items() if v["class_type"] == class_type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("relay_sd15_hires", (2048, 2048)), ("relay_tiled_4096", (4096, 4096))])
+def test_relay_workflow_writes_image_of_requested_size(comfy_server, name, size):
+    prompt = load_api(name)
+    assert _ids(prompt, "UltraResRelaySampler") and _ids(prompt, "SamplerCustomAdvanced")
+    run = comfy_server.run_prompt(prompt, timeout=2400)
+    images = run.images()
+    assert len(images) == 1, run.outputs
+    assert comfy_server.view_pil(images[0]).size == size
+    assert output_nodes(prompt)[0] in run.outputs
+    # each relay stage reports progress over its truncated schedule only (fewer steps than nominal)
+    for node in _ids(prompt, "UltraResRelayUpscale"):
+        maxima = {m for _, m, n in run.progress if n == node}
+        assert len(maxima) == 1 and 1 < maxima.pop() < prompt[node]["inputs"]["steps"], (node, run.progress)
+    for node in _ids(prompt, "SamplerCustomAdvanced"):
+        sig_node = prompt[node]["inputs"]["sigmas"][0]
+        maxima = {m for _, m, n in run.progress if n == node}
+        assert len(maxima) == 1 and maxima.pop() < prompt[sig_node]["inputs"]["steps"], (node, run.progress)
+
+
+@pytest.mark.parametrize("name,scale", [("relay_sd15_hires", 4), ("relay_tiled_4096", 8)])
+def test_relay_workflow_graph_runs_at_small_size(comfy_server, name, scale):
+    """The committed graphs, unchanged except for the base size (64 px instead of 512 px): every node
+    and link runs on the real server in minutes; the full-size run is the slow test above."""
+    prompt = load_api(name)
+    (empty,) = _ids(prompt, "EmptyLatentImage")
+    prompt[empty]["inputs"].update(width=64, height=64)
+    run = comfy_server.run_prompt(prompt, timeout=1800)
+    images = run.images()
+    assert len(images) == 1, run.outputs
+    assert comfy_server.view_pil(images[0]).size == (64 * scale, 64 * scale)
+    for node in _ids(prompt, "SamplerCustomAdvanced"):
+        sig_node = prompt[node]["inputs"]["sigmas"][0]
+        maxima = {m for _, m, n in run.progress if n == node}
+        assert len(maxima) == 1 and maxima.pop() < prompt[sig_node]["inputs"]["steps"], (node, run.progress)
+
+
+def test_bad_relay_settings_are_refused_at_queue_time(comfy_server):
+    prompt = load_api("relay_sd15_hires")
+    sampler = _ids(prompt, "UltraResRelaySampler")[0]
+    prompt[sampler]["inputs"]["s_tmin"] = 5.0
+    prompt[sampler]["inputs"]["s_tmax"] = 1.0
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400 and "s_tmin" in str(body["node_errors"][sampler])
+    prompt = load_api("relay_sd15_hires")
+    prompt[sampler]["inputs"]["s_noise"] = 1.5  # outside [0, 1]
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400 and sampler in body["node_errors"]
+    prompt = load_api("relay_sd15_hires")
+    sigmas = _ids(prompt, "UltraResRelaySigmas")[0]
+    prompt[sigmas]["inputs"].update(sigma_min=0.5, sigma_max=10.0, truncation_sigma=0.2)
+    status, body = comfy_server.post_prompt(prompt)
+    assert status == 400 and "truncation_sigma" in str(body["node_errors"][sigmas])
+
+
+def test_video_latent_and_bad_block_size_fail_with_clear_errors(comfy_server):
+    from harness.server import PromptFailed
+
+    def prompt_for(latent_node):
+        return {
+            "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+            "4": latent_node,
+            "5": {"class_type": "UltraResRelayUpscale", "inputs": {
+                "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0], "latent": ["4", 0], "factor": 2,
+                "seed": 0, "steps": 4, "truncation_sigma": 0.9, "rho": 7.0, "cfg": 1.0, "blur_sigma_max": 0.0,
+                "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 1000.0,
+                "s_churn_noise": 1.0}},
+            "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+        }
+
+    video = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}}
+    with pytest.raises(PromptFailed, match="video"):
+        comfy_server.run_prompt(prompt_for(video), timeout=300)
+    # a block size that does not divide the latent, through SamplerCustomAdvanced
+    prompt = {
+        "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 72, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "UltraResBlockNoise", "inputs": {"noise_seed": 0, "block_size": 2, "s_block": 0.15}},
+        "6": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["3", 0]}},
+        "7": {"class_type": "UltraResRelaySampler", "inputs": {
+            "block_size": 2, "blur_sigma_max": 0.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
+            "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 1000.0, "s_churn_noise": 1.0}},
+        "8": {"class_type": "UltraResRelaySigmas", "inputs": {"model": ["1", 0], "steps": 4, "truncation_sigma": 0.9,
+                                                              "rho": 7.0}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["5", 0], "guider": ["6", 0],
+              "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["4", 0]}},
+        "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 0]}},
+    }
+    with pytest.raises(PromptFailed, match="block size 2 does not divide"):
+        comfy_server.run_prompt(prompt, timeout=300)
+    assert comfy_server.get_json("/system_stats")  # the server is still up
