@@ -14,6 +14,15 @@ from ultrares.kernels import linfusion_distill as ld
 from ultrares.kernels import linfusion_format as fmt
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: OpenMP barriers cost more than a second thread gains on the shared machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _lf_module(comfy):
     """The nodes module ComfyUI loaded (same class identities as the node outputs)."""
     cls = comfy.node_class("UltraResLinFusionApply")

@@ -14,6 +14,15 @@ from ultrares.kernels import linfusion as lf
 from ultrares.kernels import linfusion_format as fmt
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small tensors: OpenMP barriers cost more than a second thread gains on the shared machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _layer(dim=64, heads=4, mid=None, seed=0):
     torch.manual_seed(seed)
     layer = lf.LinFusionAttention(dim, heads, mid)
@@ -104,7 +113,7 @@ def test_fp16_reductions_do_not_overflow():
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+@pytest.mark.parametrize("chunk", [3, 7, 64, 1000])
 def test_chunked_equals_unchunked(chunk):
     layer = _layer(32, 4, mid=8)
     x = torch.randn(2, 300, 32)
