@@ -2,13 +2,13 @@
 # Reproduces models/hdit/ultrares-emoji64.safetensors, the embedded HDiT (Twemoji, 64x64, 9 classes).
 # Config: models/hdit/ultrares-emoji64.json. Resumable: re-running continues runs/hdit_emoji64/checkpoint.pth
 # until STEPS optimizer steps are done (CPU: ~1.5 s/step with 1 thread on a busy 2-core machine).
-#   STEPS       total optimizer steps (default: the count the shipped weights were trained for)
+#   STEPS       total optimizer steps (default 8251: the count the shipped weights were trained for)
 #   MAX_MINUTES optional wall-clock cap for this run (the checkpoint is saved; re-run to continue)
 #   THREADS     torch threads (1 is fastest when the cores are shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-100000}
+STEPS=${STEPS:-8251}
 THREADS=${THREADS:-1}
 RUN=${RUN:-runs/hdit_emoji64}
 EXTRA=()
