@@ -288,6 +288,8 @@ def test_out_of_domain_photos_reconstruct_with_the_emoji_hdit(comfy, hdit):
     for k in range(3):
         column = [row[k] for row in table]
         assert column[0] < column[1] < column[2], column
-    # better than the photo's mean colour (the trivial reconstruction) already at 12 steps
-    flat = [psnr(img.mean(dim=(0, 1)).expand_as(img), img) for img in images]
-    assert all(p > f + 1.0 for p, f in zip(table[-1], flat)), (table[-1], flat)
+    # each reconstruction is its own photo: much closer to it than to the other two photos
+    (out_last,) = comfy.run_node("VAEDecode", samples=rec, vae=vae)
+    for i, o in enumerate(out_last.clamp(0, 1)):
+        others = [psnr(o, images[j]) for j in range(3) if j != i]
+        assert table[-1][i] > max(others) + 1.5, (i, table[-1][i], others)
