@@ -114,6 +114,9 @@ def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: i
     """
     out = {}
     for path, m in find_attn1(unet).items():
+        if hasattr(m, "linfusion") or not hasattr(m, "to_q"):
+            raise ValueError(f"{path} is not a softmax attention ({type(m).__name__}): distil from the model "
+                             "without LinFusion applied")
         dim = m.to_q.weight.shape[1]
         if m.to_q.weight.shape[0] != dim or m.to_v.weight.shape[0] != dim:
             raise ValueError(f"{path}: attn1 inner width {m.to_q.weight.shape[0]} != {dim}; LinFusion needs square q/k/v")

@@ -19,7 +19,12 @@ def one_thread():
 
 @pytest.fixture()
 def setup(tiny_sd15):
+    import comfy.model_management as mm
+
     model = tiny_sd15[0].clone()
+    # the shared model may still hold another clone's object patches (e.g. LinFusion) while it is
+    # loaded: loading this unpatched clone makes ComfyUI restore the original modules
+    mm.load_models_gpu([model])
     base = model.model
     unet = base.diffusion_model
     specs = ld.specs_for(unet, base.model_config.unet_config["num_res_blocks"])

@@ -10,7 +10,6 @@ import folder_paths
 import pytest
 import torch
 from ultrares.kernels import linfusion as L
-from ultrares.kernels import linfusion_distill as ld
 from ultrares.kernels import linfusion_format as fmt
 
 
@@ -29,10 +28,23 @@ def _lf_module(comfy):
     return sys.modules[cls.__module__]
 
 
+def tiny_specs(model, mid_dim_scale=None):
+    """Official-format specs for every attn1 of ``model`` (a ModelPatcher), read through
+    get_model_object so a clone that is currently loaded with object patches does not matter."""
+    unet = model.get_model_object("diffusion_model")
+    res = model.model.model_config.unet_config["num_res_blocks"]
+    specs = {}
+    for path in [n for n, _ in unet.named_modules() if n.rsplit(".", 1)[-1] == "attn1"]:
+        m = model.get_model_object(f"diffusion_model.{path}")
+        dim = m.to_q.weight.shape[1]
+        specs[path] = fmt.LayerSpec(fmt.ldm_to_diffusers(path, res), dim, int(m.heads),
+                                    None if not mid_dim_scale else dim // mid_dim_scale)
+    return specs
+
+
 def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=torch.float16):
     """Random LinFusion weights in the official layout, sized for ``model`` (a ModelPatcher)."""
-    unet = model.model.diffusion_model
-    specs = ld.specs_for(unet, model.model.model_config.unet_config["num_res_blocks"], mid_dim_scale)
+    specs = tiny_specs(model, mid_dim_scale)
     if heads is not None:
         specs = {p: fmt.LayerSpec(s.module_name, s.dim_n, heads(s.dim_n), s.projection_mid_dim) for p, s in specs.items()}
     torch.manual_seed(seed)
@@ -206,8 +218,7 @@ def test_bad_files_give_clear_errors(comfy, lf_dir):
 
 def test_official_folder_layout_loads(comfy, tiny_sd15, lf_dir):
     model = tiny_sd15[0]
-    unet = model.model.diffusion_model
-    specs = ld.specs_for(unet, [2, 2, 2, 2])
+    specs = tiny_specs(model)
     fmt.save_linfusion(str(lf_dir / "LinFusion-tiny"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
     names = folder_paths.get_filename_list("linfusion")
     pick = next(n for n in names if n.endswith("config.json"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from harness.workflows_util import load_api
-from ultrares.kernels import linfusion_distill as ld
 from ultrares.kernels import linfusion_format as fmt
 
 pytestmark = pytest.mark.server
@@ -14,7 +13,14 @@ pytestmark = pytest.mark.server
 
 def _write_release_folder(model, folder, mid_dim_scale=None):
     """config.json + diffusion_pytorch_model.safetensors (random weights) sized for ``model``."""
-    specs = ld.specs_for(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], mid_dim_scale)
+    unet = model.get_model_object("diffusion_model")
+    res = model.model.model_config.unet_config["num_res_blocks"]
+    specs = {}
+    for path in [n for n, _ in unet.named_modules() if n.rsplit(".", 1)[-1] == "attn1"]:
+        m = model.get_model_object(f"diffusion_model.{path}")  # the original even if a patched clone is loaded
+        dim = m.to_q.weight.shape[1]
+        specs[path] = fmt.LayerSpec(fmt.ldm_to_diffusers(path, res), dim, int(m.heads),
+                                    None if not mid_dim_scale else dim // mid_dim_scale)
     torch.manual_seed(0)
     fmt.save_linfusion(str(folder), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
     return specs
