@@ -2,6 +2,9 @@
 PY := .venv/bin/python
 export GRADIO_ANALYTICS_ENABLED := False
 export PYTHONUNBUFFERED := 1
+# Idle OpenMP threads sleep instead of spinning: the tests run a server, a browser and the test
+# process side by side on 2 cores, where spinning threads starve the one doing the work.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup demo test test-fast bench lint embedded-hdit
 

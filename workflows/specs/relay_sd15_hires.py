@@ -1,6 +1,6 @@
 """Relay Diffusion as a training-free hires fix for SD1.5: 512 -> 1024 -> 2048 px.
 
-Stage one samples 512 px as usual. Stage two (UltraResRelayUpscale) nearest-upsamples the latent
+Stage one samples 512 px as usual. Stage two (UltraResRelayUpscale, on the FSTD-tiled model) nearest-upsamples the latent
 x2, adds noise plus block noise at the truncation sigma and runs only the low-noise part of the
 schedule. Stage three does the same x2 again with the custom-sampling nodes (UltraResBlockNoise,
 UltraResRelaySigmas, UltraResRelaySampler in SamplerCustomAdvanced) on the model patched by
@@ -23,14 +23,15 @@ def build(g):
     empty = g.node("EmptyLatentImage", width=512, height=512, batch_size=1)
     base = g.node("KSampler", model=ckpt[0], seed=42, steps=10, cfg=7.0, sampler_name="dpmpp_2m",
                   scheduler="karras", positive=pos[0], negative=neg[0], latent_image=empty[0], denoise=1.0)
+    # SD1.5 is a 512 px model: above that, every stage samples in FSTD tiles of its native size
+    tiled = g.node("UltraResTiledDiffusion", model=ckpt[0], method="FSTD", tile_width=512, tile_height=512,
+                   overlap=0, tile_batch_size=4, reset_interval=4, seed=0)
     # 512 -> 1024: the all-in-one node
-    mid = g.node("UltraResRelayUpscale", model=ckpt[0], positive=pos[0], negative=neg[0], latent=base[0],
+    mid = g.node("UltraResRelayUpscale", model=tiled[0], positive=pos[0], negative=neg[0], latent=base[0],
                  factor=2, seed=43, steps=6, truncation_sigma=1.0, rho=7.0, cfg=7.0, **RELAY)
     # 1024 -> 2048: the same relay built from custom-sampling nodes
     up = g.node("LatentUpscaleBy", samples=mid[0], upscale_method="nearest-exact", scale_by=2.0)
     noise = g.node("UltraResBlockNoise", noise_seed=44, block_size=2, s_block=0.15)
-    tiled = g.node("UltraResTiledDiffusion", model=ckpt[0], method="FSTD", tile_width=512, tile_height=512,
-                   overlap=0, tile_batch_size=4, reset_interval=1, seed=0)
     guider = g.node("CFGGuider", model=tiled[0], positive=pos[0], negative=neg[0], cfg=7.0)
     sampler = g.node("UltraResRelaySampler", block_size=2, **RELAY)
     sigmas = g.node("UltraResRelaySigmas", model=ckpt[0], steps=4, truncation_sigma=0.7, rho=7.0)

@@ -21,10 +21,11 @@ def build(g):
     empty = g.node("EmptyLatentImage", width=512, height=512, batch_size=1)
     base = g.node("KSampler", model=ckpt[0], seed=7, steps=10, cfg=7.0, sampler_name="dpmpp_2m",
                   scheduler="karras", positive=pos[0], negative=neg[0], latent_image=empty[0], denoise=1.0)
-    mid = g.node("UltraResRelayUpscale", model=ckpt[0], positive=pos[0], negative=neg[0], latent=base[0],
-                 factor=2, seed=8, steps=6, truncation_sigma=1.0, rho=7.0, cfg=7.0, s_block=0.15, **RELAY)
+    # SD1.5 is a 512 px model: above that, every stage samples in FSTD tiles of its native size
     tiled = g.node("UltraResTiledDiffusion", model=ckpt[0], method="FSTD", tile_width=512, tile_height=512,
-                   overlap=0, tile_batch_size=4, reset_interval=1, seed=0)
+                   overlap=0, tile_batch_size=4, reset_interval=4, seed=0)
+    mid = g.node("UltraResRelayUpscale", model=tiled[0], positive=pos[0], negative=neg[0], latent=base[0],
+                 factor=2, seed=8, steps=6, truncation_sigma=1.0, rho=7.0, cfg=7.0, s_block=0.15, **RELAY)
     up = g.node("LatentUpscaleBy", samples=mid[0], upscale_method="nearest-exact", scale_by=4.0)
     noise = g.node("UltraResBlockNoise", noise_seed=9, block_size=4, s_block=0.15)
     guider = g.node("CFGGuider", model=tiled[0], positive=pos[0], negative=neg[0], cfg=7.0)
