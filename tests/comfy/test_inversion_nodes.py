@@ -241,7 +241,7 @@ def test_psnr_helper_is_the_textbook_formula():
 # ----------------------------------------------------------------------------------- embedded HDiT
 
 HDIT_FILE = "ultrares-emoji64.safetensors"
-HDIT_STEPS = (3, 6, 12)
+HDIT_STEPS = (3, 8, 24)
 
 
 def _photos(size: int = 64) -> torch.Tensor:

@@ -110,5 +110,17 @@ def test_image_caption_pairs(tmp_path):
 
 def test_cli_rejects_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        ld.main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.safetensors")])
+        _cli().main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.safetensors")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def _cli():
+    """scripts/linfusion_distill.py, imported as a module."""
+    import importlib.util
+
+    from harness.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("linfusion_distill_cli", ROOT / "scripts" / "linfusion_distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
