@@ -154,16 +154,13 @@ def test_prompt_from_the_editor_completes(editor, name):
     if name == "digit_tokenize" and not ENCODER.exists():
         pytest.skip("embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-    from test_digit_server import run_and_wait, write_example
+    from test_digit_server import write_example
 
     prompt = substitute(_open(page, name)["output"])
     for node in prompt.values():  # the images the workflow reads, written as the server tests do
         if node["class_type"] == "LoadImage":
             write_example(server.input_dir / node["inputs"]["image"])
-    # polls /history: ComfyServer.run_prompt reads it once, right after execution_success, and can
-    # miss an entry that is stored a moment later
-    entry = run_and_wait(server, prompt, timeout=600)
-    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    images = server.run_prompt(prompt, timeout=600).images()
     assert images, f"{name} produced no image"
     assert server.view_pil(images[0]).size[0] > 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -31,21 +30,6 @@ def write_example(path) -> np.ndarray:
     return arr
 
 
-def run_and_wait(server, prompt: dict, timeout: float = 600) -> dict:
-    """Queue ``prompt`` and poll /history until its entry is stored (the history is written after
-    the websocket's execution_success, so it is polled rather than read once)."""
-    status, answer = server.post_prompt(prompt)
-    assert status == 200, answer
-    pid = answer["prompt_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = server.get_json(f"/history/{pid}").get(pid)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            assert entry["status"]["status_str"] == "success", entry["status"]
-            return entry
-        time.sleep(0.5)
-    raise AssertionError(f"prompt {pid} did not finish in {timeout} s\n{server.log_tail()}")
-
 
 def test_digit_tokenize_workflow(comfy_server):
     if not os.path.exists(ENCODER):
@@ -55,7 +39,7 @@ def test_digit_tokenize_workflow(comfy_server):
     prompt = load_api("digit_tokenize")
     name = next(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage")
     write_example(comfy_server.input_dir / name)
-    outputs = run_and_wait(comfy_server, prompt)["outputs"]
+    outputs = comfy_server.run_prompt(prompt, timeout=600).outputs
     saved = {}
     for node_id in output_nodes(prompt):
         prefix = prompt[node_id]["inputs"]["filename_prefix"].split("/")[-1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -18,20 +17,6 @@ pytestmark = pytest.mark.server
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HDIT = os.path.join(ROOT, "models", "hdit", "ultrares-emoji64.safetensors")
 
-
-def run_and_wait(server, prompt: dict, timeout: float = 600) -> dict:
-    """Queue ``prompt`` and poll /history until its entry is stored (written after execution_success)."""
-    status, answer = server.post_prompt(prompt)
-    assert status == 200, answer
-    pid = answer["prompt_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = server.get_json(f"/history/{pid}").get(pid)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            assert entry["status"]["status_str"] == "success", entry["status"]
-            return entry
-        time.sleep(0.5)
-    raise AssertionError(f"prompt {pid} did not finish in {timeout} s\n{server.log_tail()}")
 
 
 def _node(prompt: dict, class_type: str) -> str:
@@ -47,7 +32,7 @@ def test_inversion_reconstruct_workflow(comfy_server):
     prompt = load_api("inversion_reconstruct")
     name = prompt[_node(prompt, "LoadImage")]["inputs"]["image"]
     Image.fromarray(skimage.data.astronaut()).save(comfy_server.input_dir / name)
-    outputs = run_and_wait(comfy_server, prompt)["outputs"]
+    outputs = comfy_server.run_prompt(prompt, timeout=600).outputs
     saved = {}
     for node_id in output_nodes(prompt):
         prefix = prompt[node_id]["inputs"]["filename_prefix"].split("/")[-1]
