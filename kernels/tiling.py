@@ -206,6 +206,7 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
     B = x.shape[0]
     acc: list[torch.Tensor] | None = None
     weight_sum = torch.zeros(1, 1, *plan.image_hw, device=x.device, dtype=torch.float32)
+    weights: dict[tuple[int, int], torch.Tensor] = {}  # per tile size (a plan's tiles share one)
     for start in range(0, len(plan.tiles), max(1, batch_size)):
         batch = plan.tiles[start:start + max(1, batch_size)]
         if between_batches is not None:
@@ -215,7 +216,9 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
         if acc is None:
             acc = [torch.zeros(x.shape, device=x.device, dtype=torch.float32) for _ in outs]
         for i, t in enumerate(batch):
-            w = blend_weights(t.h, t.w, plan.weighting).to(x.device)
+            w = weights.get((t.h, t.w))
+            if w is None:
+                w = weights[(t.h, t.w)] = blend_weights(t.h, t.w, plan.weighting).to(x.device)
             weight_sum[(..., *t.slices())] += w
             for k, out in enumerate(outs):
                 acc[k][(..., *t.slices())] += out[i * B:(i + 1) * B].float() * w

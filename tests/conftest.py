@@ -24,25 +24,17 @@ def comfy():
     return _boot.boot()
 
 
-def _tiny(family):
-    # The same module object the test pack imported (it put its folder on sys.path).
-    sys.path.insert(0, str(_boot.TEST_PACKS / "ultrares_testing"))
-    import tiny_models
-
-    return tiny_models.build(family)
-
-
 @pytest.fixture(scope="session")
 def tiny_sd15(comfy):
     """(MODEL, CLIP, VAE): SD1.5 block layout, model_channels 32, context 64, seeded weights. Shared:
     clone() before patching."""
-    return _tiny("sd15")
+    return _boot.tiny("sd15")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(comfy):
     """(MODEL, CLIP, VAE): SDXL block layout, model_channels 64, reduced depths, seeded weights."""
-    return _tiny("sdxl")
+    return _boot.tiny("sdxl")
 
 
 @pytest.fixture(scope="session")

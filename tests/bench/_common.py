@@ -23,12 +23,9 @@ def boot():
 
 def tiny(family: str, seed: int = 0):
     boot()
-    path = os.path.join(TESTS, "comfy_packs", "ultrares_testing")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    import tiny_models
+    from harness import boot as harness_boot
 
-    return tiny_models.build(family, seed)
+    return harness_boot.tiny(family, seed)
 
 
 class PeakRSS:

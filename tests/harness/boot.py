@@ -88,3 +88,15 @@ def boot() -> Runtime:
     _RUNTIME = Runtime(comfy_path=comfy_root(), nodes=nodes.NODE_CLASS_MAPPINGS,
                        pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")])
     return _RUNTIME
+
+
+def tiny(family: str, seed: int = 0):
+    """(MODEL, CLIP, VAE) tiny real-architecture model from the test pack (same module object the
+    pack imported, so the build cache is shared); boots ComfyUI first."""
+    boot()
+    path = str(TEST_PACKS / "ultrares_testing")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import tiny_models
+
+    return tiny_models.build(family, seed)

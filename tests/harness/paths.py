@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -11,10 +10,7 @@ WORKFLOWS = ROOT / "workflows"
 
 
 def comfy_root() -> Path:
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        return Path(env).resolve()
-    recorded = ROOT / ".comfyui" / "path"
-    if recorded.exists():
-        return Path(recorded.read_text().strip())
-    raise RuntimeError("ComfyUI not found: run `make setup` (or set COMFYUI_PATH to a ComfyUI checkout)")
+    """``COMFYUI_PATH``, else the ComfyUI ``make setup`` unpacked (the demo's lookup, shared)."""
+    from ultrares.demo.runtime import comfy_root as demo_comfy_root
+
+    return demo_comfy_root()
