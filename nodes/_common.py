@@ -23,3 +23,13 @@ def require_image_latent(samples: torch.Tensor, node: str) -> None:
         kind = {3: "an audio or sequence latent", 5: "a video latent"}.get(samples.ndim, "a non-image latent")
         raise ValueError(f"{node} works on image latents [batch, channels, height, width]; it received {kind} "
                          f"of shape {tuple(samples.shape)}. Use it with image models only.")
+
+
+def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:
+    """``validate_inputs`` helper: ComfyUI 0.3.75 does not check V3 combo values at queue time.
+
+    Returns True, or a message naming the input, the bad value and (the first 12 of) the choices."""
+    if value in options:
+        return True
+    shown = ", ".join(list(options)[:12]) or "(none)"
+    return f"{name}={value!r} is not one of: {shown}{hint}"

@@ -26,6 +26,7 @@ from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
+from ._common import check_choice
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -167,14 +168,6 @@ def _check_dims(encoder: DigitEncoder, codebook: DigitCodebook) -> None:
         )
 
 
-def _check_choice(name: str, value: str, options: list[str] | tuple[str, ...], hint: str = "") -> bool | str:
-    # ComfyUI 0.3.75 does not check V3 combo values at queue time: do it here.
-    if value in options:
-        return True
-    shown = ", ".join(list(options)[:12]) or "(none)"
-    return f"{name}={value!r} is not one of: {shown}{hint}"
-
-
 def _check_image_size(image_size: int) -> bool | str:
     if not 16 <= image_size <= 1024 or image_size % 16:
         return f"image_size={image_size} must be a multiple of 16 between 16 and 1024 (256 gives DiGIT's 16 x 16 tokens)"
@@ -226,7 +219,7 @@ class DiGITEncoderLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, encoder_name: str) -> bool | str:
-        return _check_choice(
+        return check_choice(
             "encoder_name", encoder_name, _encoder_files(), " (put DINOv2 weights into ComfyUI/models/digit/)"
         )
 
@@ -275,7 +268,7 @@ class DiGITCodebookLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, codebook_name: str) -> bool | str:
-        return _check_choice(
+        return check_choice(
             "codebook_name",
             codebook_name,
             _codebook_files(),
@@ -342,7 +335,7 @@ class DiGITTokenize(io.ComfyNode):
     def validate_inputs(cls, image_size: int, fit: str) -> bool | str:
         # Only the inputs named here skip ComfyUI's own checks, so the range is checked too.
         ok = _check_image_size(image_size)
-        return ok if ok is not True else _check_choice("fit", fit, D.FIT_MODES)
+        return ok if ok is not True else check_choice("fit", fit, D.FIT_MODES)
 
     @classmethod
     def execute(
@@ -418,7 +411,7 @@ class DiGITFitCodebook(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, filename: str, overwrite: bool, image_size: int, fit: str) -> bool | str:
-        for ok in (_check_image_size(image_size), _check_choice("fit", fit, D.FIT_MODES)):
+        for ok in (_check_image_size(image_size), check_choice("fit", fit, D.FIT_MODES)):
             if ok is not True:
                 return ok
         try:
@@ -501,7 +494,7 @@ class DiGITDecode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, mode: str) -> bool | str:
-        return _check_choice("mode", mode, DECODE_MODES)
+        return check_choice("mode", mode, DECODE_MODES)
 
     @classmethod
     def execute(cls, tokens: DigitTokens, codebook: DigitCodebook, mode: str) -> io.NodeOutput:

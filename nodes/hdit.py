@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..kernels import hdit as H
+from ._common import check_choice
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
@@ -176,6 +177,11 @@ class UltraResHDiTLoader(io.ComfyNode):
                               tooltip="Number of classes of the model (0 = unconditional model)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name, weight_dtype="float32"):
+        ok = check_choice("model_name", model_name, _model_files(), " (put HDiT checkpoints into ComfyUI/models/hdit/)")
+        return ok if ok is not True else check_choice("weight_dtype", weight_dtype, list(DTYPES))
 
     @classmethod
     def execute(cls, model_name, weight_dtype="float32"):

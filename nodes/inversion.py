@@ -31,6 +31,7 @@ from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
 from ..kernels import inversion as kinv
+from ._common import check_choice
 
 CATEGORY = "UltraRes/inversion"
 META_KEY = "ultrares_inversion"
@@ -317,8 +318,11 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None) -> bool | str:
-        return _check_static(steps, level, cfg)
+    def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None) -> bool | str:
+        ok = _check_static(steps, level, cfg)
+        if ok is True and scheduler is not None:
+            ok = check_choice("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
+        return ok
 
     @classmethod
     def execute(
@@ -376,8 +380,11 @@ class DDIMGenerate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None) -> bool | str:
-        return _check_static(steps, level, cfg)
+    def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None) -> bool | str:
+        ok = _check_static(steps, level, cfg)
+        if ok is True and scheduler is not None:
+            ok = check_choice("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
+        return ok
 
     @classmethod
     def execute(

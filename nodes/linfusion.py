@@ -22,11 +22,15 @@ from torch import nn
 
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
+from ._common import check_choice
 
 CATEGORY = "UltraRes/linfusion"
 FOLDER = "linfusion"
 
 LinFusionType = io.Custom("LINFUSION")
+
+
+PRECISIONS = ("auto", "fp32")
 
 
 @dataclass
@@ -145,7 +149,7 @@ def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base
     file_desc, model_desc = weights.family, _describe_model(model, bases)
     mismatch = (f"lf_name '{weights.name}' ({file_desc}) does not fit {model_desc}. Use LinFusion weights made for "
                 "this model family (LinFusion-1-5 for SD1.x, -2-1 for SD2.x, -XL for SDXL) or distil your own with "
-                "`python -m ultrares.kernels.linfusion_distill`.")
+                "`scripts/linfusion_distill.py`.")
     mapped = {}
     for spec, sd in zip(weights.specs, weights.layers):
         try:
@@ -199,7 +203,7 @@ class LinFusionLoader(io.ComfyNode):
                 "Loads LinFusion linear-attention weights from models/linfusion: the official release "
                 "(Yuanshi/LinFusion-1-5, -2-1, -XL: a folder with config.json + diffusion_pytorch_model.safetensors; "
                 "pick either file) or a single .safetensors with the config in its metadata (what "
-                "`python -m ultrares.kernels.linfusion_distill` writes)."
+                "`scripts/linfusion_distill.py` writes)."
             ),
             inputs=[
                 io.Combo.Input("lf_name", options=_lf_files(),
@@ -208,6 +212,10 @@ class LinFusionLoader(io.ComfyNode):
             outputs=[LinFusionType.Output(display_name="linfusion",
                                           tooltip="LinFusion layers for UltraResLinFusionApply.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lf_name: str) -> bool | str:
+        return check_choice("lf_name", lf_name, _lf_files(), " (put LinFusion weights into ComfyUI/models/linfusion/)")
 
     @classmethod
     def execute(cls, lf_name: str) -> io.NodeOutput:
@@ -244,12 +252,16 @@ class LinFusionApply(io.ComfyNode):
                 io.Int.Input("chunk_size", default=0, min=0, max=1 << 24, step=1024,
                              tooltip="Tokens per chunk in the linear attention's float32 reductions (bounds memory at "
                                      "very large sizes); 0 = no chunking."),
-                io.Combo.Input("precision", options=["auto", "fp32"], default="auto",
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="auto: the model's dtype, except SD2.x in float16, which runs LinFusion in "
                                        "float32 (the official weights are unstable in fp16). fp32: always float32."),
             ],
             outputs=[io.Model.Output(tooltip="The model with LinFusion self-attention.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, precision: str = "auto") -> bool | str:
+        return check_choice("precision", precision, PRECISIONS)
 
     @classmethod
     def execute(cls, model, linfusion: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,

@@ -74,3 +74,10 @@ def test_hdit_tiled_1024_workflow(comfy_server):
     assert comfy_server.view_pil(images[0]).size == (1024, 1024)
     ks = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
     assert {m for _, m, n in run.progress if n == ks} == {prompt[ks]["inputs"]["steps"]}
+
+
+def test_unknown_model_name_is_a_queue_time_400(comfy_server):
+    # ComfyUI 0.3.75 leaves V3 combo values to the node: the loader checks them before anything runs
+    status, body = comfy_server.post_prompt(_prompt("not-there.safetensors"))
+    assert status == 400, body
+    assert "model_name='not-there.safetensors' is not one of" in str(body["node_errors"]["1"]), body

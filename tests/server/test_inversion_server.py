@@ -61,3 +61,8 @@ def test_level_outside_the_schedule_is_rejected_at_queue_time(comfy_server):
     saves = output_nodes(prompt)
     downstream = [n for n in saves if prompt[n]["inputs"]["filename_prefix"].endswith("reconstruction")]
     assert set(downstream) <= set(errors["dependent_outputs"])
+    # a scheduler name ComfyUI does not know is refused the same way (V3 combos are not checked by 0.3.75)
+    prompt[inv]["inputs"]["level"] = 0.9
+    prompt[inv]["inputs"]["scheduler"] = "linear_quadratic_typo"
+    status, body = comfy_server.post_prompt(prompt)
+    assert "scheduler='linear_quadratic_typo' is not one of" in str(body["node_errors"][inv]["errors"]), body
