@@ -209,7 +209,8 @@ def _inputs():
         io.Int.Input("tile_batch_size", default=4, min=1, max=64,
                      tooltip="Tiles evaluated per model call: higher is faster if memory allows."),
         io.Int.Input("reset_interval", default=4, min=1, max=1000,
-                     tooltip="FSTD: every this many steps the grid offset returns to (0, 0)."),
+                     tooltip="FSTD: every this many steps the grid offset returns to (0, 0). 1 makes every "
+                             "step a reset step: the grid never moves and seams come back. 4 is the official code's default."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                      tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion)."),
     ]

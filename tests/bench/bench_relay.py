@@ -60,7 +60,7 @@ def run(quick: bool) -> dict:
     (neg,) = rt.run_node("CLIPTextEncode", clip=clip, text="blurry")
     if not quick:
         (model,) = rt.run_node("UltraResTiledDiffusion", model=model, method="FSTD", tile_width=512,
-                                  tile_height=512, overlap=0, tile_batch_size=4, reset_interval=1, seed=0)
+                                  tile_height=512, overlap=0, tile_batch_size=4, reset_interval=4, seed=0)
     counter = {"n": 0}
 
     def count(executor, *args, **kwargs):
