@@ -6,12 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS_IMAGES = ROOT / "docs" / "images"
+
+# Browser tests photograph the demo and the graph editor. They write into the README's docs/images
+# only when asked (ULTRARES_UPDATE_SCREENSHOTS=1), so a test run never edits tracked files.
+DOCS_IMAGES = (ROOT / "docs" / "images" if os.environ.get("ULTRARES_UPDATE_SCREENSHOTS") == "1"
+               else Path(tempfile.gettempdir()) / "ultrares-screenshots")
 CHROMIUM = os.environ.get("ULTRARES_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
