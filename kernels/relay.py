@@ -2,8 +2,20 @@
 sigma <-> u schedule coupling, the relay sampler and the blurring training objective.
 
 Plain PyTorch; nothing here imports ComfyUI. The sampler is written against a generic denoiser
-``D(x, sigma) -> x0`` (EDM / k-diffusion convention: ``x = x0 + sigma * n``), so it runs the same
-for an EDM pixel model, a k-diffusion wrapper, or ComfyUI's sampling wrapper.
+``D(x, sigma) -> x0`` in one of two noise spaces, so it runs the same for an EDM pixel model, a
+k-diffusion wrapper, or ComfyUI's sampling wrapper:
+
+- EDM / k-diffusion (``flow=False``): ``x = x0 + sigma * n``, sigma in (0, inf);
+- flow matching (``flow=True``, ComfyUI's CONST sampling of SD3 / Flux): ``x = (1 - t) x0 + t n``,
+  sigma == t in (0, 1]. The blur coupling then uses the EDM sigma of the same signal-to-noise
+  ratio, ``t / (1 - t)``.
+
+Precision and randomness: every tensor on the compute device is float32 (float64 only when the
+caller passes float64 data, e.g. on the CPU in tests), so the sampler runs on MPS and DirectML;
+float64 is used only for small CPU-side tables (DCT matrix, blur factors, sigma <-> u coupling)
+that are cast to float32 before they reach the device. Noise is never drawn from torch's global
+RNG: it comes from a CPU ``torch.Generator`` (seeded by the caller, or by ``seed``) and is moved to
+the device, so results are reproducible and the same on every device.
 
 Conventions (all functions):
 
@@ -21,6 +33,9 @@ Behaviour that follows the official code rather than the paper's prose:
 - the blur keeps a floor ``min_scale`` (0.001) on every DCT coefficient;
 - the sampler draws fresh noise for the Heun-corrected step (the noise of the Euler proposal is
   discarded) and returns ``D(x)`` at the final step.
+
+The official sampler runs in float64; here it runs in float32 (the difference after a full
+stage two on a toy model is below 1e-5, see ``tests/kernels/test_relay.py``).
 
 One deliberate difference: :func:`relay_training_loss` clamps ``u`` so that ``sigma >=
 truncate_sigma`` exactly (the official code multiplies by ``prob_length`` where the mapping
@@ -44,6 +59,8 @@ __all__ = [
     "blocks_to_image",
     "blur_sigma_of_u",
     "block_dct",
+    "cpu_randn",
+    "edm_sigma",
     "block_idct",
     "block_noise",
     "check_block_divisible",
@@ -56,6 +73,7 @@ __all__ = [
     "relay_start",
     "relay_training_loss",
     "sigma_of_u",
+    "step_seed",
     "u_of_sigma",
     "upsample_nearest",
 ]
@@ -165,12 +183,13 @@ def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def dct_matrix(p: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     """Orthonormal DCT-II matrix ``C`` (p, p): ``C[k, n] = s_k cos(pi (2n + 1) k / (2p))``,
-    ``s_0 = sqrt(1/p)``, ``s_k = sqrt(2/p)``; ``C @ C.T = I``."""
-    n = torch.arange(p, dtype=torch.float64, device=device)
+    ``s_0 = sqrt(1/p)``, ``s_k = sqrt(2/p)``; ``C @ C.T = I``. Built in float64 on the CPU, then
+    cast to ``dtype`` and moved to ``device`` (no float64 tensor is made on the device unless asked)."""
+    n = torch.arange(p, dtype=torch.float64)
     k = n[:, None]
     c = torch.cos(math.pi * (2 * n[None, :] + 1) * k / (2 * p)) * math.sqrt(2.0 / p)
     c[0] = c[0] / math.sqrt(2.0)
-    return c.to(dtype)
+    return c.to(dtype=dtype, device=device)
 
 
 def _dct_blocks(blocks: torch.Tensor, p: int) -> torch.Tensor:
@@ -201,21 +220,34 @@ def block_idct(u: torch.Tensor, p: int) -> torch.Tensor:
 # Blur coefficients and the sigma <-> u coupling
 
 
+def _cpu64(v: torch.Tensor | float) -> torch.Tensor:
+    """A CPU float64 copy of a scalar / small table (the only place float64 is used)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(v, dtype=torch.float64)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Compute dtype for data of ``dtype``: float32, or float64 when the caller passes float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def u_of_sigma(sigma: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
-    """``u = Phi((ln sigma - P_mean) / P_std) / L`` (float64 tensor, shape of ``sigma``; sigma > 0)."""
-    s = torch.as_tensor(sigma, dtype=torch.float64)
+    """``u = Phi((ln sigma - P_mean) / P_std) / L`` (CPU float64 tensor, shape of ``sigma``; sigma > 0,
+    ``inf`` gives ``1 / L``)."""
+    s = _cpu64(sigma)
     return torch.special.ndtr((torch.log(s) - p_mean) / p_std) / prob_length
 
 
 def sigma_of_u(u: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
-    """``sigma = exp(P_std * Phi^-1(u L) + P_mean)`` (float64, shape of ``u``; 0 < u L < 1)."""
-    uu = torch.as_tensor(u, dtype=torch.float64)
+    """``sigma = exp(P_std * Phi^-1(u L) + P_mean)`` (CPU float64, shape of ``u``; 0 < u L < 1)."""
+    uu = _cpu64(u)
     return torch.exp(p_std * torch.special.ndtri(uu * prob_length) + p_mean)
 
 
 def blur_sigma_of_u(u: torch.Tensor | float, blur_sigma_max: float) -> torch.Tensor:
-    """``sigma_b = B_max sin^2(pi u / 2)`` (float64, shape of ``u``)."""
-    uu = torch.as_tensor(u, dtype=torch.float64)
+    """``sigma_b = B_max sin^2(pi u / 2)`` (CPU float64, shape of ``u``)."""
+    uu = _cpu64(u)
     return blur_sigma_max * torch.sin(uu * math.pi / 2) ** 2
 
 
@@ -223,30 +255,42 @@ def alpha_table(blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.0
     """Per-coefficient blur factors for block size ``p``.
 
     ``alpha[ky, kx] = exp(-(f_ky^2 + f_kx^2) sigma_b^2 / 2) (1 - min_scale) + min_scale`` with
-    ``f_k = pi k / p``. ``blur_sigma`` of shape S (e.g. () or (B,)) gives float64 ``S + (p, p)``;
-    values in (min_scale, 1], exactly 1 everywhere when sigma_b = 0.
+    ``f_k = pi k / p``. ``blur_sigma`` of shape S (e.g. () or (B,)) gives a CPU float64 table
+    ``S + (p, p)``; values in (min_scale, 1], exactly 1 everywhere when sigma_b = 0.
     """
-    sb = torch.as_tensor(blur_sigma, dtype=torch.float64)
-    f = math.pi * torch.arange(p, dtype=torch.float64, device=sb.device) / p
+    sb = _cpu64(blur_sigma)
+    f = math.pi * torch.arange(p, dtype=torch.float64) / p
     f2 = f[:, None] ** 2 + f[None, :] ** 2
     sb = sb[..., None, None]
     return torch.exp(-f2 * sb**2 / 2) * (1 - min_scale) + min_scale
 
 
-def alpha_for_sigma(sigma: torch.Tensor | float, settings: RelaySettings) -> torch.Tensor:
-    """Blur factors (float64, ``shape(sigma) + (p, p)``) of the forward process at noise level sigma."""
-    u = u_of_sigma(sigma, settings.prob_length, settings.p_mean, settings.p_std)
+def edm_sigma(sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
+    """The EDM noise level of the same signal-to-noise ratio (CPU float64): ``sigma`` itself, or for a
+    flow-matching ``t`` (``x = (1 - t) x0 + t n``, i.e. ``x / (1 - t) = x0 + t / (1 - t) n``) ``t / (1 - t)``
+    (``inf`` at t = 1)."""
+    s = _cpu64(sigma)
+    if not flow:
+        return s
+    return torch.where(s < 1, s / (1 - s).clamp_min(1e-300), torch.full_like(s, math.inf))
+
+
+def alpha_for_sigma(sigma: torch.Tensor | float, settings: RelaySettings, flow: bool = False) -> torch.Tensor:
+    """Blur factors (CPU float64, ``shape(sigma) + (p, p)``) of the forward process at noise level sigma
+    (a flow-matching ``t`` when ``flow``: the coupling is evaluated at :func:`edm_sigma`)."""
+    u = u_of_sigma(edm_sigma(sigma, flow), settings.prob_length, settings.p_mean, settings.p_std)
     return alpha_table(blur_sigma_of_u(u, settings.blur_sigma_max), settings.patch, settings.min_scale)
 
 
 def dct_blur(x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.001) -> torch.Tensor:
     """Blur each ``p x p`` block of ``x`` (B, ..., H, W) by scaling its DCT coefficients with
-    :func:`alpha_table`. ``blur_sigma``: scalar or (B,). Same shape and dtype as ``x``."""
-    sb = torch.as_tensor(blur_sigma, dtype=torch.float64, device=x.device)
-    alpha = alpha_table(sb, p, min_scale)  # () + (p,p) or (B,p,p)
+    :func:`alpha_table`. ``blur_sigma``: scalar or (B,). Same shape and dtype as ``x``; computed in
+    float32 (float64 when x is float64)."""
+    work = _work_dtype(x.dtype)
+    alpha = alpha_table(blur_sigma, p, min_scale).to(device=x.device, dtype=work)  # (p,p) or (B,p,p)
     if alpha.ndim == 3:  # one sigma_b per sample: broadcast over every axis but the batch
         alpha = alpha.reshape(alpha.shape[0], *([1] * (x.ndim - 1)), p, p)
-    blocks = _dct_blocks(image_to_blocks(x.to(torch.float64), p), p)
+    blocks = _dct_blocks(image_to_blocks(x.to(work), p), p)
     return blocks_to_image(_idct_blocks(blocks * alpha, p)).to(x.dtype)
 
 
@@ -289,24 +333,46 @@ def relay_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, tru
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RandnFn = Callable[[torch.Size], torch.Tensor]
 
+_SEED_MULT = 6364136223846793005  # Knuth's MMIX LCG: odd multiplier, so the map is a bijection mod 2^64
+_SEED_INC = 1442695040888963407
 
-def _default_randn(dtype: torch.dtype, device) -> RandnFn:
-    return lambda shape: torch.randn(shape, dtype=dtype, device=device)
+
+def step_seed(seed: int) -> int:
+    """Seed of the per-step noise stream derived from a run's ``seed``:
+    ``(seed * 6364136223846793005 + 1442695040888963407) mod 2^64``.
+
+    A bijection on 64-bit seeds (different seeds never share a stream) that never returns ``seed`` or
+    ``seed + 1``, the seeds ComfyUI-style callers use for the starting noise and its block component,
+    so the step noise is not a replay of the starting noise."""
+    return (int(seed) * _SEED_MULT + _SEED_INC) % 2**64
 
 
-def relay_start(x_up: torch.Tensor, sigma: float, p: int, s_block: float, randn: RandnFn | None = None) -> torch.Tensor:
-    """Stage-two starting point ``x_up + sigma (eps + s_block * block_noise(eps'))``.
+def cpu_randn(generator: torch.Generator) -> RandnFn:
+    """``randn(shape)``: i.i.d. unit float32 noise drawn on the CPU from ``generator`` (a CPU
+    generator), the same numbers on every device once moved there."""
+    return lambda shape: torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def _seeded(seed: int) -> RandnFn:
+    return cpu_randn(torch.Generator().manual_seed(int(seed) % 2**64))
+
+
+def relay_start(x_up: torch.Tensor, sigma: float, p: int, s_block: float, randn: RandnFn | None = None, *,
+                seed: int = 0, flow: bool = False) -> torch.Tensor:
+    """Stage-two starting point: ``x_up + sigma n`` (EDM) or ``(1 - t) x_up + t n`` (``flow``, t = sigma),
+    with ``n = eps + s_block * block_noise(eps')``.
 
     ``x_up`` (..., H, W): the nearest-upsampled stage-one result (H, W multiples of p). ``randn``
-    draws i.i.d. unit noise of a given shape (default: torch's global generator, dtype of x_up).
-    Returns the dtype of x_up. eps is drawn first, then eps' (only when s_block > 0).
+    draws i.i.d. unit noise of a given shape (default: a CPU generator seeded with ``seed``, see
+    :func:`cpu_randn`). Returns the dtype of x_up. eps is drawn first, then eps' (only when s_block > 0).
     """
     check_block_divisible(x_up.shape, p, "the up-sampled image")
-    randn = randn or _default_randn(x_up.dtype, x_up.device)
+    randn = randn or _seeded(seed)
     noise = randn(x_up.shape).to(x_up)
     if s_block > 0:
         noise = noise + s_block * block_noise(randn(x_up.shape).to(x_up), p)
-    return x_up + sigma * noise
+    scale = 1.0 - float(sigma) if flow else 1.0
+    return scale * x_up + float(sigma) * noise
 
 
 @torch.no_grad()
@@ -317,42 +383,64 @@ def relay_sample(
     settings: RelaySettings,
     randn: RandnFn | None = None,
     callback: Callable[[dict], None] | None = None,
+    *,
+    seed: int = 0,
+    flow: bool = False,
 ) -> torch.Tensor:
-    """Relay sampler: stochastic Heun in block-DCT space (float64 internally).
+    """Relay sampler: stochastic Heun in block-DCT space.
 
-    - ``denoise(x, sigma)``: the denoiser D; gets ``x`` (float64, shape of ``x``) and ``sigma``
-      (0-d float64 tensor), returns the x0 estimate (any float dtype, shape of ``x``).
+    - ``denoise(x, sigma)``: the denoiser D; gets ``x`` (compute dtype, shape of ``x``) and ``sigma``
+      (0-d CPU float64 tensor), returns the x0 estimate (any float dtype, shape of ``x``).
     - ``x``: (..., H, W), H and W multiples of ``settings.patch``; the state at ``sigmas[0]``
       (e.g. from :func:`relay_start`: the up-sampled image plus noise at the truncation sigma).
-    - ``sigmas``: 1-D, strictly decreasing, >= 0; a trailing 0 makes the last step return D(x).
-    - ``randn(shape)``: i.i.d. unit noise (default: torch's global generator in x's dtype, the
-      same stream k-diffusion's ``sample_heun`` uses for churn). Drawn only when needed: churn
-      noise when the churn gamma > 0, step noise when s_noise > 0, a second draw for the block
-      component when s_block > 0.
+    - ``sigmas``: 1-D, strictly decreasing, >= 0 (<= 1 with ``flow``); a trailing 0 makes the last
+      step return D(x).
+    - ``randn(shape)``: i.i.d. unit noise (CPU or device; moved to x's device). Default: a CPU
+      generator seeded with :func:`step_seed` ``(seed)``; the global RNG is never used. Drawn only
+      when needed, in this order per step: churn noise when the churn gamma > 0, step noise when
+      s_noise > 0; each noise is one draw, plus a second for the block component when s_block > 0.
+    - ``flow``: the model is flow matching (``x = (1 - t) x0 + t n``, sigma == t).
     - ``callback``: called once per step with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``.
 
-    Per step (t = t_hat after churn, s = t_next, a_t / a_s the blur factors, g = sqrt(1 - s_noise^2) s / t):
-    ``x' = IDCT(a_s u0 + g (u - a_t u0)) + s_noise s (eps + s_block eps_blk)`` with u = DCT(x),
-    u0 = DCT(D(x, t)); the Heun correction re-evaluates D at x' and averages the two slopes
-    ``(u - u0) / t`` under the same coefficients. With blur_sigma_max = 0, s_block = 0 and
-    s_noise = 0 this is exactly k-diffusion's ``sample_heun`` (churn included).
-    Returns float64, shape of ``x``.
+    Compute dtype: float32 (float64 only when x is float64). With ``c_t = 1`` (EDM) or ``1 - t``
+    (flow), per step (t = t_hat after churn, s = t_next, a_t / a_s the blur factors at t / s,
+    g = sqrt(1 - s_noise^2) s / t, u = DCT(x), u0 = DCT(D(x, t))):
+    ``x' = IDCT(c_s a_s u0 + g (u - c_t a_t u0)) + s_noise s (eps + s_block eps_blk)``, i.e. the
+    estimated noise ``(u - c_t a_t u0) / t`` is carried to level s. Written as
+    ``coef_u u + coef_d (u - u0) / t``; the Heun correction re-evaluates D at x' and averages the
+    two slopes ``(u - u0) / t`` under the same coefficients. Churn (Karras et al. Algorithm 2)
+    raises t to ``t_hat = t (1 + gamma)`` by ``x <- (c_hat / c_t) x + sqrt(t_hat^2 - (c_hat t / c_t)^2) n``
+    (the usual ``x + sqrt(t_hat^2 - t^2) n`` for EDM; t_hat <= 1 for flow). With
+    blur_sigma_max = 0, s_block = 0 and s_noise = 0 this is exactly k-diffusion's ``sample_heun``
+    (churn included for EDM; for flow without churn). Returns the compute dtype, shape of ``x``.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}.")
     p = settings.patch
     check_block_divisible(x.shape, p, "the latent being sampled")
-    noise_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
-    randn = randn or _default_randn(noise_dtype, x.device)
-    sig = sigmas.detach().to(device="cpu", dtype=torch.float64)
+    work = _work_dtype(x.dtype)
+    dev = x.device
+    randn = randn or _seeded(step_seed(seed))
+    sig = _cpu64(sigmas)
+    if not bool(torch.isfinite(sig).all()):
+        raise ValueError(f"sigmas must be finite, got {sig.tolist()}.")
     if bool((sig[1:] >= sig[:-1]).any()) or bool((sig < 0).any()):
         raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}.")
+    if flow and float(sig[0]) > 1.0:
+        raise ValueError(f"a flow-matching schedule lives in [0, 1] (sigma is the time t), got sigmas[0] = {float(sig[0]):g}.")
+
+    def draw() -> torch.Tensor:
+        return randn(x.shape).to(device=dev, dtype=work)
 
     def fresh_noise() -> torch.Tensor:
-        n = randn(x.shape).to(device=x.device, dtype=torch.float64)
+        n = draw()
         if settings.s_block > 0:
-            n = n + settings.s_block * block_noise(randn(x.shape).to(device=x.device, dtype=torch.float64), p)
+            n = n + settings.s_block * block_noise(draw(), p)
         return n
+
+    def scale(t: float) -> float:  # c_t: signal scale of the noising
+        return 1.0 - t if flow else 1.0
+
 
     def to_dct(v: torch.Tensor) -> torch.Tensor:
         return _dct_blocks(image_to_blocks(v, p), p)
@@ -361,27 +449,32 @@ def relay_sample(
         return blocks_to_image(_idct_blocks(c, p))
 
     def den(v: torch.Tensor, s: float) -> torch.Tensor:
-        return denoise(v, torch.tensor(s, dtype=torch.float64)).to(device=x.device, dtype=torch.float64)
+        return denoise(v, torch.tensor(s, dtype=torch.float64)).to(device=dev, dtype=work)
 
     steps = sig.numel() - 1
-    xc = x.detach().to(torch.float64)
+    xc = x.detach().to(work)
     for i in range(steps):
         t_cur, t_next = float(sig[i]), float(sig[i + 1])
         churn = min(settings.s_churn / steps, 2**0.5 - 1) if settings.s_tmin <= t_cur <= settings.s_tmax else 0.0
         t = t_cur * (churn + 1)
-        if churn > 0:
-            xc = xc + fresh_noise() * settings.s_churn_noise * (t**2 - t_cur**2) ** 0.5
+        if flow:
+            t = min(t, 1.0) if t_cur < 1.0 else t_cur
+        if t > t_cur:
+            ratio = scale(t) / scale(t_cur)
+            add = max(t**2 - (ratio * t_cur) ** 2, 0.0) ** 0.5
+            xc = ratio * xc + fresh_noise() * settings.s_churn_noise * add
         d0 = den(xc, t)
         if callback is not None:
             callback({"x": xc, "i": i, "sigma": sig[i], "sigma_hat": t, "denoised": d0})
         if t_next == 0:
             xc = d0  # final step: the denoised estimate
             continue
-        a_t = alpha_for_sigma(t, settings).to(xc.device)
-        a_s = alpha_for_sigma(t_next, settings).to(xc.device)
+        # coefficients: (p, p) tables computed in float64 on the CPU, then cast once
+        a_t, a_s = alpha_for_sigma(t, settings, flow), alpha_for_sigma(t_next, settings, flow)
         g = (1 - settings.s_noise**2) ** 0.5 * t_next / t
-        coef_u = a_s + g - g * a_t
-        coef_d = t * (g * a_t - a_s)
+        coef_d64 = t * (g * scale(t) * a_t - scale(t_next) * a_s)
+        coef_u = (g - coef_d64 / t).to(device=dev, dtype=work)
+        coef_d = coef_d64.to(device=dev, dtype=work)
         u = to_dct(xc)
         slope = (u - to_dct(d0)) / t
         x_prop = from_dct(coef_u * u + coef_d * slope)
@@ -432,14 +525,17 @@ def relay_training_loss(
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}.")
     b = images.shape[0]
     dev = images.device
+    # the (B,) schedule values are computed in float64 on the CPU and cast to the images' dtype
     if u is None:
-        u = torch.rand(b, generator=generator, dtype=torch.float64).to(dev)
-    u = u.to(device=dev, dtype=torch.float64)
-    u_min = u_of_sigma(truncate_sigma, settings.prob_length, settings.p_mean, settings.p_std).to(dev)
+        u = torch.rand(b, generator=generator, dtype=torch.float64)
+    u = _cpu64(u)
+    u_min = u_of_sigma(truncate_sigma, settings.prob_length, settings.p_mean, settings.p_std)
     u = torch.maximum(u, u_min)
     sigma = sigma_of_u(u, settings.prob_length, settings.p_mean, settings.p_std)
     blur = blur_sigma_of_u(u, settings.blur_sigma_max)
     weight = ((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2).clamp(max=max_weight)
+    sigma_d = sigma.to(device=dev, dtype=images.dtype)
+    weight = weight.to(device=dev, dtype=images.dtype)
 
     if noise is None:
         noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(dev)
@@ -448,7 +544,7 @@ def relay_training_loss(
         if noise_block is None:
             noise_block = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(dev)
         n = n + block_scale * block_noise(noise_block, settings.patch)
-    sig4 = sigma.to(images.dtype).view(b, 1, 1, 1)
+    sig4 = sigma_d.view(b, 1, 1, 1)
     y_blur = dct_blur(images, blur, settings.patch, settings.min_scale)
-    pred = denoise(y_blur + sig4 * n, sigma.to(images.dtype))
-    return weight.to(images.dtype).view(b, 1, 1, 1) * (pred - images) ** 2
+    pred = denoise(y_blur + sig4 * n, sigma_d)
+    return weight.view(b, 1, 1, 1) * (pred - images) ** 2

@@ -37,7 +37,8 @@ def official_block_noise(eps: torch.Tensor, p: int) -> torch.Tensor:
 
 
 class ToyDenoiser(torch.nn.Module):
-    """A fixed, nonlinear, sigma-dependent denoiser (seeded random conv net), float32."""
+    """A fixed, nonlinear, sigma-dependent denoiser (seeded random conv net), computing in the
+    dtype of its input (float32 or float64)."""
 
     def __init__(self, channels: int = 3, seed: int = 0):
         super().__init__()
@@ -49,22 +50,25 @@ class ToyDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = float(torch.as_tensor(sigma).reshape(-1)[0])
         self.calls.append(s)
-        x32 = x.float()
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xw = x.to(dt)
         c_in = 1 / math.sqrt(s**2 + 0.25)
-        h = torch.tanh(torch.nn.functional.conv2d(x32 * c_in, self.w1, padding=1))
-        out = torch.nn.functional.conv2d(h, self.w2, padding=1)
-        return x32 * 0.25 / (s**2 + 0.25) + out * s * 0.5 / math.sqrt(s**2 + 0.25)
+        h = torch.tanh(torch.nn.functional.conv2d(xw * c_in, self.w1.to(dt), padding=1))
+        out = torch.nn.functional.conv2d(h, self.w2.to(dt), padding=1)
+        return xw * 0.25 / (s**2 + 0.25) + out * s * 0.5 / math.sqrt(s**2 + 0.25)
 
 
-def reference_heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
-    """Karras et al. Algorithm 2 written out independently (float32, global RNG for churn)."""
+def reference_heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, randn_like=None):
+    """Karras et al. Algorithm 2 written out independently (dtype of x; churn noise from
+    ``randn_like``, default the global RNG)."""
+    randn_like = randn_like or torch.randn_like
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            x = x + torch.randn_like(x) * s_noise * math.sqrt(s_hat**2 - s**2)
+            x = x + randn_like(x) * s_noise * math.sqrt(s_hat**2 - s**2)
         den = model(x, torch.tensor(s_hat))
         d = (x - den) / s_hat
         if s_next == 0:
@@ -209,10 +213,17 @@ def test_stage_two_begins_at_truncation_sigma():
     assert max(model.calls) < 0.9
     # 2 calls per step except the final one (returns D(x))
     assert len(model.calls) == 2 * (len(sig) - 1) - 1
-    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 # ----------------------------------------------------------------------------- sampler
+
+
+def documented_stream(seed):
+    """randn_like drawing from the documented step-noise stream: a CPU generator seeded with
+    (seed * 6364136223846793005 + 1442695040888963407) mod 2^64, float32 draws."""
+    g = torch.Generator().manual_seed((seed * 6364136223846793005 + 1442695040888963407) % 2**64)
+    return lambda x: torch.randn(x.shape, generator=g, dtype=torch.float32).to(x)
 
 
 @pytest.mark.parametrize("churn", [0.0, 20.0])
@@ -222,33 +233,77 @@ def test_sampler_reduces_to_edm_heun(churn):
     x = torch.randn(2, 3, 8, 8) * float(sig[0])
     model = ToyDenoiser()
     s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_churn_noise=1.003)
-    torch.manual_seed(7)
-    got = R.relay_sample(model, x, sig, s)
-    torch.manual_seed(7)
-    want = reference_heun(model, x, sig, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_noise=1.003)
-    assert torch.allclose(got.float(), want, atol=1e-4), (got.float() - want).abs().max()
+    got = R.relay_sample(model, x, sig, s, seed=7)
+    want = reference_heun(model, x, sig, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_noise=1.003,
+                          randn_like=documented_stream(7))
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     # and the churn really did something (different result without it)
     if churn:
-        torch.manual_seed(7)
         assert not torch.allclose(reference_heun(model, x, sig), want, atol=1e-3)
 
 
-def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise():
-    """The full relay update (blur, s_noise, s_block) against a numpy/scipy evaluation of
-    x' = IDCT(a_s u0 + g (u - a_t u0)) + s_noise s n and its Heun correction."""
+def flow_reference_heun(model, x, sigmas):
+    """k-diffusion's Heun as ComfyUI runs it on a flow model (sigma == t, d = (x - D) / t), no churn."""
+    for i in range(len(sigmas) - 1):
+        t, t_next = float(sigmas[i]), float(sigmas[i + 1])
+        den = model(x, torch.tensor(t))
+        d = (x - den) / t
+        if t_next == 0:
+            x = x + d * (t_next - t)  # k-diffusion's Euler last step == den
+        else:
+            x2 = x + d * (t_next - t)
+            d2 = (x2 - model(x2, torch.tensor(t_next))) / t_next
+            x = x + (d + d2) / 2 * (t_next - t)
+    return x
+
+
+def test_flow_sampler_reduces_to_heun():
+    """Flow matching with B_max = 0, s_block = 0, s_noise = 0: k-diffusion's Heun in t."""
+    sig = torch.tensor([0.6, 0.45, 0.3, 0.15, 0.05, 0.0])
+    x = torch.randn(2, 3, 8, 8) * 0.6
+    model = ToyDenoiser(seed=2)
+    s = R.RelaySettings(patch=2, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0)
+    got = R.relay_sample(model, x, sig, s, flow=True)
+    want = flow_reference_heun(model, x, sig)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # EDM and flow steps differ on the same schedule (the flow path is not x0 + t n)
+    assert not torch.allclose(R.relay_sample(model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0), flow=True),
+                              R.relay_sample(model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0)), atol=1e-3)
+
+
+# float32 kernel vs the float64 evaluation below, after a 3-step stage two with values up to ~1.4
+# (measured 4.7e-7 EDM, 2.5e-7 flow):
+F32_ATOL = 5e-6
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise(flow):
+    """The full relay update (blur, s_noise, s_block) run in float32 against an independent float64
+    numpy/scipy evaluation of x' = IDCT(c_s a_s u0 + g (u - c_t a_t u0)) + s_noise s n and its Heun
+    correction (c = 1 for EDM, 1 - t for flow, whose blur is read at the EDM sigma t / (1 - t)),
+    with the same noise draws. Equal within F32_ATOL; a float64 input reproduces it to 1e-10."""
     p = 2
     s = R.RelaySettings(patch=p, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.3)
     sig = torch.tensor([0.8, 0.3, 0.1, 0.0], dtype=torch.float64)
     model = ToyDenoiser(seed=3)
     x = torch.randn(1, 3, 4, 6, dtype=torch.float64)
-    draws: list[torch.Tensor] = []
-    g = torch.Generator().manual_seed(11)
 
-    def randn(shape):
-        draws.append(torch.randn(shape, generator=g))
-        return draws[-1]
+    def recording(seed):
+        draws: list[torch.Tensor] = []
+        g = torch.Generator().manual_seed(seed)
 
-    got = R.relay_sample(model, x, sig, s, randn=randn)
+        def randn(shape):
+            draws.append(torch.randn(shape, generator=g))
+            return draws[-1]
+
+        return randn, draws
+
+    randn, draws = recording(11)
+    got = R.relay_sample(model, x.float(), sig, s, randn=randn, flow=flow)
+    assert got.dtype == torch.float32
+    randn64, _ = recording(11)
+    got64 = R.relay_sample(model, x, sig, s, randn=randn64, flow=flow)
 
     it = iter(draws)
 
@@ -257,11 +312,13 @@ def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise():
         return e + 0.15 * official_block_noise(next(it).double(), p)
 
     def alpha(t):
-        u = scipy.stats.norm.cdf((math.log(t) + 1.2) / 1.2) / 0.93
+        sigma_edm = t / (1 - t) if flow else t
+        u = scipy.stats.norm.cdf((math.log(sigma_edm) + 1.2) / 1.2) / 0.93
         sb = 3.0 * math.sin(u * math.pi / 2) ** 2
         a = np.array([[math.exp(-((math.pi * i / p) ** 2 + (math.pi * j / p) ** 2) * sb**2 / 2) * 0.999 + 0.001 for j in range(p)] for i in range(p)])
         return np.tile(a, (x.shape[-2] // p, x.shape[-1] // p))
 
+    c = (lambda t: 1 - t) if flow else (lambda t: 1.0)
     dct = lambda v: scipy_block_dct(v.numpy(), p)  # noqa: E731
     idct = lambda v: torch.from_numpy(scipy_block_dct(v, p, inverse=True))  # noqa: E731
     xc = x.clone()
@@ -274,13 +331,19 @@ def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise():
         a_t, a_s = alpha(t), alpha(s_)
         gam = math.sqrt(1 - 0.3**2) * s_ / t
         u, u0 = dct(xc), dct(d0)
-        xp = idct(a_s * u0 + gam * (u - a_t * u0)) + 0.3 * s_ * noise()
+        xp = idct(c(s_) * a_s * u0 + gam * (u - c(t) * a_t * u0)) + 0.3 * s_ * noise()
         d1 = model(xp, torch.tensor(s_)).double()
+        # the Heun step: the same map with the noise estimate taken from the averaged slope
         slope = (u - u0) / t
         slope2 = (dct(xp) - dct(d1)) / s_
-        xc = idct((a_s + gam - gam * a_t) * u + t * (gam * a_t - a_s) * (slope + slope2) / 2) + 0.3 * s_ * noise()
-    assert torch.allclose(got, xc, atol=1e-5)
+        avg = (slope + slope2) / 2  # plays the role of (u - u0_avg) / t
+        u0_avg = u - t * avg
+        xc = idct(c(s_) * a_s * u0_avg + gam * (u - c(t) * a_t * u0_avg)) + 0.3 * s_ * noise()
     assert next(it, None) is None  # no unused draws
+    err = (got.double() - xc).abs().max().item()
+    print(f"flow={flow}: float32 vs float64 max abs diff {err:.2e} (values up to {xc.abs().max().item():.2f})")
+    assert err < F32_ATOL
+    assert torch.allclose(got64, xc, atol=1e-10)
 
 
 def test_sampler_keeps_forward_marginal_for_point_mass_euler():
@@ -297,12 +360,141 @@ def test_sampler_keeps_forward_marginal_for_point_mass_euler():
     assert torch.equal(out, y)
 
 
+def test_flow_sampler_keeps_forward_marginal_for_point_mass():
+    """Flow matching, D = y exactly, B_max = 0, s_noise = 0: every state is (1 - t) y + t n."""
+    y = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    n = torch.randn_like(y)
+    sig = torch.tensor([0.7, 0.5, 0.2, 0.05, 0.0], dtype=torch.float64)
+    seen = []
+    s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0)
+    out = R.relay_sample(lambda v, t: y, 0.3 * y + 0.7 * n, sig, s, flow=True,
+                         callback=lambda d: seen.append((d["sigma"], d["x"])))
+    assert len(seen) == 4
+    for sigma, xs in seen:
+        t = float(sigma)
+        assert torch.allclose(xs, (1 - t) * y + t * n, atol=1e-10)
+    assert torch.equal(out, y)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_churn_keeps_the_noise_level(flow):
+    """D = y exactly, churn on: each state (after churn, at sigma_hat) is c_t y + t n with n unit
+    i.i.d. noise (c_t = 1 EDM, 1 - t flow): mean 0, std 1 over 2^16 pixels. (With s_noise > 0 the
+    official Heun correction, which discards the proposal's noise, does not keep it exactly.)"""
+    y = torch.randn(1, 1, 256, 256)
+    sig = torch.tensor([0.6, 0.4, 0.2, 0.1, 0.0])
+    s = R.RelaySettings(patch=2, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0, s_churn=4.0)
+    x = (0.4 if flow else 1.0) * y + 0.6 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    seen = []
+    R.relay_sample(lambda v, t: y, x, sig, s, flow=flow, seed=3,
+                   callback=lambda d: seen.append((d["sigma"], d["sigma_hat"], d["x"])))
+    for sigma, t, xs in seen:
+        assert t > float(sigma)  # churn raised the level
+        n = (xs - (1 - t if flow else 1.0) * y) / t
+        assert abs(n.mean().item()) < 0.02 and n.std().item() == pytest.approx(1.0, abs=0.02), (t, n.std().item())
+
+
+def test_sampler_is_seeded_and_leaves_the_global_rng_alone():
+    """The same seed gives bit-identical results across runs even with the global RNG disturbed in
+    between (and consumed by the denoiser); the sampler never touches the global RNG."""
+    s = R.RelaySettings(patch=2, blur_sigma_max=2.0, s_block=0.15, s_noise=0.3, s_churn=2.0)
+    sig = torch.tensor([0.9, 0.5, 0.2, 0.0])
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = ToyDenoiser(seed=1)
+
+    def greedy_model(v, t):  # other global RNG use during sampling
+        torch.rand(7)
+        return model(v, t)
+
+    torch.manual_seed(123)
+    a = R.relay_sample(model, x, sig, s, seed=42)
+    torch.manual_seed(999)
+    torch.randn(1000)
+    b = R.relay_sample(greedy_model, x, sig, s, seed=42)
+    assert torch.equal(a, b)
+    state = torch.get_rng_state()
+    c = R.relay_sample(model, x, sig, s, seed=43)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.allclose(a, c, atol=1e-3)  # the seed matters
+    # relay_start: seeded the same way
+    up = R.upsample_nearest(x, 2)
+    assert torch.equal(R.relay_start(up, 0.5, 2, 0.15, seed=4), R.relay_start(up, 0.5, 2, 0.15, seed=4))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_step_seed_is_a_distinct_stream():
+    for seed in [0, 1, 5, 2**32, 2**64 - 1]:
+        st = R.step_seed(seed)
+        assert 0 <= st < 2**64 and st not in (seed, (seed + 1) % 2**64)
+        assert st == (seed * 6364136223846793005 + 1442695040888963407) % 2**64
+    assert len({R.step_seed(i) for i in range(1000)}) == 1000
+
+
+def test_relay_start_flow_and_edm():
+    x_up = R.upsample_nearest(torch.randn(1, 2, 4, 4), 2)
+    n = R.cpu_randn(torch.Generator().manual_seed(9))
+    eps, eps2 = n(x_up.shape), n(x_up.shape)
+    noise = eps + 0.15 * official_block_noise(eps2, 2)
+    assert torch.allclose(R.relay_start(x_up, 0.6, 2, 0.15, seed=9, flow=True), 0.4 * x_up + 0.6 * noise, atol=1e-6)
+    assert torch.allclose(R.relay_start(x_up, 0.6, 2, 0.15, seed=9), x_up + 0.6 * noise, atol=1e-6)
+
+
+def test_edm_sigma_of_flow_time():
+    t = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
+    assert torch.allclose(R.edm_sigma(t, flow=True), torch.tensor([0.0, 1 / 3, 1.0, 9.0, math.inf], dtype=torch.float64))
+    assert torch.equal(R.edm_sigma(t), t.double())
+    s = R.RelaySettings(patch=4, blur_sigma_max=3.0)
+    assert torch.allclose(R.alpha_for_sigma(0.5, s, flow=True), R.alpha_for_sigma(1.0, s))
+    assert torch.isfinite(R.alpha_for_sigma(1.0, s, flow=True)).all()
+
+
+class _NoFloat64OffCpu(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtype of every tensor an op creates on a non-CPU device."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(o, torch.Tensor) and o.device.type != "cpu":
+                self.device_dtypes.add(o.dtype)
+        return out
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_no_float64_tensor_reaches_the_device(flow):
+    """On a non-CPU device (the meta device stands in for MPS / DirectML) every tensor the sampler,
+    relay_start and dct_blur create is float32: float64 stays in CPU-side tables."""
+    s = R.RelaySettings(patch=2, blur_sigma_max=2.0, s_block=0.15, s_noise=0.3, s_churn=2.0)
+    sig = torch.tensor([0.6, 0.3, 0.1, 0.0])
+    x = torch.zeros(1, 4, 8, 8, device="meta")
+    seen_in: set[torch.dtype] = set()
+
+    def den(v, t):
+        seen_in.add(v.dtype)
+        return v * 0.5
+
+    with _NoFloat64OffCpu() as mode:
+        start = R.relay_start(x, 0.6, 2, 0.15, flow=flow)
+        out = R.relay_sample(den, start, sig, s, flow=flow)
+        blurred = R.dct_blur(x, torch.tensor([1.5]), 2)
+    assert out.device.type == "meta" and out.dtype == blurred.dtype == torch.float32
+    assert seen_in == {torch.float32}
+    assert mode.device_dtypes and torch.float64 not in mode.device_dtypes, mode.device_dtypes
+
+
 def test_sampler_bad_input():
     s = R.RelaySettings(patch=4)
     with pytest.raises(ValueError, match="does not divide"):
         R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 10, 12), torch.tensor([1.0, 0.0]), s)
     with pytest.raises(ValueError, match="strictly decreasing"):
         R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 8, 8), torch.tensor([0.5, 1.0, 0.0]), s)
+    with pytest.raises(ValueError, match="finite"):
+        R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 8, 8), torch.tensor([float("nan"), 0.0]), s)
+    with pytest.raises(ValueError, match="flow-matching schedule"):
+        R.relay_sample(lambda v, t: v, torch.zeros(1, 4, 8, 8), torch.tensor([1.5, 0.0]), s, flow=True)
     with pytest.raises(ValueError, match="s_noise"):
         R.RelaySettings(s_noise=1.5)
     with pytest.raises(ValueError, match="positive integer"):
