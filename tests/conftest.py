@@ -38,6 +38,27 @@ def tiny_sdxl(comfy):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(comfy):
+    """(MODEL, CLIP, VAE): SD3 MMDiT (depth 2, hidden 128, 16-channel latent, flow matching, shift 3);
+    text encoder = the tiny SDXL CLIP (context 128, pooled 64)."""
+    return _boot.tiny("sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(comfy):
+    """(MODEL, CLIP, VAE): Flux (guidance-embedded, hidden 64, one double + one single block, 16-channel
+    latent); text encoder = the tiny SD1.5 CLIP-L (context and pooled width 64). Sample at cfg 1 with
+    FluxGuidance as real Flux-dev graphs do."""
+    return _boot.tiny("flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_inpaint(comfy):
+    """(MODEL, CLIP, VAE): the SD1.5 layout with a 9-channel input (noise + mask + masked image)."""
+    return _boot.tiny("sd15_inpaint")
+
+
+@pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A real `main.py --cpu` subprocess with UltraRes and the test pack installed (harness.server)."""
     from harness.server import ComfyServer

@@ -8,7 +8,9 @@ import json
 from .paths import WORKFLOWS
 
 # Real loaders -> the test pack's stand-in with the same outputs (MODEL, CLIP, VAE).
-LOADER_SUBSTITUTES = {"CheckpointLoaderSimple": "UltraResTestCheckpointLoader"}
+LOADER_SUBSTITUTES = {"CheckpointLoaderSimple": "UltraResTestCheckpointLoader",
+                      "ControlNetLoader": "UltraResTestControlNetLoader"}
+NAME_INPUT = {"CheckpointLoaderSimple": "ckpt_name", "ControlNetLoader": "control_net_name"}
 
 
 def workflow_names() -> list[str]:
@@ -30,8 +32,9 @@ def substitute(prompt: dict) -> dict:
     for node in prompt.values():
         new = LOADER_SUBSTITUTES.get(node["class_type"])
         if new:
+            key = NAME_INPUT[node["class_type"]]
             node["class_type"] = new
-            node["inputs"] = {"ckpt_name": node["inputs"]["ckpt_name"], "seed": 0}
+            node["inputs"] = {key: node["inputs"][key], "seed": 0}
     return prompt
 
 

@@ -14,8 +14,13 @@ import tiny_models  # noqa: E402
 
 
 def family_for(ckpt_name: str) -> str:
-    """The tiny family standing in for a real checkpoint name ("...xl..." -> sdxl, else sd15)."""
-    return "sdxl" if "xl" in ckpt_name.lower() else "sd15"
+    """The tiny family standing in for a real checkpoint name: "...flux..." -> flux, "...sd3..." -> sd3,
+    "...inpaint..." -> the 9-channel SD1.5 inpaint UNet, "...xl..." -> sdxl, else sd15."""
+    name = ckpt_name.lower()
+    for key, family in (("flux", "flux"), ("sd3", "sd3"), ("inpaint", "sd15_inpaint"), ("xl", "sdxl")):
+        if key in name:
+            return family
+    return "sd15"
 
 
 class UltraResTestCheckpointLoader(io.ComfyNode):
@@ -41,9 +46,31 @@ class UltraResTestCheckpointLoader(io.ComfyNode):
         return io.NodeOutput(model.clone(), clip.clone(), vae)
 
 
+class UltraResTestControlNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UltraResTestControlNetLoader",
+            display_name="Tiny Test ControlNet (UltraRes tests)",
+            category="_for_testing/ultrares",
+            description="A real comfy.controlnet.ControlNet with the reduced SD1.5/SDXL UNet config and seeded weights.",
+            inputs=[
+                io.String.Input("control_net_name", default="control_v11p_sd15_canny.safetensors",
+                                tooltip="Name of the ControlNet this stands in for; picks the family (xl -> SDXL)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed."),
+            ],
+            outputs=[io.ControlNet.Output(tooltip="tiny ControlNet")],
+        )
+
+    @classmethod
+    def execute(cls, control_net_name: str, seed: int = 0) -> io.NodeOutput:
+        family = "sdxl" if "xl" in control_net_name.lower() else "sd15"
+        return io.NodeOutput(tiny_models.build_controlnet(family, seed))
+
+
 class _Extension(ComfyExtension):
     async def get_node_list(self):
-        return [UltraResTestCheckpointLoader]
+        return [UltraResTestCheckpointLoader, UltraResTestControlNetLoader]
 
 
 async def comfy_entrypoint():
