@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DEFAULT_DOWNSCALE = 8  # SD1.x/2.x/XL/3/Flux VAEs
@@ -29,7 +31,128 @@ def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:
     """``validate_inputs`` helper: ComfyUI 0.3.75 does not check V3 combo values at queue time.
 
     Returns True, or a message naming the input, the bad value and (the first 12 of) the choices."""
-    if value in options:
-        return True
-    shown = ", ".join(list(options)[:12]) or "(none)"
-    return f"{name}={value!r} is not one of: {shown}{hint}"
+    try:
+        if value in options:
+            return True
+    except TypeError:  # an unhashable value (a list from a hand-written prompt) against a set of options
+        pass
+    shown = ", ".join(str(o) for o in list(options)[:12]) or "(none)"
+    return f"{name}={_show(value)} is not one of: {shown}{hint}"
+
+
+_SHOW_LIMIT = 60  # characters of a bad value shown back to the user
+
+
+def _show(value) -> str:
+    """A bad value as the user should see it: repr, shortened (a fuzzed value can be megabytes)."""
+    text = repr(value)
+    if len(text) > _SHOW_LIMIT:
+        text = text[: _SHOW_LIMIT - 15] + f"... ({len(text)} chars)"
+    return text
+
+
+def _looks_linked(value) -> bool:
+    """A link ``[node_id, output_index]`` as ComfyUI's ``is_link`` sees it: its value is not known at queue time."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+
+
+class CheckedInputs(dict):
+    """Converted input values from :func:`check_inputs`; read them as ``v.steps`` or ``v["steps"]``.
+
+    A value that is not known at queue time (a linked input, or one left out) is ``None``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _range_text(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo} to {hi}"
+    if lo is not None:
+        return f" of at least {lo}"
+    if hi is not None:
+        return f" of at most {hi}"
+    return ""
+
+
+def _check_one(name: str, spec, value):
+    """(converted value, None) or (None, message) for one widget value, as ComfyUI would convert it."""
+    if isinstance(value, dict) and "__value__" in value:  # ComfyUI's wrapper for list-valued widgets
+        value = value["__value__"]
+    kind = str(spec.get_io_type())
+    lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
+    if kind == "INT":
+        if isinstance(value, float) and not math.isfinite(value):
+            return None, f"{name}={_show(value)} is not a finite number; give a whole number{_range_text(lo, hi)}"
+        try:
+            value = int(value)  # what ComfyUI's executor does with an INT widget value
+        except (TypeError, ValueError, OverflowError):
+            return None, (f"{name}={_show(value)} is not a whole number (ComfyUI could not convert it to an INT "
+                          f"value); give a whole number{_range_text(lo, hi)}")
+    elif kind == "FLOAT":
+        try:
+            value = float(value)  # what ComfyUI's executor does with a FLOAT widget value
+        except (TypeError, ValueError, OverflowError):
+            return None, (f"{name}={_show(value)} is not a number (ComfyUI could not convert it to a FLOAT value); "
+                          f"give a finite number{_range_text(lo, hi)}")
+        if not math.isfinite(value):
+            return None, f"{name}={value} is not a finite number; give a finite number{_range_text(lo, hi)}"
+    elif kind == "BOOLEAN":
+        value = bool(value)  # ComfyUI converts before validate_inputs sees it; done here for in-process callers
+    elif kind == "STRING":
+        value = str(value)
+    elif kind == "COMBO":
+        options = list(getattr(spec, "options", None) or [])
+        values = value if getattr(spec, "multiselect", False) and isinstance(value, list) else [value]
+        for one in values:
+            try:
+                known = one in options
+            except TypeError:  # a value whose comparison raises
+                known = False
+            if not known:
+                shown = ", ".join(str(o) for o in options[:12]) or "(none)"
+                more = f" (and {len(options) - 12} more)" if len(options) > 12 else ""
+                return None, f"{name}={_show(one)} is not one of: {shown}{more}"
+        return value, None
+    else:  # a socket type (MODEL, LATENT...): its value comes from a link, nothing to check here
+        return value, None
+    if lo is not None and value < lo:
+        return None, f"{name}={_show(value)} is below the minimum {lo}; give a value{_range_text(lo, hi)}"
+    if hi is not None and value > hi:
+        return None, f"{name}={_show(value)} is above the maximum {hi}; give a value{_range_text(lo, hi)}"
+    return value, None
+
+
+def check_inputs(node_cls, /, *, combo_hints: dict[str, str] | None = None, **values) -> CheckedInputs | str:
+    """Queue-time checks of a V3 node's widget values; the first call of every ``validate_inputs``.
+
+    ComfyUI hands ``validate_inputs`` the values it names *without* its own min/max (and, for V3
+    combos, membership) checks, and the raw value when its INT/FLOAT conversion failed; it lets NaN
+    and inf through. For each named input this reads the node's schema, skips values not known at
+    queue time (``None``, a link), converts the value as ComfyUI does (INT, FLOAT, BOOLEAN, STRING),
+    refuses NaN/inf, applies min/max and combo membership. Returns the converted values
+    (:class:`CheckedInputs`) or one message naming every bad input, its value and the fix::
+
+        v = check_inputs(cls, steps=steps, cfg=cfg)
+        if isinstance(v, str):
+            return v
+        ...node rules on v.steps, v.cfg (None when linked)...
+
+    ``combo_hints`` adds a hint after a combo's message, e.g. where to put model files."""
+    specs = {spec.id: spec for spec in node_cls.define_schema().inputs}
+    checked, problems = CheckedInputs(), []
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:  # a programming error in the node, caught by the tests
+            raise KeyError(f"{node_cls.__name__}.validate_inputs names {name!r}, which its schema does not declare")
+        if value is None or _looks_linked(value):
+            checked[name] = None
+            continue
+        checked[name], problem = _check_one(name, spec, value)
+        if problem:
+            problems.append(problem + ((combo_hints or {}).get(name, "") if str(spec.get_io_type()) == "COMBO" else ""))
+    return ". ".join(problems) + "." if problems else checked
