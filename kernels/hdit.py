@@ -216,8 +216,22 @@ class AxialRoPE(nn.Module):
         freqs = torch.linspace(math.log(math.pi), math.log(10 * math.pi), n + 1)[:-1].exp()
         self.register_buffer("freqs", freqs.view(dim // 4, n_heads).T.contiguous())
 
+    def _apply(self, fn, recurse=True):
+        # ``model.to(bfloat16)`` must not round the frequencies: keep the buffer float32 (moved to
+        # the new device only), like k-diffusion, whose weights stay float32 under autocast.
+        freqs = self.freqs
+        super()._apply(fn, recurse)
+        if freqs.dtype == torch.float32 and self.freqs.dtype != torch.float32:
+            self.freqs = freqs.to(self.freqs.device)
+        return self
+
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
-        f = self.freqs.to(pos.dtype)
+        """Angles in at least float32 whatever the activation dtype. (In bfloat16 a position near 1
+        is rounded to 1/256 and an angle near 30 rad to 1/8: at 512 tokens per side that is the
+        whole step between neighbouring tokens.)"""
+        dtype = torch.promote_types(torch.promote_types(pos.dtype, self.freqs.dtype), torch.float32)
+        f = self.freqs.to(dtype)
+        pos = pos.to(dtype)
         return torch.cat((pos[..., None, 0:1] * f, pos[..., None, 1:2] * f), dim=-1)
 
 
@@ -243,6 +257,13 @@ class AttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_proj = _zero_init(nn.Linear(d_model, d_model, bias=False))
 
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):
+        """Axial RoPE on q, k ``[B, heads, h, w, d_head]`` for token positions ``pos [h, w, 2]``.
+        Positions and angles stay float32 (k-diffusion computes them in float32 outside global
+        attention); the rotation runs in float32 and only its result is cast to q's dtype."""
+        theta = rearrange(self.pos_emb(pos), "h w nh e -> nh h w e")
+        return apply_rotary(q, theta), apply_rotary(k, theta)
+
     def attend(self, q, k, v):
         """q, k, v ``[B, heads, h, w, d_head]`` (already cosine-scaled and rotated)."""
         spec = self.spec
@@ -257,9 +278,7 @@ class AttentionBlock(nn.Module):
         x = self.norm(x, cond)
         qkv = self.qkv_proj(x)
         q, k, v = rearrange(qkv, "b h w (t nh e) -> t b nh h w e", t=3, e=self.d_head)
-        q, k = cosine_sim_scale(q, k, self.scale[:, None, None, None])
-        theta = rearrange(self.pos_emb(pos.to(qkv.dtype)), "h w nh e -> nh h w e")
-        q, k = apply_rotary(q, theta), apply_rotary(k, theta)
+        q, k = self.rotate(*cosine_sim_scale(q, k, self.scale[:, None, None, None]), pos)
         x = rearrange(self.attend(q, k, v), "b nh h w e -> b h w (nh e)")
         return self.out_proj(self.dropout(x)) + skip
 

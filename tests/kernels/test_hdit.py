@@ -181,3 +181,45 @@ def test_size_check_and_sampler_runs():
     out = hdit.sample_dpmpp_2m(den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5)
     # zero-init output head: D(x) = c_skip x, so after the final step x is ~0 but finite
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def _rope_reference_f64(x: torch.Tensor, n: int, d_head: int, n_heads: int) -> torch.Tensor:
+    """k-diffusion's axial RoPE written from its formula, in float64 with complex numbers: token
+    centres of an n x n grid in [-1, 1]; n_heads * d_head / 8 frequencies log-spaced over [pi, 10 pi)
+    laid out ``view(d_head / 8, n_heads).T``; channel pair (c, c + d_head/4) of head h is the complex
+    number x_c + i x_{c + d_head/4}, multiplied by exp(i row f) for c < d_head/8, exp(i col f) after."""
+    q = d_head // 8
+    f = torch.logspace(math.log10(math.pi), math.log10(10 * math.pi), n_heads * q + 1, dtype=torch.float64)[:-1]
+    f = f.reshape(q, n_heads).T  # [heads, q]
+    centre = (torch.arange(n, dtype=torch.float64) * 2 + 1) / n - 1
+    row = centre[:, None, None, None] * f[None, None]  # [n, 1, heads, q]
+    col = centre[None, :, None, None] * f[None, None]  # [1, n, heads, q]
+    ang = torch.cat([row.expand(n, n, -1, -1), col.expand(n, n, -1, -1)], dim=-1).permute(2, 0, 1, 3)  # [heads, n, n, 2q]
+    x = x.double()
+    z = torch.complex(x[..., : 2 * q], x[..., 2 * q : 4 * q]) * torch.polar(torch.ones_like(ang), ang)
+    return torch.cat([z.real, z.imag, x[..., 4 * q :]], dim=-1)
+
+
+def test_rope_stays_float32_in_bfloat16_models():
+    """At 512 tokens per side the bfloat16 angle rounding (1/8 rad near 30 rad) equals the step
+    between neighbours; angles must be computed in float32 and only the rotated q/k rounded."""
+    n, d_head, heads = 512, 16, 2
+    blk = hdit.AttentionBlock(d_head * heads, 8, hdit.GlobalAttentionSpec(d_head)).to(torch.bfloat16)
+    assert blk.pos_emb.freqs.dtype == torch.float32  # .to(bfloat16) keeps the RoPE frequencies exact
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, n, n, d_head, generator=g).to(torch.bfloat16)
+    k = torch.randn(1, heads, n, n, d_head, generator=g).to(torch.bfloat16)
+    pos = hdit.make_axial_pos(n, n)
+    rq, rk = blk.rotate(q, k, pos)
+    assert rq.dtype == torch.bfloat16
+    for got, src in ((rq, q), (rk, k)):
+        ref = _rope_reference_f64(src[0], n, d_head, heads)
+        err = (got[0].double() - ref).abs()
+        # only the final rounding to bfloat16 remains: half an ulp, 2**-9 relative (+ float32 noise)
+        assert (err <= ref.abs() * 2**-8 + 1e-5).all(), float((err / (ref.abs() + 1e-3)).max())
+    # and the block's forward feeds float32 positions/angles into the rotation
+    seen = []
+    blk.pos_emb.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    x = torch.randn(1, 8, 8, d_head * heads).to(torch.bfloat16)
+    out = blk(x, hdit.make_axial_pos(8, 8), torch.randn(1, 8).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and seen == [(torch.float32, torch.float32)]
