@@ -2,8 +2,14 @@
 
 The objective is the official one (LinFusion ``src/train/distill.py``)::
 
-    loss = MSE(eps_student, eps) + 0.5 * MSE(eps_student, eps_teacher)
+    loss = MSE(pred_student, target) + 0.5 * MSE(pred_student, pred_teacher)
            + 0.5 * mean_l MSE(attn1_student^l, attn1_teacher^l)
+
+in the model's own prediction space, as the official code does: for an epsilon model ``pred`` is
+the predicted noise and ``target = eps``; for a v-prediction model (SD2.x-v) ``pred`` is the
+predicted velocity and ``target = v = sqrt(abar) eps - sqrt(1 - abar) x0`` (diffusers'
+``get_velocity``), i.e. with ``x_noisy = x0 + sigma eps`` and ``abar = 1 / (1 + sigma^2)``:
+``v = (eps - sigma x0) / sqrt(1 + sigma^2)``.
 
 The student is the teacher UNet with every ``attn1`` (self-attention) swapped for a
 :class:`~.linfusion.LinFusionAttention`; only those layers train (AdamW, lr 1e-4, wd 0). Each
@@ -93,14 +99,20 @@ def captured(modules: dict[str, nn.Module], inputs: bool = False) -> Iterator[di
 
 
 class StudentAttn1(nn.Module):
-    """A LinFusion layer with the ``attn1`` call signature ``(x, context=None, value=None, ...)``."""
+    """A LinFusion layer with the ``attn1`` call signature ``(x, context=None, value=None, ...)``.
+
+    The layer trains in its own dtype (float32) whatever dtype the teacher UNet runs in (e.g. an
+    fp16 checkpoint on a GPU): inputs are cast to the layer's dtype, the output back to ``x``'s.
+    """
 
     def __init__(self, layer: LinFusionAttention):
         super().__init__()
         self.layer = layer
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options=None, **kwargs):
-        return self.layer(x, context, value)
+        dtype = self.layer.to_q.weight.dtype
+        cast = (lambda t: None if t is None else t.to(dtype))
+        return self.layer(cast(x), cast(context), cast(value)).to(x.dtype)
 
 
 def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None) -> dict[str, LayerSpec]:
@@ -150,8 +162,16 @@ def sd_sigmas(timesteps: int = 1000, beta_start: float = 0.00085, beta_end: floa
     return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
 
 
+PREDICTIONS = ("eps", "v")
+
+
 @dataclass
 class DistillConfig:
+    """Optimiser settings and loss weights; ``prediction`` is the space of the noise and teacher
+    losses: ``"eps"`` (epsilon models) or ``"v"`` (v-prediction models such as SD2.x-768-v),
+    as the official code uses the model's own prediction type."""
+
+    prediction: str = "eps"
     lr: float = 1e-4
     weight_decay: float = 0.0
     w_noise: float = 1.0
@@ -175,6 +195,8 @@ class Distiller:
     config: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
+        if self.config.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {self.config.prediction!r}")
         for p in self.unet.parameters():
             p.requires_grad_(False)
         params = [p for layer in self.layers.values() for p in layer.parameters()]
@@ -184,12 +206,25 @@ class Distiller:
         self.students = {path: StudentAttn1(layer) for path, layer in self.layers.items()}
         self.teacher_attn = {path: m for path, m in find_attn1(self.unet).items() if path in self.layers}
 
-    def _eps(self, x_noisy, sigma, cond):
-        s = sigma.view(-1, *([1] * (x_noisy.ndim - 1)))
-        return (x_noisy - self.denoiser(x_noisy, sigma, **cond)) / s
+    def _pred(self, x_noisy, sigma, cond):
+        """The model's prediction in ``config.prediction`` space, from the denoiser's ``x0_hat``:
+        ``eps_hat = (x_noisy - x0_hat) / sigma``; ``v_hat = (eps_hat - sigma x0_hat) / sqrt(1 + sigma^2)``."""
+        s = sigma.view(-1, *([1] * (x_noisy.ndim - 1))).float()
+        x0_hat = self.denoiser(x_noisy, sigma, **cond).float()
+        eps_hat = (x_noisy.float() - x0_hat) / s
+        if self.config.prediction == "v":
+            return (eps_hat - s * x0_hat) / torch.sqrt(1.0 + s * s)
+        return eps_hat
+
+    def _target(self, x0, eps, sigma):
+        s = sigma.view(-1, *([1] * (x0.ndim - 1))).float()
+        if self.config.prediction == "v":
+            return (eps.float() - s * x0.float()) / torch.sqrt(1.0 + s * s)
+        return eps.float()
 
     def losses(self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The three loss terms and their weighted sum for one batch.
+        """The three loss terms and their weighted sum for one batch (noise and teacher terms in
+        ``config.prediction`` space, float32).
 
         ``x0``: ``[B, C, H, W]`` clean latents (model scale); ``cond``: keyword arguments of the
         denoiser (text context etc.). Noise levels are drawn uniformly from ``sigmas``.
@@ -199,11 +234,11 @@ class Distiller:
         eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         x_noisy = x0 + sigma.view(-1, 1, 1, 1) * eps
         with torch.no_grad(), captured(self.teacher_attn) as t_feats:
-            eps_teacher = self._eps(x_noisy, sigma, cond)
+            pred_teacher = self._pred(x_noisy, sigma, cond)
         with swapped(self.unet, self.students), captured(self.students) as s_feats:
-            eps_student = self._eps(x_noisy, sigma, cond)
-        noise = F.mse_loss(eps_student.float(), eps.float())
-        teacher = F.mse_loss(eps_student.float(), eps_teacher.float())
+            pred_student = self._pred(x_noisy, sigma, cond)
+        noise = F.mse_loss(pred_student, self._target(x0, eps, sigma))
+        teacher = F.mse_loss(pred_student, pred_teacher)
         feature = torch.stack([F.mse_loss(s_feats[p].float(), t_feats[p].float()) for p in self.layers]).mean()
         total = self.config.w_noise * noise + self.config.w_teacher * teacher + self.config.w_feature * feature
         return {"loss": total, "noise": noise, "teacher": teacher, "feature": feature}

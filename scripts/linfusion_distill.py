@@ -5,6 +5,13 @@
 
 ComfyUI, used as a library, loads the checkpoint, VAE and text encoder; the training step itself is
 ``ultrares.kernels.linfusion_distill.Distiller`` (comfy-free).
+
+The teacher UNet runs in the dtype ComfyUI loads it in (``--precision`` picks another one through
+ComfyUI's own ``model_options["dtype"]``): its weights are never cast behind ComfyUI's back, because
+``BaseModel.apply_model`` casts the inputs to the dtype the model was built with
+(``diffusion_model.dtype``), and fp32 weights fed fp16 inputs fail. The student LinFusion layers
+always train in float32 (they cast their inputs). v-prediction checkpoints (SD2.x-768-v) are
+distilled with the official v-space losses.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from ultrares.kernels.linfusion_distill import (
 from ultrares.kernels.linfusion_format import save_linfusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def _boot_comfyui(comfyui: str | None, device: str) -> None:
     root = comfyui or os.environ.get("COMFYUI_PATH")
@@ -41,6 +50,48 @@ def _boot_comfyui(comfyui: str | None, device: str) -> None:
 
     args.cpu = device == "cpu"
     args.use_pytorch_cross_attention = True
+
+
+def prediction_of(base) -> str:
+    """``"v"`` for a ComfyUI v-prediction model (SD2.x-768-v), ``"eps"`` for an epsilon model;
+    anything else (flow, EDM...) is refused with a message."""
+    import comfy.model_base
+
+    kind = getattr(base, "model_type", None)
+    if kind == comfy.model_base.ModelType.EPS:
+        return "eps"
+    if kind == comfy.model_base.ModelType.V_PREDICTION:
+        return "v"
+    name = getattr(kind, "name", kind)
+    raise SystemExit(f"--checkpoint: model type {name} is not supported; LinFusion distillation needs an "
+                     "epsilon- or v-prediction SD1.x/SD2.x/SDXL UNet")
+
+
+def prepare_teacher(model):
+    """Load a ComfyUI MODEL (``ModelPatcher``) for training the way ComfyUI loads it for sampling.
+
+    Returns ``(base_model, unet, denoiser)``: ``denoiser(x, sigma, **cond) -> x0_hat`` is
+    ``base_model.apply_model``, which casts inputs to the model's own dtype. The weights keep the
+    dtype ComfyUI built the model in (no ``.float()``: ``diffusion_model.dtype`` would still say
+    fp16 and every layer would get fp16 inputs against fp32 weights); to train against an fp32
+    teacher, load the checkpoint with ``model_options={"dtype": torch.float32}`` (``--precision fp32``).
+    """
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model], force_full_load=True)
+    base = model.model
+    unet = base.diffusion_model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    if base.manual_cast_dtype is None:
+        wrong = {p.dtype for p in unet.parameters() if p.is_floating_point() and p.dtype != dtype}
+        if wrong:
+            raise SystemExit(f"the UNet is built for {dtype} but holds {sorted(map(str, wrong))} weights; load it "
+                             "with the dtype you want (--precision) instead of casting it afterwards")
+
+    def denoiser(x, sigma, **cond):
+        return base.apply_model(x, sigma, **cond)
+
+    return base, unet, denoiser
 
 
 def _load_image_latent(vae, path: str, resolution: int) -> torch.Tensor:
@@ -77,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the ground-truth noise loss (official 1.0)")
     parser.add_argument("--pool", type=int, default=8, help="data-free: teacher samples to draw and cycle through")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="auto",
+                        help="dtype of the frozen teacher UNet (auto: what ComfyUI picks for the device, e.g. fp16 "
+                             "on most GPUs, fp32 on the CPU); the LinFusion layers always train in fp32")
     parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH or the pack's .comfyui)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -86,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     _boot_comfyui(args.comfyui, args.device)
     import comfy.sd
 
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
-    base = model.model
-    unet = base.diffusion_model.to(args.device).float()
+    dtype = PRECISIONS[args.precision]
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(
+        args.checkpoint, output_vae=True, output_clip=True, model_options={} if dtype is None else {"dtype": dtype})
+    if model is None:
+        raise SystemExit(f"--checkpoint {args.checkpoint!r} holds no diffusion model")
+    base, unet, denoiser = prepare_teacher(model)
+    prediction = prediction_of(base)
+    device = next(unet.parameters()).device
     family = type(base).__name__
     unet_config = model.model.model_config.unet_config
     mid_scale = args.mid_dim_scale if args.mid_dim_scale is not None else (16 if family == "SDXL" else None)
@@ -99,28 +158,25 @@ def main(argv: list[str] | None = None) -> int:
 
     def encode(text: str) -> dict:
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-        out = {"c_crossattn": cond.to(args.device)}
+        out = {"c_crossattn": cond.to(device)}
         px = args.resolution
         y = base.encode_adm(pooled_output=pooled, width=px, height=px, crop_w=0, crop_h=0, target_width=px, target_height=px)
         if y is not None:
-            out["y"] = y.to(args.device)
+            out["y"] = y.to(device)
         return out
-
-    def denoiser(x, sigma, **cond):
-        return base.apply_model(x, sigma, **cond)
 
     sigmas = base.model_sampling.sigmas.float().cpu()
     if args.images:
         pairs = image_caption_pairs(args.images)
-        data = [(latent_format.process_in(_load_image_latent(vae, p, args.resolution)).to(args.device), encode(c)) for p, c in pairs]
+        data = [(latent_format.process_in(_load_image_latent(vae, p, args.resolution)).to(device), encode(c)) for p, c in pairs]
     else:
         prompts = [p.strip() for p in args.prompts.split("|")] or [""]
         data = []
         lat = args.resolution // 8
         for i in range(args.pool):
             cond = encode(prompts[i % len(prompts)])
-            data.append((teacher_latents(denoiser, (1, 4, lat, lat), cond, sigmas, generator=gen, device=args.device), cond))
-    distiller = Distiller(unet, denoiser, layers, sigmas=sigmas, config=DistillConfig(lr=args.lr, w_noise=args.noise_weight))
+            data.append((teacher_latents(denoiser, (1, 4, lat, lat), cond, sigmas, generator=gen, device=device), cond))
+    distiller = Distiller(unet, denoiser, layers, sigmas=sigmas, config=DistillConfig(prediction=prediction, lr=args.lr, w_noise=args.noise_weight))
     before = distiller.layer_errors(data[0][0], data[0][1], sigma=[float(sigmas[i]) for i in (100, 500, 900)])
     for step in range(args.prefit_steps):
         x0, cond = data[step % len(data)]
@@ -140,12 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean per-layer attn1 relative error: {sum(before.values()) / len(before):.4f} -> "
           f"{sum(after.values()) / len(after):.4f}")
     written = save_linfusion(args.out, [specs[p] for p in specs], [layers[p] for p in specs], dtype=torch.float16)
-    print(f"wrote {written} ({len(specs)} layers, {family})")
+    print(f"wrote {written} ({len(specs)} layers, {family}, {prediction}-prediction losses)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":
