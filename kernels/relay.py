@@ -114,6 +114,12 @@ class RelaySettings:
     p_std: float = P_STD
 
     def __post_init__(self) -> None:
+        for name in ("blur_sigma_max", "prob_length", "s_block", "s_noise", "s_churn", "s_tmin", "s_churn_noise",
+                     "min_scale", "p_mean", "p_std"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        if math.isnan(self.s_tmax):
+            raise ValueError("s_tmax must be a number (inf allowed), got nan.")
         if int(self.patch) != self.patch or self.patch < 1:
             raise ValueError(f"patch must be a positive integer (the up-scale factor), got {self.patch}.")
         if not 0.0 <= self.s_noise <= 1.0:

@@ -9,14 +9,20 @@
   truncation sigma, relay sampling with CFG).
 
 The sampler works in ComfyUI's sigma space on the denoised outputs of ComfyUI's model wrapper,
-so it runs on any model whose noising is ``x = x0 + sigma * noise`` (SD1.x/2.x/SDXL eps and
-v-prediction, EDM models such as the HDiT pixel models). Flow-matching models (SD3, Flux, ...)
-noise differently and are refused with a message.
+so it runs on models whose noising is ``x = x0 + sigma * noise`` (SD1.x/2.x/SDXL eps and
+v-prediction, EDM models such as the HDiT pixel models) and on flow-matching models (ComfyUI's
+CONST sampling: SD3, Flux, ...; ``x = (1 - t) x0 + t * noise`` with sigma == t in [0, 1]). Other
+noisings are refused with a message.
+
+Step noise comes from a CPU ``torch.Generator`` seeded from ComfyUI's noise seed (the ``seed``
+ComfyUI hands every sampler; ``kernels.relay.step_seed`` of it), never from the global RNG, so a
+prompt gives the same latent on every run and every device. Everything on the device is float32.
 """
 
 from __future__ import annotations
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -25,6 +31,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels import relay as R
+from ._common import check_inputs, latent_downscale_ratio
 
 CATEGORY = "UltraRes/relay"
 
@@ -82,7 +89,8 @@ def _relay_schedule_inputs() -> list:
         io.Float.Input(
             "truncation_sigma", default=0.9, min=0.001, max=1000.0, step=0.01,
             tooltip="Stage two starts at the first grid level below this sigma (0.9 in the paper for EDM pixel "
-                    "models; 0.9-2.0 suits SD latents). Higher = more freedom to add detail, more steps."),
+                    "models; 0.9-2.0 suits SD latents). For flow models (SD3, Flux) it is the time t in (0, 1), "
+                    "e.g. 0.6. Higher = more freedom to add detail, more steps."),
         io.Float.Input("rho", default=7.0, min=0.1, max=200.0, step=0.1,
                        tooltip="Karras grid exponent (7 usual; the paper's ImageNet stage two uses 100)."),
     ]
@@ -95,13 +103,28 @@ def _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn
         s_tmax=float(s_tmax), s_churn_noise=float(s_churn_noise))
 
 
-def _check_ranges(**values) -> bool | str:
-    """Range checks for inputs that a validate_inputs names (ComfyUI skips its own for those)."""
-    for name, (value, lo, hi) in values.items():
-        if value is None:  # linked input: checked at run time
-            continue
-        if not lo <= value <= hi:
-            return f"{name} = {value} is outside [{lo}, {hi}]."
+def _raise_if_bad(verdict) -> None:
+    """Run-time use of a ``validate_inputs`` verdict (linked inputs are only known at run time)."""
+    if isinstance(verdict, str):
+        raise ValueError(verdict)
+
+
+def _sampler_rules(v) -> bool | str:
+    """Cross-input rules of the relay sampler settings on checked values (None = not known yet)."""
+    if v.get("s_tmin") is not None and v.get("s_tmax") is not None and v.s_tmin > v.s_tmax:
+        return f"s_tmin ({v.s_tmin}) must not exceed s_tmax ({v.s_tmax}): churn would never apply."
+    return True
+
+
+def _sigma_rules(v) -> bool | str:
+    """Cross-input rules of the schedule inputs on checked values (None / 0 = not known / the model's own)."""
+    trunc, lo, hi = v.get("truncation_sigma"), v.get("sigma_min"), v.get("sigma_max")
+    if lo and hi and lo >= hi:
+        return f"sigma_min ({lo}) must be below sigma_max ({hi}) (or 0 for the model's own)."
+    if lo and trunc is not None and trunc <= lo:
+        return f"truncation_sigma ({trunc}) must be above sigma_min ({lo})."
+    if hi and trunc is not None and trunc > hi:
+        return f"truncation_sigma ({trunc}) must not exceed sigma_max ({hi})."
     return True
 
 
@@ -109,14 +132,20 @@ def _check_ranges(**values) -> bool | str:
 # Model / latent checks
 
 
-def check_sigma_space(model_sampling, who: str) -> None:
-    """Refuse models whose noising is not ``x0 + sigma * noise`` (flow matching)."""
+def check_sigma_space(model_sampling, who: str) -> bool:
+    """The model's noise space: False for ``x0 + sigma * noise`` (EPS, V_PREDICTION, EDM), True for flow
+    matching ``(1 - t) x0 + t * noise`` (CONST: SD3, Flux); refuses any other noising with a message.
+
+    Read from the model's own ``noise_scaling`` (x0 = 2, noise = 1, sigma = 0.5 gives 2.5 or 1.5)."""
     probe = model_sampling.noise_scaling(torch.tensor(0.5), torch.ones(1), torch.full((1,), 2.0), max_denoise=False)
-    if not torch.allclose(probe, torch.tensor([2.5])):
-        raise ValueError(
-            f"{who}: this model ({type(model_sampling).__name__}) does not noise as x0 + sigma * noise (it is a "
-            "flow-matching model such as SD3/Flux), which the relay sampler assumes. Use it with SD1.x/SD2.x/SDXL "
-            "(eps or v-prediction) or EDM models such as HDiT.")
+    if torch.allclose(probe.float().cpu(), torch.tensor([2.5])):
+        return False
+    if torch.allclose(probe.float().cpu(), torch.tensor([1.5])):
+        return True
+    raise ValueError(
+        f"{who}: this model ({type(model_sampling).__name__}) noises neither as x0 + sigma * noise (SD1.x/SD2.x/SDXL, "
+        "EDM models such as HDiT) nor as (1 - t) x0 + t * noise (flow matching: SD3, Flux), the two noisings the relay "
+        "sampler supports. Use one of those models for relay stage two.")
 
 
 def check_image_latent(latent: dict, who: str, input_name: str = "latent") -> torch.Tensor:
@@ -195,7 +224,13 @@ class UltraResBlockNoise(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, noise_seed=None, block_size=None, s_block=None) -> bool | str:
+        v = check_inputs(cls, noise_seed=noise_seed, block_size=block_size, s_block=s_block)
+        return v if isinstance(v, str) else True
+
+    @classmethod
     def execute(cls, noise_seed, block_size, s_block) -> io.NodeOutput:
+        _raise_if_bad(cls.validate_inputs(noise_seed=noise_seed, block_size=block_size, s_block=s_block))
         return io.NodeOutput(BlockNoise(noise_seed, block_size, s_block))
 
 
@@ -246,21 +281,15 @@ class UltraResRelaySigmas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, truncation_sigma=None, sigma_min=None, sigma_max=None) -> bool | str:
-        ok = _check_ranges(truncation_sigma=(truncation_sigma, 0.001, 1000.0),
-                           sigma_min=(sigma_min, 0.0, 1000.0), sigma_max=(sigma_max, 0.0, 1000.0))
-        if ok is not True:
-            return ok
-        if sigma_min and sigma_max and sigma_min >= sigma_max:
-            return f"sigma_min ({sigma_min}) must be below sigma_max ({sigma_max}) (or 0 for the model's own)."
-        if sigma_min and truncation_sigma is not None and truncation_sigma <= sigma_min:
-            return f"truncation_sigma ({truncation_sigma}) must be above sigma_min ({sigma_min})."
-        if sigma_max and truncation_sigma is not None and truncation_sigma > sigma_max:
-            return f"truncation_sigma ({truncation_sigma}) must not exceed sigma_max ({sigma_max})."
-        return True
+    def validate_inputs(cls, steps=None, truncation_sigma=None, rho=None, sigma_min=None, sigma_max=None) -> bool | str:
+        v = check_inputs(cls, steps=steps, truncation_sigma=truncation_sigma, rho=rho, sigma_min=sigma_min,
+                         sigma_max=sigma_max)
+        return v if isinstance(v, str) else _sigma_rules(v)
 
     @classmethod
     def execute(cls, model, steps, truncation_sigma, rho, sigma_min=0.0, sigma_max=0.0) -> io.NodeOutput:
+        _raise_if_bad(cls.validate_inputs(steps=steps, truncation_sigma=truncation_sigma, rho=rho, sigma_min=sigma_min,
+                                          sigma_max=sigma_max))
         return io.NodeOutput(relay_sigmas_for_model(model, steps, truncation_sigma, rho, sigma_min or 0.0, sigma_max or 0.0))
 
 
@@ -273,17 +302,20 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """k-diffusion-style sampler function for ``comfy.samplers.KSAMPLER``.
 
     ``model`` is ComfyUI's wrapper (returns denoised), ``x`` the noised latent at sigmas[0]; the
-    options are :class:`kernels.relay.RelaySettings` fields. Noise comes from torch's global RNG in
-    x's dtype (the stream ComfyUI's heun sampler uses), so B_max = s_block = s_noise = 0 reproduces
-    ComfyUI's ``heun`` (with the same churn options).
+    options are :class:`kernels.relay.RelaySettings` fields. Step (and churn) noise comes from a CPU
+    generator seeded with ``kernels.relay.step_seed(extra_args["seed"])`` (ComfyUI's noise seed, as its
+    own samplers' ``default_noise_sampler(x, seed=...)``), never from the global RNG. With
+    B_max = s_block = s_noise = 0 it is ComfyUI's ``heun`` (the same churn options; churn noise then
+    from that generator), on EDM-style and on flow-matching models.
     """
     extra_args = {} if extra_args is None else extra_args
     settings = R.RelaySettings(**options)
     who = "UltraResRelaySampler"
     inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
     ms = getattr(inner, "model_sampling", None)
+    flow = False
     if ms is not None:
-        check_sigma_space(ms, who)
+        flow = check_sigma_space(ms, who)
         check_sigmas_in_range(sigmas, ms, who)
     if x.ndim != 4:
         raise ValueError(f"{who}: got a latent of shape {tuple(x.shape)}; relay sampling works on image latents "
@@ -296,14 +328,14 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
         comfy.model_management.throw_exception_if_processing_interrupted()
         return model(v.to(dtype), sigma.to(device=x.device, dtype=dtype) * s_in, **extra_args)
 
-    def randn(shape):
-        return torch.randn(shape, dtype=dtype, device=x.device)
+    seed = extra_args.get("seed")
+    seed = 0 if seed is None else int(seed)
 
     def step_callback(info):
         if callback is not None:
             callback({**info, "x": info["x"].to(dtype), "denoised": info["denoised"].to(dtype)})
 
-    return R.relay_sample(denoise, x, sigmas, settings, randn=randn, callback=step_callback).to(dtype)
+    return R.relay_sample(denoise, x, sigmas, settings, callback=step_callback, seed=seed, flow=flow).to(dtype)
 
 
 def make_relay_sampler(settings: R.RelaySettings) -> comfy.samplers.KSAMPLER:
@@ -320,27 +352,109 @@ class UltraResRelaySampler(io.ComfyNode):
             display_name="Relay Sampler (UltraRes)",
             category=CATEGORY,
             description="Relay Diffusion's stage-two sampler for SamplerCustom/SamplerCustomAdvanced: stochastic Heun in "
-                        "block-DCT space (float64), with blur coefficients from the sigma<->u coupling, block noise and "
-                        "a final denoise step. With blur_sigma_max = s_block = s_noise = 0 it is ComfyUI's heun sampler.",
+                        "block-DCT space, with blur coefficients from the sigma<->u coupling, block noise and a final "
+                        "denoise step; for SD1.x/SD2.x/SDXL/EDM and flow-matching (SD3, Flux) models. Step noise is "
+                        "seeded from the noise seed. With blur_sigma_max = s_block = s_noise = 0 it is ComfyUI's heun "
+                        "sampler.",
             inputs=[_block_size_input(), *_relay_sampler_inputs()],
             outputs=[io.Sampler.Output(tooltip="SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def validate_inputs(cls, s_tmin=None, s_tmax=None) -> bool | str:
-        ok = _check_ranges(s_tmin=(s_tmin, 0.0, 1000.0), s_tmax=(s_tmax, 0.0, 1000.0))
-        if ok is not True:
-            return ok
-        if s_tmin is not None and s_tmax is not None and s_tmin > s_tmax:
-            return f"s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax}): churn would never apply."
-        return True
+    def validate_inputs(cls, block_size=None, blur_sigma_max=None, prob_length=None, s_block=None, s_noise=None,
+                        s_churn=None, s_tmin=None, s_tmax=None, s_churn_noise=None) -> bool | str:
+        v = check_inputs(cls, block_size=block_size, blur_sigma_max=blur_sigma_max, prob_length=prob_length,
+                         s_block=s_block, s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                         s_churn_noise=s_churn_noise)
+        return v if isinstance(v, str) else _sampler_rules(v)
 
     @classmethod
     def execute(cls, block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
                 s_churn_noise) -> io.NodeOutput:
+        _raise_if_bad(cls.validate_inputs(block_size=block_size, blur_sigma_max=blur_sigma_max, prob_length=prob_length,
+                                          s_block=s_block, s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin,
+                                          s_tmax=s_tmax, s_churn_noise=s_churn_noise))
         settings = _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
                              s_churn_noise)
         return io.NodeOutput(make_relay_sampler(settings))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory estimate
+
+
+# Latent-sized float32 tensors alive at the peak of a relay step: the sampler's state, DCT
+# coefficients, both slopes, the proposal, two denoised outputs and the noise (kernels/relay.py,
+# about 10), plus ComfyUI's own copies around the sampler (the up-sampled latent, the noise, the
+# noised input, the output and the denoise mask: about 6).
+RELAY_STATE_TENSORS = 16
+
+_SIZE_CHANGING_WRAPPERS = (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
+                           comfy.patcher_extension.WrappersMP.PREDICT_NOISE, comfy.patcher_extension.WrappersMP.CALC_COND_BATCH,
+                           comfy.patcher_extension.WrappersMP.APPLY_MODEL, comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL)
+
+
+def _model_sees_full_latent(model) -> bool:
+    """False when a wrapper decides what the model evaluates (e.g. Tiled Diffusion runs it on tiles)."""
+    if model.model_options.get("model_function_wrapper") is not None:
+        return False
+    wrappers = dict(getattr(model, "wrappers", {}) or {})
+    nested = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    return not any(any(wrappers.get(k, {}).values()) or any(nested.get(k, {}).values()) for k in _SIZE_CHANGING_WRAPPERS)
+
+
+def estimate_relay_memory(model, out_shape) -> tuple[int, int]:
+    """(model activation bytes, relay state bytes): a lower bound of the peak memory of relay stage two
+    on a latent of ``out_shape`` (B, C, H, W).
+
+    - activations: ComfyUI's own estimate for one batch at that size (``BaseModel.memory_required``, the
+      figure its samplers reserve as the minimum; CFG's second batch may be run separately, so it is not
+      counted), taking the smaller of its two formulas: the one for memory-frugal attention
+      (xformers / flash: ``0.01 MB x dtype bytes x memory_usage_factor`` per latent pixel) even when
+      the running backend would use the larger one (``0.15 MB x memory_usage_factor``), so a refusal
+      means no attention backend could fit it. 0 when a wrapper (Tiled Diffusion...) decides what the
+      model sees: then unknown.
+    - state: :data:`RELAY_STATE_TENSORS` float32 tensors of ``out_shape``.
+    The model's weights are not counted (ComfyUI can stream them in low-VRAM mode)."""
+    b, c, h, w = (int(v) for v in out_shape)
+    state = RELAY_STATE_TENSORS * b * c * h * w * 4
+    if not _model_sees_full_latent(model):
+        return 0, state
+    base = model.model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    frugal = b * h * w * comfy.model_management.dtype_size(dtype) * 0.01 * base.memory_usage_factor * 1024 * 1024
+    return int(min(base.memory_required([b, c, h, w]), frugal)), state
+
+
+def available_memory(model) -> tuple[int, str]:
+    """(bytes, device name): free memory on the model's device at run time (ComfyUI's
+    ``get_free_memory``) plus, on a GPU, what ComfyUI can free by unloading models already loaded there."""
+    mm = comfy.model_management
+    dev = model.load_device
+    free = int(mm.get_free_memory(dev))
+    if getattr(dev, "type", "cpu") not in ("cpu", "mps"):  # unified memory: unloading frees nothing
+        free += sum(int(m.loaded_size()) for m in mm.loaded_models() if getattr(m, "load_device", None) == dev)
+    return free, str(dev)
+
+
+def check_relay_memory(model, in_shape, factor: int, who: str = "UltraResRelayUpscale") -> None:
+    """Refuse, before anything is allocated, a relay up-scale whose memory lower bound exceeds what the
+    device has (see :func:`estimate_relay_memory`); the message gives the estimate."""
+    b, c, h, w = (int(v) for v in in_shape)
+    out = (b, c, h * factor, w * factor)
+    activations, state = estimate_relay_memory(model, out)
+    need = activations + state
+    have, dev = available_memory(model)
+    if need <= have:
+        return
+    gib = 1024**3
+    ratio = latent_downscale_ratio(model)
+    parts = f"model activations {activations / gib:.1f} GiB by ComfyUI's own estimate + " if activations else ""
+    raise ValueError(
+        f"{who}: up-scaling a {w}x{h} latent (batch {b}) by {factor} to {out[3]}x{out[2]} ({out[3] * ratio}x"
+        f"{out[2] * ratio} px) needs at least {need / gib:.1f} GiB ({parts}relay sampler state {state / gib:.1f} GiB), "
+        f"but {dev} has about {have / gib:.1f} GiB available. Use a smaller factor or batch, relay in two smaller "
+        "steps, or patch the model with Tiled Diffusion (UltraResTiledDiffusion) so it samples in tiles.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +472,7 @@ def relay_upscale(model, latent: dict, factor: int, positive, negative, cfg: flo
         raise ValueError(f"{who}: latent has {samples.shape[1]} channels but the model expects {channels}: "
                          "connect a latent made for this model (its VAE / its empty-latent node).")
     sigmas = relay_sigmas_for_model(model, steps, truncation_sigma, rho, who=who)
+    check_relay_memory(model, samples.shape, int(factor), who)
     up = latent.copy()
     up["samples"] = R.upsample_nearest(samples, factor)
     if "noise_mask" in latent:
@@ -388,9 +503,11 @@ class UltraResRelayUpscale(io.ComfyNode):
             description="Relay Diffusion stage two in one node: nearest-upsample the low-res latent by `factor`, add "
                         "noise (plus block noise) at the truncation sigma, and run the relay sampler over the rest of "
                         "the schedule. With an ordinary model (blur_sigma_max 0) it is a training-free relay hires fix "
-                        "that needs under half the model evaluations of sampling from noise.",
+                        "that needs under half the model evaluations of sampling from noise. Works with SD1.x/SD2.x/"
+                        "SDXL/EDM and flow-matching (SD3, Flux) models; refuses, before sampling, an output size whose "
+                        "estimated memory exceeds what the device has.",
             inputs=[
-                io.Model.Input("model", tooltip="The stage-two model (any SD1.x/SD2.x/SDXL or EDM model)."),
+                io.Model.Input("model", tooltip="The stage-two model (SD1.x/SD2.x/SDXL, EDM, or flow matching: SD3, Flux)."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),
                 io.Latent.Input("latent", tooltip="The finished low-resolution latent (stage one), (B, C, H, W)."),
                 io.Int.Input("factor", default=2, min=2, max=8,
@@ -399,7 +516,8 @@ class UltraResRelayUpscale(io.ComfyNode):
                              tooltip="Seed of the stage-two noise."),
                 *_relay_schedule_inputs(),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (ignored without negative conditioning)."),
+                               tooltip="Classifier-free guidance scale (ignored without negative conditioning). Flux: "
+                                       "1 (its guidance comes from FluxGuidance on the positive conditioning)."),
                 *_relay_sampler_inputs(),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning; leave empty for no CFG (unconditional/EDM models)."),
@@ -408,12 +526,21 @@ class UltraResRelayUpscale(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, s_tmin=None, s_tmax=None) -> bool | str:
-        return UltraResRelaySampler.validate_inputs(s_tmin=s_tmin, s_tmax=s_tmax)
+    def validate_inputs(cls, factor=None, seed=None, steps=None, truncation_sigma=None, rho=None, cfg=None,
+                        blur_sigma_max=None, prob_length=None, s_block=None, s_noise=None, s_churn=None, s_tmin=None,
+                        s_tmax=None, s_churn_noise=None) -> bool | str:
+        v = check_inputs(cls, factor=factor, seed=seed, steps=steps, truncation_sigma=truncation_sigma, rho=rho, cfg=cfg,
+                         blur_sigma_max=blur_sigma_max, prob_length=prob_length, s_block=s_block, s_noise=s_noise,
+                         s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise)
+        return v if isinstance(v, str) else _sampler_rules(v)
 
     @classmethod
     def execute(cls, model, positive, latent, factor, seed, steps, truncation_sigma, rho, cfg, blur_sigma_max,
                 prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise, negative=None) -> io.NodeOutput:
+        _raise_if_bad(cls.validate_inputs(
+            factor=factor, seed=seed, steps=steps, truncation_sigma=truncation_sigma, rho=rho, cfg=cfg,
+            blur_sigma_max=blur_sigma_max, prob_length=prob_length, s_block=s_block, s_noise=s_noise, s_churn=s_churn,
+            s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise))
         settings = _settings(factor, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise)
         return io.NodeOutput(relay_upscale(model, latent, factor, positive, negative, cfg, seed, steps,
                                            truncation_sigma, rho, settings))

@@ -499,6 +499,11 @@ def test_sampler_bad_input():
         R.RelaySettings(s_noise=1.5)
     with pytest.raises(ValueError, match="positive integer"):
         R.RelaySettings(patch=0)
+    for name in ("blur_sigma_max", "s_block", "s_churn", "prob_length"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            R.RelaySettings(**{name: float("nan")})
+    with pytest.raises(ValueError, match="s_tmax"):
+        R.RelaySettings(s_tmax=float("nan"))
 
 
 # ----------------------------------------------------------------------------- training objective
