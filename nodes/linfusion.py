@@ -69,6 +69,24 @@ def model_family(model) -> str:
     return names[0]
 
 
+def require_sd_unet(model) -> None:
+    """Refuse anything but an SD-family UNet (Flux, SD3, HDiT and other DiTs) with a message naming it."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = model.get_model_object("diffusion_model")
+    if not isinstance(unet, UNetModel):
+        family = model_family(model)
+        raise ValueError(
+            f"model: this is a {family} model (its diffusion model is {type(unet).__name__}, not an SD-family UNet). "
+            "LinFusion weights exist only for SD-family UNets (SD1.5, SD2.1, SDXL and their fine-tunes); remove "
+            f"Apply LinFusion from the {family} graph or connect an SD1.x/SD2.x/SDXL model.")
+
+
+def linfusion_bytes(layers) -> int:
+    """Bytes of the LinFusion layers' weights as stored (what ComfyUI must find room for)."""
+    return sum(t.nelement() * t.element_size() for layer in layers for t in layer.state_dict().values())
+
+
 def _attn1_paths(model) -> list[str]:
     unet = model.get_model_object("diffusion_model")
     return [name for name, _ in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"]
@@ -132,7 +150,15 @@ def load_weights(path: str, name: str) -> LinFusionWeights:
 
 def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,
                 chunk_size: int = 0, precision: str = "auto"):
-    """A clone of ``model`` with every attn1 object-patched; refuses any mismatch."""
+    """A clone of ``model`` with every attn1 object-patched; refuses any mismatch.
+
+    Memory: the clone's ``size`` (what ``ModelPatcher.model_size()`` reports to ComfyUI's VRAM
+    planning, fixed when the model was loaded and copied by ``clone()``) grows by the LinFusion
+    weights' bytes. The layers are ComfyUI ``manual_cast`` ops (``comfy_cast_weights``), so every
+    loader treats them like the model's own layers: moved with a full load, left offloaded and cast
+    at use in low-VRAM mode, and streamed by the dynamic-VRAM loader of newer ComfyUI.
+    """
+    require_sd_unet(model)
     paths = _attn1_paths(model)
     if not paths:
         raise ValueError(f"model: {model_family(model)} has no attn1 (self-attention) layers; LinFusion patches "
@@ -177,14 +203,20 @@ def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base
         compute_fp32 = True
         logging.warning("UltraRes LinFusion: SD2.x LinFusion weights are numerically unstable in float16 "
                         "(as the official repo warns); the LinFusion layers run in float32.")
+    if model_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        model_dtype = torch.float16  # fp8 / quantized models: store fp16, cast to the activations' dtype at use
     layer_dtype = torch.float32 if compute_fp32 else model_dtype
     m = model.clone()
+    layers = []
     for target, (spec, sd) in mapped.items():
-        layer = fmt.build_layer(spec, sd, operations=comfy.ops.manual_cast, dtype=layer_dtype)
+        layer = fmt.build_layer(spec, sd, operations=comfy.ops.manual_cast, dtype=layer_dtype,
+                                device=model.offload_device)
+        layers.append(layer)
         m.add_object_patch(
             f"diffusion_model.{target}",
             LinFusionAttn1(bases[target], layer, min_tokens, keep_base_value_output, compute_fp32, chunk_size),
         )
+    m.size = model.model_size() + linfusion_bytes(layers)
     return m
 
 

@@ -319,3 +319,79 @@ def test_composes_with_lora_and_tiled_sampling(comfy, tiny_sd15, lf_dir):
     c = _sample(comfy, tiled, clip, size=16)
     assert c.shape == b.shape and torch.isfinite(c).all()
     assert set(tiled.object_patches) >= set(lf_lora.object_patches)
+
+
+def test_patched_model_size_includes_linfusion_weights(comfy, tiny_sdxl, lf_dir):
+    """ComfyUI's VRAM planning (ModelPatcher.model_size, fixed at load and copied by clone) sees the
+    LinFusion layers: the size grows by exactly their bytes, and equals what the module tree holds
+    once ComfyUI has applied the object patches."""
+    import comfy.model_management as mm
+
+    model = tiny_sdxl[0]
+    write_lf_file(model, lf_dir / "lf_size.safetensors", mid_dim_scale=16, dtype=torch.float16)
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_size.safetensors")
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+    base_dtype = model.model.get_dtype()
+    lf_bytes = sum(t.nelement() * base_dtype.itemsize for sd in weights.layers for t in sd.values())
+    assert lf_bytes > 0
+    assert patched.model_size() == model.model_size() + lf_bytes
+    assert patched.clone().model_size() == patched.model_size()  # survives further patch nodes
+    mm.load_models_gpu([patched])
+    try:
+        assert mm.module_size(patched.model) == patched.model_size()
+    finally:
+        mm.load_models_gpu([model.clone()])  # put the shared model back unpatched
+
+
+def test_linfusion_layers_are_comfy_cast_ops_and_run_offloaded(comfy, tiny_sd15, lf_dir):
+    """The LinFusion Linear/LayerNorm layers are ComfyUI manual_cast ops, so ComfyUI's low-VRAM and
+    dynamic-VRAM loaders manage them like the model's own layers (offloaded, cast at use): a
+    partial load (1 byte of budget: everything offloaded) gives the same prediction as a full load."""
+    import comfy.model_management as mm
+
+    model = tiny_sd15[0]
+    write_lf_file(model, lf_dir / "lf_cast.safetensors")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_cast.safetensors")
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+    attn = patched.get_model_object("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1")
+    lf_ops = [m for m in attn.linfusion.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
+    assert len(lf_ops) >= 10 and all(getattr(m, "comfy_cast_weights", False) for m in lf_ops)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([2.0])
+    ctx = torch.randn(1, 77, 64, generator=torch.Generator().manual_seed(1))
+    try:
+        mm.unload_all_models()
+        patched.patch_model(device_to=patched.load_device, lowvram_model_memory=1)
+        assert patched.model.model_lowvram
+        with torch.no_grad():
+            offloaded = patched.model.apply_model(x, sigma, c_crossattn=ctx)
+        patched.unpatch_model(patched.offload_device)
+        patched.patch_model(device_to=patched.load_device)
+        assert not patched.model.model_lowvram
+        with torch.no_grad():
+            full = patched.model.apply_model(x, sigma, c_crossattn=ctx)
+        patched.unpatch_model(patched.offload_device)
+    finally:
+        mm.load_models_gpu([model.clone()])
+    torch.testing.assert_close(offloaded, full)
+    assert not torch.equal(full, model.model.apply_model(x, sigma, c_crossattn=ctx).detach())
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "hdit"])
+def test_non_unet_models_refused_naming_the_family(comfy, request, tiny_sd15, lf_dir, family):
+    """Flux / SD3 / HDiT (DiT-type models): a clear refusal naming the family, and that LinFusion
+    weights exist only for SD-family UNets."""
+    if family == "hdit":
+        model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
+                                     weight_dtype="float32")
+    else:
+        model = request.getfixturevalue(f"tiny_{family}")[0]
+    write_lf_file(tiny_sd15[0], lf_dir / "lf_refuse.safetensors")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_refuse.safetensors")
+    family_name = _lf_module(comfy).model_family(model)
+    with pytest.raises(ValueError) as err:
+        comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+    msg = str(err.value)
+    assert family_name in msg and "not an SD-family UNet" in msg
+    assert "LinFusion weights exist only for SD-family UNets (SD1.5, SD2.1, SDXL" in msg
+    assert {"flux": "Flux", "sd3": "SD3", "hdit": "HDiT"}[family].lower() in msg.lower()
