@@ -540,9 +540,12 @@ def train(
             "recipe": RECIPE_VERSION,
         }
 
+    exported_at = [None]
+
     def export():
-        if export_path:
+        if export_path and exported_at[0] != step:
             hdit.save_inference(ema, cfg, export_path)
+            exported_at[0] = step
             log(f"exported EMA weights at step {step} -> {export_path}")
 
     t_start = time.time() - elapsed
@@ -604,6 +607,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--export-every", type=int, default=500)
+    ap.add_argument("--log-every", type=int, default=25, help="log the mean loss and gradient norm every N steps")
     ap.add_argument("--export", default=None, help="inference-format .safetensors path for the EMA weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="assets/cache")
@@ -611,7 +615,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
                     help="bf16 autocast; auto: bf16 on CUDA, float32 elsewhere")
     args = ap.parse_args(argv)
-    for name in ("steps", "batch_size", "ckpt_every", "export_every"):
+    for name in ("steps", "batch_size", "ckpt_every", "export_every", "log_every"):
         v = getattr(args, name)
         if v < (0 if name == "steps" else 1):
             ap.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'steps' else 1}; got {v}")
@@ -640,6 +644,7 @@ def main(argv=None) -> int:
         ckpt_every=args.ckpt_every,
         export_every=args.export_every,
         export_path=args.export,
+        log_every=args.log_every,
         seed=args.seed,
         cache_dir=args.cache_dir,
         log=log,
