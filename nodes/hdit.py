@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..kernels import hdit as H
-from ._common import check_choice
+from ._common import check_inputs
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
@@ -46,15 +46,28 @@ class HDiTModelConfig(comfy.supported_models_base.BASE):
     unet_extra_config = {}
     latent_format = HDiTPixelLatent
     supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
-    memory_usage_factor = 1.0
+    memory_usage_factor = 0.05  # replaced per model by memory_usage_factor_for()
 
-    def __init__(self, cfg: H.HDiTConfig):
+    def __init__(self, cfg: H.HDiTConfig, dtype: torch.dtype = torch.float32):
         self.sampling_settings = {
             "sigma_min": cfg.sigma_min,
             "sigma_max": cfg.sigma_max,
             "sigma_data": cfg.sigma_data,
         }
         super().__init__({"disable_unet_model_creation": True})
+        self.memory_usage_factor = memory_usage_factor_for(cfg, dtype)
+
+
+def memory_usage_factor_for(cfg: H.HDiTConfig, dtype: torch.dtype) -> float:
+    """ComfyUI's ``BaseModel.memory_required`` is ``area * per_area * memory_usage_factor`` MiB with
+    ``per_area = dtype_size * 0.01`` when it believes flash/xformers attention is on (NVIDIA, ...)
+    and ``0.15`` otherwise. HDiT's attention always runs through torch SDPA (never ComfyUI's
+    attention backends), so its real peak does not depend on that switch: pick the factor that makes
+    the estimate equal the calibrated peak (:func:`activation_bytes_per_pixel`) in the branch
+    ComfyUI will take. (The former constant 1.0 planned ~40-80 GB for a 1024x1024 CFG batch.)"""
+    mm = comfy.model_management
+    per_area_mib = mm.dtype_size(dtype) * 0.01 if (mm.xformers_enabled() or mm.pytorch_attention_flash_attention()) else 0.15
+    return H.activation_bytes_per_pixel(cfg) / (per_area_mib * 1024 * 1024)
 
 
 class HDiTAdapter(torch.nn.Module):
@@ -121,7 +134,7 @@ def build_comfy_model(inner: H.HDiT, cfg: H.HDiTConfig, dtype: torch.dtype = tor
     """Wrap an inner HDiT in a ModelPatcher that ComfyUI's samplers use like any MODEL."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    base = HDiTComfyModel(HDiTModelConfig(cfg), inner.to(dtype), cfg, device=offload_device)
+    base = HDiTComfyModel(HDiTModelConfig(cfg, dtype), inner.to(dtype), cfg, device=offload_device)
     base.eval()
     return comfy.model_patcher.ModelPatcher(base, load_device=load_device, offload_device=offload_device)
 
@@ -180,8 +193,9 @@ class UltraResHDiTLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, weight_dtype="float32"):
-        ok = check_choice("model_name", model_name, _model_files(), " (put HDiT checkpoints into ComfyUI/models/hdit/)")
-        return ok if ok is not True else check_choice("weight_dtype", weight_dtype, list(DTYPES))
+        v = check_inputs(cls, model_name=model_name, weight_dtype=weight_dtype,
+                         combo_hints={"model_name": " (put HDiT checkpoints into ComfyUI/models/hdit/)"})
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, model_name, weight_dtype="float32"):

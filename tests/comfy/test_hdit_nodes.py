@@ -37,6 +37,27 @@ def official_file(hdit_dir):
     os.remove(path)
 
 
+# k-diffusion's Oxford Flowers HDiT shape (configs/config_oxford_flowers.json): patch 4, 3 levels
+OXFORD = {
+    "model": {
+        "type": "image_transformer_v2", "input_channels": 3, "input_size": [256, 256], "patch_size": [4, 4],
+        "depths": [2, 2, 4], "widths": [128, 256, 512],
+        "self_attns": [{"type": "neighborhood", "d_head": 64, "kernel_size": 7},
+                       {"type": "neighborhood", "d_head": 64, "kernel_size": 7}, {"type": "global", "d_head": 64}],
+        "mapping_width": 256, "mapping_depth": 2, "sigma_data": 0.5,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def oxford_file(hdit_dir):
+    name = f"test_oxford_{uuid.uuid4().hex[:8]}.safetensors"
+    path = os.path.join(hdit_dir, name)
+    write_official_safetensors(path, OXFORD, seed=4)
+    yield name
+    os.remove(path)
+
+
 def _reference_denoiser(sd):
     inner = H.build_model(CFG_64)
     H.load_state_dict_strict(inner, sd)
@@ -161,3 +182,52 @@ def test_embedded_model_makes_emoji_on_white(comfy):
     corners = torch.cat([img[:, :6, :6], img[:, :6, -6:], img[:, -6:, :6], img[:, -6:, -6:]], dim=1)
     assert corners.mean() > 0.7  # white background, as in training (an untrained model gives grey, 0.5)
     assert img[:, 16:48, 16:48].std() > 0.1  # and something drawn in the middle
+
+
+def _peak_allocated_bytes(fn) -> int:
+    """Peak of the CPU allocator's live bytes while ``fn`` runs, from the torch profiler's allocation
+    records (every tensor, including temporaries inside ops), relative to the start."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    def walk(nodes):
+        for n in nodes:
+            yield n
+            yield from walk(n.children)
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    totals = [n.extra_fields.total_allocated for n in walk(prof.profiler.kineto_results.experimental_event_tree())
+              if n.tag == _EventType.Allocation]
+    assert totals, "the profiler recorded no allocations"
+    return max(totals)
+
+
+@pytest.mark.parametrize("which,dtype,sizes", [("small", "bfloat16", (48, 96)), ("oxford", "float32", (128, 192))])
+def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file, monkeypatch, which, dtype, sizes):
+    """ComfyUI plans sampling memory with ``BaseModel.memory_required``: it must cover the real peak of
+    a CFG-batch forward (batch 2) and stay within 4x of it, in both of ComfyUI's branches (the flash/
+    xformers one taken on NVIDIA, selected here by ComfyUI's own switch, and the CPU one)."""
+    import comfy.model_management as mm
+
+    name = official_file[0] if which == "small" else oxford_file
+    estimates = {}
+    for flash in (False, True):
+        monkeypatch.setattr(mm, "pytorch_attention_flash_attention", lambda flash=flash: flash)
+        model, _, n = comfy.run_node("UltraResHDiTLoader", model_name=name, weight_dtype=dtype)
+        estimates[flash] = [model.model.memory_required([2, 3, s, s]) for s in sizes]
+    monkeypatch.undo()
+    base = model.model
+    torch_dtype = getattr(torch, dtype)
+    for i, s in enumerate(sizes):
+        x = torch.randn(2, 3, s, s, dtype=torch_dtype)
+        kw = {"ultrares_hdit_class": torch.tensor([1, 5])} if n else {}
+        with torch.no_grad():
+            peak = _peak_allocated_bytes(lambda: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw))
+        for flash in (False, True):
+            est = estimates[flash][i]
+            assert peak <= est <= 4 * peak, (which, dtype, s, flash, peak, est)
+    # the planned memory for a 1024x1024 CFG batch on a GPU is now a few GB (it was ~40-80 GB)
+    if which == "oxford":
+        gb = estimates[True][0] / sizes[0] ** 2 * 1024 * 1024 / 2**30
+        assert 0.5 < gb < 6, gb
