@@ -41,3 +41,33 @@ def test_bad_prompt_is_a_400_not_a_crash(comfy_server):
     status, body = comfy_server.post_prompt({"1": {"class_type": "UltraResNoSuchNode", "inputs": {}}})
     assert status == 400
     assert comfy_server.get_json("/system_stats")  # still serving
+
+
+def test_help_pages_are_served_where_the_frontend_looks(comfy, comfy_server):
+    """The frontend (1.32) fetches /extensions/<pack>/docs/<NodeId>/<locale>.md, then .../<NodeId>.md, with
+    <pack> taken from the node's python_module ("custom_nodes.<pack>")."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "web" / "docs"
+    info = comfy_server.object_info()
+    problems = []
+    for node_id in comfy.pack_nodes:
+        module = info[node_id]["python_module"]
+        if module != "custom_nodes.ultrares":
+            problems.append(f"{node_id}: python_module {module!r}")
+            continue
+        status, body = comfy_server.request(f"/extensions/ultrares/docs/{node_id}.md")
+        if status != 200 or body != (docs / f"{node_id}.md").read_bytes():
+            problems.append(f"{node_id}: /extensions/ultrares/docs/{node_id}.md -> {status}")
+    assert not problems, "\n".join(problems)
+    status, _ = comfy_server.request("/extensions/ultrares/docs/UltraResNoSuchNode.md")
+    assert status == 404  # the frontend falls back to the description on a miss: a miss must be a miss
+
+
+def test_workflow_thumbnails_are_served(comfy_server):
+    from harness.workflows_util import workflow_names
+
+    for name in workflow_names():
+        status, body = comfy_server.request(f"/api/workflow_templates/ultrares/{name}.jpg")
+        assert status == 200, f"{name}.jpg -> {status}"
+        assert body[:3] == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
