@@ -60,6 +60,15 @@ def test_bad_relay_settings_are_refused_at_queue_time(comfy_server):
     prompt[sampler]["inputs"]["s_noise"] = 1.5  # outside [0, 1]
     status, body = comfy_server.post_prompt(prompt)
     assert status == 400 and sampler in body["node_errors"]
+    # NaN / inf pass ComfyUI's own min/max check (NaN < min is False); ours name the input. (json.dumps
+    # writes NaN / Infinity, which the server's JSON parser accepts, as from a hand-edited prompt.)
+    upscale = _ids(prompt, "UltraResRelayUpscale")[0]
+    for node, name, bad in ((sampler, "blur_sigma_max", float("nan")), (sampler, "s_churn", float("inf")),
+                            (upscale, "cfg", float("nan")), (upscale, "truncation_sigma", float("-inf"))):
+        prompt = load_api("relay_sd15_hires")
+        prompt[node]["inputs"][name] = bad
+        status, body = comfy_server.post_prompt(prompt)
+        assert status == 400 and name in str(body["node_errors"][node]), (name, body)
     prompt = load_api("relay_sd15_hires")
     sigmas = _ids(prompt, "UltraResRelaySigmas")[0]
     prompt[sigmas]["inputs"].update(sigma_min=0.5, sigma_max=10.0, truncation_sigma=0.2)
