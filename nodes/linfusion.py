@@ -22,7 +22,7 @@ from torch import nn
 
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
-from ._common import check_choice
+from ._common import check_inputs
 
 CATEGORY = "UltraRes/linfusion"
 FOLDER = "linfusion"
@@ -247,7 +247,9 @@ class LinFusionLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lf_name: str) -> bool | str:
-        return check_choice("lf_name", lf_name, _lf_files(), " (put LinFusion weights into ComfyUI/models/linfusion/)")
+        v = check_inputs(cls, lf_name=lf_name,
+                         combo_hints={"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"})
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, lf_name: str) -> io.NodeOutput:
@@ -292,8 +294,9 @@ class LinFusionApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, precision: str = "auto") -> bool | str:
-        return check_choice("precision", precision, PRECISIONS)
+    def validate_inputs(cls, min_tokens=None, chunk_size=None, precision: str = "auto") -> bool | str:
+        v = check_inputs(cls, min_tokens=min_tokens, chunk_size=chunk_size, precision=precision)
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, model, linfusion: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,

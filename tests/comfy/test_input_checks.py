@@ -129,3 +129,85 @@ def test_check_choice_unhashable(comfy):
 
     _clean(check_choice("mode", ["x"], {"a", "b"}), "mode=['x']", "is not one of")
     assert check_choice("mode", "a", {"a", "b"}) is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Every UltraRes node: its validate_inputs goes through check_inputs
+
+
+WIDGETS = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
+
+
+def _pack_nodes(comfy):
+    return sorted(n for n in comfy.pack_nodes if n.startswith("UltraRes") and not n.startswith("UltraResTest"))
+
+
+def _widgets(node_cls) -> dict:
+    return {i.id: i for i in node_cls.define_schema().inputs if str(i.get_io_type()) in WIDGETS}
+
+
+def _named(node_cls) -> list[str]:
+    """The inputs the node's validate_inputs names (those ComfyUI leaves unchecked for it)."""
+    from comfy_api.internal import first_real_override  # what ComfyUI's executor uses to find it
+
+    check = first_real_override(node_cls, "validate_inputs")
+    if check is None:
+        return []
+    return [p for p in inspect.signature(check).parameters if p not in ("cls", "input_types")]
+
+
+def test_every_float_input_is_checked_at_queue_time(comfy):
+    """ComfyUI lets NaN/inf through its min/max check: a FLOAT is safe only when validate_inputs names it."""
+    missing = {}
+    for node_id in _pack_nodes(comfy):
+        cls = comfy.node_class(node_id)
+        floats = [n for n, spec in _widgets(cls).items() if str(spec.get_io_type()) == "FLOAT"]
+        unnamed = sorted(set(floats) - set(_named(cls)))
+        if unnamed:
+            missing[node_id] = unnamed
+    assert not missing, f"FLOAT inputs no validate_inputs names (NaN would run): {missing}"
+
+
+def test_validate_inputs_names_only_schema_inputs(comfy):
+    for node_id in _pack_nodes(comfy):
+        cls = comfy.node_class(node_id)
+        declared = {i.id for i in cls.define_schema().inputs}
+        assert set(_named(cls)) <= declared, (node_id, set(_named(cls)) - declared)
+
+
+def _bad_values(spec) -> list:
+    kind = str(spec.get_io_type())
+    if kind == "FLOAT":
+        return [float("nan"), float("inf"), "abc", [1, 2, 3], {"a": 1}]
+    if kind == "INT":
+        return ["abc", [1, 2, 3], {"a": 1}, float("nan")]
+    if kind == "COMBO":
+        return [["x"], {"a": 1}, "../../etc/passwd", "not-a-choice\x00"]
+    return []
+
+
+def test_every_named_input_refuses_bad_values_with_a_message(comfy):
+    """The fuzz of the real server, in-process: each bad value of each named input gives a message that
+    names the input (no exception, no Python error text); with every named input linked (None) the node
+    accepts at queue time."""
+    checked = 0
+    for node_id in _pack_nodes(comfy):
+        cls = comfy.node_class(node_id)
+        widgets = _widgets(cls)
+        named = [n for n in _named(cls) if n in widgets]
+        if not named:  # no validate_inputs: ComfyUI's own INT/combo checks apply (no FLOAT, see above)
+            continue
+        assert comfy.validate(node_id, **{n: None for n in _named(cls)}) is True, node_id
+        for name in named:
+            spec = widgets[name]
+            bad = list(_bad_values(spec))
+            if str(spec.get_io_type()) in ("INT", "FLOAT"):
+                bad += [v for v in ((spec.min - 1) if spec.min is not None else None,
+                                    (spec.max + 1) if spec.max is not None else None) if v is not None]
+            for value in bad:
+                others = {n: None for n in _named(cls)}  # ComfyUI passes every named input (None: linked)
+                msg = comfy.validate(node_id, **{**others, name: value})
+                assert isinstance(msg, str), (node_id, name, value, msg)
+                _clean(msg, f"{name}=")
+                checked += 1
+    assert checked > 150  # every node with a validate_inputs took part
