@@ -22,7 +22,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.tiling import StepPlan, Tile, TilePlanner, plan_any_size, run_tiles
-from ._common import latent_downscale_ratio, require_image_latent
+from ._common import check_inputs, latent_downscale_ratio, require_image_latent
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
@@ -234,7 +234,10 @@ class UltraResTiledDiffusion(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, tile_width: int, tile_height: int, overlap: int, method: str):
         # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
-        if method not in METHOD_CHOICES:
+        checked = check_inputs(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
+        if isinstance(checked, str):
+            return checked
+        if method is not None and method not in METHOD_CHOICES:  # None: linked, known at run time
             return f"method {method!r} is not one of {list(METHOD_CHOICES)}."
         for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
             if not isinstance(value, int):
