@@ -160,7 +160,9 @@ def ddim_invert(
     Each upward move ``s -> s'`` reuses the DDIM formula with the denoiser's prediction at the
     *current* point (the paper's scheme). When the current level is 0 (a clean input) the noise
     cannot be read out of ``x``, so the prediction is taken treating ``x`` as a point at
-    ``sigma_floor`` (the paper's first step at t = 0 does the same).
+    ``sigma_floor`` (the paper's first step at t = 0 does the same). When the next level *is*
+    ``sigma_floor`` (schedules that end ``..., sigma_min, 0``) that move is the identity, so it is
+    taken without a model evaluation: ``S - 1`` evaluations instead of ``S``.
 
     With ``refine_iters > 0`` each move is refined by fixed-point iteration so that the *generation*
     step from the new point lands back on the current one: ``y <- a(s')/a(s) (x - s eps(y)) + s' eps(y)``
@@ -190,8 +192,13 @@ def ddim_invert(
     for k in range(len(up) - 1):
         s, s_next = up[k], up[k + 1]
         s_eval = s if s > 0 else sigma_floor
-        x0 = denoiser(x, _sigma_batch(x, s_eval))
-        y = ddim_step(x, x0, s_eval, s_next, parametrisation)
+        if s == 0 and math.isclose(s_next, s_eval, rel_tol=1e-5):
+            # the schedule ends at the floor itself (karras, normal, ... end at sigma_min): the move
+            # sigma_floor -> sigma_floor is the identity whatever the prediction, so skip its model call
+            x0, y = x, x
+        else:
+            x0 = denoiser(x, _sigma_batch(x, s_eval))
+            y = ddim_step(x, x0, s_eval, s_next, parametrisation)
         for _ in range(refine_iters):
             x0_y = denoiser(y, _sigma_batch(y, s_next))
             eps_y = (y - _signal_scale(s_next, parametrisation) * x0_y) / s_next
@@ -347,6 +354,27 @@ def fit_gaussian(latents: torch.Tensor) -> GaussianFit:
     if not var > 0:
         raise ValueError("the latents are all identical (zero variance); cannot fit a Gaussian to them.")
     return GaussianFit(mean=mean, var=var, count=n)
+
+
+def sample_domain_gaussian(
+    latents: torch.Tensor, count: int, seed: int, *, per_dimension: bool = False
+) -> torch.Tensor:
+    """Draw ``count`` latents from the Gaussian fitted to ``N >= 2`` inverted latents ``[N, ...]``.
+
+    The paper's unseen-domain sampling: per-dimension mean and (default) the scalar variance of
+    :func:`fit_gaussian`; with ``per_dimension`` each value gets its own unbiased standard deviation.
+    The normal draws come from a CPU ``torch.Generator`` seeded with ``seed`` in float64, so the result
+    does not depend on the device. Returns ``[count, ...]`` in the dtype of ``latents``.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}.")
+    fit = fit_gaussian(latents)
+    z = flatten(latents)
+    std = z.std(dim=0, unbiased=True) if per_dimension else torch.full_like(fit.mean, math.sqrt(fit.var))
+    gen = torch.Generator().manual_seed(int(seed) % (2**63))
+    noise = torch.randn((count, fit.dim), generator=gen, dtype=torch.float64)
+    out = fit.mean + std * noise
+    return out.reshape((count,) + tuple(latents.shape[1:])).to(latents.dtype)
 
 
 def mahalanobis(latents: torch.Tensor, fit: GaussianFit) -> torch.Tensor:

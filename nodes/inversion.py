@@ -28,10 +28,12 @@ import numpy as np
 import safetensors.torch
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 from PIL import Image, ImageDraw
 
 from ..kernels import inversion as kinv
-from ._common import check_choice
+from . import _files
+from ._common import check_inputs
 
 CATEGORY = "UltraRes/inversion"
 META_KEY = "ultrares_inversion"
@@ -102,6 +104,10 @@ def _cond_inputs() -> list:
 
 
 def _check_static(steps, level, cfg=None) -> bool | str:
+    for name, value in (("level", level), ("cfg", cfg)):
+        ok = _finite(name, value)
+        if ok is not True:
+            return ok
     if steps is not None and not 1 <= int(steps) <= 1000:
         return f"steps={steps} is outside 1..1000; pick a step count the model's schedule can hold."
     if level is not None and not 0.0 < float(level) <= 1.0:
@@ -318,11 +324,9 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None) -> bool | str:
-        ok = _check_static(steps, level, cfg)
-        if ok is True and scheduler is not None:
-            ok = check_choice("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
-        return ok
+    def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None, refine_iters=None) -> bool | str:
+        v = check_inputs(cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler, refine_iters=refine_iters)
+        return v if isinstance(v, str) else _check_static(v.steps, v.level, v.cfg)
 
     @classmethod
     def execute(
@@ -381,10 +385,8 @@ class DDIMGenerate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None) -> bool | str:
-        ok = _check_static(steps, level, cfg)
-        if ok is True and scheduler is not None:
-            ok = check_choice("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
-        return ok
+        v = check_inputs(cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler)
+        return v if isinstance(v, str) else _check_static(v.steps, v.level, v.cfg)
 
     @classmethod
     def execute(
@@ -464,7 +466,15 @@ class LatentSlerp(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, t=None, count=None, seed=None) -> bool | str:
+        v = check_inputs(cls, t=t, count=count, seed=seed)
+        return v if isinstance(v, str) else True
+
+    @classmethod
     def execute(cls, latent_a, t, count, seed, latent_b=None) -> io.NodeOutput:
+        ok = _finite("t", t)
+        if ok is not True:
+            raise ValueError(ok)
         a = latent_a["samples"].float()
         if latent_b is None:
             gen = torch.Generator().manual_seed(int(seed))
@@ -505,11 +515,44 @@ class LatentSlerp(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-def _resolve_reference_file(name: str) -> str:
-    path = name if os.path.isabs(name) else os.path.join(folder_paths.get_output_directory(), name)
-    if not path.endswith(".safetensors"):
-        path += ".safetensors"
-    return path
+NO_FILE = "(none)"
+
+
+def _reference_files() -> list[str]:
+    """The choices of ``reference_file``: (none) and the .safetensors files in output/ultrares/."""
+    return [NO_FILE, *_files.list_files("output")]
+
+
+def _finite(name: str, value) -> bool | str:
+    """``validate_inputs`` check of a FLOAT widget: NaN and infinities are refused with the input's name."""
+    if value is None:
+        return True
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return f"{name}={value!r} is not a number; enter a finite number."
+    if not math.isfinite(v):
+        return f"{name}={value} is not a finite number; enter a finite value."
+    return True
+
+
+def _check_reference_inputs(reference_file, save_reference_as, overwrite) -> bool | str:
+    """Queue-time file checks of UltraResDomainScore (the same ones execute repeats)."""
+    try:
+        if reference_file not in (None, "", NO_FILE):
+            name = _files.check_name("reference_file", reference_file)
+            path = _files.resolve(name, "output")
+            if not os.path.isfile(path):
+                return (
+                    f"reference_file={reference_file!r}: {_files.shown('output', name)} does not exist. Pick "
+                    "a file from the list (files saved with save_reference_as), or connect a reference latent."
+                )
+        if save_reference_as not in (None, ""):
+            name = _files.check_name("save_reference_as", save_reference_as)
+            _files.check_writable("save_reference_as", name, bool(overwrite), "output")
+    except ValueError as err:
+        return str(err)
+    return True
 
 
 def _plot(
@@ -568,7 +611,8 @@ class DomainScore(io.ComfyNode):
             description="How in-domain a set of inverted latents looks: fits the paper's Gaussian (per-dim mean, "
             "scalar variance) to a reference set of in-domain inverted latents and scores each latent by its "
             "normalised distance, mean distance and mean angle to the reference. Thresholds are percentiles "
-            "of the reference set's own leave-one-out scores, never fixed numbers.",
+            "of the reference set's own leave-one-out scores, never fixed numbers. The latents that pass go "
+            "out on 'accepted' (e.g. slerp points towards a new domain, on to UltraResDDIMGenerate).",
             is_output_node=True,
             inputs=[
                 io.Latent.Input(
@@ -589,19 +633,29 @@ class DomainScore(io.ComfyNode):
                     tooltip="In-domain inverted latents (at least 3, same model, size, steps and "
                     "level). Takes precedence over reference_file.",
                 ),
-                io.String.Input(
+                io.Combo.Input(
                     "reference_file",
-                    default="",
+                    options=_reference_files(),
+                    default=NO_FILE,
                     optional=True,
-                    tooltip="Saved reference (a .safetensors in ComfyUI's output folder, or an absolute "
-                    "path) used when no reference latent is connected.",
+                    tooltip="Saved reference, used when no reference latent is connected: a file in "
+                    "ComfyUI's output/ultrares/ folder written by save_reference_as (refresh the page to "
+                    "see new ones).",
                 ),
                 io.String.Input(
                     "save_reference_as",
                     default="",
                     optional=True,
-                    tooltip="If set and a reference latent is connected, save it under this name in "
-                    "the output folder for later use as reference_file.",
+                    tooltip="If set and a reference latent is connected, save it as output/ultrares/<name> "
+                    "for later use as reference_file. A plain file name (no folders); .safetensors is "
+                    "added when missing.",
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    optional=True,
+                    tooltip="Allow save_reference_as to replace a file that UltraRes did not write. Files "
+                    "this node saved are replaced without it.",
                 ),
             ],
             outputs=[
@@ -612,38 +666,65 @@ class DomainScore(io.ComfyNode):
                     "plot",
                     tooltip="Histogram of the reference distances with the threshold and the scored latents.",
                 ),
+                io.Latent.Output(
+                    "accepted",
+                    tooltip="The scored latents judged in-domain, in their input order (with the inversion "
+                    "record of 'latents'): feed them to UltraResDDIMGenerate. Nodes downstream stop with a "
+                    "message when none passes.",
+                ),
             ],
         )
 
     @classmethod
+    def validate_inputs(
+        cls, percentile=None, reference_file=None, save_reference_as=None, overwrite=False
+    ) -> bool | str:
+        if reference_file == "":  # workflows saved before reference_file became a list (an empty STRING)
+            reference_file = NO_FILE
+        v = check_inputs(cls, percentile=percentile, reference_file=reference_file, save_reference_as=save_reference_as,
+                         overwrite=overwrite, combo_hints={"reference_file": " (files saved with save_reference_as; "
+                                                           "or connect a reference latent)"})
+        if isinstance(v, str):
+            return v
+        return _check_reference_inputs(v.reference_file, v.save_reference_as, bool(v.overwrite))
+
+    @classmethod
     def execute(
-        cls, latents, percentile, reference=None, reference_file="", save_reference_as=""
+        cls, latents, percentile, reference=None, reference_file=NO_FILE, save_reference_as="", overwrite=False
     ) -> io.NodeOutput:
+        ok = cls.validate_inputs(percentile, reference_file, save_reference_as, overwrite)
+        if ok is not True:
+            raise ValueError(ok)
         test = latents["samples"].float().cpu()
         meta_test = _meta(latents)
         if reference is not None:
             ref = reference["samples"].float().cpu()
             meta_ref = _meta(reference)
             if save_reference_as:
-                path = _resolve_reference_file(save_reference_as)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-
+                name = _files.check_name("save_reference_as", save_reference_as)
+                _files.makedirs("output")
+                path = _files.check_writable("save_reference_as", name, bool(overwrite), "output")
                 safetensors.torch.save_file(
-                    {"latents": ref.contiguous()}, path, metadata={META_KEY: json.dumps(meta_ref or {})}
+                    {"latents": ref.contiguous()},
+                    path,
+                    metadata={META_KEY: json.dumps(meta_ref or {}), _files.MARKER_KEY: "domain_reference"},
                 )
-        elif reference_file:
-            path = _resolve_reference_file(reference_file)
-            if not os.path.isfile(path):
+        elif reference_file not in (None, "", NO_FILE):
+            name = _files.check_name("reference_file", reference_file)
+            path = _files.resolve(name, "output")
+            try:
+                ref = safetensors.torch.load_file(path)["latents"].float()
+                with safetensors.safe_open(path, framework="pt") as f:
+                    meta_ref = json.loads((f.metadata() or {}).get(META_KEY, "{}")) or None
+            except (OSError, KeyError, ValueError, RuntimeError, safetensors.SafetensorError):
                 raise ValueError(
-                    f"reference_file {reference_file!r} not found (looked for {path}); save one with "
-                    "save_reference_as first, or connect a reference latent."
-                )
-
-            ref = safetensors.torch.load_file(path)["latents"].float()
-            with safetensors.safe_open(path, framework="pt") as f:
-                meta_ref = json.loads((f.metadata() or {}).get(META_KEY, "{}")) or None
+                    f"reference_file: {_files.shown('output', name)} is not a reference saved by this node "
+                    "(no readable 'latents' tensor); save one with save_reference_as."
+                ) from None
         else:
-            raise ValueError("connect a reference latent (in-domain inverted latents) or set reference_file.")
+            raise ValueError(
+                "connect a reference latent (in-domain inverted latents) or pick a saved reference_file."
+            )
         if meta_test and meta_ref and not math.isclose(meta_test["sigma"], meta_ref["sigma"], rel_tol=1e-3):
             raise ValueError(
                 f"the latents were inverted to sigma {meta_test['sigma']:.5g} but the reference to "
@@ -659,7 +740,94 @@ class DomainScore(io.ComfyNode):
         report = _report(reference_stats, score)
         plot = _plot(reference_stats, score)
         preview = ui.PreviewImage(plot, cls=cls).as_dict()
-        return io.NodeOutput(report, plot, ui={**preview, "text": (report,)})
+        keep = score.in_domain.nonzero().flatten()
+        if len(keep):
+            accepted = {"samples": latents["samples"][keep.to(latents["samples"].device)]}
+            if meta_test:
+                accepted[META_KEY] = dict(meta_test)
+        else:
+            accepted = ExecutionBlocker(
+                f"UltraResDomainScore accepted none of the {len(score.in_domain)} latents, so nothing was "
+                "passed on. Lower the percentile's strictness (a higher percentile accepts more), use more "
+                "slerp points closer to the reference (smaller t), or check the reference set."
+            )
+        return io.NodeOutput(report, plot, accepted, ui={**preview, "text": (report,)})
+
+
+SPREADS = ("scalar (paper)", "per-dimension")
+
+
+class DomainGaussian(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UltraResDomainGaussian",
+            display_name="Fit & Sample Domain Gaussian (UltraRes)",
+            category=CATEGORY,
+            description="The paper's unseen-domain sampling: fits a Gaussian to a batch of inverted latents of "
+            "a new domain (per-dimension mean and, as the official DiscoveryDiff code does, one scalar "
+            "variance) and draws new starting latents from it (seeded, deterministic). Generate them with "
+            "UltraResDDIMGenerate using the inversion's model, steps, level and scheduler.",
+            inputs=[
+                io.Latent.Input(
+                    "latents",
+                    tooltip="Inverted latents of the new domain (at least 2; a batch from UltraResDDIMInvert).",
+                ),
+                io.Int.Input(
+                    "count", default=4, min=1, max=256, tooltip="How many new latents to draw (the output batch)."
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the draw: the same seed and latents give the same samples on any device.",
+                ),
+                io.Combo.Input(
+                    "spread",
+                    options=list(SPREADS),
+                    default=SPREADS[0],
+                    optional=True,
+                    tooltip="'scalar (paper)': one variance pooled over every value (what the paper fits). "
+                    "'per-dimension': a standard deviation per latent value (needs more latents to be "
+                    "reliable).",
+                ),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "latent",
+                    tooltip="count new noise latents at the inversion's top sigma (with its inversion record).",
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, count=None, spread=None, seed=None) -> bool | str:
+        v = check_inputs(cls, count=count, spread=spread, seed=seed)
+        return v if isinstance(v, str) else True
+
+    @classmethod
+    def execute(cls, latents, count, seed, spread=SPREADS[0]) -> io.NodeOutput:
+        ok = cls.validate_inputs(count, spread)
+        if ok is not True:
+            raise ValueError(ok)
+        samples = latents["samples"]
+        if samples.shape[0] < 2:
+            raise ValueError(
+                f"latents has a batch of {samples.shape[0]}; fitting a Gaussian needs at least 2 inverted "
+                "latents. Invert several images of the new domain (batch them with ImageBatch first)."
+            )
+        if not torch.isfinite(samples).all():
+            raise ValueError("latents contains NaN or infinite values; invert the images again.")
+        out = kinv.sample_domain_gaussian(
+            samples.float().cpu(), int(count), int(seed), per_dimension=spread == SPREADS[1]
+        )
+        result = {"samples": out.to(comfy.model_management.intermediate_device())}
+        meta = _meta(latents)
+        if meta:
+            result[META_KEY] = dict(meta)
+        return io.NodeOutput(result)
 
 
 def _report(reference: kinv.DomainReference, score: kinv.DomainScore) -> str:
@@ -682,4 +850,4 @@ def _report(reference: kinv.DomainReference, score: kinv.DomainScore) -> str:
     return "\n".join(lines)
 
 
-NODES = [DDIMInvert, DDIMGenerate, LatentSlerp, DomainScore]
+NODES = [DDIMInvert, DDIMGenerate, LatentSlerp, DomainScore, DomainGaussian]

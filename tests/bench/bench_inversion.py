@@ -196,7 +196,7 @@ def domain_note(rt, model, vae, cond, n_ref: int = 24, n_test: int = 8) -> str:
     )
     z = noise["samples"]
     meta = {"ultrares_inversion": noise["ultrares_inversion"]}
-    report, _ = rt.run_node(
+    report, _, _ = rt.run_node(
         "UltraResDomainScore",
         latents={"samples": z[n_ref:], **meta},
         percentile=95.0,

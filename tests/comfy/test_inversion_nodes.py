@@ -139,29 +139,198 @@ def _set(seed: int, shift: float, n: int) -> dict:
     return {"samples": shift + torch.randn((n, 4, 8, 8), generator=torch.Generator().manual_seed(seed))}
 
 
-def test_domain_score_node_report_plot_and_saved_reference(comfy, tmp_path):
+@pytest.fixture
+def output_dir(tmp_path):
+    """ComfyUI's output folder pointed at a fresh temp folder (ComfyUI's own setter), restored after."""
+    import folder_paths
+
+    old = folder_paths.get_output_directory()
+    out = tmp_path / "output"
+    out.mkdir()
+    folder_paths.set_output_directory(str(out))
+    yield out
+    folder_paths.set_output_directory(old)
+
+
+def _score(comfy, test, **kw):
+    return comfy.run_node("UltraResDomainScore", latents=test, percentile=95.0, **kw)
+
+
+def test_domain_score_node_report_plot_accepted_and_saved_reference(comfy, output_dir):
     ref, in_dom, out_dom = _set(0, 0.0, 24), _set(1, 0.0, 6), _set(2, 0.6, 6)
-    test = {"samples": torch.cat([in_dom["samples"], out_dom["samples"]])}
-    saved = str(tmp_path / "emoji_ref")
-    report, plot = comfy.run_node(
-        "UltraResDomainScore", latents=test, percentile=95.0, reference=ref, save_reference_as=saved
-    )
+    test = {"samples": torch.cat([in_dom["samples"], out_dom["samples"]]), "ultrares_inversion": {"sigma": 1.0}}
+    report, plot, accepted = _score(comfy, test, reference=ref, save_reference_as="emoji_ref")
     lines = report.splitlines()
     verdicts = [ln.split()[-1] for ln in lines if ln[:5].strip().isdigit()]
     assert verdicts[6:] == ["out-of-domain"] * 6
     assert verdicts[:6].count("in-domain") >= 4
+    keep = [i for i, v in enumerate(verdicts) if v == "in-domain"]
+    torch.testing.assert_close(accepted["samples"], test["samples"][keep])
+    assert accepted["ultrares_inversion"] == {"sigma": 1.0}
     assert plot.shape == (1, 320, 640, 3) and 0.0 <= float(plot.min()) and float(plot.max()) <= 1.0
-    again, _ = comfy.run_node("UltraResDomainScore", latents=test, percentile=95.0, reference_file=saved)
-    assert again == report
+    saved = output_dir / "ultrares" / "emoji_ref.safetensors"
+    assert saved.is_file() and [p.name for p in output_dir.rglob("*") if p.is_file()] == [saved.name]
+    info = comfy.object_info("UltraResDomainScore")
+    assert "emoji_ref.safetensors" in info["input"]["optional"]["reference_file"][1]["options"] or (
+        "emoji_ref.safetensors" in info["input"]["optional"]["reference_file"][0]
+    )
+    again = _score(comfy, test, reference_file="emoji_ref.safetensors")
+    assert again[0] == report
+    # the node's own file is replaced without `overwrite`
+    _score(comfy, test, reference=_set(5, 0.0, 4), save_reference_as="emoji_ref.safetensors")
+    import safetensors.torch
+
+    assert safetensors.torch.load_file(str(saved))["latents"].shape[0] == 4
     with pytest.raises(ValueError, match="reference"):
-        comfy.run_node("UltraResDomainScore", latents=test, percentile=95.0)
+        _score(comfy, test)
     with pytest.raises(ValueError, match="differ in shape"):
-        comfy.run_node(
-            "UltraResDomainScore",
-            latents=_set(3, 0.0, 2) | {"samples": torch.zeros(2, 4, 8, 16)},
-            percentile=95.0,
-            reference=ref,
-        )
+        _score(comfy, _set(3, 0.0, 2) | {"samples": torch.zeros(2, 4, 8, 16)}, reference=ref)
+
+
+def test_domain_score_blocks_downstream_when_nothing_passes(comfy, output_dir):
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    _, _, accepted = _score(comfy, _set(2, 3.0, 4), reference=_set(0, 0.0, 12))
+    assert isinstance(accepted, ExecutionBlocker) and "accepted none of the 4" in accepted.message
+
+
+BAD_NAMES = {
+    "absolute": "/tmp/ultrares_pwn",
+    "dotdot": "../../../../tmp/ultrares_pwn",
+    "nested": "newdir/deeper/x",
+    "model": "../models/hdit/victim.safetensors",
+    "backslash": "..\\x",
+    "nul": "x\x00.safetensors",
+    "reserved": "CON",
+    "reserved_ext": "com1.safetensors",
+    "empty": "   ",
+    "drive": "C:x.safetensors",
+    "dotfile": ".hidden",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_NAMES))
+def test_domain_score_refuses_unsafe_names_at_queue_time_and_run_time(comfy, output_dir, kind):
+    name = BAD_NAMES[kind]
+    for field in ("save_reference_as", "reference_file"):
+        msg = comfy.validate("UltraResDomainScore", percentile=95.0, **{field: name})
+        assert isinstance(msg, str) and msg.startswith(field), msg
+        assert str(output_dir) not in msg and "/tmp/" not in msg.replace(name, "")
+    with pytest.raises(ValueError, match="save_reference_as"):
+        _score(comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as=name)
+    assert not any(output_dir.rglob("*")) and not (output_dir.parent / "models").exists()
+
+
+def test_domain_score_never_overwrites_a_foreign_file_without_overwrite(comfy, output_dir):
+    import safetensors.torch
+
+    folder = output_dir / "ultrares"
+    folder.mkdir()
+    foreign = folder / "someone_else.safetensors"
+    safetensors.torch.save_file({"w": torch.ones(3)}, str(foreign))
+    before = foreign.read_bytes()
+    msg = comfy.validate("UltraResDomainScore", percentile=95.0, save_reference_as="someone_else")
+    assert "output/ultrares/someone_else.safetensors already exists" in msg and "overwrite" in msg
+    assert str(output_dir) not in msg
+    with pytest.raises(ValueError, match="overwrite"):
+        _score(comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as="someone_else")
+    assert foreign.read_bytes() == before
+    assert comfy.validate(
+        "UltraResDomainScore", percentile=95.0, save_reference_as="someone_else", overwrite=True
+    ) is True
+    _score(comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as="someone_else", overwrite=True)
+    assert safetensors.torch.load_file(str(foreign))["latents"].shape[0] == 4
+    # a file that is not a reference is named relative to the ComfyUI folder, without a traceback
+    (folder / "not_a_ref.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="output/ultrares/not_a_ref.safetensors is not a reference") as err:
+        _score(comfy, _set(1, 0.0, 2), reference_file="not_a_ref.safetensors")
+    assert str(output_dir) not in str(err.value)
+    # a missing file
+    msg = comfy.validate("UltraResDomainScore", percentile=95.0, reference_file="gone.safetensors")
+    assert "reference_file='gone.safetensors' is not one of: (none)" in msg and str(output_dir) not in msg
+
+
+def test_domain_score_refuses_a_link_out_of_its_folder(comfy, output_dir, tmp_path):
+    import os
+
+    folder = output_dir / "ultrares"
+    folder.mkdir()
+    target = tmp_path / "outside.safetensors"
+    os.symlink(target, folder / "link.safetensors")
+    msg = comfy.validate("UltraResDomainScore", percentile=95.0, save_reference_as="link")
+    assert "resolves outside output/ultrares" in msg and str(tmp_path) not in msg
+    assert not target.exists()
+
+
+def _counting(model):
+    """A clone whose UNet calls are counted through ComfyUI's own unet-function wrapper."""
+    calls = []
+    m = model.clone()
+
+    def wrapper(apply, args):
+        calls.append(float(args["timestep"].flatten()[0]))
+        return apply(args["input"], args["timestep"], **args["c"])
+
+    m.set_model_unet_function_wrapper(wrapper)
+    return m, calls
+
+
+def test_inversion_skips_the_sigma_min_to_sigma_min_move(comfy, sd15, clean_latent):
+    """karras ends (..., sigma_min, 0): the first upward move would be sigma_min -> sigma_min, the
+    identity, so 3 steps cost 2 UNet calls; simple at level 0.5 ends above sigma_min and costs 3."""
+    model, cond = sd15
+    counted, calls = _counting(model)
+    ms = model.get_model_object("model_sampling")
+    invert(comfy, counted, cond, clean_latent, 3, level=1.0, scheduler="karras")
+    assert len(calls) == 2, calls
+    assert min(calls) > float(ms.timestep(ms.sigma_min)) + 1  # never evaluated at sigma_min
+    calls.clear()
+    invert(comfy, counted, cond, clean_latent, 3, level=0.5, scheduler="simple")
+    assert len(calls) == 3, calls
+    calls.clear()
+    generate(comfy, counted, cond, invert(comfy, model, cond, clean_latent, 3, level=1.0, scheduler="karras"),
+             3, level=1.0, scheduler="karras")
+    assert len(calls) == 3, calls
+
+
+def test_domain_gaussian_node_fits_the_papers_gaussian_and_samples_deterministically(comfy):
+    z = _set(4, 0.3, 6)["samples"] * torch.linspace(0.5, 2.0, 256).view(1, 4, 8, 8)
+    latents = {"samples": z, "ultrares_inversion": {"sigma": 14.6}}
+    (a,) = comfy.run_node("UltraResDomainGaussian", latents=latents, count=5, seed=7)
+    (b,) = comfy.run_node("UltraResDomainGaussian", latents=latents, count=5, seed=7)
+    (c,) = comfy.run_node("UltraResDomainGaussian", latents=latents, count=5, seed=8)
+    assert a["samples"].shape == (5, 4, 8, 8) and a["ultrares_inversion"] == {"sigma": 14.6}
+    torch.testing.assert_close(a["samples"], b["samples"], rtol=0, atol=0)
+    assert not torch.allclose(a["samples"], c["samples"])
+    # independent statement of the official fit: per-value mean, ONE variance pooled over all values
+    flat = z.double().reshape(6, -1)
+    mean = flat.mean(0)
+    var = ((flat - mean) ** 2).sum() / (5 * flat.shape[1])
+    gen = torch.Generator().manual_seed(7)
+    expect = mean + var.sqrt() * torch.randn((5, flat.shape[1]), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(a["samples"].double().reshape(5, -1), expect, rtol=1e-5, atol=1e-5)
+    (d,) = comfy.run_node("UltraResDomainGaussian", latents=latents, count=5, seed=7, spread="per-dimension")
+    gen = torch.Generator().manual_seed(7)
+    expect = mean + flat.std(0) * torch.randn((5, flat.shape[1]), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(d["samples"].double().reshape(5, -1), expect, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        comfy.run_node("UltraResDomainGaussian", latents={"samples": z[:1]}, count=2, seed=0)
+    assert "spread='wide' is not one of" in comfy.validate("UltraResDomainGaussian", count=2, spread="wide")
+    assert comfy.validate("UltraResDomainGaussian", count=2, spread="scalar (paper)") is True
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_inputs_refuse_nan_and_inf_at_queue_time(comfy, value):
+    msg = comfy.validate("UltraResLatentSlerp", t=value)
+    assert isinstance(msg, str) and msg.startswith("t=") and "finite" in msg
+    msg = comfy.validate("UltraResDDIMInvert", steps=10, level=0.5, cfg=value)
+    assert isinstance(msg, str) and msg.startswith("cfg=") and "finite" in msg
+    msg = comfy.validate("UltraResDDIMGenerate", steps=10, level=value, cfg=1.0)
+    assert isinstance(msg, str) and msg.startswith("level=")
+    msg = comfy.validate("UltraResDomainScore", percentile=value)
+    assert isinstance(msg, str) and msg.startswith("percentile=")
+    with pytest.raises(ValueError, match="^t="):
+        comfy.run_node("UltraResLatentSlerp", latent_a=_set(0, 0.0, 1), t=value, count=1, seed=0)
 
 
 # ----------------------------------------------------------------------------------- bad input
@@ -219,6 +388,7 @@ def test_schema_has_tooltips_and_descriptions(comfy):
         "UltraResDDIMGenerate",
         "UltraResLatentSlerp",
         "UltraResDomainScore",
+        "UltraResDomainGaussian",
     ):
         info = comfy.object_info(node_id)
         assert info["description"] and info["display_name"].endswith("(UltraRes)")
@@ -293,3 +463,8 @@ def test_out_of_domain_photos_reconstruct_with_the_emoji_hdit(comfy, hdit):
     for i, o in enumerate(out_last.clamp(0, 1)):
         others = [psnr(o, images[j]) for j in range(3) if j != i]
         assert table[-1][i] > max(others) + 1.5, (i, table[-1][i], others)
+
+
+def test_domain_score_old_workflow_values_still_validate(comfy):
+    # before reference_file became a list it was a STRING whose default was "" (= no file)
+    assert comfy.validate("UltraResDomainScore", percentile=95.0, reference_file="", save_reference_as="") is True

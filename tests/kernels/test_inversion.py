@@ -118,6 +118,37 @@ def test_callback_counts_steps(data):
     assert seen[-1][1] == pytest.approx(20.0)
 
 
+def test_first_move_from_sigma_min_to_sigma_min_costs_no_model_call(data):
+    """Schedules ending ``sigma_min, 0`` (karras, normal...): a clean input already counts as the
+    point at sigma_min, so S steps cost S - 1 model calls and the result is the plain DDIM walk up
+    from sigma_min (written out here independently)."""
+    mu, s, x0 = data
+    d = gaussian_denoiser(mu, s)
+    calls = []
+
+    def counting(x, sigma):
+        calls.append(float(sigma[0]))
+        return d(x, sigma)
+
+    sigmas = log_schedule(6)  # 20 ... 0.02, 0
+    z = inv.ddim_invert(counting, x0, sigmas, sigma_floor=0.02)
+    assert len(calls) == 5 and min(calls) == pytest.approx(0.02), calls
+    up = [float(v) for v in sigmas.flip(0)[1:]]  # 0.02 ... 20
+    x = x0.clone()
+    for lo, hi in zip(up, up[1:]):
+        pred = d(x, torch.full((x.shape[0],), lo))
+        x = pred + hi * (x - pred) / lo
+    torch.testing.assert_close(z, x)
+    # a floor below the schedule's last level still needs the first call
+    calls.clear()
+    inv.ddim_invert(counting, x0, sigmas, sigma_floor=0.01)
+    assert len(calls) == 6 and calls[0] == pytest.approx(0.01)
+    # refinement keeps its own calls (one per iteration per step)
+    calls.clear()
+    inv.ddim_invert(counting, x0, sigmas, sigma_floor=0.02, refine_iters=2)
+    assert len(calls) == 5 + 6 * 2
+
+
 def test_bad_schedules_are_rejected(data):
     mu, s, x0 = data
     d = gaussian_denoiser(mu, s)
