@@ -19,12 +19,21 @@ Parameter names match the official release (``to_q``, ``to_k``, ``to_v`` without
 with ``load_state_dict``. The reductions (``sum_j phi(k_j)`` and ``sum_j phi(k_j) v_j^T``) always
 run in float32, whatever the input dtype, and can be chunked over tokens to bound memory.
 
+Fast path: :func:`linear_attention` with ``impl="auto"`` runs a ``torch.compile``-d version of the
+same core on CUDA (the feature map, the float32 casts and the normaliser fuse into the reductions'
+prologues/epilogues instead of materialising ``[B, N, C]`` float32 copies), and the eager
+reference on the CPU, where compiling costs minutes and gains nothing measurable (see
+``docs/notes/gpu.md``). ``ULTRARES_LINFUSION_IMPL=reference|compiled`` overrides the choice; a
+compile failure (no Triton, old driver...) logs one warning and falls back to the reference.
+
 Nothing here imports ComfyUI: ``operations`` (an object with ``Linear`` and ``LayerNorm``
 classes, like ComfyUI's ``comfy.ops`` namespaces) lets an adapter choose the layer classes.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from types import SimpleNamespace
 
 import torch
@@ -43,12 +52,60 @@ def feature_map(t: torch.Tensor) -> torch.Tensor:
     return F.elu(t) + 1.0
 
 
+IMPLS = ("auto", "reference", "compiled")
+_compiled_core = None
+_compile_failed = False
+
+
+def _core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Unchunked core, written for ``torch.compile`` (same maths and float32 accumulation as the
+    reference path)."""
+    b, nq, c = q.shape
+    nk, cv = k.shape[1], v.shape[-1]
+    d, e = c // heads, cv // heads
+    kf = feature_map(k.float().reshape(b, nk, heads, d))  # [B, Nk, h, d]
+    vf = v.float().reshape(b, nk, heads, e)
+    kv = torch.einsum("bnhd,bnhe->bhde", kf, vf) / nk
+    k_mean = kf.sum(dim=1) / nk  # [B, h, d]
+    qf = feature_map(q.float().reshape(b, nq, heads, d))
+    num = torch.einsum("bnhd,bhde->bnhe", qf, kv)
+    den = torch.einsum("bnhd,bhd->bnh", qf, k_mean).unsqueeze(-1) + EPS
+    return (num / den).reshape(b, nq, cv).to(q.dtype)
+
+
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """Which implementation ``impl`` means on ``device``: ``"compiled"`` or ``"reference"``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get("ULTRARES_LINFUSION_IMPL", "auto")
+        if impl not in IMPLS:
+            raise ValueError(f"ULTRARES_LINFUSION_IMPL must be one of {IMPLS}, not {impl!r}")
+    if impl == "auto":
+        impl = "compiled" if torch.device(device).type == "cuda" and not _compile_failed else "reference"
+    return impl
+
+
+def _run_compiled(q, k, v, heads):
+    global _compiled_core, _compile_failed
+    if _compiled_core is None:
+        _compiled_core = torch.compile(_core, dynamic=True)
+    try:
+        return _compiled_core(q, k, v, heads)
+    except Exception as exc:  # noqa: BLE001 -- any compiler/runtime failure: the reference is always correct
+        _compile_failed = True
+        logging.warning("UltraRes LinFusion: the compiled attention failed (%s: %s); using the reference "
+                        "implementation from now on.", type(exc).__name__, str(exc).splitlines()[0][:200])
+        return None
+
+
 def linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     heads: int,
     chunk_size: int | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """The LinFusion attention core on already projected features.
 
@@ -58,7 +115,9 @@ def linear_attention(
         v: ``[B, Nk, Cv]`` values after ``to_v``, same dtype; ``Cv`` divisible by ``heads``.
         heads: number of heads; ``C`` and ``Cv`` must be divisible by it.
         chunk_size: if given, process at most this many tokens at a time (both for the key
-            reduction and for the queries), so no ``[B, N, C]`` float32 temporary is created.
+            reduction and for the queries), so no ``[B, N, C]`` float32 temporary is created
+            (always the reference implementation).
+        impl: ``"auto"`` (compiled on CUDA, reference elsewhere), ``"reference"`` or ``"compiled"``.
 
     Returns:
         ``[B, Nq, Cv]`` in ``q``'s dtype: ``phi(q_i) kv / (phi(q_i) . mean phi(k) + 1e-4)``
@@ -69,6 +128,11 @@ def linear_attention(
     if q.shape[-1] % heads or v.shape[-1] % heads:
         raise ValueError(f"channels {q.shape[-1]} / {v.shape[-1]} are not divisible by heads={heads}")
     n_keys = k.shape[1]
+    chunked = bool(chunk_size) and max(n_keys, q.shape[1]) > int(chunk_size)
+    if not chunked and resolve_impl(impl, q.device) == "compiled":
+        out = _run_compiled(q, k, v, heads)
+        if out is not None:
+            return out
     step = n_keys if not chunk_size else max(1, int(chunk_size))
     k_sum = None
     kv = None

@@ -265,3 +265,56 @@ def test_bad_files_give_clear_errors(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"config": json.dumps({"a": 1})})
     with pytest.raises(fmt.LinFusionFormatError, match="modules_list"):
         fmt.load_linfusion(str(tmp_path / "other.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast path (compiled core) and its automatic choice
+
+
+def test_compile_core_equals_quadratic_reference():
+    """The core the fast path compiles, run eagerly, against the float64 O(N^2) formula."""
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 50, 32, generator=gen), torch.randn(2, 70, 32, generator=gen)
+    v = torch.randn(2, 70, 48, generator=gen)
+    torch.testing.assert_close(lf._core(q, k, v, 4).double(), lf.linear_attention_reference(q, k, v, 4),
+                               rtol=1e-5, atol=1e-5)
+    assert lf._core(q.half(), k.half(), v.half(), 4).dtype == torch.float16
+
+
+def test_auto_impl_is_reference_on_cpu_and_env_override(monkeypatch):
+    assert lf.resolve_impl("auto", "cpu") == "reference"
+    assert lf.resolve_impl("auto", "cuda") == ("reference" if lf._compile_failed else "compiled")
+    monkeypatch.setenv("ULTRARES_LINFUSION_IMPL", "reference")
+    assert lf.resolve_impl("auto", "cuda") == "reference"
+    assert lf.resolve_impl("compiled", "cpu") == "compiled"
+    monkeypatch.setenv("ULTRARES_LINFUSION_IMPL", "fast")
+    with pytest.raises(ValueError, match="ULTRARES_LINFUSION_IMPL must be one of"):
+        lf.resolve_impl("auto", "cpu")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        lf.linear_attention(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), 1, impl="triton")
+
+
+def test_compile_failure_falls_back_to_reference(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no Triton here\nsecond line")
+
+    monkeypatch.setattr(lf, "_compiled_core", broken)
+    monkeypatch.setattr(lf, "_compile_failed", False)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 20, 16, generator=gen) for _ in range(3))
+    out = lf.linear_attention(q, k, v, 2, impl="compiled")
+    torch.testing.assert_close(out.double(), lf.linear_attention_reference(q, k, v, 2), rtol=1e-5, atol=1e-5)
+    assert "no Triton here" in caplog.text and "reference" in caplog.text
+    assert lf.resolve_impl("auto", "cuda") == "reference"  # remembered
+
+
+@pytest.mark.slow
+def test_compiled_core_matches_reference_on_cpu():
+    """torch.compile of the core (inductor C++ on the CPU; ~2 min to compile on 2 cores) equals the
+    reference, also for a second shape (dynamic shapes, no recompilation error)."""
+    gen = torch.Generator().manual_seed(6)
+    for n in (64, 100):
+        q, k, v = (torch.randn(2, n, 32, generator=gen) for _ in range(3))
+        got = lf.linear_attention(q, k, v, 4, impl="compiled")
+        torch.testing.assert_close(got.double(), lf.linear_attention_reference(q, k, v, 4), rtol=1e-5, atol=1e-5)
+    assert not lf._compile_failed
