@@ -192,7 +192,7 @@ class UltraResHDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name, weight_dtype="float32"):
+    def validate_inputs(cls, model_name=None, weight_dtype="float32"):
         v = check_inputs(cls, model_name=model_name, weight_dtype=weight_dtype,
                          combo_hints={"model_name": " (put HDiT checkpoints into ComfyUI/models/hdit/)"})
         return v if isinstance(v, str) else True

@@ -246,7 +246,7 @@ class LinFusionLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lf_name: str) -> bool | str:
+    def validate_inputs(cls, lf_name: str | None = None) -> bool | str:
         v = check_inputs(cls, lf_name=lf_name,
                          combo_hints={"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"})
         return v if isinstance(v, str) else True

@@ -232,7 +232,7 @@ class UltraResTiledDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tile_width: int, tile_height: int, overlap: int, method: str):
+    def validate_inputs(cls, tile_width=None, tile_height=None, overlap=None, method=None):  # None: linked or missing
         # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
         checked = check_inputs(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
         if isinstance(checked, str):

@@ -198,6 +198,7 @@ def test_every_named_input_refuses_bad_values_with_a_message(comfy):
         if not named:  # no validate_inputs: ComfyUI's own INT/combo checks apply (no FLOAT, see above)
             continue
         assert comfy.validate(node_id, **{n: None for n in _named(cls)}) is True, node_id
+        assert comfy.validate(node_id) is True, node_id  # a missing widget: ComfyUI calls it without the value
         for name in named:
             spec = widgets[name]
             bad = list(_bad_values(spec))
