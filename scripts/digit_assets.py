@@ -81,7 +81,7 @@ def fit_demo(encoder: str, out: str, k: int, n_images: int, seed: int, overwrite
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = dinov2.load_dinov2(encoder)
+    model = dinov2.load_dinov2(encoder, interpolation="digit")
     files = twemoji_files()
     rng = np.random.default_rng(seed)
     files = [files[i] for i in sorted(rng.choice(len(files), size=min(n_images, len(files)), replace=False))]
@@ -100,7 +100,8 @@ def fit_demo(encoder: str, out: str, k: int, n_images: int, seed: int, overwrite
     t_fit = time.perf_counter() - start
     atlas = digit.build_atlas(x, p, res.centroids)
     digit.save_codebook(out, res.centroids, overwrite=overwrite)
-    digit.save_atlas(digit.atlas_path(out), atlas, overwrite=overwrite)
+    record = digit.encoder_record(model, os.path.basename(encoder))  # the features' convention ("digit")
+    digit.save_atlas(digit.atlas_path(out), atlas, record, overwrite=overwrite)
     used = int((atlas.counts > 0).sum())
     print(
         f"[digit] {len(files)} images, {x.shape[0]} features of dim {x.shape[1]} in {t_feat:.1f} s; "

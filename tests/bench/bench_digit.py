@@ -70,7 +70,8 @@ def run(quick: bool) -> dict:
     codebook_path = os.path.join(ROOT, "models", "digit", "ultrares-emoji-k256.npy")
     if not os.path.exists(encoder_path):
         raise RuntimeError("run `make setup` first: the embedded DiGIT encoder is converted at set-up")
-    model = dinov2.load_dinov2(encoder_path)
+    # the ONNX graph's own interpolation (size-based), so both runtimes compute the same thing
+    model = dinov2.load_dinov2(encoder_path, interpolation=None)
     centroids = digit.load_codebook(codebook_path)
     n_img = 32 if quick else 128
     repeats = 1 if quick else 3

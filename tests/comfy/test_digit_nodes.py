@@ -159,14 +159,22 @@ def test_official_layout_pth_loads_and_bad_files_are_named(comfy, digit_dir):
     sd = {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in dinov2.Dinov2(cfg).state_dict().items()}
     torch.save(sd, digit_dir / "dinov2_tiny_reg4_pretrain.pth")
     (enc,) = comfy.run_node("UltraResDiGITEncoderLoader", encoder_name="dinov2_tiny_reg4_pretrain.pth")
-    assert (
-        enc.dim == 128
-        and enc.model.cfg.num_register_tokens == 4
-        and enc.model.cfg.interpolate_offset == 0.0
-        and enc.model.cfg.interpolate_antialias
+    # default: DiGIT's own interpolation (0.1 offset, no antialias), even for a register model
+    assert enc.dim == 128 and enc.model.cfg.num_register_tokens == 4 and enc.interpolation == "digit"
+    assert (enc.model.cfg.interpolate_offset, enc.model.cfg.interpolate_antialias) == (0.1, False)
+    (hub,) = comfy.run_node(
+        "UltraResDiGITEncoderLoader", encoder_name="dinov2_tiny_reg4_pretrain.pth", interpolation="hub"
     )
+    assert (hub.model.cfg.interpolate_offset, hub.model.cfg.interpolate_antialias) == (0.0, True)
     np.save(digit_dir / "tiny128.npy", np.random.default_rng(1).standard_normal((8, 128)).astype(np.float32))
     (cb,) = comfy.run_node("UltraResDiGITCodebookLoader", codebook_name="tiny128.npy")
+    assert cb.interpolation == "digit"  # no atlas, no record: taken as DiGIT's (like km_8k.npy)
+    with pytest.raises(
+        ValueError, match=r"codebook 'tiny128\.npy' was fitted .*'digit'.*encoder 'dinov2_tiny_reg4_pretrain\.pth'.*'hub'"
+    ):
+        comfy.run_node(
+            "UltraResDiGITTokenize", encoder=hub, codebook=cb, image=scene(), image_size=256, fit="stretch"
+        )
     tokens, _, _ = comfy.run_node(
         "UltraResDiGITTokenize", encoder=enc, codebook=cb, image=scene(), image_size=256, fit="stretch"
     )
@@ -179,8 +187,45 @@ def test_official_layout_pth_loads_and_bad_files_are_named(comfy, digit_dir):
     with pytest.raises(ValueError, match="not_dinov2.pth.*not a DINOv2 checkpoint"):
         comfy.run_node("UltraResDiGITEncoderLoader", encoder_name="not_dinov2.pth")
     np.save(digit_dir / "bad.npy", np.zeros((2, 3, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="codebook_name 'bad.npy'.*float \\[K, D\\]"):
+    with pytest.raises(ValueError, match=r"codebook_name 'bad.npy'.*not \[K, D\]"):
         comfy.run_node("UltraResDiGITCodebookLoader", codebook_name="bad.npy")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hostile_files_give_named_messages_and_run_nothing(comfy, digit_dir):
+    marker = digit_dir / "pwned"
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "x": _Payload(marker)}, digit_dir / "evil.pth")
+    (digit_dir / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(5000))
+    (digit_dir / "zeros.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {**header, "shape": (1 << 40, 768)})
+    (digit_dir / "huge.npy").write_bytes(buf.getvalue() + b"\0" * 32)
+    np.save(digit_dir / "cb_ok.npy", np.zeros((4, 8), np.float32))
+    (digit_dir / "cb_ok.atlas.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")
+    cases = [
+        ("UltraResDiGITEncoderLoader", {"encoder_name": "evil.pth"}, "encoder_name 'evil.pth': not a plain PyTorch"),
+        ("UltraResDiGITEncoderLoader", {"encoder_name": "random.safetensors"}, "encoder_name 'random.safetensors': its safetensors header claims"),
+        ("UltraResDiGITEncoderLoader", {"encoder_name": "zeros.safetensors"}, "zeros.safetensors': its safetensors header claims"),
+        ("UltraResDiGITCodebookLoader", {"codebook_name": "huge.npy"}, "codebook_name 'huge.npy': has shape (1099511627776, 768)"),
+        ("UltraResDiGITCodebookLoader", {"codebook_name": "cb_ok.npy"}, "'cb_ok.atlas.safetensors': its safetensors header claims"),
+    ]
+    for node, inputs, what in cases:
+        with pytest.raises(ValueError) as err:
+            comfy.run_node(node, **inputs)
+        msg = str(err.value)
+        assert what in msg, msg
+        assert str(digit_dir) not in msg and "weights_only=False" not in msg, msg
+    assert not marker.exists()
 
 
 def test_fit_codebook_writes_npy_and_atlas_never_overwrites(comfy, embedded, digit_dir):
@@ -201,9 +246,14 @@ def test_fit_codebook_writes_npy_and_atlas_never_overwrites(comfy, embedded, dig
     assert arr.dtype == np.float32 and arr.shape == (24, 384)
     assert torch.equal(cb.centroids, torch.from_numpy(arr)) and cb.name == "mine.npy"
     assert os.path.exists(digit_dir / "mine.atlas.safetensors")
+    _, meta = D.load_atlas(str(digit_dir / "mine.atlas.safetensors"))
+    # the record of the features it was fitted on, read back by the loader
+    assert meta["dinov2_interpolation"] == enc.interpolation == "digit" and meta["encoder"] == ENCODER
+    assert cb.interpolation == "digit"
     # the fitted codebook is listed by the loader and decodes its own training image
     (loaded,) = comfy.run_node("UltraResDiGITCodebookLoader", codebook_name="mine.npy")
     assert loaded.atlas is not None and int(loaded.atlas.counts.sum()) == 3 * 64
+    assert loaded.interpolation == "digit"
     tokens, _, seen = comfy.run_node(
         "UltraResDiGITTokenize", encoder=enc, codebook=loaded, image=imgs[:1], image_size=128, fit="stretch"
     )
@@ -235,7 +285,7 @@ def test_queue_time_checks_cover_combos(comfy, embedded):
     """ComfyUI 0.3.75 does not check V3 combo values itself, so the nodes do (HTTP 400 at queue time)."""
     assert "fit='zoom' is not one of" in comfy.validate("UltraResDiGITTokenize", image_size=256, fit="zoom")
     assert comfy.validate("UltraResDiGITTokenize", image_size=256, fit="center_crop") is True
-    assert "between 16 and 1024" in comfy.validate("UltraResDiGITTokenize", image_size=2048, fit="stretch")
+    assert "above the maximum 1024" in comfy.validate("UltraResDiGITTokenize", image_size=2048, fit="stretch")
     assert "mode='x'" in comfy.validate("UltraResDiGITDecode", mode="x")
     assert comfy.validate("UltraResDiGITEncoderLoader", encoder_name=ENCODER) is True
     msg = comfy.validate("UltraResDiGITEncoderLoader", encoder_name="dinov2_vitb14_reg4_pretrain.pth")
@@ -243,3 +293,33 @@ def test_queue_time_checks_cover_combos(comfy, embedded):
     assert "codebook_name='km_8k.npy'" in comfy.validate(
         "UltraResDiGITCodebookLoader", codebook_name="km_8k.npy"
     )
+    assert comfy.validate("UltraResDiGITEncoderLoader", encoder_name=ENCODER, interpolation="hub") is True
+    assert "interpolation='meta' is not one of" in comfy.validate(
+        "UltraResDiGITEncoderLoader", encoder_name=ENCODER, interpolation="meta"
+    )
+
+
+@pytest.mark.parametrize(
+    "inputs,what",
+    [
+        ({"k": float("nan")}, "k=nan is not a finite number"),
+        ({"k": float("inf")}, "k=inf is not a finite number"),
+        ({"k": "twelve"}, "k='twelve' is not a whole number"),
+        ({"k": 1}, "k=1 is below the minimum 2"),
+        ({"iterations": float("-inf")}, "iterations=-inf is not a finite number"),
+        ({"iterations": [1, 2, 3]}, "iterations=[1, 2, 3] is not a whole number"),
+        ({"seed": -1}, "seed=-1 is below the minimum 0"),
+        ({"image_size": float("nan")}, "image_size=nan is not a finite number"),
+        ({"image_size": "big"}, "image_size='big' is not a whole number"),
+        ({"image_size": 250}, "image_size=250 must be a multiple of 16"),
+        ({"fit": 3}, "fit=3 is not one of"),
+    ],
+)
+def test_numbers_and_types_are_checked_at_queue_time(comfy, inputs, what):
+    fit = dict(filename="q", overwrite=False, image_size=128, fit="stretch", k=24, iterations=4, seed=0)
+    assert comfy.validate("UltraResDiGITFitCodebook", **fit) is True
+    msg = comfy.validate("UltraResDiGITFitCodebook", **{**fit, **inputs})
+    assert isinstance(msg, str) and what in msg, msg
+    if "image_size" in inputs:
+        msg = comfy.validate("UltraResDiGITTokenize", image_size=inputs["image_size"], fit="stretch")
+        assert isinstance(msg, str) and what in msg, msg

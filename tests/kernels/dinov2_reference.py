@@ -64,7 +64,7 @@ def reference_forward(sd, cfg, x, upto: int, resample=None):
         assert resample is not None, "pass resample=(row matrix, column matrix) for another grid"
         grid = pos[0, 1:].double().reshape(cfg.pos_grid, cfg.pos_grid, d)
         grid = torch.einsum("rm,mnd,cn->rcd", resample[0], grid, resample[1]).reshape(1, rows * cols, d)
-        pos = torch.cat([pos[:, :1], grid.float()], 1)
+        pos = torch.cat([pos[:, :1], grid.to(pos.dtype)], 1)
     tok = torch.cat([sd["cls_token"].expand(b, 1, d), tok], 1) + pos
     if cfg.num_register_tokens:
         tok = torch.cat([tok[:, :1], sd["register_tokens"].expand(b, -1, d), tok[:, 1:]], 1)
@@ -137,3 +137,26 @@ def aa_bicubic_matrix(n_out: int, m: int, a: float = -0.5) -> torch.Tensor:
         for j, v in zip(range(lo, hi), ws):
             mat[i, j] = v / sum(ws)
     return mat
+
+
+def convention_resample(convention: str, n: int, m: int, registers: int) -> torch.Tensor:
+    """[n, m] weights that resample a length-m position-embedding axis to n positions, written
+    from each convention's formula (not from our kernel):
+
+    - ``"digit"`` (DiGIT's DINOv2 copy, every model) and ``"hub"`` without registers:
+      ``F.interpolate(scale_factor=(n + 0.1) / m, mode="bicubic")`` -> output floor(m * s) = n
+      samples at ``src = (dst + 0.5) / s - 0.5`` with Keys' cubic (a = -0.75), no antialiasing;
+    - ``"hub"`` with registers: ``F.interpolate(size=n, mode="bicubic", antialias=True)`` -> the
+      PIL-style antialiased filter (a = -0.5, support stretched by m / n)."""
+    if convention == "hub" and registers:
+        return aa_bicubic_matrix(n, m)
+    assert convention in ("digit", "hub")
+    s = (n + 0.1) / m
+    assert math.floor(m * s) == n
+    return keys_bicubic_matrix((torch.arange(n) + 0.5) / s - 0.5, m)
+
+
+def brute_force_tokens(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """[B, N, D] -> [B, N] ids: the nearest centroid by squared L2, in float64."""
+    d = ((features.double()[:, :, None, :] - centroids.double()[None, None]) ** 2).sum(-1)
+    return d.argmin(-1)

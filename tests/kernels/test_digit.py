@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from dinov2_reference import aa_bicubic_matrix, keys_bicubic_matrix, random_official_sd, reference_forward
+from dinov2_reference import (
+    brute_force_tokens,
+    convention_resample,
+    keys_bicubic_matrix,
+    random_official_sd,
+    reference_forward,
+)
 from ultrares.kernels import digit, dinov2
 from ultrares.kernels.dinov2 import Dinov2Config
 
@@ -161,8 +167,9 @@ def test_atlas_nearest_patch_mean_colour_and_decode(tmp_path):
             torch.testing.assert_close(atlas.mean_rgb[k], patches[ids == k].mean(dim=(0, 2, 3)))
     assert int(atlas.counts.sum()) == 300
     path = str(tmp_path / "a.atlas.safetensors")
-    digit.save_atlas(path, atlas)
-    back = digit.load_atlas(path)
+    digit.save_atlas(path, atlas, digit.codebook_record("digit", 8))
+    back, meta = digit.load_atlas(path)
+    assert meta["dinov2_interpolation"] == "digit"
     assert (back.patches - atlas.patches).abs().max() <= 0.5 / 255 + 1e-6
     tokens = torch.tensor([[[3, 1], [0, 9]]])
     img = digit.decode_tokens(tokens, back, "nearest_patch")
@@ -182,21 +189,145 @@ def test_image_patches_follow_token_order():
     torch.testing.assert_close(p[5], img[1, :, :16, 16:])  # image 1, row 0, column 1
 
 
-def test_features_of_a_reg4_layout_model_with_interpolated_positions():
-    """The paper's encoder geometry: official layout with 4 registers and a 37 x 37 position grid
-    (518 px) resampled to 16 x 16 for the 224 px input by the _reg4 releases' antialiased bicubic."""
+@pytest.mark.parametrize("convention", ["digit", "hub"])
+def test_features_and_tokens_of_each_convention_match_an_independent_evaluation(convention):
+    """DiGIT's encoder geometry: official layout with 4 registers and a 37 x 37 position grid
+    (518 px), resampled to 16 x 16 for the 224 px input. "digit" = DiGIT's own DINOv2 copy
+    (scale factor (16 + 0.1) / 37, no antialias), "hub" = Meta's _reg4 hub models (antialiased
+    resize to 16). Each is compared with a float64 evaluation written from its formula
+    (dinov2_reference.convention_resample): 1e-5 relative and every token equal."""
     depth = 5
     cfg = Dinov2Config(
         embed_dim=64, depth=depth, num_heads=1, mlp_hidden=128, pos_grid=37, num_register_tokens=4
     )
     sd = random_official_sd(cfg, seed=7)
-    model = dinov2.from_state_dict(dict(sd))
-    assert model.cfg.interpolate_antialias and model.cfg.interpolate_offset == 0.0
-    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    model = dinov2.from_state_dict(dict(sd), interpolation=convention)
+    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
     got = digit.extract_features(model, images)
+    # the input resize is torch's bicubic as DiGIT calls it; torch rounds its 256/224 scale to float,
+    # so it sits 1e-5 from the exact formula: checked here, then both sides start from the same input
     x = ((images - MEAN) / STD).double()
     resize = keys_bicubic_matrix((torch.arange(224) + 0.5) * 256 / 224 - 0.5, 256)
-    x = torch.einsum("rh,bchw,qw->bcrq", resize, x, resize).float()
-    pos = aa_bicubic_matrix(16, 37)
-    want = reference_forward(sd, cfg, x, upto=depth - 3, resample=(pos, pos))[:, 5:]
-    torch.testing.assert_close(got, want, atol=5e-4, rtol=5e-4)
+    x_exact = torch.einsum("rh,bchw,qw->bcrq", resize, x, resize)
+    x = digit.encoder_input(images).double()
+    assert float((x - x_exact).norm() / x_exact.norm()) < 1e-4
+    pos = convention_resample(convention, 16, 37, registers=4)
+    sd64 = {k: v.double() for k, v in sd.items()}
+    want = reference_forward(sd64, cfg, x, upto=depth - 3, resample=(pos, pos))[:, 5:]
+    # the computation itself (our module run in float64): 1e-5 relative
+    got64 = digit.extract_features(dinov2.from_state_dict(dict(sd), interpolation=convention).double(), images)
+    rel = float((got64.double() - want).norm() / want.norm())
+    assert rel < 1e-5, rel
+    # as it runs (float32): float32 rounding only
+    assert float((got.double() - want).norm() / want.norm()) < 1e-4
+    # tokens: a codebook of perturbed reference features; every id equal to brute force on the reference
+    g = torch.Generator().manual_seed(4)
+    flat = want.reshape(-1, 64).float()
+    cents = flat[torch.randperm(flat.shape[0], generator=g)[:48]] + 0.3 * torch.randn(48, 64, generator=g)
+    ids = digit.tokens_from_features(got, cents).reshape(2, -1)
+    assert torch.equal(ids, brute_force_tokens(want, cents))
+    # the other convention is a different computation: features and tokens change
+    other = {"digit": "hub", "hub": "digit"}[convention]
+    got_other = digit.extract_features(dinov2.from_state_dict(dict(sd), interpolation=other), images)
+    assert float((got_other - got).norm() / got.norm()) > 1e-3
+    assert (digit.tokens_from_features(got_other, cents).reshape(2, -1) != ids).any()
+
+
+def test_codebook_record_and_convention_check(tmp_path):
+    """The atlas records the features' convention; a codebook without one is DiGIT's ("digit");
+    an encoder with another convention is refused with both named."""
+    cfg = Dinov2Config(embed_dim=64, depth=3, num_heads=1, mlp_hidden=128, pos_grid=5, num_register_tokens=4)
+    sd = random_official_sd(cfg)
+    digit_enc = dinov2.from_state_dict(dict(sd))
+    hub_enc = dinov2.from_state_dict(dict(sd), interpolation="hub")
+    atlas = digit.Atlas(torch.rand(4, 3, 2, 2), torch.rand(4, 3), torch.ones(4, dtype=torch.long))
+    path = str(tmp_path / "cb.atlas.safetensors")
+    digit.save_atlas(path, atlas, digit.encoder_record(hub_enc, "enc.pth"))
+    _, meta = digit.load_atlas(path)
+    assert meta["dinov2_interpolation"] == "hub-reg" and meta["feature_dim"] == "64" and meta["encoder"] == "enc.pth"
+    assert digit.record_interpolation(meta) == "hub-reg"
+    assert digit.record_interpolation({}) == digit.record_interpolation(None) == "digit"
+    digit.check_codebook_matches(hub_enc, "hub-reg", "cb.npy", "enc.pth")
+    digit.check_codebook_matches(digit_enc, "digit", "km_8k.npy", "enc.pth")
+    with pytest.raises(ValueError, match=r"codebook 'km_8k\.npy' was fitted .*'digit'.*encoder 'enc\.pth'.*'hub'"):
+        digit.check_codebook_matches(hub_enc, "digit", "km_8k.npy", "enc.pth")
+    with pytest.raises(ValueError, match="record the codebook"):
+        digit.save_atlas(str(tmp_path / "x.atlas.safetensors"), atlas, {})
+    # without registers "hub" is the same computation as "digit" (Meta's original releases)
+    plain = Dinov2Config(embed_dim=64, depth=3, num_heads=1, mlp_hidden=128, pos_grid=5)
+    hub_plain = dinov2.from_state_dict(random_official_sd(plain), interpolation="hub")
+    digit.check_codebook_matches(hub_plain, "digit", "km_8k.npy", "enc.pth")
+
+
+def _npy_with_header(path, shape, dtype="<f4", body=b"", fortran=False):
+    """A .npy whose header claims ``shape`` whatever the body holds (written by hand)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": fortran, "shape": shape})
+    path.write_bytes(buf.getvalue() + body)
+
+
+def test_hostile_codebook_files_are_refused_before_allocating(tmp_path):
+    import pickle
+    import tracemalloc
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    _npy_with_header(tmp_path / "huge.npy", (1 << 40, 768), body=b"\0" * 64)  # claims 3 PB
+    _npy_with_header(tmp_path / "big_k.npy", (1 << 21, 4), body=b"\0" * (32 << 21))  # K over the bound
+    good = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    np.save(tmp_path / "good.npy", good)
+    raw = (tmp_path / "good.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[:-40])
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(1).bytes(2000))
+    (tmp_path / "pickle.npy").write_bytes(raw[:6] + pickle.dumps(Payload()))  # magic, then a pickle
+    np.save(tmp_path / "objects.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    marker.unlink(missing_ok=True)
+    nan = good.copy()
+    nan[3, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    expect = {
+        "huge.npy": "a codebook has 1..1048576 centroids",
+        "big_k.npy": "a codebook has 1..1048576 centroids",
+        "cut.npy": "truncated or damaged",
+        "random.npy": "not a .npy file",
+        "pickle.npy": "not a .npy file",
+        "objects.npy": "pickled objects are never loaded",
+        "nan.npy": "NaN or infinite",
+    }
+    tracemalloc.start()
+    try:
+        for fname, what in expect.items():
+            with pytest.raises(ValueError) as err:
+                digit.load_codebook(str(tmp_path / fname), name=f"codebook_name '{fname}'")
+            msg = str(err.value)
+            assert what in msg and f"codebook_name '{fname}'" in msg and str(tmp_path) not in msg, msg
+            assert "float32 [K, D] .npy" in msg  # what to do
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak  # the forged shapes allocated nothing of their size
+    assert not marker.exists()
+    # a Fortran-ordered float64 codebook is fine
+    np.save(tmp_path / "f64.npy", np.asfortranarray(good.astype(np.float64)))
+    assert torch.equal(digit.load_codebook(str(tmp_path / "f64.npy")), torch.from_numpy(good))
+
+
+def test_damaged_atlas_is_refused_with_a_named_message(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "rand.atlas.safetensors").write_bytes(np.random.default_rng(2).bytes(3000))
+    save_file(
+        {"patches": torch.zeros(4, 3, 2, 2), "mean_rgb": torch.zeros(4, 3), "counts": torch.zeros(4, dtype=torch.long)},
+        str(tmp_path / "float.atlas.safetensors"),
+    )
+    for fname, what in (("rand.atlas.safetensors", "header claims"), ("float.atlas.safetensors", "uint8")):
+        with pytest.raises(ValueError) as err:
+            digit.load_atlas(str(tmp_path / fname))
+        msg = str(err.value)
+        assert what in msg and msg.startswith(fname) and str(tmp_path) not in msg, msg

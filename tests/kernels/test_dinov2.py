@@ -1,6 +1,11 @@
 """DINOv2 kernel: both checkpoint layouts, register tokens, position-embedding interpolation,
 intermediate layers against a direct evaluation written from the layer equations."""
 
+import json
+import os
+import pickle
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,10 +39,13 @@ def test_official_layout_matches_direct_evaluation(registers, layer_scale):
     model = dinov2.from_state_dict(dict(sd))
     assert model.cfg.num_register_tokens == registers and model.cfg.layer_scale == layer_scale
     assert model.cfg.depth == 4 and model.cfg.num_heads == 2
-    # the official hub code: (offset 0.1, no antialias) for the first releases, (0, antialias) for _reg4
-    assert (model.cfg.interpolate_offset, model.cfg.interpolate_antialias) == (
-        (0.0, True) if registers else (0.1, False)
-    )
+    # default "digit": DiGIT's DINOv2 copy keeps the class defaults (0.1, no antialias) for every model
+    assert (model.cfg.interpolate_offset, model.cfg.interpolate_antialias) == (0.1, False)
+    # "hub" (and None = the official layout's own code): Meta's hub models, (0, antialias) for _reg4
+    hub = (0.0, True) if registers else (0.1, False)
+    for conv in ("hub", None):
+        m = dinov2.from_state_dict(dict(sd), interpolation=conv)
+        assert (m.cfg.interpolate_offset, m.cfg.interpolate_antialias) == hub
     x = torch.randn(2, 3, 70, 70, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = model.get_intermediate_layers(x, [1], norm=True, prefix=True)[0]
@@ -61,9 +69,10 @@ def test_hf_layout_converts_to_identical_outputs(registers):
     x = torch.randn(1, 3, 56, 84, generator=torch.Generator().manual_seed(2))  # non-square, interpolated
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
-    # without a config the HF layout uses the size-based interpolation of the current HF code
-    c = dinov2.from_state_dict(hf)
+    # with interpolation=None and no config the HF layout keeps the size-based resize of the HF code
+    c = dinov2.from_state_dict(hf, interpolation=None)
     assert c.cfg.interpolate_offset == 0.0 and not c.cfg.interpolate_antialias
+    assert dinov2.from_state_dict(hf).cfg.interpolate_offset == 0.1  # the default is DiGIT's
     assert c.cfg.num_register_tokens == registers
 
 
@@ -89,8 +98,14 @@ def test_safetensors_round_trip_keeps_config(tmp_path):
     model.load_state_dict(random_official_sd(cfg))
     path = str(tmp_path / "m.safetensors")
     dinov2.save_dinov2(model, path)
-    back = dinov2.load_dinov2(path)
+    back = dinov2.load_dinov2(path, interpolation=None)  # the stored convention
     assert back.cfg == cfg
+    # an explicit convention replaces the stored one (and only that)
+    digit_cfg = dinov2.load_dinov2(path).cfg
+    assert (digit_cfg.interpolate_offset, digit_cfg.interpolate_antialias) == (0.1, False)
+    assert dinov2.load_dinov2(path, interpolation="hub").cfg == Dinov2Config(
+        **{**SMALL, "pos_grid": 4}, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True
+    )
     x = torch.randn(1, 3, 42, 42)
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
@@ -158,3 +173,113 @@ def test_bad_inputs_have_clear_messages():
     assert Dinov2Config.preset("vitl14").depth == 24
     with pytest.raises(ValueError, match="unknown DINOv2 preset"):
         Dinov2Config.preset("vitg14")
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+class _Payload:
+    """Unpickling this would create ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _no_module(monkeypatch):
+    """Fail the test if a DINOv2 module is built (i.e. memory sized from the file is allocated)."""
+
+    def boom(*_a, **_k):
+        raise AssertionError("a module was allocated from an unchecked file")
+
+    monkeypatch.setattr(dinov2, "Dinov2", boom)
+
+
+def _assert_clean(msg: str, name: str, tmp_path):
+    assert name in msg and str(tmp_path) not in msg  # the file by its given name, never a server path
+    assert "weights_only=False" not in msg and "weights_only" not in msg.replace("weights_only=True", "")
+
+
+def test_damaged_safetensors_are_refused_with_a_named_message(tmp_path, monkeypatch):
+    cfg = Dinov2Config(**SMALL)
+    model = Dinov2(cfg)
+    model.load_state_dict(random_official_sd(cfg))
+    good = tmp_path / "good.safetensors"
+    dinov2.save_dinov2(model, str(good))
+    data = good.read_bytes()
+    (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01\x02")
+    huge = (10**12).to_bytes(8, "little") + b"{}"
+    (tmp_path / "huge_header.safetensors").write_bytes(huge)
+    _no_module(monkeypatch)
+    cases = {
+        "random.safetensors": "header claims",
+        "truncated.safetensors": "claims bytes",
+        "tiny.safetensors": "too short",
+        "huge_header.safetensors": "header claims 1,000,000,000,000 bytes",
+    }
+    for fname, what in cases.items():
+        with pytest.raises(dinov2.WeightFileError) as err:
+            dinov2.load_dinov2(str(tmp_path / fname), name=f"encoder_name '{fname}'")
+        msg = str(err.value)
+        assert what in msg and "download or convert it again" in msg, msg
+        _assert_clean(msg, fname, tmp_path)
+
+
+def _with_config(tmp_path, fname, config: dict) -> str:
+    from safetensors.torch import save_file
+
+    cfg = Dinov2Config(**SMALL)
+    path = str(tmp_path / fname)
+    save_file(random_official_sd(cfg), path, metadata={"dinov2_config": json.dumps(config)})
+    return path
+
+
+def test_stored_config_is_checked_before_anything_is_allocated(tmp_path, monkeypatch):
+    base = dict(SMALL, num_register_tokens=0, layer_scale=True, interpolate_offset=0.1)
+    unknown = _with_config(tmp_path, "unknown.safetensors", {**base, "flash": True})
+    absurd = _with_config(tmp_path, "absurd.safetensors", {**base, "embed_dim": 16384, "depth": 128})
+    big = _with_config(tmp_path, "big.safetensors", {**base, "embed_dim": 1024, "depth": 24, "mlp_hidden": 4096})
+    nan = _with_config(tmp_path, "nan.safetensors", {**base, "eps": float("nan")})
+    wrong_type = _with_config(tmp_path, "type.safetensors", {**base, "depth": "12"})
+    _no_module(monkeypatch)
+    expect = {
+        unknown: "unknown key(s) ['flash']",
+        absurd: "embed_dim=16384, expected a finite int in [64, 8192]",  # ~1.2 TB of weights
+        big: "needs more numbers than the file holds",
+        nan: "eps=nan",
+        wrong_type: "depth='12'",
+    }
+    for path, what in expect.items():
+        fname = os.path.basename(path)
+        with pytest.raises(dinov2.WeightFileError) as err:
+            dinov2.load_dinov2(path)
+        msg = str(err.value)
+        assert what in msg and fname in msg, msg
+        _assert_clean(msg, fname, tmp_path)
+    # the same check covers configs inferred from tensor shapes: block indices with gaps
+    sd = random_official_sd(Dinov2Config(**SMALL))
+    sd["blocks.100000.norm1.weight"] = torch.ones(128)
+    with pytest.raises(dinov2.WeightFileError, match="with gaps"):
+        dinov2.from_state_dict(sd, name="x.pth")
+
+
+def test_pickles_with_code_are_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "x": _Payload(marker)}, tmp_path / "evil.pth")
+    (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"w": _Payload(marker)}))
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "evil.pth").read_bytes()[:100])
+    for fname in ("evil.pth", "legacy.pt", "cut.pth"):
+        with pytest.raises(dinov2.WeightFileError) as err:
+            dinov2.load_dinov2(str(tmp_path / fname), name=f"encoder_name '{fname}'")
+        msg = str(err.value)
+        assert "not a plain PyTorch weights file" in msg and "never loaded" in msg, msg
+        _assert_clean(msg, fname, tmp_path)
+        assert not marker.exists()
+    with pytest.raises(dinov2.WeightFileError, match="unsupported DINOv2 weight file type '.onnx'"):
+        dinov2.load_dinov2(str(tmp_path / "m.onnx"))
+    with pytest.raises(ValueError, match="interpolation='meta'"):
+        dinov2.from_state_dict(random_official_sd(Dinov2Config(**SMALL)), interpolation="meta")
