@@ -223,3 +223,144 @@ def test_rope_stays_float32_in_bfloat16_models():
     x = torch.randn(1, 8, 8, d_head * heads).to(torch.bfloat16)
     out = blk(x, hdit.make_axial_pos(8, 8), torch.randn(1, 8).to(torch.bfloat16))
     assert out.dtype == torch.bfloat16 and seen == [(torch.float32, torch.float32)]
+
+
+# ----------------------------------------------------------------------------- loader hardening
+
+
+def _write_small(path, config=SMALL, seed=0):
+    from hdit_layout import write_official_safetensors
+
+    return write_official_safetensors(path, config, seed=seed)
+
+
+def _cfg(**model_changes):
+    cfg = json.loads(json.dumps(SMALL))
+    cfg["model"].update(model_changes)
+    return cfg
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.marker,))
+
+
+def test_unreadable_files_get_plain_messages(tmp_path):
+    import os
+    import struct
+
+    big = tmp_path / "huge_header.safetensors"  # header length 2**40: safetensors' HeaderTooLarge
+    big.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    rnd = tmp_path / "random.safetensors"
+    rnd.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)))
+    good = tmp_path / "good.safetensors"
+    _write_small(good)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for p in (big, rnd, cut):
+        with pytest.raises(HDiTLoadError) as e:
+            hdit.load_checkpoint(str(p), name=f"sub/{p.name}")
+        msg = str(e.value)
+        assert f"sub/{p.name} is not a valid .safetensors file" in msg and "Download or export it again" in msg
+        assert str(tmp_path) not in msg and "HeaderTooLarge" not in msg and "Error" not in msg, msg
+
+    # a pickle that would run code: refused without unpickling, without suggesting weights_only=False
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"config": SMALL, "model_ema": random_official_state_dict(small_keys()), "x": _Evil(str(marker))}, evil)
+    with pytest.raises(HDiTLoadError) as e:
+        hdit.load_checkpoint(str(evil))
+    msg = str(e.value)
+    assert "evil.pth holds Python objects other than tensors" in msg and "safetensors" in msg
+    assert "weights_only" not in msg and str(tmp_path) not in msg and not marker.exists()
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02not a checkpoint" * 100)
+    with pytest.raises(HDiTLoadError, match="junk.pth (is not|cannot be read as) a PyTorch checkpoint") as e:
+        hdit.load_checkpoint(str(junk))
+    assert "weights_only" not in str(e.value)
+    ok = tmp_path / "ok.pth"
+    torch.save({"config": SMALL, "model_ema": random_official_state_dict(small_keys())}, ok)
+    half = tmp_path / "half.pth"
+    half.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2])
+    with pytest.raises(HDiTLoadError, match="half.pth cannot be read as a PyTorch checkpoint"):
+        hdit.load_checkpoint(str(half))
+    with pytest.raises(HDiTLoadError, match=r"^HDiT file sub/nope.safetensors not found$"):
+        hdit.load_checkpoint(str(tmp_path / "nope.safetensors"), name="sub/nope.safetensors")
+
+
+@pytest.mark.parametrize(
+    "changes,expect",
+    [
+        ({"d_ffs": [2**40, 192, 192]}, r"model.d_ffs\[0\] = 1099511627776 is outside the supported range 1..65536"),
+        ({"widths": [32, "64", 64]}, r"model.widths\[1\] must be an integer; got '64'"),
+        ({"widths": [32, 64, 2**31]}, r"model.widths\[2\] = 2147483648 is outside"),
+        ({"depths": [1, None, 2]}, r"model.depths\[1\] must be an integer; got None"),
+        ({"depths": [1, 1, 1000]}, r"model.depths\[2\] = 1000 is outside"),
+        ({"patch_size": [2, 1000]}, r"model.patch_size\[1\] = 1000 is outside"),
+        ({"patch_size": "2"}, r"model.patch_size must be an integer"),
+        ({"mapping_width": 33}, r"mapping_width = 33 must be even"),
+        ({"mapping_d_ff": 1.5}, r"model.mapping_d_ff must be an integer; got 1.5"),
+        ({"input_channels": 0}, r"model.input_channels = 0 is outside"),
+        ({"sigma_data": float("nan")}, r"model.sigma_data must be a finite number"),
+        ({"sigma_min": 100.0}, r"sigma_min = 100.0 must be below model.sigma_max"),
+        ({"dropout_rate": [0, 0, 2]}, r"model.dropout_rate\[2\] = 2.0 is outside"),
+        ({"self_attns": [{"type": "neighborhood", "d_head": 16, "kernal_size": 3}, {"type": "global", "d_head": 16},
+                         {"type": "global", "d_head": 32}]}, r"self_attns\[0\] \(neighborhood\) has unknown keys \['kernal_size'\]"),
+        ({"self_attns": [{"type": "neighborhood", "d_head": 12}, {"type": "global", "d_head": 16},
+                         {"type": "global", "d_head": 32}]}, r"self_attns\[0\].d_head = 12 must be a multiple of 8"),
+        ({"self_attns": [{"type": "neighborhood", "d_head": 16, "kernel_size": 4}, {"type": "global", "d_head": 16},
+                         {"type": "global", "d_head": 32}]}, r"kernel_size = 4 must be odd"),
+        ({"self_attns": "global"}, r"model.self_attns must be a non-empty list"),
+    ],
+)
+def test_invalid_config_values_are_named(tmp_path, changes, expect):
+    """Bad sizes/types in a file's config are refused by name before anything is built (no TypeError,
+    no attempt to allocate 2**40-wide layers)."""
+    path = tmp_path / "m.safetensors"
+    _write_small(path)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(sd, str(path), metadata={"config": json.dumps(_cfg(**changes))})
+    with pytest.raises(HDiTLoadError, match=expect) as e:
+        hdit.load_checkpoint(str(path), name="hd/m.safetensors")
+    assert str(e.value).startswith("hd/m.safetensors: the config inside hd/m.safetensors is not usable: ")
+
+
+def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatch):
+    """num_classes, patch size, widths or d_ff that disagree with the file are refused from the
+    safetensors header alone: no tensor is read and no model is allocated."""
+    path = tmp_path / "m.safetensors"
+    _write_small(path)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+
+    def no_tensor_reads(*a, **k):
+        raise AssertionError("tensors were read before the shapes were checked")
+
+    monkeypatch.setattr(hdit, "_safetensors_tensors", no_tensor_reads)
+    cases = [
+        ({"dataset": {"num_classes": 9}}, "class_emb.weight: file (6, 32) vs config (10, 32)"),
+        ({"model": {"patch_size": [4, 4]}}, "patch_in.proj.weight: file (32, 12) vs config (32, 48)"),
+        ({"model": {"d_ffs": [96, 192, 4096]}}, "mid_level.0.ff.down_proj.weight: file (64, 192) vs config (64, 4096)"),
+        ({"model": {"num_classes": 0}, "dataset": {"num_classes": 0}}, "1 unexpected keys: class_emb.weight"),
+    ]
+    for change, expect in cases:
+        cfg = json.loads(json.dumps(SMALL))
+        for sec, kv in change.items():
+            cfg[sec].update(kv)
+        save_file(sd, str(path), metadata={"config": json.dumps(cfg)})
+        with pytest.raises(HDiTLoadError) as e:
+            hdit.load_checkpoint(str(path))
+        assert "m.safetensors does not match its HDiT config" in str(e.value) and expect in str(e.value), str(e.value)
+    assert hdit.expected_shapes(SMALL)["class_emb.weight"] == (6, 32)
