@@ -13,6 +13,7 @@ The latent comes from the stock ``EmptyChromaRadianceLatentImage`` (a zero [B, 3
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.conds
@@ -153,12 +154,22 @@ def _model_files() -> list[str]:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_hdit_file(path: str, dtype: str = "float32"):
-    name = os.path.basename(path)
+def load_hdit_file(path: str, dtype: str = "float32", name: str | None = None):
+    """``(MODEL, HDiTConfig)`` from an HDiT file; ``name`` (default: the base name) is how messages
+    call the file, the node passes its name relative to the models folder (never an absolute path)."""
+    name = name or os.path.basename(path)
     try:
-        inner, cfg = H.load_checkpoint(path)
+        inner, cfg = H.load_checkpoint(path, name=name)
     except H.HDiTLoadError as e:
-        raise ValueError(f"UltraResHDiTLoader: cannot load {name}: {e}") from e
+        raise ValueError(f"UltraResHDiTLoader: {e}") from None
+    except MemoryError:
+        raise ValueError(f"UltraResHDiTLoader: not enough memory to load {name}; free memory (unload other "
+                         f"models) or use a smaller model.") from None
+    except Exception as e:  # anything else is a bug or a file we did not foresee: say which file, log the rest
+        logging.exception("UltraResHDiTLoader: loading %s failed", name)
+        raise ValueError(f"UltraResHDiTLoader: cannot load {name}: unexpected {type(e).__name__} while reading it "
+                         f"(details in the ComfyUI log). Check that it is a k-diffusion image_transformer_v2 "
+                         f"checkpoint.") from None
     return build_comfy_model(inner, cfg, DTYPES[dtype]), cfg
 
 
@@ -203,7 +214,7 @@ class UltraResHDiTLoader(io.ComfyNode):
         if path is None:
             raise ValueError(f"UltraResHDiTLoader: {model_name!r} is not in the hdit models folder; put the file in "
                              f"ComfyUI/models/hdit/ and refresh.")
-        model, cfg = load_hdit_file(path, weight_dtype)
+        model, cfg = load_hdit_file(path, weight_dtype, model_name)
         return io.NodeOutput(model, pixel_space_vae(), cfg.num_classes)
 
 

@@ -154,7 +154,7 @@ def test_bad_files_get_clear_errors(comfy, hdit_dir):
     cfg["model"]["widths"] = [32, 64, 128]
     save_file(sd, mism, metadata={"config": json.dumps(cfg)})
     try:
-        with pytest.raises(ValueError, match="not a readable safetensors"):
+        with pytest.raises(ValueError, match="is not a valid .safetensors file"):
             comfy.run_node("UltraResHDiTLoader", model_name=os.path.basename(bad), weight_dtype="float32")
         with pytest.raises(ValueError, match="shape mismatches") as e:
             comfy.run_node("UltraResHDiTLoader", model_name=os.path.basename(mism), weight_dtype="float32")
@@ -231,3 +231,46 @@ def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file,
     if which == "oxford":
         gb = estimates[True][0] / sizes[0] ** 2 * 1024 * 1024 / 2**30
         assert 0.5 < gb < 6, gb
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_loader_messages_name_files_relative_to_the_models_folder(comfy, hdit_dir, tmp_path):
+    """Files in a subfolder are named as the combo names them ("sub/x.pth"), never by absolute path;
+    an unsafe pickle is refused without unpickling and without suggesting weights_only=False."""
+    sub = f"sub_{uuid.uuid4().hex[:6]}"
+    os.makedirs(os.path.join(hdit_dir, sub))
+    evil = os.path.join(hdit_dir, sub, "evil.pth")
+    marker = tmp_path / "ran"
+    torch.save({"config": CFG_64, "model_ema": {"a": torch.zeros(1)}, "x": _RunsCode(str(marker))}, evil)
+    huge = os.path.join(hdit_dir, sub, "huge.safetensors")
+    write_official_safetensors(huge, CFG_64, seed=3)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(huge, "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(json.dumps(CFG_64))
+    cfg["model"]["d_ffs"] = [2**40, 192, 192]
+    save_file(sd, huge, metadata={"config": json.dumps(cfg)})
+    try:
+        names = folder_paths.get_filename_list("hdit")
+        for fname, expect in ((f"{sub}/evil.pth", "holds Python objects other than tensors"),
+                              (f"{sub}/huge.safetensors", r"model.d_ffs\[0\] = 1099511627776 is outside")):
+            assert fname in names
+            with pytest.raises(ValueError, match=expect) as e:
+                comfy.run_node("UltraResHDiTLoader", model_name=fname, weight_dtype="float32")
+            msg = str(e.value)
+            assert msg.startswith("UltraResHDiTLoader: ") and fname in msg, msg
+            assert hdit_dir not in msg and "weights_only" not in msg and "Error" not in msg, msg
+        assert not marker.exists()
+    finally:
+        for f in (evil, huge):
+            os.remove(f)
+        os.rmdir(os.path.join(hdit_dir, sub))
