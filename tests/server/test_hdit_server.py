@@ -81,3 +81,51 @@ def test_unknown_model_name_is_a_queue_time_400(comfy_server):
     status, body = comfy_server.post_prompt(_prompt("not-there.safetensors"))
     assert status == 400, body
     assert "model_name='not-there.safetensors' is not one of" in str(body["node_errors"]["1"]), body
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.marker,))
+
+
+def test_hostile_files_fail_with_plain_messages_on_server(comfy_server, tmp_path):
+    """A header-bomb safetensors, a pickle that would run code and a config asking for 2**40-wide layers
+    each fail at the loader with a message naming the file relative to models/hdit, what is wrong and
+    what to do; no torch/safetensors exception text, no absolute path, nothing unpickled."""
+    import struct
+
+    import torch
+    from harness.server import PromptFailed
+
+    d = comfy_server.models_dir / "hdit" / "hostile"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "bomb.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    marker = tmp_path / "ran"
+    torch.save({"config": SMALL, "model_ema": {"a": torch.zeros(1)}, "x": _RunsCode(str(marker))}, d / "evil.pth")
+    cfg = json.loads(json.dumps(SMALL))
+    cfg["model"]["d_ffs"] = [2**40, 192, 192]
+    write_official_safetensors(d / "huge_dff.safetensors", SMALL, seed=2)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(d / "huge_dff.safetensors"), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(sd, str(d / "huge_dff.safetensors"), metadata={"config": json.dumps(cfg)})
+    cases = [
+        ("hostile/bomb.safetensors", "is not a valid .safetensors file"),
+        ("hostile/evil.pth", "holds Python objects other than tensors"),
+        ("hostile/huge_dff.safetensors", "1099511627776 is outside the supported range"),
+    ]
+    for name, expect in cases:
+        with pytest.raises(PromptFailed) as e:
+            comfy_server.run_prompt(_prompt(name), timeout=300)
+        first = str(e.value).splitlines()[0]  # "node 1 (UltraResHDiTLoader) failed: ValueError: <message>"
+        assert "(UltraResHDiTLoader) failed" in first and name in first and expect in first, first
+        assert str(comfy_server.models_dir) not in first and "weights_only" not in first, first
+        assert "HeaderTooLarge" not in first and "Unpickl" not in first, first
+    assert not marker.exists()
