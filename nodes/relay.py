@@ -92,7 +92,8 @@ def _relay_schedule_inputs() -> list:
                     "models; 0.9-2.0 suits SD latents). For flow models (SD3, Flux) it is the time t in (0, 1), "
                     "e.g. 0.6. Higher = more freedom to add detail, more steps."),
         io.Float.Input("rho", default=7.0, min=0.1, max=200.0, step=0.1,
-                       tooltip="Karras grid exponent (7 usual; the paper's ImageNet stage two uses 100)."),
+                       tooltip="Karras grid exponent (7 usual; the paper's ImageNet stage two uses 100). For flow models "
+                               "(SD3, Flux) use 1: a grid linear in t (with 7 nearly every level sits at small t)."),
     ]
 
 
