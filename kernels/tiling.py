@@ -240,6 +240,118 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
     return results
 
 
+@dataclass(frozen=True)
+class TileSettings:
+    """A tiled run's settings in the units a user thinks in: tile and overlap sizes in **pixels**.
+
+    method: one of ``METHODS``; tile_batch_size: tiles per model call; reset_interval: FSTD resets
+    its grid offset to (0, 0) every this many steps (4, the official default); seed: the offsets'
+    and shifts' seed.
+    """
+
+    method: str = "fstd"
+    tile_width: int = 512
+    tile_height: int = 512
+    overlap: int = 64
+    tile_batch_size: int = 4
+    reset_interval: int = 4
+    seed: int = 0
+
+    def latent_tile(self, ratio: int) -> tuple[int, int, int]:
+        """(tile_h, tile_w, overlap) in latent pixels for a model with ``ratio`` pixels per latent pixel."""
+        return max(1, self.tile_height // ratio), max(1, self.tile_width // ratio), self.overlap // ratio
+
+
+GroupKey = object  # any hashable naming one cond group for a whole run (None: the group is absent)
+GroupPredict = Callable[[torch.Tensor, Sequence[Tile], Sequence[int]], Sequence[torch.Tensor]]
+
+
+class TiledRun:
+    """One sampling run of tiled diffusion on a ``height`` x ``width`` latent (latent pixels).
+
+    Holds what must live for a whole run and nothing longer:
+    - the planner (and, for FSTD, the full-coverage planner with the same offsets);
+    - FSTD's reference: per cond group, the raw prediction ``(x - denoised) / sigma`` (noise for
+      eps models, velocity for flow models) of the **first** evaluation of the most recent earlier
+      sampler step. Extra evaluations inside a step (Self-Attention/Perturbed-Attention/Skip-Layer
+      guidance, a second-order sampler's correction at the same sigma) never replace it. The
+      reference for a strip at this step is ``x - sigma * raw_prev``, the official code's
+      ``--noise_reference`` rule.
+    - the fallback: a call with a group that has no earlier-step reference (the first step, a group
+      first seen now, a group rebuilt every step) evaluates the full-coverage plan instead, so a
+      plan never leaves a strip without a prediction.
+
+    ``denoise(x, sigma, step, groups, predict)`` evaluates one model call; ``groups`` names each cond
+    group (``None`` = absent, e.g. the uncond group at cfg 1: it gets no prediction and needs no
+    reference).
+    """
+
+    def __init__(self, settings: TileSettings, height: int, width: int, ratio: int = 8):
+        if settings.method not in METHODS:
+            raise ValueError(f"unknown tiling method {settings.method!r}; expected one of {METHODS}")
+        tile_h, tile_w, overlap = settings.latent_tile(ratio)
+        overlap = min(overlap, max(0, min(tile_h, tile_w, height, width) - 1))
+        self.settings = settings
+        self.planner = TilePlanner(settings.method, height, width, tile_h, tile_w, overlap=overlap,
+                                   reset_interval=settings.reset_interval, seed=settings.seed)
+        self.full = None
+        if settings.method == "fstd":  # same offsets, extra tiles: used when no reference exists
+            self.full = TilePlanner("fstd_full", height, width, tile_h, tile_w,
+                                    reset_interval=settings.reset_interval, seed=settings.seed)
+        self._step = None  # the step now being evaluated
+        self._current: dict = {}  # group -> raw prediction, first evaluation of this step
+        self._previous: dict = {}  # group -> raw prediction of the latest earlier step it ran in
+
+    @property
+    def clamped(self) -> bool:
+        return self.planner.clamped
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.planner.height, self.planner.width
+
+    def _enter(self, step: int) -> None:
+        if step != self._step:
+            self._previous.update(self._current)
+            self._current = {}
+            self._step = step
+
+    def plan(self, step: int, groups: Sequence[GroupKey | None]) -> StepPlan:
+        """This call's plan: the method's plan, or the full-coverage one when FSTD would need a
+        reference that some present group does not have."""
+        self._enter(step)
+        plan = self.planner.plan(step)
+        if plan.uncovered is not None and any(g is not None and g not in self._previous for g in groups):
+            plan = self.full.plan(step)
+        return plan
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, step: int, groups: Sequence[GroupKey | None],
+                predict: GroupPredict, between_batches: Callable[[], None] | None = None,
+                batch_size: int | None = None) -> list[torch.Tensor | None]:
+        """Denoised predictions [B, C, H, W] for each group (None for absent groups).
+
+        predict(tiles_x, tiles, active) -> one tensor [n*B, C, h, w] per index in ``active`` (the
+        positions of the present groups), for tiles_x stacked tile-major as in :func:`run_tiles`.
+        sigma: [B] noise levels of ``x``.
+        """
+        active = [i for i, g in enumerate(groups) if g is not None]
+        plan = self.plan(step, groups)
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        reference = None
+        if plan.uncovered is not None:
+            reference = [x - s * self._previous[groups[i]].to(x.dtype) for i in active]
+        outs = run_tiles(x, plan, lambda tx, tiles: predict(tx, tiles, active),
+                         batch_size=batch_size or self.settings.tile_batch_size, reference=reference,
+                         between_batches=between_batches)
+        if bool((sigma > 0).all()):
+            for i, out in zip(active, outs):
+                self._current.setdefault(groups[i], (x - out) / s)
+        result: list[torch.Tensor | None] = [None] * len(groups)
+        for i, out in zip(active, outs):
+            result[i] = out
+        return result
+
+
 def plan_any_size(target_w: int, target_h: int, native_pixels: int, multiple: int = 64) -> tuple[int, int, float]:
     """Any-Size-Diffusion's first stage (the ARAD idea): the size to generate at natively.
 

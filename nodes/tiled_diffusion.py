@@ -12,20 +12,24 @@ So stock samplers, schedulers, CFG, img2img (denoise < 1) and ControlNet work un
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import comfy.conds
+import comfy.controlnet
 import comfy.model_management
+import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.tiling import StepPlan, Tile, TilePlanner, plan_any_size, run_tiles
+from ..kernels.tiling import Tile, TiledRun, TileSettings, plan_any_size
 from ._common import check_inputs, latent_downscale_ratio, require_image_latent
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
+RUN_KEY = "ultrares_tiled_run"  # transformer_options entry holding the current run's state
 
 METHOD_CHOICES = {
     "FSTD": "fstd",
@@ -48,50 +52,87 @@ def _stack_crops(t: torch.Tensor, tiles: list[Tile], batch: int, scale_h: float 
     return torch.cat(crops, dim=0)
 
 
-class _TileRun:
-    """Per-sampling-run state: the planner for this latent size, the previous evaluation (FSTD's
-    reference for uncovered strips) and full-size ControlNet hints cropped per tile batch."""
+class _TileConds:
+    """ComfyUI conditioning cut to tiles, for one sampling run.
 
-    def __init__(self, cfg: dict, height: int, width: int, ratio: int):
-        tile_h = max(1, cfg["tile_height"] // ratio)
-        tile_w = max(1, cfg["tile_width"] // ratio)
-        overlap = cfg["overlap"] // ratio
-        self.planner = TilePlanner(cfg["method"], height, width, tile_h, tile_w,
-                                   overlap=min(overlap, max(0, min(tile_h, tile_w, height, width) - 1)),
-                                   reset_interval=cfg["reset_interval"], seed=cfg["seed"])
-        self.full = None
-        if cfg["method"] == "fstd":  # same offsets, extra tiles: used when no reference exists yet
-            self.full = TilePlanner("fstd_full", height, width, tile_h, tile_w,
-                                    reset_interval=cfg["reset_interval"], seed=cfg["seed"])
-        self.batch_size = cfg["tile_batch_size"]
-        self.prev: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]] | None = None
-        self.hints: dict[int, torch.Tensor] = {}
+    Controls (ControlNet, ControlLoRA, T2I-Adapter, chained through ``previous_controlnet``) are
+    shallow copies of the originals, so each keeps everything ``pre_run`` gave the original
+    (``model_sampling_current``, the timestep range, ControlLoRA's built model), with the hint cut
+    to the tiles. A ControlNet's full-size hint is prepared once per run exactly as its own
+    ``get_control`` would for the whole latent (resize, preprocess, VAE encode for latent-space
+    controls, inpaint ``extra_concat``) and then only cropped. Within one model call, every group
+    sharing a control gets the same tile copy, so ComfyUI still batches cond and uncond together.
+    """
 
-    # ----- conditioning per tile batch -----
-    def crop_control(self, control, tiles: list[Tile], batch: int, latent_hw: tuple[int, int]):
-        if control is None or getattr(control, "cond_hint_original", None) is None:
-            return control
-        ratio = control.compression_ratio
-        if getattr(control, "vae", None) is not None:
-            ratio *= control.vae.spacial_compression_encode()
-        H, W = latent_hw[0] * ratio, latent_hw[1] * ratio
+    def __init__(self):
+        # id(original control) -> (pixel hint at the image size, extra concats at that size, the
+        # hint ControlNet.get_control prepares for the whole latent or None)
+        self.prepared: dict[int, tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]] = {}
+
+    def _prepared(self, control, x: torch.Tensor):
         key = id(control)
-        full = self.hints.get(key)
-        if full is None or full.shape[-2:] != (H, W):
-            # exactly what the untiled ControlNet would see, then cropped per tile
-            full = comfy.utils.common_upscale(control.cond_hint_original, W, H, control.upscale_algorithm, "center")
-            self.hints[key] = full
-        tiled = control.copy()
-        tiled.cond_hint_original = _stack_crops(full, tiles, batch, ratio, ratio)
-        tiled.timestep_range = getattr(control, "timestep_range", None)
+        if key not in self.prepared:
+            ratio = control.compression_ratio
+            if getattr(control, "vae", None) is not None:
+                ratio *= control.vae.spacial_compression_encode()
+            H, W = x.shape[-2] * ratio, x.shape[-1] * ratio
+            up = control.upscale_algorithm
+            pixels = comfy.utils.common_upscale(control.cond_hint_original, W, H, up, "center")
+            extras = [comfy.utils.common_upscale(c, W, H, up, "center") if c.ndim == 4 else c
+                      for c in getattr(control, "extra_concat_orig", [])]
+            self.prepared[key] = (pixels, extras, self._full_hint(control, x))
+        return self.prepared[key]
+
+    @staticmethod
+    def _full_hint(control, x: torch.Tensor) -> torch.Tensor | None:
+        """The hint ControlNet.get_control would build for the whole latent ``x``; None for other
+        control types (they are fed the cropped original hint and prepare it themselves)."""
+        if not isinstance(control, comfy.controlnet.ControlNet):
+            return None
+        H, W = x.shape[-2] * control.compression_ratio, x.shape[-1] * control.compression_ratio
+        # The control's own get_control prepares the hint; a stand-in model that only reports the
+        # dtype and no model sampling make it stop right after that, before running the network.
+        probe = copy.copy(control)
+        probe.cond_hint = None
+        probe.previous_controlnet = None
+        probe.timestep_range = None
+        probe.control_model = _DtypeOnly(getattr(control.control_model, "dtype", torch.float32))
+        probe.model_sampling_current = None
+        try:
+            probe.get_control(x, torch.zeros(x.shape[0], device=x.device), {"c_crossattn": None}, 1, {})
+        except AttributeError:
+            pass  # stopped at model_sampling_current: the hint is ready
+        full = probe.cond_hint
+        if full is None or tuple(full.shape[-2:]) != (H, W):
+            return None
+        return full
+
+    def crop_control(self, control, tiles: list[Tile], batch: int, x: torch.Tensor, made: dict):
+        if control is None:
+            return None
+        key = id(control)
+        if key in made:
+            return made[key]
+        tiled = copy.copy(control)
+        if getattr(control, "cond_hint_original", None) is not None:
+            pixels, extras, full = self._prepared(control, x)
+            ratio = pixels.shape[-2] / x.shape[-2]
+            tiled.cond_hint_original = _stack_crops(pixels, tiles, batch, ratio, ratio)
+            tiled.extra_concat_orig = [_stack_crops(c, tiles, batch, ratio, ratio) for c in extras]
+            tiled.cond_hint = None
+            if full is not None:  # the prepared hint, cropped: get_control uses it as is
+                r = control.compression_ratio
+                tiled.cond_hint = _stack_crops(full, tiles, batch, r, r)
+        if hasattr(tiled, "control_input"):
+            tiled.control_input = None  # T2I-Adapter features belong to the hint they came from
         prev = getattr(control, "previous_controlnet", None)
         if prev is not None:
-            tiled.set_previous_controlnet(self.crop_control(prev, tiles, batch, latent_hw))
+            tiled.previous_controlnet = self.crop_control(prev, tiles, batch, x, made)
+        made[key] = tiled
         return tiled
 
-    def crop_conds(self, conds: list[dict] | None, tiles: list[Tile], batch: int, latent_hw: tuple[int, int]):
-        if conds is None:
-            return None
+    def crop(self, conds: list[dict], tiles: list[Tile], batch: int, x: torch.Tensor, made: dict):
+        latent_hw = tuple(x.shape[-2:])
         out = []
         for cond in conds:
             cond = dict(cond)
@@ -99,9 +140,9 @@ class _TileRun:
                 # an area cond is placed relative to the tile; tiles are run one at a time then
                 (tile,) = tiles
                 area = list(cond["area"])
-                h, w, y, x = area[-4], area[-3], area[-2], area[-1]
-                y0, x0 = max(y, tile.y), max(x, tile.x)
-                y1, x1 = min(y + h, tile.y + tile.h), min(x + w, tile.x + tile.w)
+                h, w, y, xx = area[-4], area[-3], area[-2], area[-1]
+                y0, x0 = max(y, tile.y), max(xx, tile.x)
+                y1, x1 = min(y + h, tile.y + tile.h), min(xx + w, tile.x + tile.w)
                 if y1 <= y0 or x1 <= x0:
                     continue  # this area does not touch the tile
                 cond["area"] = (y1 - y0, x1 - x0, y0 - tile.y, x0 - tile.x)
@@ -109,29 +150,22 @@ class _TileRun:
                 cond["mask"] = _stack_crops(cond["mask"], tiles, batch)
             model_conds = {}
             for name, mc in cond.get("model_conds", {}).items():
-                if isinstance(mc, comfy.conds.CONDNoiseShape) and tuple(mc.cond.shape[-2:]) == tuple(latent_hw):
+                # every latent-shaped model input: inpaint concat, reference/noise-shaped conds
+                if isinstance(mc, comfy.conds.CONDNoiseShape) and tuple(mc.cond.shape[-2:]) == latent_hw:
                     mc = mc._copy_with(_stack_crops(mc.cond, tiles, batch))
                 model_conds[name] = mc
             cond["model_conds"] = model_conds
             if "control" in cond:
-                cond["control"] = self.crop_control(cond["control"], tiles, batch, latent_hw)
+                cond["control"] = self.crop_control(cond["control"], tiles, batch, x, made)
             out.append(cond)
         return out
 
-    # ----- one model evaluation -----
-    def plan_for(self, step: int) -> StepPlan:
-        plan = self.planner.plan(step)
-        if plan.uncovered is not None and self.prev is None:
-            plan = self.full.plan(step)
-        return plan
 
-    def reference(self, x: torch.Tensor, sigma: torch.Tensor, plan: StepPlan):
-        """Previous step's noise prediction, re-expressed as x0 at this sigma (x - sigma * eps_prev)."""
-        if plan.uncovered is None:
-            return None
-        x_prev, sigma_prev, outs_prev = self.prev
-        s, sp = sigma.view(-1, 1, 1, 1), sigma_prev.view(-1, 1, 1, 1)
-        return [None if o is None else x - s * (x_prev - o) / sp for o in outs_prev]
+class _DtypeOnly:
+    """Stands in for a control model while its hint is prepared: get_control reads only its dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
 
 
 def _step_index(sigma: torch.Tensor, model_options: dict) -> int:
@@ -142,12 +176,21 @@ def _step_index(sigma: torch.Tensor, model_options: dict) -> int:
     return int(torch.argmin((sigmas.float().cpu() - s).abs()))
 
 
-class _TiledDiffusionPatch:
-    """The two wrappers, sharing one config; a new _TileRun per sampling run."""
+class _Run:
+    """What one sampling run of the patched model holds: the kernel's TiledRun and the cond crops."""
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        self.run: _TileRun | None = None
+    def __init__(self, settings: TileSettings, height: int, width: int, ratio: int):
+        self.tiles = TiledRun(settings, height, width, ratio)
+        self.conds = _TileConds()
+
+
+class _TiledDiffusionPatch:
+    """The two wrappers, sharing one config. The per-run state lives in the guider's model options
+    for the length of the run (as ComfyUI's EasyCache keeps its own), so a nested or concurrent
+    sampling run with the same patched model gets its own state and cannot clear this one."""
+
+    def __init__(self, settings: TileSettings):
+        self.settings = settings
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         require_image_latent(noise, "Tiled Diffusion (UltraRes)")
@@ -155,38 +198,40 @@ class _TiledDiffusionPatch:
         model = guider.model_patcher.model
         ratio = latent_downscale_ratio(model)
         H, W = noise.shape[-2:]
-        self.run = _TileRun(self.cfg, H, W, ratio)
-        if self.run.planner.clamped:
+        run = _Run(self.settings, H, W, ratio)
+        if run.tiles.clamped:
             log.warning("UltraRes Tiled Diffusion: tile %dx%d px is larger than the %dx%d px image; "
                         "clamped to the image size (one tile per axis there).",
-                        self.cfg["tile_width"], self.cfg["tile_height"], W * ratio, H * ratio)
+                        self.settings.tile_width, self.settings.tile_height, W * ratio, H * ratio)
+        original = guider.model_options
+        guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+        guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
-            self.run = None  # release the reference latents and hints
+            guider.model_options = original  # the run, its references and hints go with it
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
-        run = self.run
-        if run is None or x_in.ndim != 4 or tuple(x_in.shape[-2:]) != (run.planner.height, run.planner.width):
+        run: _Run | None = model_options.get("transformer_options", {}).get(RUN_KEY)
+        if run is None or x_in.ndim != 4 or tuple(x_in.shape[-2:]) != run.tiles.shape:
             # not inside our sampling run (e.g. a nested sampler on another latent): untiled
             return executor(model, conds, x_in, timestep, model_options)
         step = _step_index(timestep, model_options)
-        plan = run.plan_for(step)
-        reference = run.reference(x_in, timestep, plan) if plan.uncovered is not None else None
-        B, latent_hw = x_in.shape[0], tuple(x_in.shape[-2:])
+        B = x_in.shape[0]
         has_area = any("area" in c for group in conds if group for c in group)
-        batch_size = 1 if has_area else run.batch_size
 
-        def predict(tiles_x, tiles):
-            n = len(tiles)
-            tile_conds = [run.crop_conds(group, list(tiles), B, latent_hw) for group in conds]
+        def predict(tiles_x, tiles, active):
+            n, made = len(tiles), {}
+            tile_conds = [None if group is None else run.conds.crop(group, list(tiles), B, x_in, made)
+                          for group in conds]
             outs = executor(model, tile_conds, tiles_x, timestep.repeat(n), model_options)
-            return [o if o is not None else torch.zeros_like(tiles_x) for o in outs]
+            return [outs[i] for i in active]
 
-        outs = run_tiles(x_in, plan, predict, batch_size=batch_size, reference=reference,
-                         between_batches=comfy.model_management.throw_exception_if_processing_interrupted)
-        run.prev = (x_in, timestep, [None if g is None else o for g, o in zip(conds, outs)])
-        return outs
+        groups = [None if group is None else id(group) for group in conds]
+        outs = run.tiles.denoise(x_in, timestep, step, groups, predict, batch_size=1 if has_area else None,
+                                 between_batches=comfy.model_management.throw_exception_if_processing_interrupted)
+        # an absent group gets what ComfyUI's own calc_cond_batch returns for it: zeros
+        return [torch.zeros_like(x_in) if o is None else o for o in outs]
 
 
 def _inputs():
@@ -259,9 +304,10 @@ class UltraResTiledDiffusion(io.ComfyNode):
         verdict = cls.validate_inputs(tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
         if verdict is not True:
             raise ValueError(verdict)
-        cfg = {"method": METHOD_CHOICES[method], "tile_width": tile_width, "tile_height": tile_height,
-               "overlap": overlap, "tile_batch_size": tile_batch_size, "reset_interval": reset_interval, "seed": seed}
-        patch = _TiledDiffusionPatch(cfg)
+        settings = TileSettings(method=METHOD_CHOICES[method], tile_width=tile_width, tile_height=tile_height,
+                                overlap=overlap, tile_batch_size=tile_batch_size, reset_interval=reset_interval,
+                                seed=seed)
+        patch = _TiledDiffusionPatch(settings)
         m = model.clone()
         for kind, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
                          (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch)):

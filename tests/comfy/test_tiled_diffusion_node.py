@@ -102,38 +102,42 @@ def test_sdxl_family(comfy, tiny_sdxl):
     assert torch.isfinite(out).all() and all(c[-2:] == (32, 32) for c in calls)
 
 
-def test_controlnet_hint_is_cropped_per_tile(comfy, tiny_sd15):
-    """A T2I-Adapter-style control built from ComfyUI's ControlBase: it must receive per-tile hints
-    that equal the matching crop of the full-size hint."""
-    from comfy.controlnet import ControlBase
+def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cropped(comfy, tiny_sd15):
+    """A real comfy.controlnet.ControlNet after pre_run: each tile copy carries the model sampling
+    pre_run set (the copies ComfyUI's .copy() makes do not: every real ControlNet crashed), receives
+    exactly the crop of the hint the untiled ControlNet prepares for the whole latent, and one copy
+    serves every cond group of a call (so ComfyUI still batches cond and uncond)."""
+    import copy
+    import sys
 
-    model, clip, _ = tiny_sd15
-    seen = []
+    from ultrares.kernels.tiling import Tile
+    from ultrares.nodes.tiled_diffusion import _TileConds
 
-    class RecordingControl(ControlBase):
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-            seen.append((tuple(x_noisy.shape), self.cond_hint_original.clone()))
-            return None
+    sys.path.insert(0, "tests/comfy_packs/ultrares_testing")
+    import tiny_models
 
-        def copy(self):
-            c = RecordingControl()
-            self.copy_to(c)
-            return c
-
-    hint = torch.linspace(0, 1, 256 * 384).reshape(1, 1, 256, 384).repeat(1, 3, 1, 1)
-    control = RecordingControl().set_cond_hint(hint, 1.0)
-    pos = encode(comfy, clip, "a castle")
-    pos = [[pos[0][0], {**pos[0][1], "control": control}]]
-    out = sample(comfy, tiled(comfy, model, tile_width=128, tile_height=128, method="FSTD (full coverage)",
-                              tile_batch_size=1), clip, {"samples": torch.zeros(1, 4, 32, 48)}, steps=1, pos=pos)
-    assert torch.isfinite(out).all()
-    assert seen, "control was never evaluated"
-    for shape, h in seen:
-        assert shape[-2:] == (16, 16) and h.shape[-2:] == (128, 128)
-        # the crop is a window of the full hint: its first row is a contiguous run of it
-        row = h[0, 0, 0]
-        start = int(torch.argmin((hint[0, 0].flatten() - row[0]).abs()))
-        torch.testing.assert_close(row, hint[0, 0].flatten()[start:start + 128], rtol=1e-4, atol=1e-4)
+    model = tiny_sd15[0].model
+    hint = torch.rand(1, 3, 200, 300, generator=torch.Generator().manual_seed(0))
+    control = tiny_models.build_controlnet("sd15").copy().set_cond_hint(hint, 0.8)
+    control.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+    x = torch.randn(1, 4, 32, 48, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([3.0])
+    cond = {"c_crossattn": torch.randn(1, 77, 64)}
+    untiled = copy.copy(control)
+    untiled.get_control(x, sigma, cond, 1, {})  # prepares untiled.cond_hint for the whole latent
+    tiles = [Tile(0, 16, 16, 16), Tile(16, 0, 16, 16)]
+    made = {}
+    tiled = _TileConds().crop_control(control, tiles, 1, x, made)
+    assert _TileConds().crop_control(control, tiles, 1, x, made) is tiled  # one copy per call
+    assert tiled.model_sampling_current is control.model_sampling_current is not None
+    assert tiled.timestep_range == control.timestep_range
+    full = untiled.cond_hint
+    expected = torch.cat([full[..., 0:128, 128:256], full[..., 128:256, 0:128]])
+    torch.testing.assert_close(tiled.cond_hint, expected)
+    tiles_x = torch.cat([x[..., 0:16, 16:32], x[..., 16:32, 0:16]])
+    out = tiled.get_control(tiles_x, sigma.repeat(2), {"c_crossattn": cond["c_crossattn"].repeat(2, 1, 1)}, 1, {})
+    assert out["output"] and all(torch.isfinite(t).all() for t in out["output"] if t is not None)
+    torch.testing.assert_close(tiled.cond_hint, expected)  # used as prepared, not rebuilt from pixels
 
 
 def test_bad_inputs_fail_before_sampling(comfy, tiny_sd15):

@@ -1,0 +1,313 @@
+"""The compatibility matrix (tests/compat_matrix.py), cell by cell, on real ComfyUI parts.
+
+Every model is a reduced-architecture build of ComfyUI's own classes (SD1.5, SDXL, SD3 MMDiT, Flux,
+the 9-channel SD1.5 inpaint UNet) or the pack's shipped pixel-space HDiT; every add-on is the stock
+ComfyUI node (ControlNetApplyAdvanced with a real comfy.controlnet.ControlNet / T2IAdapter,
+SelfAttentionGuidance, PerturbedAttentionGuidance, SkipLayerGuidanceSD3/DiT, PerpNegGuider, FreeU_V2,
+LoraLoader, ConditioningSetArea/Mask/TimestepRange, InpaintModelConditioning). No stand-ins.
+
+A Tiled Diffusion cell passes when (1) sampling with several tiles gives finite latents and the model
+only ever sees tile-sized inputs, and (2) with one tile covering the image the result equals untiled
+sampling with the same add-on (so the per-tile conditioning, controls and references are exact).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import uuid
+
+import compat_matrix as M
+import pytest
+import torch
+from safetensors.torch import save_file
+
+NODE = "UltraResTiledDiffusion"
+IMAGE_PX = {"pixel": (64, 128)}  # (height, width) in pixels; pixel space is small and slow per pixel
+DEFAULT_PX = (192, 256)
+TILE_PX = {"pixel": 64}
+DEFAULT_TILE = 128
+CHANNELS = {"sd3": 16, "flux": 16, "pixel": 3}
+RATIO = {"pixel": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _pixel_model():
+    from harness import boot
+
+    rt = boot.boot()
+    model, vae, num_classes = rt.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
+                                          weight_dtype="float32")
+    return model, None, vae
+
+
+def family_parts(family: str):
+    """(MODEL, CLIP or None, VAE) for a matrix family."""
+    if family == "pixel":
+        return _pixel_model()
+    from harness import boot
+
+    return boot.tiny(family)
+
+
+def latent(family: str, batch: int = 1, noise: bool = False, px=None) -> dict:
+    h, w = px or IMAGE_PX.get(family, DEFAULT_PX)
+    r = RATIO.get(family, 8)
+    shape = (batch, CHANNELS.get(family, 4), h // r, w // r)
+    if noise:
+        return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(7))}
+    return {"samples": torch.zeros(shape)}
+
+
+def conds(comfy, family: str, model, clip, text: str = "a castle on a hill"):
+    """(positive, negative) as a user wires them for the family."""
+    if family == "pixel":
+        pos, neg = comfy.run_node("UltraResHDiTClass", model=model, class_id=1, unconditional=False)
+        return pos, neg
+    (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text=text)
+    (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="blurry")
+    if family == "flux":
+        (pos,) = comfy.run_node("FluxGuidance", conditioning=pos, guidance=3.5)
+    return pos, neg
+
+
+def ksample(comfy, model, pos, neg, lat, cfg=4.0, steps=2, sampler="euler", scheduler="simple", denoise=1.0):
+    (out,) = comfy.run_node("KSampler", model=model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
+                            scheduler=scheduler, positive=pos, negative=neg, latent_image=lat, denoise=denoise)
+    return out["samples"]
+
+
+def tiled(comfy, model, family, method, one_tile=False):
+    tile = TILE_PX.get(family, DEFAULT_TILE)
+    if one_tile:
+        tile = 4096  # larger than the image: clamped to it, one tile
+    (m,) = comfy.run_node(NODE, model=model, method=method, tile_width=tile, tile_height=tile, overlap=32 if tile >= 128 else 16,
+                          tile_batch_size=2, reset_interval=4, seed=5)
+    return m
+
+
+def spy(model):
+    """A clone that records the spatial size of every diffusion-model input (ComfyUI wrapper API)."""
+    import comfy.patcher_extension as pe
+
+    seen = []
+
+    def record(executor, *args, **kwargs):
+        seen.append(tuple(args[0].shape[-2:]))
+        return executor(*args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "compat_spy", record)
+    return m, seen
+
+
+def check_cell(comfy, family, method, run, model=None):
+    """run(model) -> latent: the cell's graph with the model to sample. Checks both properties."""
+    model = model if model is not None else family_parts(family)[0]
+    spied, seen = spy(tiled(comfy, model, family, method))
+    out = run(spied)
+    assert torch.isfinite(out).all(), "non-finite latent"
+    r = RATIO.get(family, 8)
+    tile = TILE_PX.get(family, DEFAULT_TILE) // r
+    assert seen and all(s[0] <= tile and s[1] <= tile for s in seen), f"model saw a non-tile input: {set(seen)}"
+    plain = run(model)
+    one = run(tiled(comfy, model, family, method, one_tile=True))
+    torch.testing.assert_close(one, plain, rtol=2e-4, atol=2e-4)
+
+
+# ---------------------------------------------------------------- node x family (Tiled Diffusion)
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+@pytest.mark.parametrize("method", M.TILING_METHODS)
+def test_tiled_diffusion_on_every_family(comfy, family, method, cfg):
+    assert M.status(f"Tiled Diffusion: {method}", family) == "works"
+    model, clip, _ = family_parts(family)
+    pos, neg = conds(comfy, family, model, clip)
+    lat = latent(family)
+    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg))
+
+
+# ---------------------------------------------------------------- add-ons
+
+
+def _image(family, batch=1, px=None):
+    h, w = px or IMAGE_PX.get(family, DEFAULT_PX)
+    g = torch.Generator().manual_seed(11)
+    return torch.rand(batch, h, w, 3, generator=g)
+
+
+def _apply_control(comfy, pos, neg, control, image, strength=1.0):
+    return comfy.run_node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=control, image=image,
+                          strength=strength, start_percent=0.0, end_percent=1.0, vae=None)
+
+
+def _lora_name(comfy, family):
+    """A real LoRA file for the tiny model's attention projections, in ComfyUI's loras folder."""
+    import comfy.lora
+    import folder_paths
+
+    model = family_parts(family)[0]
+    keys = comfy.lora.model_lora_keys_unet(model.model, {})
+    sd = model.model.state_dict()
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for lora_key, weight_key in keys.items():
+        if not isinstance(lora_key, str) or not lora_key.startswith("lora_unet_") or "attn1_to_q" not in lora_key:
+            continue
+        out_f, in_f = sd[weight_key].shape[:2]
+        lora[f"{lora_key}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.1
+        lora[f"{lora_key}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
+        lora[f"{lora_key}.alpha"] = torch.tensor(4.0)
+    assert lora, "no attention keys found for the LoRA"
+    folder = folder_paths.get_folder_paths("loras")[0]
+    os.makedirs(folder, exist_ok=True)
+    name = f"ultrares_compat_{uuid.uuid4().hex[:8]}.safetensors"
+    save_file(lora, os.path.join(folder, name))
+    return name
+
+
+def addon_graph(comfy, addon: str, family: str):
+    """(run(model) -> latent, the base model) for one add-on cell, built from the stock nodes."""
+    import tiny_models
+
+    model, clip, vae = family_parts(family)
+    pos, neg = conds(comfy, family, model, clip)
+    lat = latent(family)
+    cfg = 4.0
+    patch = None  # model -> model, applied after the tiling node (the order users wire)
+    if addon == "cfg 1 (uncond skipped)" or addon == "FluxGuidance":
+        cfg = 1.0
+    elif addon.startswith("ControlNet"):
+        image = _image(family)
+        if "T2I" in addon:
+            pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_t2i_adapter(), image)
+        pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_controlnet(family), image)
+        if "cfg 1" in addon:
+            cfg = 1.0
+    elif addon == "T2I-Adapter":
+        pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_t2i_adapter(), _image(family))
+    elif addon == "Self-Attention Guidance":
+        def patch(m):
+            return comfy.run_node("SelfAttentionGuidance", model=m, scale=0.5, blur_sigma=2.0)[0]
+    elif addon == "Perturbed-Attention Guidance":
+        def patch(m):
+            return comfy.run_node("PerturbedAttentionGuidance", model=m, scale=3.0)[0]
+    elif addon == "Skip Layer Guidance (SD3)":
+        def patch(m):
+            return comfy.run_node("SkipLayerGuidanceSD3", model=m, layers="1", scale=3.0, start_percent=0.0,
+                                  end_percent=1.0)[0]
+    elif addon == "Skip Layer Guidance DiT":
+        cfg = 2.0
+
+        def patch(m):
+            return comfy.run_node("SkipLayerGuidanceDiT", model=m, double_layers="0", single_layers="0", scale=3.0,
+                                  start_percent=0.0, end_percent=1.0, rescaling_scale=0.0)[0]
+    elif addon == "FreeU v2":
+        def patch(m):
+            return comfy.run_node("FreeU_V2", model=m, b1=1.3, b2=1.4, s1=0.9, s2=0.2)[0]
+    elif addon == "LoRA":
+        name = _lora_name(comfy, family)
+        model_lora, clip_lora = comfy.run_node("LoraLoader", model=model, clip=clip, lora_name=name,
+                                               strength_model=1.0, strength_clip=1.0)
+        pos, neg = conds(comfy, family, model_lora, clip_lora)
+        return _run_with(comfy, model_lora, pos, neg, lat, cfg), model_lora
+    elif addon == "area conditioning":
+        (area,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a red door")
+        (area,) = comfy.run_node("ConditioningSetArea", conditioning=area, width=96, height=64, x=64, y=32,
+                                 strength=1.0)
+        (pos,) = comfy.run_node("ConditioningCombine", conditioning_1=pos, conditioning_2=area)
+    elif addon == "mask conditioning":
+        (masked,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a red door")
+        mask = torch.zeros(1, *DEFAULT_PX)
+        mask[:, 40:150, 30:200] = 1.0
+        (masked,) = comfy.run_node("ConditioningSetMask", conditioning=masked, mask=mask, strength=1.0,
+                                   set_cond_area="default")
+        (pos,) = comfy.run_node("ConditioningCombine", conditioning_1=pos, conditioning_2=masked)
+    elif addon == "timestep-range conditioning":
+        (late,) = comfy.run_node("CLIPTextEncode", clip=clip, text="fine detail")
+        (early,) = comfy.run_node("ConditioningSetTimestepRange", conditioning=pos, start=0.0, end=0.5)
+        (late,) = comfy.run_node("ConditioningSetTimestepRange", conditioning=late, start=0.5, end=1.0)
+        (pos,) = comfy.run_node("ConditioningCombine", conditioning_1=early, conditioning_2=late)
+    elif addon == "batch size 2":
+        lat = latent(family, batch=2, noise=True)
+        return _run_with(comfy, model, pos, neg, lat, cfg, denoise=0.8), model
+    elif addon == "img2img (denoise 0.5)":
+        return _run_with(comfy, model, pos, neg, latent(family, noise=True), cfg, denoise=0.5), model
+    elif addon == "9-channel inpaint model":
+        mask = torch.zeros(1, *DEFAULT_PX)
+        mask[:, 48:160, 64:192] = 1.0
+        pos, neg, lat = comfy.run_node("InpaintModelConditioning", positive=pos, negative=neg, vae=vae,
+                                       pixels=_image(family), mask=mask, noise_mask=True)
+    elif addon == "PerpNeg guider":
+        return _perpneg(comfy, clip, pos, neg, lat), model
+    else:
+        raise AssertionError(f"add-on {addon!r} has no graph")
+    return _run_with(comfy, model, pos, neg, lat, cfg, patch=patch), model
+
+
+def _run_with(comfy, base, pos, neg, lat, cfg, denoise=1.0, patch=None):
+    """run(m): sample with ``m`` (the base model, tiled or not) after the add-on's model patch."""
+    def run(m):
+        if patch is not None:
+            m = patch(m)
+        return ksample(comfy, m, pos, neg, lat, cfg=cfg, denoise=denoise)
+
+    return run
+
+
+def _perpneg(comfy, clip, pos, neg, lat):
+    (empty,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
+
+    def run(m):
+        (guider,) = comfy.run_node("PerpNegGuider", model=m, positive=pos, negative=neg, empty_conditioning=empty,
+                                   cfg=4.0, neg_scale=1.0)
+        (noise,) = comfy.run_node("RandomNoise", noise_seed=3)
+        (sampler,) = comfy.run_node("KSamplerSelect", sampler_name="euler")
+        (sigmas,) = comfy.run_node("BasicScheduler", model=m, scheduler="simple", steps=2, denoise=1.0)
+        out, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                                latent_image=lat)
+        return out["samples"]
+
+    return run
+
+
+ADDON_CELLS = [(a, f) for a, fams in M.ADDONS.items() for f in fams]
+
+
+@pytest.mark.parametrize("method", M.TILING_METHODS)
+@pytest.mark.parametrize("addon,family", ADDON_CELLS, ids=[f"{a}-{f}" for a, f in ADDON_CELLS])
+def test_tiled_diffusion_with_addon(comfy, addon, family, method):
+    run, model = addon_graph(comfy, addon, family)
+    check_cell(comfy, family, method, run, model)
+
+
+@pytest.mark.parametrize("sampler", M.SAMPLERS)
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+@pytest.mark.parametrize("method", M.TILING_METHODS)
+def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sampler):
+    model, clip, _ = family_parts(family)
+    pos, neg = conds(comfy, family, model, clip)
+    lat = latent(family)
+    cfg = 1.0 if family == "flux" else 4.0
+    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler))
+
+
+# ---------------------------------------------------------------- the README stays in step
+
+
+def test_readme_table_matches_the_matrix():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
+    m = re.search(re.escape(M.START) + r"\n(.*?)\n" + re.escape(M.END), readme, re.S)
+    assert m, "README has no compatibility matrix section: run scripts/compat_table.py --write"
+    assert m.group(1).strip() == M.markdown_table().strip(), "README matrix is stale: run scripts/compat_table.py --write"
