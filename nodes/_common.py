@@ -37,13 +37,13 @@ def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:
     except TypeError:  # an unhashable value (a list from a hand-written prompt) against a set of options
         pass
     shown = ", ".join(str(o) for o in list(options)[:12]) or "(none)"
-    return f"{name}={_show(value)} is not one of: {shown}{hint}"
+    return f"{name}={show_value(value)} is not one of: {shown}{hint}"
 
 
 _SHOW_LIMIT = 60  # characters of a bad value shown back to the user
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
     """A bad value as the user should see it: repr, shortened (a fuzzed value can be megabytes)."""
     text = repr(value)
     if len(text) > _SHOW_LIMIT:
@@ -87,18 +87,16 @@ def _check_one(name: str, spec, value):
     lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
     if kind == "INT":
         if isinstance(value, float) and not math.isfinite(value):
-            return None, f"{name}={_show(value)} is not a finite number; give a whole number{_range_text(lo, hi)}"
+            return None, f"{name}={show_value(value)} is not a finite number; give a whole number{_range_text(lo, hi)}"
         try:
             value = int(value)  # what ComfyUI's executor does with an INT widget value
         except (TypeError, ValueError, OverflowError):
-            return None, (f"{name}={_show(value)} is not a whole number (ComfyUI could not convert it to an INT "
-                          f"value); give a whole number{_range_text(lo, hi)}")
+            return None, f"{name}={show_value(value)} is not a whole number; give a whole number{_range_text(lo, hi)}"
     elif kind == "FLOAT":
         try:
             value = float(value)  # what ComfyUI's executor does with a FLOAT widget value
         except (TypeError, ValueError, OverflowError):
-            return None, (f"{name}={_show(value)} is not a number (ComfyUI could not convert it to a FLOAT value); "
-                          f"give a finite number{_range_text(lo, hi)}")
+            return None, f"{name}={show_value(value)} is not a number; give a finite number{_range_text(lo, hi)}"
         if not math.isfinite(value):
             return None, f"{name}={value} is not a finite number; give a finite number{_range_text(lo, hi)}"
     elif kind == "BOOLEAN":
@@ -116,14 +114,14 @@ def _check_one(name: str, spec, value):
             if not known:
                 shown = ", ".join(str(o) for o in options[:12]) or "(none)"
                 more = f" (and {len(options) - 12} more)" if len(options) > 12 else ""
-                return None, f"{name}={_show(one)} is not one of: {shown}{more}"
+                return None, f"{name}={show_value(one)} is not one of: {shown}{more}"
         return value, None
     else:  # a socket type (MODEL, LATENT...): its value comes from a link, nothing to check here
         return value, None
     if lo is not None and value < lo:
-        return None, f"{name}={_show(value)} is below the minimum {lo}; give a value{_range_text(lo, hi)}"
+        return None, f"{name}={show_value(value)} is below the minimum {lo}; give a value{_range_text(lo, hi)}"
     if hi is not None and value > hi:
-        return None, f"{name}={_show(value)} is above the maximum {hi}; give a value{_range_text(lo, hi)}"
+        return None, f"{name}={show_value(value)} is above the maximum {hi}; give a value{_range_text(lo, hi)}"
     return value, None
 
 
