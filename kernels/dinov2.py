@@ -60,6 +60,7 @@ import math
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -621,17 +622,26 @@ def read_safetensors(path: str, name: str) -> tuple[dict[str, torch.Tensor], dic
 def read_torch_weights(path: str, name: str) -> object:
     """``torch.load(weights_only=True)`` with a message of our own when the file is damaged or
     holds anything beyond tensors (torch's own text would suggest disabling the safety check)."""
+    what = (
+        "not a plain PyTorch weights file (it is damaged or truncated, uses torch's pre-1.6 format whose sizes "
+        "cannot be checked before loading, or its pickle holds objects or code besides tensors, which is never "
+        "loaded)"
+    )
+    fix = "use the original checkpoint, or convert it to .safetensors in a trusted environment"
+    size = os.path.getsize(path)
+    try:  # the zip format: every storage is an archive member whose size the directory states
+        with zipfile.ZipFile(path) as z:
+            expanded = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise _bad(name, what, fix) from None
+    if expanded > 2 * size + (1 << 20):
+        raise _bad(name, f"its archive expands to {expanded:,} bytes from {size:,} (not how torch.save writes)", fix)
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes are not for users
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        raise _bad(
-            name,
-            "not a plain PyTorch weights file (it is damaged, truncated, or its pickle holds objects or code "
-            "besides tensors, which is never loaded)",
-            "use the original checkpoint, or convert it to .safetensors in a trusted environment",
-        ) from None
+        raise _bad(name, what, fix) from None
 
 
 def load_dinov2(path: str, interpolation: str | None = "digit", name: str | None = None) -> Dinov2:

@@ -279,6 +279,13 @@ def test_pickles_with_code_are_refused_without_running_it(tmp_path):
         assert "not a plain PyTorch weights file" in msg and "never loaded" in msg, msg
         _assert_clean(msg, fname, tmp_path)
         assert not marker.exists()
+    # a zip whose members expand far beyond the file (a zip bomb) is refused before torch reads it
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "bomb.pth", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/data/0", b"\0" * (64 << 20))
+    with pytest.raises(dinov2.WeightFileError, match=r"bomb\.pth: its archive expands to 67,108,864 bytes"):
+        dinov2.load_dinov2(str(tmp_path / "bomb.pth"))
     with pytest.raises(dinov2.WeightFileError, match="unsupported DINOv2 weight file type '.onnx'"):
         dinov2.load_dinov2(str(tmp_path / "m.onnx"))
     with pytest.raises(ValueError, match="interpolation='meta'"):
