@@ -87,25 +87,62 @@ class HDiTAdapter(torch.nn.Module):
     def dtype(self):
         return next(self.inner.parameters()).dtype
 
+    def min_size(self) -> tuple[int, int]:
+        """Smallest (height, width) in pixels the model samples: every neighborhood-attention level
+        needs ``kernel_size * dilation`` tokens per side; sides are padded to ``size_multiple``."""
+        inner = self.inner
+        (mh, mw), (ph, pw) = inner.size_multiple, inner.patch_size
+        need_h, need_w = mh, mw
+        for i, lv in enumerate(inner.levels):
+            sa = lv.self_attn
+            if isinstance(sa, H.NeighborhoodAttentionSpec):
+                need_h = max(need_h, sa.kernel_size * sa.dilation * ph * 2**i)
+                need_w = max(need_w, sa.kernel_size * sa.dilation * pw * 2**i)
+        return -(-need_h // mh) * mh, -(-need_w // mw) * mw
+
+    def size_problem(self, h: int, w: int) -> str | None:
+        min_h, min_w = self.min_size()
+        if h >= min_h and w >= min_w:
+            return None
+        return (f"HDiT: this model needs images of at least {min_w}x{min_h} px (width x height); got {w}x{h} px, too "
+                f"small for its attention windows. Set width and height to at least {min_w} and {min_h} (e.g. on "
+                f"EmptyChromaRadianceLatentImage; with tiling, the tile size), or sample larger and downscale.")
+
+    def class_problem(self, ids: torch.Tensor) -> str | None:
+        """Class ids must be 0..num_classes-1, or UNCOND (-1) for the model's unconditional row."""
+        ids = torch.as_tensor(ids).reshape(-1).long()
+        emb = self.inner.class_emb
+        if emb is None:
+            bad = ids[ids != UNCOND]
+            if bad.numel():
+                return (f"UltraResHDiTClass: class_id {int(bad[0])} was given, but this HDiT is unconditional "
+                        f"(num_classes 0); turn on 'unconditional' on UltraResHDiTClass.")
+            return None
+        n = emb.num_embeddings - 1  # dataset classes; the last embedding row is the unconditional one
+        bad = ids[(ids < UNCOND) | (ids >= n)]
+        if bad.numel():
+            return (f"UltraResHDiTClass: class_id {int(bad[0])} is out of range for this HDiT, which has {n} classes "
+                    f"(ids 0-{n - 1}); use a smaller id, or turn on 'unconditional' for unconditional sampling.")
+        return None
+
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
         sigma = torch.exp(4 * timesteps.float()).to(x.dtype)
         class_cond = kwargs.get(COND_KEY)
+        if class_cond is not None and (problem := self.class_problem(class_cond)):
+            raise ValueError(problem)
         if self.inner.class_emb is not None:
             n = self.inner.class_emb.num_embeddings
             if class_cond is None:
                 class_cond = torch.full((x.shape[0],), n - 1, dtype=torch.long, device=x.device)
             else:
                 class_cond = class_cond.to(x.device).long().reshape(-1)
-                class_cond = torch.where(class_cond < 0, torch.full_like(class_cond, n - 1), class_cond)
-                if int(class_cond.max()) >= n:
-                    raise ValueError(
-                        f"UltraResHDiTClass: class_id {int(class_cond.max())} is out of range for this HDiT, which "
-                        f"has {n - 1} classes (ids 0-{n - 2}); use a smaller id or 'unconditional'."
-                    )
+                class_cond = torch.where(class_cond == UNCOND, torch.full_like(class_cond, n - 1), class_cond)
         else:
             class_cond = None
-        mh, mw = self.inner.size_multiple
         h, w = x.shape[-2:]
+        if problem := self.size_problem(h, w):
+            raise ValueError(problem)
+        mh, mw = self.inner.size_multiple
         ph, pw = (-h) % mh, (-w) % mw
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
@@ -125,7 +162,14 @@ class HDiTComfyModel(comfy.model_base.BaseModel):
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
         out.pop("c_crossattn", None)  # HDiT has no text conditioning; the tensor slot is a placeholder
+        # checked here, when sampling starts (ComfyUI encodes the conds before the first step), so a
+        # bad class id or a too-small image fails at once with a message in ids and pixels
+        noise = kwargs.get("noise")
+        if torch.is_tensor(noise) and noise.ndim == 4 and (problem := self.diffusion_model.size_problem(*noise.shape[-2:])):
+            raise ValueError(problem)
         cls = kwargs.get(COND_KEY)
+        if cls is not None and (problem := self.diffusion_model.class_problem(cls)):
+            raise ValueError(problem)
         if cls is not None:
             out[COND_KEY] = comfy.conds.CONDRegular(torch.as_tensor(cls, dtype=torch.long).reshape(-1))
         return out
@@ -210,7 +254,9 @@ class UltraResHDiTLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype="float32"):
-        path = folder_paths.get_full_path("hdit", model_name)
+        if not (isinstance(weight_dtype, str) and weight_dtype in DTYPES):  # queue time refuses it too; this covers direct (API/demo) calls
+            raise ValueError(f"UltraResHDiTLoader: weight_dtype={weight_dtype!r} is not one of: {', '.join(DTYPES)}")
+        path = folder_paths.get_full_path("hdit", model_name) if isinstance(model_name, str) else None
         if path is None:
             raise ValueError(f"UltraResHDiTLoader: {model_name!r} is not in the hdit models folder; put the file in "
                              f"ComfyUI/models/hdit/ and refresh.")
@@ -242,7 +288,17 @@ class UltraResHDiTClass(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, class_id=None, unconditional=None):
+        # the model's class count is only known when sampling starts (checked there, in pixels/ids)
+        v = check_inputs(cls, class_id=class_id, unconditional=unconditional)
+        return v if isinstance(v, str) else True
+
+    @classmethod
     def execute(cls, class_id, unconditional=False):
+        v = check_inputs(cls, class_id=class_id, unconditional=unconditional)  # also for direct (API/demo) calls
+        if isinstance(v, str):
+            raise ValueError(f"UltraResHDiTClass: {v}")
+        class_id, unconditional = v.class_id, v.unconditional
         placeholder = torch.zeros(1, 1, 1)
         pos_id = UNCOND if unconditional else int(class_id)
         pos = [[placeholder, {COND_KEY: torch.tensor([pos_id])}]]

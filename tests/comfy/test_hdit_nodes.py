@@ -221,7 +221,7 @@ def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file,
     torch_dtype = getattr(torch, dtype)
     for i, s in enumerate(sizes):
         x = torch.randn(2, 3, s, s, dtype=torch_dtype)
-        kw = {"ultrares_hdit_class": torch.tensor([1, 5])} if n else {}
+        kw = {"ultrares_hdit_class": torch.tensor([1, -1])} if n else {}  # a class and the unconditional row
         with torch.no_grad():
             peak = _peak_allocated_bytes(lambda: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw))
         for flash in (False, True):
@@ -274,3 +274,71 @@ def test_loader_messages_name_files_relative_to_the_models_folder(comfy, hdit_di
         for f in (evil, huge):
             os.remove(f)
         os.rmdir(os.path.join(hdit_dir, sub))
+
+
+def test_class_ids_checked_exactly_when_sampling_starts(comfy, official_file, oxford_file):
+    """ids are 0..num_classes-1: class_id == num_classes (the embedding's unconditional row) used to
+    sample unconditionally without a word. Refused before the first model call, like ids on an
+    unconditional model; 'unconditional' keeps working."""
+    model, _, n = comfy.run_node("UltraResHDiTLoader", model_name=official_file[0], weight_dtype="float32")
+    assert n == 5
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
+    calls = []
+    m = model.clone()
+    m.set_model_unet_function_wrapper(lambda f, a: calls.append(1) or f(a["input"], a["timestep"], **a["c"]))
+
+    def sample(mdl, class_id, unconditional=False):
+        pos, neg = comfy.run_node("UltraResHDiTClass", class_id=class_id, unconditional=unconditional)
+        return comfy.run_node("KSampler", model=mdl, seed=1, steps=1, cfg=2.0, sampler_name="euler",
+                              scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+
+    with pytest.raises(ValueError, match=r"class_id 5 is out of range for this HDiT, which has 5 classes \(ids 0-4\)"):
+        sample(m, 5)
+    assert calls == []
+    (o,) = sample(m, 4)
+    assert torch.isfinite(o["samples"]).all() and calls
+    (o,) = sample(m, 5, unconditional=True)
+    assert torch.isfinite(o["samples"]).all()
+    uncond_model, _, n0 = comfy.run_node("UltraResHDiTLoader", model_name=oxford_file, weight_dtype="float32")
+    assert n0 == 0
+    (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=64, height=64, batch_size=1)
+    with pytest.raises(ValueError, match="class_id 0 was given, but this HDiT is unconditional"):
+        sample(uncond_model, 0)
+
+
+def test_too_small_images_refused_in_pixels(comfy):
+    """ComfyUI's minimum 16x16 is too small for the embedded model's 7x7-token windows at 8 px per
+    token: the message says so in pixels, before the first model call."""
+    model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32")
+    assert model.model.diffusion_model.min_size() == (64, 64)  # level 1: 7 tokens x 4 px patch x 2
+    pos, neg = comfy.run_node("UltraResHDiTClass", class_id=0, unconditional=False)
+    calls = []
+    m = model.clone()
+    m.set_model_unet_function_wrapper(lambda f, a: calls.append(1) or f(a["input"], a["timestep"], **a["c"]))
+    for w, h in ((16, 16), (64, 48)):
+        (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=w, height=h, batch_size=1)
+        with pytest.raises(ValueError) as e:
+            comfy.run_node("KSampler", model=m, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
+                           positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        msg = str(e.value)
+        assert f"needs images of at least 64x64 px (width x height); got {w}x{h} px" in msg, msg
+        assert "token" not in msg
+    assert calls == []
+    # the adapter says the same for a direct (e.g. tiled) call
+    with pytest.raises(ValueError, match="got 32x64 px"):
+        model.model.diffusion_model(torch.zeros(1, 3, 64, 32), torch.zeros(1))
+
+
+@pytest.mark.parametrize("inputs,expect", [
+    ({"class_id": float("nan")}, "class_id=nan is not a finite number"),
+    ({"class_id": "three"}, "class_id='three' is not a whole number"),
+    ({"class_id": -2}, "class_id=-2 is below the minimum 0"),
+    ({"class_id": 10**7}, "class_id=10000000 is above the maximum 1000000"),
+])
+def test_class_node_inputs_checked_at_queue_time(comfy, inputs, expect):
+    msg = comfy.validate("UltraResHDiTClass", unconditional=False, **inputs)
+    assert isinstance(msg, str) and expect in msg, msg
+    with pytest.raises(ValueError, match="UltraResHDiTClass: " + expect.replace("(", r"\(")):
+        comfy.run_node("UltraResHDiTClass", unconditional=False, **inputs)
+    assert comfy.validate("UltraResHDiTClass", class_id=3, unconditional=True) is True
+    assert comfy.validate("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="fp8") != True
