@@ -129,3 +129,18 @@ def test_hostile_files_fail_with_plain_messages_on_server(comfy_server, tmp_path
         assert str(comfy_server.models_dir) not in first and "weights_only" not in first, first
         assert "HeaderTooLarge" not in first and "Unpickl" not in first, first
     assert not marker.exists()
+
+
+def test_size_and_class_refused_when_sampling_starts_on_server(comfy_server):
+    """ComfyUI's minimum latent (16x16) is refused in pixels, and class_id == num_classes (9 for the
+    embedded model) as out of range, by the sampler node before any step runs."""
+    from harness.server import PromptFailed
+
+    for kw, expect in (({"width": 16, "height": 16}, "needs images of at least 64x64 px (width x height); got 16x16 px"),
+                       ({"width": 64, "height": 64, "class_id": 9}, "class_id 9 is out of range for this HDiT, "
+                                                                    "which has 9 classes (ids 0-8)")):
+        with pytest.raises(PromptFailed) as e:
+            comfy_server.run_prompt(_prompt("ultrares-emoji64.safetensors", steps=2, **kw), timeout=300)
+        first = str(e.value).splitlines()[0]
+        assert "(KSampler) failed" in first and expect in first, first
+        assert "token" not in first
