@@ -223,7 +223,7 @@ def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file,
         x = torch.randn(2, 3, s, s, dtype=torch_dtype)
         kw = {"ultrares_hdit_class": torch.tensor([1, -1])} if n else {}  # a class and the unconditional row
         with torch.no_grad():
-            peak = _peak_allocated_bytes(lambda: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw))
+            peak = _peak_allocated_bytes(lambda x=x, kw=kw: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw))
         for flash in (False, True):
             est = estimates[flash][i]
             assert peak <= est <= 4 * peak, (which, dtype, s, flash, peak, est)
@@ -341,4 +341,5 @@ def test_class_node_inputs_checked_at_queue_time(comfy, inputs, expect):
     with pytest.raises(ValueError, match="UltraResHDiTClass: " + expect.replace("(", r"\(")):
         comfy.run_node("UltraResHDiTClass", unconditional=False, **inputs)
     assert comfy.validate("UltraResHDiTClass", class_id=3, unconditional=True) is True
-    assert comfy.validate("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="fp8") != True
+    bad = comfy.validate("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="fp8")
+    assert isinstance(bad, str) and "weight_dtype='fp8' is not one of" in bad, bad

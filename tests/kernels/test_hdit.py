@@ -251,7 +251,6 @@ class _Evil:
 
 
 def test_unreadable_files_get_plain_messages(tmp_path):
-    import os
     import struct
 
     big = tmp_path / "huge_header.safetensors"  # header length 2**40: safetensors' HeaderTooLarge
