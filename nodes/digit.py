@@ -29,7 +29,7 @@ from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
-from ._common import check_choice, check_inputs
+from ._common import check_choice, check_inputs, show_value
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -193,7 +193,7 @@ def _codebook_target(filename: str) -> str:
     name = filename[:-4] if filename.endswith(".npy") else filename
     if not _SAFE_NAME.match(name) or ".." in name:
         raise ValueError(
-            f"filename {filename!r} must be a plain file name (letters, digits, '.', '_', '-'; no folders)"
+            f"filename={show_value(filename)} must be a plain file name (letters, digits, '.', '_', '-'; no folders)"
         )
     return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".npy")
 
