@@ -92,8 +92,10 @@ def _block_mask_cached(h, w, kernel_size, dilation, device_str, block_size):
     from torch.nn.attention.flex_attention import create_block_mask
 
     n = h * w
+    # eager create_block_mask materialises the dense [N, N] mask (fine for the CPU's small test sizes);
+    # on CUDA the compiled builder evaluates it block by block (262k tokens = 6.9e10 pairs at 2048 px)
     return create_block_mask(natten_mask_mod(h, w, kernel_size, dilation), None, None, n, n,
-                             device=device_str, BLOCK_SIZE=block_size)
+                             device=device_str, BLOCK_SIZE=block_size, _compile=device_str.startswith("cuda"))
 
 
 def natten_block_mask(h: int, w: int, kernel_size: int, dilation: int = 1, device="cpu", block_size: int = 128):

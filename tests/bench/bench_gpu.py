@@ -12,7 +12,7 @@ budget is recorded as skipped, and the JSON is rewritten after every measurement
 2. ``unet_step``: the full SDXL-architecture UNet (ComfyUI's classes, random weights, fp16, batch 1,
    one ``apply_model`` call) at 1024^2, 2048^2, 4096^2 px, softmax vs every attn1 patched by
    ``UltraResLinFusionApply``'s ``patch_model`` (random official-layout LinFusion weights).
-3. ``hdit_neighborhood``: HDiT's level-0 neighborhood attention (kernel 7, 2 heads x 64, patch 4,
+3. ``hdit_neighborhood`` (run last: one FlexAttention compilation per size): HDiT's level-0 neighborhood attention (kernel 7, 2 heads x 64, patch 4,
    fp16) at 256-2048 px: FlexAttention (compiled) vs the blocked reference vs global SDPA.
 4. ``fstd_vs_multidiffusion``: one sampler step of the SDXL UNet over a 4096^2 px latent in
    1024 px tiles (``TilePlanner``/``run_tiles``): FSTD (non-overlapping, shifted) vs MultiDiffusion
@@ -367,8 +367,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if want("op"):
         bench_linfusion_op(b, dtype)
-    if want("hdit"):
-        bench_hdit_neighborhood(b, dtype)
     if want("unet") or want("tiling"):
         from ultrares.nodes.linfusion import patch_model
 
@@ -381,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             bench_unet_step(b, {"softmax": softmax_model, "linfusion": lin_model})
         if want("tiling"):
             bench_tiling(b, softmax_model, lin_model)
+        del softmax_model, lin_model
+        import comfy.model_management as mm
+
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+    if want("hdit"):  # last: one FlexAttention compilation per size
+        bench_hdit_neighborhood(b, dtype)
     b.record("done", "elapsed_s", round(time.perf_counter() - b.start, 1))
     print(f"wrote {args.out}")
     return 0
