@@ -111,15 +111,16 @@ class Dinov2Config:
     eps: float = 1e-6
 
     @staticmethod
-    def preset(name: str) -> Dinov2Config:
-        """``vits14``, ``vitb14``, ``vitl14``, optionally suffixed ``_reg4`` (4 register tokens)."""
+    def preset(name: str, interpolation: str = "digit") -> Dinov2Config:
+        """``vits14``, ``vitb14``, ``vitl14``, optionally suffixed ``_reg4`` (4 register tokens);
+        ``interpolation``: a named convention (see :data:`INTERPOLATIONS`), DiGIT's by default."""
         base, _, reg = name.partition("_reg")
         dims = {"vits14": (384, 12, 6), "vitb14": (768, 12, 12), "vitl14": (1024, 24, 16)}
         if base not in dims or reg not in ("", "4"):
             raise ValueError(f"unknown DINOv2 preset {name!r}: use one of vits14, vitb14, vitl14 (+ '_reg4')")
         d, depth, heads = dims[base]
         registers = 4 if reg else 0
-        offset, antialias = official_interpolation(registers)
+        offset, antialias = interpolation_params(interpolation, registers)
         return Dinov2Config(
             d, depth, heads, 14, 4 * d, registers, interpolate_offset=offset, interpolate_antialias=antialias
         )

@@ -170,6 +170,8 @@ def test_bad_inputs_have_clear_messages():
     with pytest.raises(ValueError, match="out of range"):
         model.get_intermediate_layers(torch.randn(1, 3, 28, 28), [7])
     assert Dinov2Config.preset("vitb14_reg4").num_register_tokens == 4
+    assert Dinov2Config.preset("vitb14_reg4").interpolate_offset == 0.1  # DiGIT's encoder
+    assert Dinov2Config.preset("vitb14_reg4", "hub").interpolate_antialias  # Meta's hub _reg4
     assert Dinov2Config.preset("vitl14").depth == 24
     with pytest.raises(ValueError, match="unknown DINOv2 preset"):
         Dinov2Config.preset("vitg14")
