@@ -125,11 +125,39 @@ def _model_sampling(model):
 
 
 def _parametrisation(model) -> str:
-    return "flow" if isinstance(_model_sampling(model), comfy.model_sampling.CONST) else "ve"
+    """``"flow"`` for rectified-flow models (ComfyUI's CONST: SD3, Flux, ...), ``"ve"`` for the
+    ``x = x0 + sigma * eps`` family (EPS and its subclasses: eps, v, EDM, x0, LCM); anything else
+    (e.g. Cosmos' rectified flow, whose noisy point is scaled differently) is refused."""
+    ms = _model_sampling(model)
+    if isinstance(ms, comfy.model_sampling.CONST):
+        return "flow"
+    if isinstance(ms, comfy.model_sampling.EPS) and not isinstance(ms, comfy.model_sampling.COSMOS_RFLOW):
+        return "ve"
+    kinds = [c.__name__ for c in type(ms).__mro__ if c.__module__ == comfy.model_sampling.__name__]
+    raise ValueError(
+        f"this {_model_family(model)} model samples with ComfyUI's {'/'.join(kinds) or type(ms).__name__} "
+        "parametrisation, which DDIM inversion here does not support. Use an eps-, v-prediction or EDM "
+        "model (SD1.x, SD2, SDXL, HDiT) or a rectified-flow one (SD3, Flux); a ModelSampling* node that "
+        "switches this model to cosmos_rflow should be removed."
+    )
 
 
 def _model_family(model) -> str:
     return type(model.model.model_config).__name__
+
+
+def _flow_top(ms) -> float:
+    """Top sigma used instead of 1 on rectified-flow models: the model's last level below 1.
+
+    At sigma 1 a flow point is pure noise and ComfyUI's leftover-noise latent (``x / (1 - sigma)``,
+    what KSamplerAdvanced returns) cannot hold it; one level lower it can, and generation from there
+    differs from generation from 1 by one of the model's 1000 levels."""
+    levels = getattr(ms, "sigmas", None)
+    if isinstance(levels, torch.Tensor):
+        below = levels.float()[levels.float() < 1.0]
+        if below.numel():
+            return float(below.max())
+    return 0.999
 
 
 def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Tensor:
@@ -140,6 +168,7 @@ def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Ten
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
         raise ValueError(f"scheduler={scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}.")
     ms = _model_sampling(model)
+    param = _parametrisation(model)
     total = kinv.schedule_steps_for_level(int(steps), float(level))
     full = comfy.samplers.calculate_sigmas(ms, scheduler, total).float().cpu()
     n_levels = len(getattr(ms, "sigmas", []))
@@ -151,7 +180,9 @@ def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Ten
     )
     try:
         sigmas = kinv.level_schedule(full, int(steps), float(level))
-        kinv.check_schedule(sigmas, _parametrisation(model))
+        if param == "flow" and float(sigmas[0]) >= 1.0:
+            sigmas[0] = _flow_top(ms)
+        kinv.check_schedule(sigmas, param)
     except ValueError as err:
         raise ValueError(f"{context}: {err}") from None
     if float(sigmas[-1]) != 0.0:

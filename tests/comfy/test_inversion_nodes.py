@@ -472,3 +472,82 @@ def test_out_of_domain_photos_reconstruct_with_the_emoji_hdit(comfy, hdit):
 def test_domain_score_old_workflow_values_still_validate(comfy):
     # before reference_file became a list it was a STRING whose default was "" (= no file)
     assert comfy.validate("UltraResDomainScore", percentile=95.0, reference_file="", save_reference_as="") is True
+
+
+# ----------------------------------------------------------------------------------- rectified flow
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def flow_model(request, comfy):
+    model, clip, _ = request.getfixturevalue(f"tiny_{request.param}")
+    (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a watercolour lighthouse")
+    (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
+    if request.param == "flux":
+        (pos,) = comfy.run_node("FluxGuidance", conditioning=pos, guidance=3.5)
+        (neg,) = comfy.run_node("FluxGuidance", conditioning=neg, guidance=3.5)
+    return request.param, model, pos, neg
+
+
+FLOW_STEPS = (4, 16, 64)
+# round-trip RMS at 64 steps, latent of std 1; measured on the tiny models (2026-11-30):
+# SD3 0.0081 (cfg 1) / 0.0128 (cfg 2), Flux 0.074 / 0.125 (its tiny random weights move more per step)
+FLOW_TOLERANCE = {"sd3": {1.0: 0.02, 2.0: 0.03}, "flux": {1.0: 0.15, 2.0: 0.25}}
+
+
+def test_flow_models_invert_and_reconstruct(comfy, flow_model):
+    """Rectified flow (x = (1 - s) x0 + s eps): invert then generate returns the input latent, ever
+    closer as steps grow, at cfg 1 and at cfg 2 (conditioning on the same prompts both ways)."""
+    family, model, pos, neg = flow_model
+    latent = {"samples": torch.randn((1, 16, 4, 4), generator=torch.Generator().manual_seed(0))}
+    ms = model.get_model_object("model_sampling")
+    report = {}
+    for cfg in (1.0, 2.0):
+        errs = []
+        for n in FLOW_STEPS:
+            kw = dict(level=0.9, scheduler="simple", negative=neg, cfg=cfg)
+            noise = invert(comfy, model, pos, latent, n, **kw)
+            assert torch.isfinite(noise["samples"]).all()
+            (out,) = comfy.run_node("UltraResDDIMGenerate", model=model, noise=noise, steps=n, positive=pos, **kw)
+            errs.append(float((out["samples"] - latent["samples"]).pow(2).mean().sqrt()))
+        report[cfg] = errs
+        assert errs[0] > errs[1] > errs[2], (family, cfg, errs)
+        assert errs[2] < 0.15 * errs[0], (family, cfg, errs)
+        assert errs[2] < FLOW_TOLERANCE[family][cfg], (family, cfg, errs)
+    print(family, type(ms).__mro__[1].__name__, "round-trip RMS (latent std 1) vs steps", FLOW_STEPS, report)
+
+
+def test_flow_level_one_stops_one_level_below_pure_noise(comfy, flow_model):
+    """At sigma 1 a flow point is pure noise and ComfyUI's leftover-noise latent x / (1 - sigma) cannot
+    hold it: the top becomes the model's last level below 1."""
+    family, model, pos, _ = flow_model
+    latent = {"samples": torch.randn((1, 16, 4, 4), generator=torch.Generator().manual_seed(1))}
+    noise = invert(comfy, model, pos, latent, 2, level=1.0)
+    levels = model.get_model_object("model_sampling").sigmas
+    assert noise["ultrares_inversion"]["sigma"] == pytest.approx(float(levels[levels < 1].max()), rel=1e-6)
+    assert torch.isfinite(noise["samples"]).all()
+
+
+def test_flow_generate_equals_comfyui_euler(comfy, flow_model):
+    """DDIM (eta 0) on the flow ODE is ComfyUI's euler step: the last 3 of 6 steps from our noise latent
+    (ComfyUI's leftover-noise convention) must match KSamplerAdvanced started at step 3."""
+    family, model, pos, neg = flow_model
+    latent = {"samples": torch.randn((1, 16, 4, 4), generator=torch.Generator().manual_seed(2))}
+    noise = invert(comfy, model, pos, latent, 3, level=0.5)
+    assert noise["ultrares_inversion"]["sigma"] < 0.99
+    ours = generate(comfy, model, pos, noise, 3, level=0.5)
+    (theirs,) = comfy.run_node(
+        "KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=6, cfg=1.0,
+        sampler_name="euler", scheduler="simple", positive=pos, negative=neg,
+        latent_image={"samples": noise["samples"]}, start_at_step=3, end_at_step=10000,
+        return_with_leftover_noise="disable",
+    )
+    torch.testing.assert_close(ours["samples"], theirs["samples"], rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_parametrisation_is_refused_naming_it(comfy, sd15, clean_latent):
+    model, cond = sd15
+    (cosmos,) = comfy.run_node(
+        "ModelSamplingContinuousEDM", model=model, sampling="cosmos_rflow", sigma_max=80.0, sigma_min=0.002
+    )
+    with pytest.raises(ValueError, match="COSMOS_RFLOW parametrisation, which DDIM inversion here does not"):
+        invert(comfy, cosmos, cond, clean_latent, 2)
