@@ -38,5 +38,28 @@ def substitute(prompt: dict) -> dict:
     return prompt
 
 
+# Inputs in pixels that scale with the image when a workflow is run shrunk.
+PIXEL_INPUTS = {
+    "EmptyLatentImage": ("width", "height"),
+    "EmptySD3LatentImage": ("width", "height"),
+    "UltraResTiledDiffusion": ("tile_width", "tile_height", "overlap"),
+    "VAEDecodeTiled": ("tile_size", "overlap"),
+}
+
+
+def shrink(prompt: dict, factor: int) -> dict:
+    """The same graph at 1/factor of its pixel sizes (image, tiles, overlaps, VAE tiles), so a
+    full-size workflow keeps its tile layout while running quickly on the tiny test models.
+    Sizes stay multiples of 8; tiles stay at least 64 px (the node's minimum)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        for name in PIXEL_INPUTS.get(node["class_type"], ()):
+            value = node["inputs"].get(name)
+            if isinstance(value, int):
+                low = 64 if name.startswith("tile") else 0
+                node["inputs"][name] = max(low, value // factor // 8 * 8)
+    return prompt
+
+
 def output_nodes(prompt: dict, class_type: str = "SaveImage") -> list[str]:
     return [k for k, v in prompt.items() if v["class_type"] == class_type]

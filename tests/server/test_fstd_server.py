@@ -2,7 +2,7 @@
 images of the requested size; bad tile settings are refused at queue time."""
 
 import pytest
-from harness.workflows_util import load_api, output_nodes
+from harness.workflows_util import load_api, output_nodes, shrink
 
 pytestmark = pytest.mark.server
 
@@ -26,6 +26,30 @@ def test_fstd_workflow_writes_image_of_requested_size(comfy_server, name, size):
         maxima = {m for _, m, n in run.progress if n == node}
         assert maxima == {prompt[node]["inputs"]["steps"]}, (node, maxima)
     assert output_nodes(prompt)[0] in run.outputs
+
+
+def _write_guide(comfy_server):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (512, 256), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(0, 512, 64):
+        draw.line([(i, 0), (511 - i, 255)], fill="black", width=5)
+    img.save(comfy_server.input_dir / "ultrares_controlnet_guide.png")
+
+
+@pytest.mark.parametrize("name,size", [("fstd_flux_4096", (4096, 4096)), ("fstd_controlnet_sdxl", (4096, 2048))])
+def test_flux_and_controlnet_workflows_run_shrunk_with_their_tile_layout(comfy_server, name, size):
+    """Flux at cfg 1 + FluxGuidance and SDXL + a real ControlNet, on the tiny models at 1/8 of the
+    pixel sizes (the same 4x4 / 4x2 tile grid); the full size is validated at queue time in-process
+    (tests/comfy/test_workflows_in_sync.py)."""
+    if name == "fstd_controlnet_sdxl":
+        _write_guide(comfy_server)
+    prompt = shrink(load_api(name), 8)
+    run = comfy_server.run_prompt(prompt, timeout=900)
+    images = run.images()
+    assert len(images) == 1, run.outputs
+    assert comfy_server.view_pil(images[0]).size == (size[0] // 8, size[1] // 8)
 
 
 def test_bad_tiles_are_refused_at_queue_time(comfy_server):
