@@ -111,8 +111,8 @@ class StudentAttn1(nn.Module):
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options=None, **kwargs):
         dtype = self.layer.to_q.weight.dtype
-        cast = (lambda t: None if t is None else t.to(dtype))
-        return self.layer(cast(x), cast(context), cast(value)).to(x.dtype)
+        context, value = (None if t is None else t.to(dtype) for t in (context, value))
+        return self.layer(x.to(dtype), context, value).to(x.dtype)
 
 
 def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None) -> dict[str, LayerSpec]:

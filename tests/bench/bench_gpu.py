@@ -223,11 +223,11 @@ def bench_linfusion_op(b: Bench, dtype):
             x = torch.randn(1, n, c, device=b.device, dtype=dtype)
             rec = {}
 
-            def run_softmax():
+            def run_softmax(x=x, rec=rec):
                 rec["softmax"] = b.measure(lambda: softmax(x))
                 return rec["softmax"]
 
-            def run_lin():
+            def run_lin(x=x, rec=rec):
                 rec["linfusion"] = b.measure(lambda: lin(x))
                 rec["linfusion"]["impl"] = L.resolve_impl("auto", b.device)
                 rec["speedup"] = _ratio(rec.get("softmax", {}), rec["linfusion"])
@@ -235,7 +235,6 @@ def bench_linfusion_op(b: Bench, dtype):
 
             b.guarded("linfusion_op", f"{n}_tokens_softmax", 20, run_softmax)
             b.guarded("linfusion_op", f"{n}_tokens", 20, run_lin)
-            del x
 
 
 def _unet_inputs(model, px: int, batch: int, device, seed: int = 0):
@@ -278,14 +277,15 @@ def bench_hdit_neighborhood(b: Bench, dtype):
     for px in b.config["hdit_px"]:
         side = px // 4  # patch 4: one token per 4x4 pixels
         gen = torch.Generator().manual_seed(px)
-        q, k, v = (torch.randn(1, heads, side, side, d, generator=gen).to(b.device, dtype) for _ in range(3))
+        qkv = tuple(torch.randn(1, heads, side, side, d, generator=gen).to(b.device, dtype) for _ in range(3))
+        impls = {"blocked": lambda t=qkv: N.neighborhood_attention_2d(*t, 7, method="blocked"),
+                 "global": lambda t=qkv: N.global_attention_2d(*t)}
+        if NF.available():
+            impls = {"flex": lambda t=qkv: NF.neighborhood_attention_flex(*t, 7), **impls}
         with torch.no_grad():
-            if NF.available():
-                b.guarded("hdit_neighborhood", f"{px}px_flex", 60,
-                          lambda: b.measure(lambda: NF.neighborhood_attention_flex(q, k, v, 7)))
-            b.guarded("hdit_neighborhood", f"{px}px_blocked", 20,
-                      lambda: b.measure(lambda: N.neighborhood_attention_2d(q, k, v, 7, method="blocked")))
-            b.guarded("hdit_neighborhood", f"{px}px_global", 20, lambda: b.measure(lambda: N.global_attention_2d(q, k, v)))
+            for name, fn in impls.items():
+                b.guarded("hdit_neighborhood", f"{px}px_{name}", 60 if name == "flex" else 20,
+                          lambda fn=fn: b.measure(fn))
         sec = b.results["sections"]["hdit_neighborhood"]
         r = _ratio(sec.get(f"{px}px_blocked", {}), sec.get(f"{px}px_flex", {}))
         if r is not None:
@@ -344,6 +344,42 @@ def bench_tiling(b: Bench, softmax_model, lin_model):
     b.guarded("sdxl_linfusion_fstd_16k", f"{c['big_px']}px", 120, big)
 
 
+def table(results: dict) -> dict:
+    """``results`` in tests/bench/run_all.py's table format (title, columns, rows, notes)."""
+    rows = []
+    for section, entries in results["sections"].items():
+        for key, rec in entries.items():
+            if isinstance(rec, dict) and "linfusion" in rec:  # linfusion_op pairs
+                rec = {**rec["linfusion"], "speedup": rec.get("speedup")}
+            if not isinstance(rec, dict):
+                rec = {"value": rec}
+            secs = rec.get("s", rec.get("s_per_step"))
+            rows.append([section, key, "" if secs is None else round(secs, 4), rec.get("peak_mib", ""),
+                         rec.get("skipped") or rec.get("speedup") or rec.get("value")
+                         or rec.get("extrapolated_20_steps_s") or ""])
+    mode = results["mode"]
+    return {
+        "title": f"GPU bench ({mode} mode on {results['device']}, {results['dtype']})"
+                 + ("" if mode == "full" else ": tiny sizes, a check that the script runs -- not GPU figures"),
+        "columns": ["section", "case", "s (per step)", "peak MiB", "speedup / note"],
+        "rows": rows,
+        "notes": ["Full run: `make bench-gpu` on a CUDA machine writes bench_results/gpu.json (see docs/notes/gpu.md)."],
+        **results,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """tests/bench/run_all.py entry: the full bench on CUDA (``quick``: smoke sizes), else the CPU smoke run."""
+    import tempfile
+
+    smoke = quick or not torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "gpu.json")
+        main((["--smoke"] if smoke else []) + ["--out", out])
+        with open(out, encoding="utf-8") as f:
+            return table(json.load(f))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and the tiny SDXL layout (runs on a CPU)")
@@ -363,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[config["dtype"]]
     b = Bench(torch.device(device), args.out, args.budget_s, config, "smoke" if args.smoke else "full")
     only = set(filter(None, args.only.split(",")))
-    want = (lambda s: not only or s in only)
+
+    def want(section: str) -> bool:
+        return not only or section in only
 
     if want("op"):
         bench_linfusion_op(b, dtype)
