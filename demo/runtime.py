@@ -115,7 +115,12 @@ class Runtime:
         """The node's queue-time check (``validate_inputs``), given only the inputs it asks for, as
         ComfyUI's executor does; True when valid, else the node's message."""
         cls = self.node_class(node_id)
-        check = getattr(cls, "validate_inputs", None) or getattr(cls, "VALIDATE_INPUTS", None)
+        if hasattr(cls, "GET_BASE_CLASS"):  # V3: the base class's placeholder is not a check
+            from comfy_api.internal import first_real_override
+
+            check = first_real_override(cls, "validate_inputs")
+        else:
+            check = getattr(cls, "VALIDATE_INPUTS", None)
         if check is None:
             return True
         params = inspect.signature(check).parameters

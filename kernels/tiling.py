@@ -11,6 +11,11 @@ Methods (all in latent units; a *step* is one sampler step, identified by an int
   As in the official code (``--noise_reference``), those strips take the previous step's
   noise prediction: :func:`run_tiles` fills them from ``reference``. Seams move every step
   ("implicit overlap") at about the cost of the image area itself.
+  One deliberate difference from the official loop: when two grid indices clamp to the same
+  origin (the image is not a whole number of tiles and the offset pushes the last-but-one tile
+  past ``size - tile``), the official code evaluates that tile twice and weights it double where
+  it overlaps its neighbour; here every distinct tile is evaluated once, with its normal weight.
+  Outputs are identical elsewhere (tests/kernels/test_tiling.py ports the official loop).
 - ``fstd_full`` -- the documented full-coverage variant: the same shifted grid plus one extra
   row/column of tiles at origin 0 whenever the offset is non-zero, so no reference is needed
   (costs one more row and column of tiles on shifted steps).
@@ -368,3 +373,19 @@ def plan_any_size(target_w: int, target_h: int, native_pixels: int, multiple: in
     w = max(multiple, int(round(w / multiple)) * multiple)
     h = max(multiple, int(round(h / multiple)) * multiple)
     return w, h, max(target_w / w, target_h / h)
+
+
+def cover_and_crop(w: int, h: int, target_w: int, target_h: int, multiple: int = 8) -> tuple[int, int, int, int]:
+    """The Any-Size pipeline's exact ending: scale the first stage's ``w`` x ``h`` by one factor (its
+    aspect ratio kept) to the smallest size that covers the target, in multiples of ``multiple``,
+    then crop the target out of its centre. Returns (scaled_w, scaled_h, crop_x, crop_y), with the
+    crop origin a multiple of ``multiple`` too (a latent crop can only start on a latent pixel).
+    """
+    if min(w, h, target_w, target_h, multiple) <= 0:
+        raise ValueError(f"sizes must be positive, got {w}x{h} -> {target_w}x{target_h}")
+    up = max(target_w / w, target_h / h)
+    sw = max(target_w, math.ceil(w * up / multiple) * multiple)
+    sh = max(target_h, math.ceil(h * up / multiple) * multiple)
+    x = (sw - target_w) // 2 // multiple * multiple
+    y = (sh - target_h) // 2 // multiple * multiple
+    return sw, sh, x, y

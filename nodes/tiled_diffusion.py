@@ -24,7 +24,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.tiling import Tile, TiledRun, TileSettings, plan_any_size
+from ..kernels.tiling import Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
 from ._common import check_inputs, latent_downscale_ratio, require_image_latent
 
 log = logging.getLogger("ultrares")
@@ -282,6 +282,7 @@ class UltraResTiledDiffusion(io.ComfyNode):
         checked = check_inputs(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
         if isinstance(checked, str):
             return checked
+        tile_width, tile_height, overlap = checked.tile_width, checked.tile_height, checked.overlap
         if method is not None and method not in METHOD_CHOICES:  # None: linked, known at run time
             return f"method {method!r} is not one of {list(METHOD_CHOICES)}."
         for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
@@ -343,9 +344,11 @@ class UltraResAnySizePlan(io.ComfyNode):
             display_name="Any-Size Plan (UltraRes)",
             category="UltraRes/tiling",
             description="Any-Size-Diffusion's first stage: pick the size to generate at natively (the target's "
-                        "aspect ratio at about the model's native pixel count, multiples of 64) and the upscale "
-                        "factor to the target. Sample at first_width x first_height, upscale to the target, then "
-                        "refine with Tiled Diffusion (FSTD) at the target size.",
+                        "aspect ratio at about the model's native pixel count, multiples of 64) and how to reach "
+                        "the target exactly. Sample at first_width x first_height, upscale (aspect kept) to "
+                        "upscaled_width x upscaled_height, crop target_width x target_height at (crop_x, crop_y) "
+                        "with Latent Crop, then refine with Tiled Diffusion (FSTD) at the target size. The "
+                        "image is never stretched: the few pixels the 64-px rounding adds are cropped off.",
             inputs=[
                 io.Int.Input("target_width", default=2048, min=64, max=16384, step=8, tooltip="Final image width in pixels."),
                 io.Int.Input("target_height", default=2048, min=64, max=16384, step=8, tooltip="Final image height in pixels."),
@@ -362,8 +365,26 @@ class UltraResAnySizePlan(io.ComfyNode):
                 io.Int.Output(display_name="target_width", tooltip="The target width, passed through."),
                 io.Int.Output(display_name="target_height", tooltip="The target height, passed through."),
                 io.String.Output(display_name="summary", tooltip="The plan in words."),
+                io.Int.Output(display_name="upscaled_width",
+                              tooltip="Width to upscale the first stage to (aspect kept, covers the target)."),
+                io.Int.Output(display_name="upscaled_height",
+                              tooltip="Height to upscale the first stage to (aspect kept, covers the target)."),
+                io.Int.Output(display_name="crop_x", tooltip="Left edge of the centred target crop (Latent Crop x)."),
+                io.Int.Output(display_name="crop_y", tooltip="Top edge of the centred target crop (Latent Crop y)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, target_width=None, target_height=None, native_size=None) -> bool | str:
+        checked = check_inputs(cls, target_width=target_width, target_height=target_height, native_size=native_size)
+        if isinstance(checked, str):
+            return checked
+        for name in ("target_width", "target_height"):
+            value = checked.get(name)
+            if value is not None and value % 8:
+                return (f"{name}={value} is not a multiple of 8 (latents are 1/8 of the image): use "
+                        f"{value - value % 8} or {value - value % 8 + 8}.")
+        return True
 
     @classmethod
     def execute(cls, target_width, target_height, native_size=0, model=None) -> io.NodeOutput:
@@ -374,10 +395,15 @@ class UltraResAnySizePlan(io.ComfyNode):
         else:
             raise ValueError("Any-Size Plan needs the model's native size: connect the model, or set native_size "
                              "(512 for SD1.5, 1024 for SDXL).")
+        verdict = cls.validate_inputs(target_width=target_width, target_height=target_height, native_size=native_size)
+        if verdict is not True:
+            raise ValueError(verdict)
         w, h, up = plan_any_size(target_width, target_height, pixels)
-        summary = (f"generate {w}x{h}, upscale x{up:.3g} to {target_width}x{target_height}, refine with FSTD "
+        sw, sh, x, y = cover_and_crop(w, h, target_width, target_height)
+        crop = f", crop {target_width}x{target_height} at ({x}, {y})" if (sw, sh) != (target_width, target_height) else ""
+        summary = (f"generate {w}x{h}, upscale x{up:.3g} to {sw}x{sh}{crop}, refine with FSTD "
                    f"(native {int(pixels ** 0.5)}^2 px from {source})")
-        return io.NodeOutput(w, h, up, target_width, target_height, summary)
+        return io.NodeOutput(w, h, up, target_width, target_height, summary, sw, sh, x, y)
 
 
 NODES = [UltraResTiledDiffusion, UltraResAnySizePlan]

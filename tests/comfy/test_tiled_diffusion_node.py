@@ -166,7 +166,7 @@ def test_interrupt_between_tile_batches(comfy, tiny_sd15):
 
 
 def test_any_size_plan_reads_the_model_family(comfy, tiny_sd15, tiny_sdxl):
-    w, h, up, tw, th, summary = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024,
+    w, h, up, tw, th, summary, *_ = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024,
                                                 native_size=0, model=tiny_sd15[0])
     assert (w, h) == (704, 384) and (tw, th) == (2048, 1024) and up == pytest.approx(2048 / 704)
     assert "SD15" in summary
@@ -175,3 +175,19 @@ def test_any_size_plan_reads_the_model_family(comfy, tiny_sd15, tiny_sdxl):
     assert (w, h) == (1472, 704)
     with pytest.raises(ValueError, match="native size"):
         comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=2048, native_size=0)
+
+
+@pytest.mark.parametrize("target", [(1920, 1080), (2560, 1080), (1080, 1920), (1024, 1024)])
+def test_any_size_graph_ends_at_exactly_the_requested_pixels(comfy, tiny_sd15, target):
+    """The fstd_any_size chain (plan -> latent -> LatentUpscale -> LatentCrop) with the stock nodes:
+    16:9, 21:9, 9:16 and 1:1 end at exactly the target's latent size."""
+    tw, th = target
+    w, h, up, _, _, summary, sw, sh, x, y = comfy.run_node("UltraResAnySizePlan", target_width=tw, target_height=th,
+                                                            native_size=0, model=tiny_sd15[0])
+    (first,) = comfy.run_node("EmptyLatentImage", width=w, height=h, batch_size=1)
+    (up_latent,) = comfy.run_node("LatentUpscale", samples=first, upscale_method="bislerp", width=sw, height=sh,
+                                  crop="disabled")
+    (cropped,) = comfy.run_node("LatentCrop", samples=up_latent, width=tw, height=th, x=x, y=y)
+    assert tuple(cropped["samples"].shape[-2:]) == (th // 8, tw // 8)
+    assert "crop" in summary or (sw, sh) == (tw, th)
+    assert "multiple of 8" in comfy.validate("UltraResAnySizePlan", target_width=1921, target_height=1080, native_size=0)

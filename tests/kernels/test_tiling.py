@@ -146,3 +146,149 @@ def test_any_size_plan_keeps_aspect_budget_and_multiples(target, native):
     assert w * h <= 1.3 * min(native, tw * th)
     assert up == pytest.approx(max(tw / w, th / h))
     assert w * up >= tw - 1e-6 and h * up >= th - 1e-6
+
+
+# ---------------------------------------------------------------- the official FSTD loop, ported
+
+
+def _official_gaussian(t: int) -> torch.Tensor:
+    """Mixture-of-Diffusers weights as the official code builds them (variance 0.01 of the tile),
+    centred at (t - 1) / 2 on both axes: written here from the formula, not imported."""
+    import math
+
+    x = torch.arange(t, dtype=torch.float64)
+    g = torch.exp(-((x - (t - 1) / 2) ** 2) / (t * t * 2 * 0.01)) / math.sqrt(2 * math.pi * 0.01)
+    return torch.outer(g, g)
+
+
+def _official_fstd_step(eps_at, H, W, t, oy, ox, reference, skip_duplicates=False):
+    """Any-Size-Diffusion's p_mean_variance_canvas_accelerate stitching (techniques.md section 2):
+    ceil(H/t) x ceil(W/t) tiles at clamp(i*t + offset, 0, size - t), every index evaluated and
+    Gaussian-weighted (a clamped duplicate counts twice), uncovered pixels from the reference."""
+    import math
+
+    acc = torch.zeros(1, 1, H, W, dtype=torch.float64)
+    contrib = torch.zeros(H, W, dtype=torch.float64)
+    g = _official_gaussian(t)
+    seen = set()
+    for i in range(math.ceil(H / t)):
+        for j in range(math.ceil(W / t)):
+            y = min(max(i * t + oy, 0), H - t)
+            x = min(max(j * t + ox, 0), W - t)
+            if skip_duplicates and (y, x) in seen:
+                continue
+            seen.add((y, x))
+            acc[..., y:y + t, x:x + t] += g * eps_at(y, x)
+            contrib[y:y + t, x:x + t] += g
+    return torch.where(contrib > 0, acc / contrib.clamp_min(1e-300), reference)
+
+
+def _ours(eps_at, plan, reference):
+    H, W = plan.image_hw
+    x = torch.zeros(1, 1, H, W)
+
+    def predict(tiles_x, tiles):
+        return [torch.cat([eps_at(tile.y, tile.x).float() for tile in tiles])]
+
+    return run_tiles(x, plan, predict, batch_size=3, reference=[reference.float()])[0].double()
+
+
+def test_fstd_matches_the_official_stitching_loop_and_differs_only_at_duplicate_clamped_tiles():
+    """Our planner evaluates each distinct clamped tile once; the official loop evaluates a tile that
+    two grid indices clamp to twice and weights it double. Shown on a 150-wide latent with 64-tiles and
+    offset 25: columns 25, 89->86 and 150-64=86 give the duplicate 86."""
+    H, W, t = 64, 150, 64
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(1, 1, H, W, generator=g, dtype=torch.float64)
+    field = torch.randn(1, 1, H, W, generator=g, dtype=torch.float64)
+    tile_bias = {}
+
+    def tile_dependent(y, x):  # each tile predicts the global field plus its own offset
+        bias = tile_bias.setdefault((y, x), float(torch.randn(1, generator=g)))
+        return field[..., y:y + t, x:x + t] + bias
+
+    planner = TilePlanner("fstd", H, W, t, t, reset_interval=1000, seed=0)
+    found_duplicate = False
+    for step in range(1, 40):
+        plan = planner.plan(step)
+        oy, ox = plan.offset
+        official_xs = [min(max(j * t + ox, 0), W - t) for j in range(3)]
+        assert sorted({tile.x for tile in plan.tiles}) == sorted(set(official_xs))  # same distinct tiles
+        # a prediction that does not depend on the tile: identical to the official loop everywhere
+        same = _ours(lambda y, x: field[..., y:y + t, x:x + t], plan, reference)
+        torch.testing.assert_close(same, _official_fstd_step(lambda y, x: field[..., y:y + t, x:x + t],
+                                                             H, W, t, oy, ox, reference), rtol=1e-6, atol=1e-6)
+        ours = _ours(tile_dependent, plan, reference)
+        official = _official_fstd_step(tile_dependent, H, W, t, oy, ox, reference)
+        duplicated = [x for x in set(official_xs) if official_xs.count(x) > 1]
+        if not duplicated:
+            torch.testing.assert_close(ours, official, rtol=1e-6, atol=1e-6)
+            continue
+        found_duplicate = True
+        # the duplicate's columns that another tile also covers are the only ones that differ
+        (d,) = duplicated
+        others = [x for x in set(official_xs) if x != d]
+        shared = torch.zeros(W, dtype=torch.bool)
+        for x0 in others:
+            shared[max(x0, d):min(x0, d) + t] = True
+        differ = (ours - official).abs().amax(dim=(0, 1, 2)) > 1e-6
+        assert differ.any() and not (differ & ~shared).any()
+        # and removing the duplicate from the official loop gives exactly ours
+        deduped = _official_fstd_step(tile_dependent, H, W, t, oy, ox, reference, skip_duplicates=True)
+        torch.testing.assert_close(ours, deduped, rtol=1e-6, atol=1e-6)
+    assert found_duplicate, "no step produced a duplicate clamped tile; widen the step range"
+
+
+def test_tiled_run_keeps_the_first_evaluation_of_a_step_per_group_and_falls_back_without_one():
+    """TiledRun: the reference is the raw prediction of the first evaluation of the latest earlier
+    step for that group (SAG-style extra calls never replace it); an absent group needs none; a
+    group seen for the first time gets the full-coverage plan."""
+    from ultrares.kernels.tiling import TiledRun, TileSettings
+
+    run = TiledRun(TileSettings(method="fstd", tile_width=64, tile_height=64, overlap=0, tile_batch_size=64,
+                                reset_interval=1000, seed=1), 16, 24, ratio=8)  # 8x8 latent tiles
+    sigma = torch.tensor([2.0])
+    calls = []
+
+    def predict_const(value):
+        def predict(tiles_x, tiles, active):
+            calls.append((len(tiles), list(active)))
+            return [torch.full_like(tiles_x, value) for _ in active]
+        return predict
+
+    x = torch.zeros(1, 1, 16, 24)
+    # step 1 (shifted): no reference yet -> full coverage; uncond absent (cfg 1)
+    out = run.denoise(x, sigma, 1, ["cond", None], predict_const(1.0))
+    assert out[1] is None and torch.equal(out[0], torch.ones_like(x))
+    full_tiles = calls[-1][0]
+    # an extra evaluation at the same step must not replace the step's reference
+    run.denoise(x, sigma, 1, ["cond"], predict_const(5.0))
+    # step 2: the cond group has a reference (raw = (x - 1) / 2 = -0.5): strips get x - sigma * raw = 1
+    out = run.denoise(x, sigma, 2, ["cond", None], predict_const(3.0))
+    plan = run.planner.plan(2)
+    assert plan.uncovered is not None, "pick a seed whose step 2 is shifted"
+    assert calls[-1][0] == len(plan.tiles) < full_tiles
+    if plan.uncovered is not None:
+        strip = plan.uncovered
+        torch.testing.assert_close(out[0][..., strip], torch.ones_like(out[0][..., strip]))
+        torch.testing.assert_close(out[0][..., ~strip], torch.full_like(out[0][..., ~strip], 3.0))
+    # a group never seen before (e.g. rebuilt every step) falls back to full coverage
+    run.denoise(x, sigma, 3, ["cond", "new"], predict_const(0.0))
+    assert calls[-1][0] == len(run.full.plan(3).tiles)
+
+
+@pytest.mark.parametrize("target", [(1920, 1080), (2560, 1080), (1080, 1920), (2048, 2048), (300, 200), (4096, 1752)])
+@pytest.mark.parametrize("native", [512 * 512, 1024 * 1024])
+def test_any_size_ends_at_the_exact_target_without_stretching(target, native):
+    """16:9, 21:9, 9:16, 1:1 and an awkward 3:2: the first stage keeps its own aspect through the
+    upscale (one factor for both sides, up to 8-px rounding), and the centred crop is exactly the
+    target and lies inside the upscaled image."""
+    from ultrares.kernels.tiling import cover_and_crop, plan_any_size
+
+    tw, th = target
+    w, h, up = plan_any_size(tw, th, native)
+    sw, sh, x, y = cover_and_crop(w, h, tw, th)
+    assert sw >= tw and sh >= th and sw % 8 == 0 and sh % 8 == 0 and x % 8 == 0 and y % 8 == 0
+    assert x + tw <= sw and y + th <= sh
+    assert abs(sw / w - sh / h) <= 8 / min(w, h) + 1e-9  # one scale factor: no stretch
+    assert min(sw - tw, sh - th) < 8  # the smallest cover: one side fits to within rounding
