@@ -192,3 +192,93 @@ def test_screenshot_of_a_workflow_in_the_editor(editor):
     assert any("(UltraRes)" in t for t in titles)
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS_IMAGES / "graph_editor.png"))
+
+
+# ------------------------------------------------------------------ help pages and template thumbnails
+HELP_NODE = "UltraResTiledDiffusion"
+
+ADD_AND_SELECT_JS = """(type) => {
+    window.app.graph.clear();
+    const node = window.LiteGraph.createNode(type);
+    node.pos = [300, 300];
+    window.app.graph.add(node);
+    window.app.canvas.ds.offset = [0, 0];
+    window.app.canvas.ds.scale = 1;
+    window.app.canvas.deselectAll();
+    window.app.canvas.selectNode(node);
+    window.app.canvas.setDirty(true, true);
+    return node.type;
+}"""
+
+
+def test_help_panel_shows_the_pack_help_page(editor):
+    """Select an UltraRes node, press the selection toolbox's info button: the frontend's help panel renders
+    web/docs/<NodeId>.md (served at /extensions/ultrares/docs/), images included, not the description."""
+    page, _ = editor
+    docs = Path(__file__).resolve().parents[2] / "web" / "docs"
+    assert page.evaluate(ADD_AND_SELECT_JS, HELP_NODE) == HELP_NODE
+    page.locator('[data-testid="info-button"]').first.click(timeout=30_000)
+    # text only the page has (the node description lacks it), then its picture, loaded from the pack
+    page.wait_for_function("() => document.body.innerText.includes('How to wire it')", timeout=30_000)
+    page.wait_for_function("""() => [...document.querySelectorAll('img')].some((i) =>
+        i.src.includes('/extensions/ultrares/docs/images/') && i.complete && i.naturalWidth > 0)""", timeout=30_000)
+    text = page.evaluate("() => document.body.innerText")
+    assert "Paper and code" in text and "tile_batch_size" in text
+    assert "arxiv.org/abs/2308.16582" in page.evaluate(
+        "() => [...document.querySelectorAll('a')].map((a) => a.href).join(' ')")
+    assert "How to wire it" in (docs / f"{HELP_NODE}.md").read_text()
+    DOCS_IMAGES.joinpath("workflows").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMAGES / "workflows" / "help_panel.png"))
+    # a second press closes the panel (the panel's splitter overlay covers the toolbox for real clicks)
+    page.locator('[data-testid="info-button"]').first.dispatch_event("click")
+    page.wait_for_function("() => !document.body.innerText.includes('How to wire it')", timeout=30_000)
+
+
+def test_template_browser_shows_the_pack_thumbnails(editor):
+    """Workflow -> Browse Templates -> "ultrares": every card's picture is its workflows/<name>.jpg, fetched
+    from /api/workflow_templates/ultrares/ (a missing one shows the frontend's default picture)."""
+    page, _ = editor
+    names = set(workflow_names())
+    served: dict[str, tuple[int, str]] = {}
+
+    def on_response(response):
+        marker = "/workflow_templates/ultrares/"
+        if marker in response.url and response.url.endswith(".jpg"):
+            served[response.url.split(marker)[1][:-4]] = (response.status, response.headers.get("content-type", ""))
+
+    page.on("response", on_response)
+    try:
+        page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        category = page.get_by_text("ultrares", exact=True)
+        category.wait_for(timeout=30_000)
+        category.dispatch_event("click")
+        page.wait_for_function("() => document.body.innerText.includes('Showing')", timeout=30_000)
+        box = page.viewport_size
+        page.mouse.move(box["width"] * 0.6, box["height"] * 0.6)
+        for _ in range(40):  # cards below the fold load their picture when scrolled into view
+            if names <= set(served):
+                break
+            page.mouse.wheel(0, 400)
+            page.wait_for_timeout(250)
+        assert names <= set(served), f"thumbnails never requested: {sorted(names - set(served))}"
+        bad = {n: served[n] for n in names if served[n][0] != 200 or served[n][1] != "image/jpeg"}
+        assert not bad, f"thumbnails not served as JPEG: {bad}"
+        sizes = page.evaluate("""async () => {
+            const blobs = [...document.querySelectorAll('img')].filter((i) => i.src.startsWith('blob:'));
+            return Promise.all(blobs.map(async (i) => {
+                const bitmap = await createImageBitmap(await (await fetch(i.src)).blob());
+                return [bitmap.width, bitmap.height];
+            }));
+        }""")
+        assert [512, 384] in sizes, f"no 512x384 thumbnail among the displayed pictures: {sizes}"
+        page.mouse.wheel(0, -20_000)
+        page.wait_for_timeout(300)
+        DOCS_IMAGES.joinpath("workflows").mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_IMAGES / "workflows" / "template_browser.png"))
+    finally:
+        page.remove_listener("response", on_response)
+        page.evaluate("""() => [...document.querySelectorAll('.p-dialog button')].find((b) => {  // the dialog's X
+            const r = b.getBoundingClientRect();
+            return r.width > 0 && r.top < 150 && r.left > window.innerWidth / 2;
+        })?.click()""")
+        page.wait_for_function("() => document.querySelectorAll('.p-dialog').length === 0", timeout=30_000)
