@@ -200,7 +200,7 @@ HELP_NODE = "UltraResTiledDiffusion"
 ADD_AND_SELECT_JS = """(type) => {
     window.app.graph.clear();
     const node = window.LiteGraph.createNode(type);
-    node.pos = [300, 300];
+    node.pos = [720, 260];  // right of the help side panel, which opens over the left of the canvas
     window.app.graph.add(node);
     window.app.canvas.ds.offset = [0, 0];
     window.app.canvas.ds.scale = 1;
