@@ -154,3 +154,28 @@ def check_inputs(node_cls, /, *, combo_hints: dict[str, str] | None = None, **va
         if problem:
             problems.append(problem + ((combo_hints or {}).get(name, "") if str(spec.get_io_type()) == "COMBO" else ""))
     return ". ".join(problems) + "." if problems else checked
+
+
+def available_memory(model) -> tuple[int, str]:
+    """(bytes, device name): free memory on the model's device at run time (ComfyUI's
+    ``get_free_memory``) plus, on a GPU, what ComfyUI can free by unloading models already loaded there."""
+    import comfy.model_management as mm
+
+    dev = model.load_device
+    free = int(mm.get_free_memory(dev))
+    if getattr(dev, "type", "cpu") not in ("cpu", "mps"):  # unified memory: unloading frees nothing
+        free += sum(int(m.loaded_size()) for m in mm.loaded_models() if getattr(m, "load_device", None) == dev)
+    return free, str(dev)
+
+
+def frugal_activation_bytes(model, shape) -> int:
+    """ComfyUI's own activation estimate for one model call on ``shape`` (B, C, H, W), the smaller of
+    its two formulas (``BaseModel.memory_required``: memory-frugal attention vs the rest), so a
+    refusal built on it means no attention backend could fit the call."""
+    import comfy.model_management as mm
+
+    b, c, h, w = (int(v) for v in shape)
+    base = model.model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    frugal = b * h * w * mm.dtype_size(dtype) * 0.01 * base.memory_usage_factor * 1024 * 1024
+    return int(min(base.memory_required([b, c, h, w]), frugal))

@@ -31,7 +31,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels import relay as R
-from ._common import check_inputs, latent_downscale_ratio
+from ._common import available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio
 
 CATEGORY = "UltraRes/relay"
 
@@ -421,21 +421,7 @@ def estimate_relay_memory(model, out_shape) -> tuple[int, int]:
     state = RELAY_STATE_TENSORS * b * c * h * w * 4
     if not _model_sees_full_latent(model):
         return 0, state
-    base = model.model
-    dtype = base.manual_cast_dtype or base.get_dtype()
-    frugal = b * h * w * comfy.model_management.dtype_size(dtype) * 0.01 * base.memory_usage_factor * 1024 * 1024
-    return int(min(base.memory_required([b, c, h, w]), frugal)), state
-
-
-def available_memory(model) -> tuple[int, str]:
-    """(bytes, device name): free memory on the model's device at run time (ComfyUI's
-    ``get_free_memory``) plus, on a GPU, what ComfyUI can free by unloading models already loaded there."""
-    mm = comfy.model_management
-    dev = model.load_device
-    free = int(mm.get_free_memory(dev))
-    if getattr(dev, "type", "cpu") not in ("cpu", "mps"):  # unified memory: unloading frees nothing
-        free += sum(int(m.loaded_size()) for m in mm.loaded_models() if getattr(m, "load_device", None) == dev)
-    return free, str(dev)
+    return frugal_activation_bytes(model, (b, c, h, w)), state
 
 
 def check_relay_memory(model, in_shape, factor: int, who: str = "UltraResRelayUpscale") -> None:

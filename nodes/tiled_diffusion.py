@@ -25,7 +25,7 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.tiling import Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
-from ._common import check_inputs, latent_downscale_ratio, require_image_latent
+from ._common import available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio, require_image_latent
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
@@ -184,6 +184,39 @@ class _Run:
         self.conds = _TileConds()
 
 
+# Latent-sized float32 tensors alive at the peak of a tiled step: per cond group the blend
+# accumulator, the blended output and FSTD's two references (4 x 2 groups), plus the weight sum,
+# the sampler's state and ComfyUI's copies around it (noise, latent, noised input, output: ~8).
+TILED_STATE_TENSORS = 16
+
+
+def check_tiled_memory(model, shape, run: _Run, settings: TileSettings) -> None:
+    """Refuse, before the first model call, a tiled run whose memory lower bound exceeds what the
+    device has: the latent-sized state (:data:`TILED_STATE_TENSORS`) plus ComfyUI's own activation
+    estimate for one batch of ``tile_batch_size`` tiles with cond and uncond together. The message
+    gives the estimate and the largest tile batch that fits (or says the image itself is too large)."""
+    b, c, h, w = (int(v) for v in shape)
+    th, tw = run.tiles.planner.tile_h, run.tiles.planner.tile_w
+    state = TILED_STATE_TENSORS * b * c * h * w * 4
+    per_tile = frugal_activation_bytes(model, (2 * b, c, th, tw))
+    need = state + per_tile * settings.tile_batch_size
+    have, dev = available_memory(model)
+    if need <= have:
+        return
+    gib, ratio = 1024**3, latent_downscale_ratio(model)
+    fits = (have - state) // per_tile if per_tile else 0
+    if fits >= 1:
+        fix = f"set tile_batch_size to {int(min(fits, settings.tile_batch_size - 1))} or less"
+    else:
+        fix = ("use smaller tiles" if state < have else
+               "generate a smaller image (the latent-sized buffers alone exceed the memory)")
+    raise ValueError(
+        f"Tiled Diffusion (UltraRes): a {w * ratio}x{h * ratio} px image (batch {b}) in {tw * ratio}x{th * ratio} px "
+        f"tiles, {settings.tile_batch_size} per call, needs at least {need / gib:.1f} GiB (tile batch activations "
+        f"{per_tile * settings.tile_batch_size / gib:.1f} GiB by ComfyUI's own estimate + image-sized buffers "
+        f"{state / gib:.1f} GiB), but {dev} has about {have / gib:.1f} GiB available: {fix}.")
+
+
 class _TiledDiffusionPatch:
     """The two wrappers, sharing one config. The per-run state lives in the guider's model options
     for the length of the run (as ComfyUI's EasyCache keeps its own), so a nested or concurrent
@@ -199,6 +232,7 @@ class _TiledDiffusionPatch:
         ratio = latent_downscale_ratio(model)
         H, W = noise.shape[-2:]
         run = _Run(self.settings, H, W, ratio)
+        check_tiled_memory(guider.model_patcher, noise.shape, run, self.settings)
         if run.tiles.clamped:
             log.warning("UltraRes Tiled Diffusion: tile %dx%d px is larger than the %dx%d px image; "
                         "clamped to the image size (one tile per axis there).",

@@ -23,7 +23,7 @@ def main() -> int:
         return 0
     path = os.path.join(ROOT, "README.md")
     text = open(path, encoding="utf-8").read()
-    pattern = re.escape(M.START) + r"\n.*?\n" + re.escape(M.END)
+    pattern = re.escape(M.START) + r"\n(?:.*?\n)?" + re.escape(M.END)
     if not re.search(pattern, text, re.S):
         print(f"README.md has no section between {M.START!r} and {M.END!r}", file=sys.stderr)
         return 1

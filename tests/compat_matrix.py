@@ -66,9 +66,10 @@ def markdown_table() -> str:
     """The README's compatibility tables (node x family, Tiled Diffusion x add-on)."""
     lines = ["| node | " + " | ".join(FAMILIES.values()) + " |", "|---" * (len(FAMILIES) + 1) + "|"]
     for row, cells in NODE_ROWS.items():
-        shown = ["works (cfg 1 and cfg > 1)" if v == "works" else v for v in cells.values()]
-        lines.append(f"| {row} | " + " | ".join(shown) + " |")
-    lines += ["", "| add-on, with Tiled Diffusion (all five methods) | tested on |", "|---|---|"]
+        lines.append(f"| {row} | " + " | ".join(cells.values()) + " |")
+    lines += ["", "*works*: runs at cfg 1 and at cfg > 1. *refused*: stops before sampling with a message "
+              "naming the model family and what to use instead.",
+              "", "| add-on, with Tiled Diffusion (all five methods) | tested on |", "|---|---|"]
     for addon, families in ADDONS.items():
         lines.append(f"| {addon} | " + ", ".join(ADDON_FAMILY_NAMES[f] for f in families) + " |")
     lines += ["", "Samplers run with every tiling method on SD1.5 and Flux: " + ", ".join(SAMPLERS) + "."]

@@ -72,7 +72,7 @@ def latent(family: str, batch: int = 1, noise: bool = False, px=None) -> dict:
 def conds(comfy, family: str, model, clip, text: str = "a castle on a hill"):
     """(positive, negative) as a user wires them for the family."""
     if family == "pixel":
-        pos, neg = comfy.run_node("UltraResHDiTClass", model=model, class_id=1, unconditional=False)
+        pos, neg = comfy.run_node("UltraResHDiTClass", class_id=1, unconditional=False)
         return pos, neg
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text=text)
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="blurry")
@@ -107,7 +107,7 @@ def spy(model):
         return executor(*args, **kwargs)
 
     m = model.clone()
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "compat_spy", record)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "compat_spy", record)  # every BaseModel goes through it
     return m, seen
 
 
@@ -301,6 +301,76 @@ def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sample
     lat = latent(family)
     cfg = 1.0 if family == "flux" else 4.0
     check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler))
+
+
+# ---------------------------------------------------------------- the other sampler-facing nodes x family
+
+RELAY_TRUNCATION = {"sd3": 0.6, "flux": 0.6}  # flow models: a t in (0, 1); others: a sigma
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_relay_upscale_on_every_family(comfy, family, cfg):
+    """Relay Upscale x2 continues a finished low-resolution latent (stage one) on each family."""
+    assert M.status("Relay Upscale", family) == "works"
+    model, clip, _ = family_parts(family)
+    pos, neg = conds(comfy, family, model, clip)
+    h, w = (128, 128) if family == "pixel" else DEFAULT_PX  # the pixel HDiT's first stage needs >= 64 px
+    first = ksample(comfy, model, pos, neg, latent(family, px=(h // 2, w // 2)), cfg=cfg)
+    (out,) = comfy.run_node("UltraResRelayUpscale", model=model, positive=pos, negative=neg, latent={"samples": first},
+                            factor=2, seed=4, steps=4, truncation_sigma=RELAY_TRUNCATION.get(family, 2.0),
+                            rho=1.0 if family in RELAY_TRUNCATION else 7.0, cfg=cfg, blur_sigma_max=0.0,
+                            prob_length=0.93, s_block=0.15, s_noise=0.2, s_churn=0.0, s_tmin=0.0, s_tmax=1000.0,
+                            s_churn_noise=1.0)
+    samples = out["samples"]
+    assert samples.shape[-2:] == (first.shape[-2] * 2, first.shape[-1] * 2) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_ddim_invert_and_generate_on_every_family(comfy, family, cfg):
+    """Deterministic inversion and generation run on each family, and generating from the inverted
+    noise moves back towards the input (closer than the noise itself is)."""
+    assert M.status("DDIM Invert + Generate", family) == "works"
+    model, clip, _ = family_parts(family)
+    pos, neg = conds(comfy, family, model, clip)
+    x = latent(family, noise=True)
+    kw = dict(steps=8, level=0.9 if family in ("sd3", "flux") else 1.0, scheduler="simple", positive=pos,
+              negative=neg, cfg=cfg)
+    (noise,) = comfy.run_node("UltraResDDIMInvert", model=model, latent=x, refine_iters=0, **kw)
+    (back,) = comfy.run_node("UltraResDDIMGenerate", model=model, noise=noise, **kw)
+    src, inv, rec = x["samples"], noise["samples"], back["samples"]
+    assert torch.isfinite(inv).all() and torch.isfinite(rec).all() and rec.shape == src.shape
+    assert float((rec - src).pow(2).mean()) < float((inv - src).pow(2).mean())
+
+
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_linfusion_apply_on_every_family(comfy, family, tmp_path):
+    """LinFusion patches SD1.5 and SDXL (weights sized for the model) and samples; on the DiTs and the
+    pixel HDiT it refuses with the family named."""
+    import folder_paths
+    from test_linfusion_nodes import write_lf_file
+
+    expected = M.status("LinFusion Apply", family)
+    model, clip, _ = family_parts(family)
+    folder = tmp_path / "linfusion"
+    folder.mkdir()
+    folder_paths.add_model_folder_path("linfusion", str(folder))
+    try:
+        source = model if expected == "works" else family_parts("sd15")[0]
+        write_lf_file(source, folder / "lf_matrix.safetensors")
+        (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_matrix.safetensors")
+        if expected != "works":
+            with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
+                comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+            return
+        (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+        pos, neg = conds(comfy, family, model, clip)
+        for cfg in (1.0, 4.0):
+            out = ksample(comfy, patched, pos, neg, latent(family, px=(128, 128)), cfg=cfg)
+            assert torch.isfinite(out).all()
+    finally:
+        folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
 
 
 # ---------------------------------------------------------------- the README stays in step

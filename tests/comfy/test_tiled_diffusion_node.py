@@ -191,3 +191,13 @@ def test_any_size_graph_ends_at_exactly_the_requested_pixels(comfy, tiny_sd15, t
     assert tuple(cropped["samples"].shape[-2:]) == (th // 8, tw // 8)
     assert "crop" in summary or (sw, sh) == (tw, th)
     assert "multiple of 8" in comfy.validate("UltraResAnySizePlan", target_width=1921, target_height=1080, native_size=0)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_first_model_call_with_a_tile_batch_that_fits(comfy, tiny_sd15):
+    """8192x8192 px in 4096 px tiles, 64 per call: ComfyUI's own activation estimate for that tile
+    batch is far beyond this machine; the run stops before any model call and names a batch size."""
+    model, clip, _ = tiny_sd15
+    spied, calls = count_calls(tiled(comfy, model, tile_width=4096, tile_height=4096, tile_batch_size=64))
+    with pytest.raises(ValueError, match=r"needs at least .* GiB.*set tile_batch_size to \d+ or less|use smaller tiles"):
+        sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 1024, 1024)}, steps=1)
+    assert calls == []
