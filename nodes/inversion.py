@@ -22,7 +22,6 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
-import folder_paths
 import latent_preview
 import numpy as np
 import safetensors.torch

@@ -25,7 +25,13 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.tiling import Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
-from ._common import available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio, require_image_latent
+from ._common import (
+    available_memory,
+    check_inputs,
+    frugal_activation_bytes,
+    latent_downscale_ratio,
+    require_image_latent,
+)
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"

@@ -41,7 +41,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pixel_model():
     from harness import boot
 

@@ -117,7 +117,7 @@ def test_unseen_domain_sampling_workflow(comfy_server):
     assert min(np.abs(a - b).mean() for i, a in enumerate(samples) for b in samples[i + 1 :]) > 1e-3
     # the score node reported on the drawn latents and saved the inverted set, marked as the pack's own
     report = run.outputs[_node(prompt, "UltraResDomainScore")]["text"][0]
-    assert f"scored: " in report and f"of {count} in-domain" in report
+    assert "scored: " in report and f"of {count} in-domain" in report
     import safetensors
 
     with safetensors.safe_open(str(ref), framework="pt") as f:
