@@ -174,7 +174,7 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
-        raise LinFusionFormatError(f"{path}: not valid JSON ({exc})") from None
+        raise LinFusionFormatError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno})") from None
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -182,9 +182,10 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError):
         raise LinFusionFormatError(
-            f"{path}: cannot be read as safetensors ({exc}); the file is corrupt or incomplete, download it again"
+            f"{path}: cannot be read as safetensors (its header or data is damaged, or it is another format); "
+            "the file is corrupt or incomplete: download it again"
         ) from None
     return tensors, metadata
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import comfy.ops
@@ -144,7 +145,9 @@ def load_weights(path: str, name: str) -> LinFusionWeights:
     try:
         specs, layers = fmt.load_linfusion(path)
     except fmt.LinFusionFormatError as exc:
-        raise ValueError(f"lf_name '{name}': {exc}") from exc
+        # name files as the user picked them, never by the server's absolute path
+        root = path[: len(path) - len(name)] if path.endswith(name) else os.path.dirname(path) + os.sep
+        raise ValueError(f"lf_name '{name}': {str(exc).replace(root, 'models/linfusion/')}") from None
     return LinFusionWeights(name, specs, layers)
 
 
