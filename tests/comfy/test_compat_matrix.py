@@ -111,8 +111,12 @@ def spy(model):
     return m, seen
 
 
-def check_cell(comfy, family, method, run, model=None):
-    """run(model) -> latent: the cell's graph with the model to sample. Checks both properties."""
+_UNTILED: dict = {}  # cell key -> the untiled result, shared by the five methods of a cell
+
+
+def check_cell(comfy, family, method, run, model=None, key=None):
+    """run(model) -> latent: the cell's graph with the model to sample. Checks both properties.
+    ``key`` names the graph apart from the method, so its untiled result is computed once."""
     model = model if model is not None else family_parts(family)[0]
     spied, seen = spy(tiled(comfy, model, family, method))
     out = run(spied)
@@ -120,7 +124,10 @@ def check_cell(comfy, family, method, run, model=None):
     r = RATIO.get(family, 8)
     tile = TILE_PX.get(family, DEFAULT_TILE) // r
     assert seen and all(s[0] <= tile and s[1] <= tile for s in seen), f"model saw a non-tile input: {set(seen)}"
-    plain = run(model)
+    if key is not None and key in _UNTILED:
+        plain = _UNTILED[key]
+    else:
+        plain = _UNTILED[key] = run(model)
     one = run(tiled(comfy, model, family, method, one_tile=True))
     torch.testing.assert_close(one, plain, rtol=2e-4, atol=2e-4)
 
@@ -135,7 +142,7 @@ def test_tiled_diffusion_on_every_family(comfy, family, method, cfg):
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
     lat = latent(family)
-    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg))
+    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg), key=("family", family, cfg))
 
 
 # ---------------------------------------------------------------- add-ons
@@ -152,8 +159,12 @@ def _apply_control(comfy, pos, neg, control, image, strength=1.0):
                           strength=strength, start_percent=0.0, end_percent=1.0, vae=None)
 
 
+@functools.cache
 def _lora_name(comfy, family):
-    """A real LoRA file for the tiny model's attention projections, in ComfyUI's loras folder."""
+    """A real LoRA file for the tiny model's attention projections, in a temporary folder added to
+    ComfyUI's "loras" search paths (one per family for the session)."""
+    import tempfile
+
     import comfy.lora
     import folder_paths
 
@@ -170,8 +181,8 @@ def _lora_name(comfy, family):
         lora[f"{lora_key}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
         lora[f"{lora_key}.alpha"] = torch.tensor(4.0)
     assert lora, "no attention keys found for the LoRA"
-    folder = folder_paths.get_folder_paths("loras")[0]
-    os.makedirs(folder, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="ultrares-loras-")
+    folder_paths.add_model_folder_path("loras", folder)
     name = f"ultrares_compat_{uuid.uuid4().hex[:8]}.safetensors"
     save_file(lora, os.path.join(folder, name))
     return name
@@ -289,7 +300,7 @@ ADDON_CELLS = [(a, f) for a, fams in M.ADDONS.items() for f in fams]
 @pytest.mark.parametrize("addon,family", ADDON_CELLS, ids=[f"{a}-{f}" for a, f in ADDON_CELLS])
 def test_tiled_diffusion_with_addon(comfy, addon, family, method):
     run, model = addon_graph(comfy, addon, family)
-    check_cell(comfy, family, method, run, model)
+    check_cell(comfy, family, method, run, model, key=("addon", addon, family))
 
 
 @pytest.mark.parametrize("sampler", M.SAMPLERS)
@@ -300,7 +311,8 @@ def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sample
     pos, neg = conds(comfy, family, model, clip)
     lat = latent(family)
     cfg = 1.0 if family == "flux" else 4.0
-    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler))
+    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler),
+               key=("sampler", family, sampler))
 
 
 # ---------------------------------------------------------------- the other sampler-facing nodes x family
