@@ -201,3 +201,33 @@ def test_a_run_that_cannot_fit_is_refused_before_the_first_model_call_with_a_til
     with pytest.raises(ValueError, match=r"needs at least .* GiB.*set tile_batch_size to \d+ or less|use smaller tiles"):
         sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 1024, 1024)}, steps=1)
     assert calls == []
+
+
+def test_a_nested_run_with_the_same_patch_neither_tiles_nor_clears_the_outer_run(comfy, tiny_sd15, tiny_sdxl):
+    """The per-run state lives in the guider's model options, not on the patch object every clone
+    shares: a second sampling run started from inside the first (from a model wrapper), through the
+    very same patch functions on another model and latent, gets its own state, and the outer run
+    still tiles every step afterwards. (ComfyUI itself cannot nest two runs of one BaseModel.)"""
+    import comfy.patcher_extension as pe
+
+    model, clip, _ = tiny_sd15
+    patched = tiled(comfy, model, tile_width=128, tile_height=128)
+    other = tiny_sdxl[0].clone()  # the same patch functions (and so the same patch object) on SDXL
+    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.CALC_COND_BATCH):
+        for key, fns in patched.wrappers[kind].items():
+            for fn in fns:
+                other.add_wrapper_with_key(kind, key, fn)
+    xl_clip = tiny_sdxl[1]
+    outer_shapes, nested = [], []
+
+    def wrapper(executor, *args, **kwargs):
+        outer_shapes.append(tuple(args[0].shape[-2:]))
+        if not nested:  # once, in the outer run's first step: a whole nested run, 256x384 px
+            nested.append(sample(comfy, other, xl_clip, {"samples": torch.zeros(1, 4, 32, 48)}, steps=2))
+        return executor(*args, **kwargs)
+
+    spied = patched.clone()
+    spied.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "nested_test", wrapper)
+    out = sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 32, 48)}, steps=3)
+    assert nested and torch.isfinite(nested[0]).all() and torch.isfinite(out).all()
+    assert len(outer_shapes) > 3 and all(s == (16, 16) for s in outer_shapes)  # tiled before and after
