@@ -29,33 +29,39 @@ NODE_ROWS: dict[str, dict[str, str]] = {
                         "flux": f"refused: {LINFUSION_REFUSAL}", "pixel": f"refused: {LINFUSION_REFUSAL}"},
 }
 
-# Add-ons users wire around Tiled Diffusion -> the families each is run on (all five methods, and a
-# single tile covering the image must equal untiled sampling with the add-on exactly).
-ADDONS: dict[str, tuple[str, ...]] = {
-    "cfg 1 (uncond skipped)": ("sd15", "sdxl", "sd3", "flux", "pixel"),
-    "FluxGuidance": ("flux",),
-    "ControlNet (real comfy.controlnet.ControlNet)": ("sd15", "sdxl"),
-    "ControlNet, cfg 1": ("sd15",),
-    "T2I-Adapter": ("sd15",),
-    "ControlNet chained with T2I-Adapter": ("sd15",),
-    "Self-Attention Guidance": ("sd15",),
-    "Perturbed-Attention Guidance": ("sd15", "sdxl"),
-    "Skip Layer Guidance (SD3)": ("sd3",),
-    "Skip Layer Guidance DiT": ("flux",),
-    "PerpNeg guider": ("sd15",),
-    "FreeU v2": ("sd15",),
-    "LoRA": ("sd15",),
-    "area conditioning": ("sd15",),
-    "mask conditioning": ("sd15",),
-    "timestep-range conditioning": ("sd15",),
-    "batch size 2": ("sd15", "flux"),
-    "img2img (denoise 0.5)": ("sd15", "sd3"),
-    "9-channel inpaint model": ("sd15_inpaint",),
+# Add-ons users wire around Tiled Diffusion -> (the families each is run on, the tiling methods).
+# Each cell checks that a single tile covering the image equals untiled sampling with the add-on.
+# Guidance add-ons and controls (which re-evaluate the model inside a step or carry per-tile hints)
+# run with all five methods; conditioning add-ons, whose crops are shared by every method, with the
+# three kinds of plan (FSTD's shifted grid with its reference, overlapping tiles, a rolled latent).
+# cfg 1 and FluxGuidance are columns of the node table above (every Flux run uses FluxGuidance).
+ALL, PLANS = tuple(TILING_METHODS), ("FSTD", "MultiDiffusion", "SpotDiffusion")
+ADDONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ControlNet (real comfy.controlnet.ControlNet)": (("sd15", "sdxl"), ALL),
+    "ControlNet, cfg 1": (("sd15",), ALL),
+    "ControlNet chained with T2I-Adapter": (("sd15",), ALL),
+    "T2I-Adapter": (("sd15",), PLANS),
+    "Self-Attention Guidance": (("sd15",), ALL),
+    "Perturbed-Attention Guidance": (("sd15", "sdxl"), ALL),
+    "Skip Layer Guidance (SD3)": (("sd3",), ALL),
+    "Skip Layer Guidance DiT": (("flux",), ALL),
+    "PerpNeg guider": (("sd15",), ALL),
+    "FreeU v2": (("sd15",), PLANS),
+    "LoRA": (("sd15",), PLANS),
+    "area conditioning": (("sd15",), PLANS),
+    "mask conditioning": (("sd15",), PLANS),
+    "timestep-range conditioning": (("sd15",), PLANS),
+    "batch size 2": (("sd15", "flux"), PLANS),
+    "img2img (denoise 0.5)": (("sd15", "sd3"), PLANS),
+    "9-channel inpaint model": (("sd15_inpaint",), PLANS),
 }
 ADDON_FAMILY_NAMES = {**FAMILIES, "sd15_inpaint": "SD1.5 inpaint (9 ch)"}
 
-# Sampler families: every tiling method with these samplers on SD1.5 and Flux.
+# Sampler families, on SD1.5 and Flux, with the two methods whose plan depends on the step
+# (FSTD's offsets and reference, SpotDiffusion's roll): first/second order, ancestral, SDE,
+# multistep, predictor-corrector, LCM.
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "lcm"]
+SAMPLER_METHODS = ("FSTD", "SpotDiffusion")
 
 
 def status(row: str, family: str) -> str:
@@ -67,12 +73,13 @@ def markdown_table() -> str:
     lines = ["| node | " + " | ".join(FAMILIES.values()) + " |", "|---" * (len(FAMILIES) + 1) + "|"]
     for row, cells in NODE_ROWS.items():
         lines.append(f"| {row} | " + " | ".join(cells.values()) + " |")
-    lines += ["", "*works*: runs at cfg 1 and at cfg > 1. *refused*: stops before sampling with a message "
-              "naming the model family and what to use instead.",
-              "", "| add-on, with Tiled Diffusion (all five methods) | tested on |", "|---|---|"]
-    for addon, families in ADDONS.items():
-        lines.append(f"| {addon} | " + ", ".join(ADDON_FAMILY_NAMES[f] for f in families) + " |")
-    lines += ["", "Samplers run with every tiling method on SD1.5 and Flux: " + ", ".join(SAMPLERS) + "."]
+    lines += ["", "*works*: runs at cfg 1 (Flux with FluxGuidance) and at cfg > 1. *refused*: stops before "
+              "sampling with a message naming the model family and what to use instead.",
+              "", "| add-on, with Tiled Diffusion | tested on | tiling methods |", "|---|---|---|"]
+    for addon, (families, methods) in ADDONS.items():
+        shown = "all five" if methods == ALL else ", ".join(methods)
+        lines.append(f"| {addon} | " + ", ".join(ADDON_FAMILY_NAMES[f] for f in families) + f" | {shown} |")
+    lines += ["", f"Samplers run on SD1.5 and Flux with {' and '.join(SAMPLER_METHODS)}: " + ", ".join(SAMPLERS) + "."]
     return "\n".join(lines)
 
 

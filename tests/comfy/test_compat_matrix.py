@@ -197,9 +197,7 @@ def addon_graph(comfy, addon: str, family: str):
     lat = latent(family)
     cfg = 4.0
     patch = None  # model -> model, applied after the tiling node (the order users wire)
-    if addon == "cfg 1 (uncond skipped)" or addon == "FluxGuidance":
-        cfg = 1.0
-    elif addon.startswith("ControlNet"):
+    if addon.startswith("ControlNet"):
         image = _image(family)
         if "T2I" in addon:
             pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_t2i_adapter(), image)
@@ -293,11 +291,10 @@ def _perpneg(comfy, clip, pos, neg, lat):
     return run
 
 
-ADDON_CELLS = [(a, f) for a, fams in M.ADDONS.items() for f in fams]
+ADDON_CELLS = [(a, f, m) for a, (fams, methods) in M.ADDONS.items() for f in fams for m in methods]
 
 
-@pytest.mark.parametrize("method", M.TILING_METHODS)
-@pytest.mark.parametrize("addon,family", ADDON_CELLS, ids=[f"{a}-{f}" for a, f in ADDON_CELLS])
+@pytest.mark.parametrize("addon,family,method", ADDON_CELLS, ids=[f"{a}-{f}-{m}" for a, f, m in ADDON_CELLS])
 def test_tiled_diffusion_with_addon(comfy, addon, family, method):
     run, model = addon_graph(comfy, addon, family)
     check_cell(comfy, family, method, run, model, key=("addon", addon, family))
@@ -305,7 +302,7 @@ def test_tiled_diffusion_with_addon(comfy, addon, family, method):
 
 @pytest.mark.parametrize("sampler", M.SAMPLERS)
 @pytest.mark.parametrize("family", ["sd15", "flux"])
-@pytest.mark.parametrize("method", M.TILING_METHODS)
+@pytest.mark.parametrize("method", M.SAMPLER_METHODS)
 def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sampler):
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
