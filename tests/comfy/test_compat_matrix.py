@@ -160,7 +160,7 @@ def _apply_control(comfy, pos, neg, control, image, strength=1.0):
 
 
 @functools.cache
-def _lora_name(comfy, family):
+def _lora_name(family):
     """A real LoRA file for the tiny model's attention projections, in a temporary folder added to
     ComfyUI's "loras" search paths (one per family for the session)."""
     import tempfile
@@ -226,7 +226,7 @@ def addon_graph(comfy, addon: str, family: str):
         def patch(m):
             return comfy.run_node("FreeU_V2", model=m, b1=1.3, b2=1.4, s1=0.9, s2=0.2)[0]
     elif addon == "LoRA":
-        name = _lora_name(comfy, family)
+        name = _lora_name(family)
         model_lora, clip_lora = comfy.run_node("LoraLoader", model=model, clip=clip, lora_name=name,
                                                strength_model=1.0, strength_clip=1.0)
         pos, neg = conds(comfy, family, model_lora, clip_lora)
