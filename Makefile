@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 # process side by side on 2 cores, where spinning threads starve the one doing the work.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-fast bench lint embedded-hdit
+.PHONY: setup demo test test-fast bench bench-gpu lint embedded-hdit
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,10 @@ test-fast: setup
 ## Benchmarks: ratios against a baseline run in the same process; tables + bench_results/*.json.
 bench: setup
 	$(PY) tests/bench/run_all.py $(BENCH_ARGS)
+
+## GPU bench (one CUDA device, < 10 min): bench_results/gpu.json and the README's GPU table.
+bench-gpu: setup
+	$(PY) tests/bench/bench_gpu.py $(BENCH_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -99,8 +99,9 @@ def neighborhood_attention_2d(
             with a boolean NATTEN mask (``N^2 <= dense_factor * N * k^2`` elements, so memory is still
             ``O(N k^2)``); it is much faster for small token grids, above all in the backward pass.
             ``0`` disables it.
-        method: ``"auto"`` (dense mask for small grids, else ``"blocked"`` for dilation 1, else
-            ``"gather"``), ``"blocked"``, ``"gather"`` or ``"dense"``. *blocked*: queries in
+        method: ``"auto"`` (FlexAttention on CUDA where available, else a dense mask for small grids,
+            else ``"blocked"`` for dilation 1, else ``"gather"``), ``"flex"``, ``"blocked"``,
+            ``"gather"`` or ``"dense"``. *blocked*: queries in
             ``block x block`` tiles attend, through one masked SDPA call per chunk of tiles, to the
             ``(block+k-1)^2`` key region that holds all their (clamped) windows: memory
             ``O(N (block+k-1)^2 / block^2)`` keys + ``O(N (block+k-1)^2)`` mask bits, fast batched
@@ -115,8 +116,12 @@ def neighborhood_attention_2d(
     idx_h = neighborhood_indices_1d(h, kernel_size, dilation, device=q.device)  # [H, kh]
     idx_w = neighborhood_indices_1d(w, kernel_size, dilation, device=q.device)  # [W, kw]
     ks = kernel_size
-    if method not in ("auto", "blocked", "gather", "dense"):
-        raise ValueError(f"method must be auto, blocked, gather or dense; got {method!r}")
+    if method not in ("auto", "blocked", "gather", "dense", "flex"):
+        raise ValueError(f"method must be auto, blocked, gather, dense or flex; got {method!r}")
+    from . import neighborhood_flex as NF  # FlexAttention fast path (CUDA), tested against this reference
+
+    if method == "flex" or (method == "auto" and NF.use_flex(q)):
+        return NF.neighborhood_attention_flex(q, k, v, kernel_size, dilation, scale)
     if method == "auto":
         method = "dense" if h * w <= dense_factor * ks * ks else "blocked" if dilation == 1 else "gather"
     if method == "blocked":

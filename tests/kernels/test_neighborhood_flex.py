@@ -74,3 +74,15 @@ def test_auto_choice_and_errors():
         NF.natten_mask_mod(8, 8, 4)
     with pytest.raises(ValueError, match="\\[B, heads, H, W, D\\]"):
         NF.neighborhood_attention_flex(q[0], q[0], q[0], 3)
+
+
+def test_the_kernel_entry_point_routes_method_flex_to_the_fast_path():
+    """neighborhood_attention_2d(method="flex") is the FlexAttention path and equals the reference."""
+    from ultrares.kernels.neighborhood import neighborhood_attention_2d
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 12, 10, 8, generator=g) for _ in range(3))
+    for dilation in (1, 2):
+        ref = neighborhood_attention_2d(q, k, v, 5, dilation, method="gather")
+        fast = neighborhood_attention_2d(q, k, v, 5, dilation, method="flex")
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
