@@ -34,6 +34,7 @@ def build(g):
         latents=drawn[0],
         percentile=95.0,
         reference=noise[0],
+        reference_file="(none)",  # stated, so the UI file's widget values line up with the editor's widgets
         save_reference_as="unseen_domain_reference",
         overwrite=False,
     )
