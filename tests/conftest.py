@@ -18,6 +18,19 @@ def pytest_configure(config):
     _boot.configure_args()
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the test: on tiny tensors OpenMP barriers cost more than a second thread
+    gains, above all on a shared 2-core machine. Files opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI booted in this process (CPU) with UltraRes + the test pack: a harness.boot.Runtime."""

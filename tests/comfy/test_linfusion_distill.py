@@ -7,14 +7,7 @@ import torch
 from ultrares.kernels import linfusion_distill as ld
 from ultrares.kernels import linfusion_format as fmt
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: thread synchronisation costs more than it gains (and the machine is shared)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture()

@@ -12,14 +12,7 @@ import torch
 from ultrares.kernels import linfusion as L
 from ultrares.kernels import linfusion_format as fmt
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: OpenMP barriers cost more than a second thread gains on the shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _lf_module(comfy):

@@ -19,14 +19,7 @@ from dinov2_reference import (
 from ultrares.kernels import dinov2
 from ultrares.kernels.dinov2 import Dinov2, Dinov2Config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP barrier stalls on a loaded machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL = dict(embed_dim=128, depth=4, num_heads=2, patch_size=14, mlp_hidden=256, pos_grid=5)

@@ -13,14 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ultrares.kernels import linfusion as lf
 from ultrares.kernels import linfusion_format as fmt
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: OpenMP barriers cost more than a second thread gains on the shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _layer(dim=64, heads=4, mid=None, seed=0):
