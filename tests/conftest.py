@@ -31,6 +31,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture()
+def lf_dir(comfy, tmp_path):
+    """A temporary folder added to ComfyUI's "linfusion" model paths for one test."""
+    import folder_paths
+
+    d = tmp_path / "linfusion"
+    d.mkdir()
+    folder_paths.add_model_folder_path("linfusion", str(d))
+    yield d
+    folder_paths.folder_names_and_paths["linfusion"][0].remove(str(d))
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI booted in this process (CPU) with UltraRes + the test pack: a harness.boot.Runtime."""

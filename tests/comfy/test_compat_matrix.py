@@ -348,32 +348,24 @@ def test_ddim_invert_and_generate_on_every_family(comfy, family, cfg):
 
 
 @pytest.mark.parametrize("family", list(M.FAMILIES))
-def test_linfusion_apply_on_every_family(comfy, family, tmp_path):
+def test_linfusion_apply_on_every_family(comfy, family, lf_dir):
     """LinFusion patches SD1.5 and SDXL (weights sized for the model) and samples; on the DiTs and the
     pixel HDiT it refuses with the family named."""
-    import folder_paths
     from test_linfusion_nodes import write_lf_file
 
     expected = M.status("LinFusion Apply", family)
     model, clip, _ = family_parts(family)
-    folder = tmp_path / "linfusion"
-    folder.mkdir()
-    folder_paths.add_model_folder_path("linfusion", str(folder))
-    try:
-        source = model if expected == "works" else family_parts("sd15")[0]
-        write_lf_file(source, folder / "lf_matrix.safetensors")
-        (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_matrix.safetensors")
-        if expected != "works":
-            with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
-                comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
-            return
-        (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
-        pos, neg = conds(comfy, family, model, clip)
-        for cfg in (1.0, 4.0):
-            out = ksample(comfy, patched, pos, neg, latent(family, px=(128, 128)), cfg=cfg)
-            assert torch.isfinite(out).all()
-    finally:
-        folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
+    write_lf_file(model if expected == "works" else family_parts("sd15")[0], lf_dir / "lf_matrix.safetensors")
+    (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf_matrix.safetensors")
+    if expected != "works":
+        with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
+            comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+        return
+    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights)
+    pos, neg = conds(comfy, family, model, clip)
+    for cfg in (1.0, 4.0):
+        out = ksample(comfy, patched, pos, neg, latent(family, px=(128, 128)), cfg=cfg)
+        assert torch.isfinite(out).all()
 
 
 # ---------------------------------------------------------------- the README stays in step

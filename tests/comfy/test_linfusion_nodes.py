@@ -46,15 +46,6 @@ def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=tor
     return specs
 
 
-@pytest.fixture()
-def lf_dir(tmp_path):
-    d = tmp_path / "linfusion"
-    d.mkdir()
-    folder_paths.add_model_folder_path("linfusion", str(d))
-    yield d
-    folder_paths.folder_names_and_paths["linfusion"][0].remove(str(d))
-
-
 def _sample(comfy, model, clip, seed=1, size=16, steps=1):
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a lighthouse")
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")

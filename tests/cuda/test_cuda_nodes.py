@@ -7,20 +7,10 @@ from __future__ import annotations
 
 import sys
 
-import folder_paths
 import pytest
 import torch
 from cuda_cases import CASES, UNET_TOL, rel_err
 from ultrares.kernels import linfusion_format as fmt
-
-
-@pytest.fixture()
-def lf_dir(tmp_path):
-    d = tmp_path / "linfusion"
-    d.mkdir()
-    folder_paths.add_model_folder_path("linfusion", str(d))
-    yield d
-    folder_paths.folder_names_and_paths["linfusion"][0].remove(str(d))
 
 
 def _build(family: str, dtype: torch.dtype, load_device: str):
