@@ -209,6 +209,18 @@ def resolve_files(path: str) -> tuple[str, str | None]:
     return path, sibling if os.path.isfile(sibling) else None
 
 
+def attn1_specs(unet: torch.nn.Module, num_res_blocks, mid_dim_scale: int | None = None) -> list[LayerSpec]:
+    """One :class:`LayerSpec` per ``attn1`` of an ldm-layout UNet, in module order, with the official
+    module names; ``mid_dim_scale`` sets ``projection_mid_dim = dim // mid_dim_scale`` (None: none)."""
+    specs = []
+    for name, m in unet.named_modules():
+        if name.rsplit(".", 1)[-1] == "attn1":
+            dim = m.to_q.weight.shape[1]
+            specs.append(LayerSpec(ldm_to_diffusers(name, num_res_blocks), dim, int(m.heads),
+                                   None if not mid_dim_scale else dim // mid_dim_scale))
+    return specs
+
+
 def load_linfusion(path: str) -> tuple[list[LayerSpec], list[dict[str, torch.Tensor]]]:
     """Read an official-format LinFusion folder or file.
 

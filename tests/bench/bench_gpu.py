@@ -125,13 +125,8 @@ def random_linfusion(model, mid_dim_scale: int = 16, seed: int = 0):
     from ultrares.kernels import linfusion_format as fmt
     from ultrares.nodes.linfusion import LinFusionWeights
 
-    unet = model.model.diffusion_model
-    res = model.model.model_config.unet_config["num_res_blocks"]
-    specs = []
-    for name, m in unet.named_modules():
-        if name.rsplit(".", 1)[-1] == "attn1":
-            dim = m.to_q.weight.shape[1]
-            specs.append(fmt.LayerSpec(fmt.ldm_to_diffusers(name, res), dim, int(m.heads), dim // mid_dim_scale))
+    specs = fmt.attn1_specs(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"],
+                            mid_dim_scale)
     torch.manual_seed(seed)
     layers = [{k: v.half() for k, v in fmt.build_layer(s).state_dict().items()} for s in specs]
     return LinFusionWeights("random-bench", specs, layers)

@@ -35,14 +35,8 @@ def _build(family: str, dtype: torch.dtype, load_device: str):
 
 
 def _write_weights(model, path, mid_dim_scale):
-    unet = model.model.diffusion_model
-    res = model.model.model_config.unet_config["num_res_blocks"]
-    specs = []
-    for name, m in unet.named_modules():
-        if name.rsplit(".", 1)[-1] == "attn1":
-            dim = m.to_q.weight.shape[1]
-            specs.append(fmt.LayerSpec(fmt.ldm_to_diffusers(name, res), dim, int(m.heads),
-                                       None if not mid_dim_scale else dim // mid_dim_scale))
+    specs = fmt.attn1_specs(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"],
+                            mid_dim_scale)
     torch.manual_seed(0)
     fmt.save_linfusion(str(path), specs, [fmt.build_layer(s) for s in specs], dtype=torch.float16)
 
