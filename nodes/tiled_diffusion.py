@@ -322,18 +322,12 @@ class UltraResTiledDiffusion(io.ComfyNode):
         checked = check_inputs(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
         if isinstance(checked, str):
             return checked
+        # check_inputs has applied the schema's ranges (tiles >= MIN_TILE_PX, overlap >= 0) and the
+        # method choices; None is a linked value, checked when the node runs.
         tile_width, tile_height, overlap = checked.tile_width, checked.tile_height, checked.overlap
-        if method is not None and method not in METHOD_CHOICES:  # None: linked, known at run time
-            return f"method {method!r} is not one of {list(METHOD_CHOICES)}."
         for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
-            if not isinstance(value, int):
-                continue  # linked from another node: checked when the node runs
-            if value < MIN_TILE_PX:
-                return f"{name}={value} is below the minimum tile of {MIN_TILE_PX} px: use the model's native size (512 for SD1.5, 1024 for SDXL)."
-            if value % 8:
+            if value is not None and value % 8:
                 return f"{name}={value} is not a multiple of 8: use {value - value % 8} or {value - value % 8 + 8}."
-        if isinstance(overlap, int) and overlap < 0:
-            return f"overlap={overlap} must be >= 0."
         if method in ("MultiDiffusion", "Mixture of Diffusers") and all(isinstance(v, int) for v in (overlap, tile_width, tile_height)):
             smallest = min(tile_width, tile_height)
             if overlap >= smallest:
