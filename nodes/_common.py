@@ -8,6 +8,10 @@ import torch
 
 DEFAULT_DOWNSCALE = 8  # SD1.x/2.x/XL/3/Flux VAEs
 
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+"""Largest seed of every UltraRes seed input: ComfyUI's own (KSampler's ``noise_seed``), so a seed
+copied from a stock node is accepted unchanged by ours."""
+
 
 def latent_downscale_ratio(model) -> int:
     """Pixels per latent pixel for a ComfyUI BaseModel (or ModelPatcher).
