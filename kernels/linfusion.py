@@ -161,21 +161,6 @@ def _attend(q: torch.Tensor, kv: torch.Tensor, k_mean: torch.Tensor, heads: int,
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-def linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Direct O(N^2) evaluation of the formula in float64, for tests.
-
-    ``out_i = sum_j A_ij v_j / (sum_j A_ij + Nk * 1e-4)`` with ``A_ij = phi(q_i) . phi(k_j)``.
-    Shapes as :func:`linear_attention`; returns ``[B, Nq, Cv]`` float64.
-    """
-    q, k, v = (t.double() for t in (q, k, v))
-    qh = feature_map(rearrange(q, "b n (h d) -> b h n d", h=heads))
-    kh = feature_map(rearrange(k, "b n (h d) -> b h n d", h=heads))
-    vh = rearrange(v, "b n (h e) -> b h n e", h=heads)
-    scores = torch.einsum("bhid,bhjd->bhij", qh, kh)  # A_ij, all positive
-    out = torch.einsum("bhij,bhje->bhie", scores, vh) / (scores.sum(-1, keepdim=True) + k.shape[1] * EPS)
-    return rearrange(out, "b h n e -> b n (h e)")
-
-
 class LowRankBranch(nn.Sequential):
     """``Linear(C, m) -> LayerNorm(m) -> LeakyReLU -> Linear(m, C)``; indices 0, 1, 3 hold weights."""
 
@@ -230,40 +215,61 @@ class LinFusionAttention(nn.Module):
         v_proj: nn.Module | None = None,
         out_proj: nn.Module | None = None,
         chunk_size: int | None = None,
+        chunk_projections: bool = True,
+        compute_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Apply the layer.
 
         Args:
-            x: ``[B, N, C]`` tokens (queries), float; cast to nothing (the layer classes decide).
+            x: ``[B, N, C]`` tokens (queries), float.
             context: ``[B, Nk, C]`` tokens the keys come from; default ``x`` (self-attention).
             value: ``[B, Nk, C]`` tokens the values come from; default ``context``.
             v_proj / out_proj: use these modules instead of ``to_v`` / ``to_out[0]`` (to keep a
                 fine-tuned base model's value and output projections).
-            chunk_size: tokens per chunk; when set (and only self-attention is asked), the
-                projections are also chunked so peak memory is ``O(chunk * C)`` above the
-                input and output, at the cost of projecting ``x`` twice.
+            chunk_size: tokens per chunk of the float32 reductions (see :func:`linear_attention`).
+            chunk_projections: with ``chunk_size`` set and self-attention only (no ``context`` or
+                ``value``), also chunk the projections so peak memory is ``O(chunk * C)`` above the
+                input and output; False projects all tokens at once and chunks the reductions only.
+            compute_dtype: ``None``: nothing is cast (the layer classes, or autocast, decide).
+                Given: LinFusion's own projections get their inputs in this dtype (e.g. float32
+                for SD2.x weights in an fp16 model), ``v_proj`` / ``out_proj`` get theirs in
+                ``x``'s dtype, and the result is cast to ``x``'s dtype (a drop-in attention).
 
-        Returns: ``[B, N, C]`` in the dtype the output projection produces.
+        Returns: ``[B, N, C]``: in ``x``'s dtype when ``compute_dtype`` is given, else in the dtype
+        the output projection produces.
         """
-        v_proj = self.to_v if v_proj is None else v_proj
-        out_proj = self.to_out[0] if out_proj is None else out_proj
-        if chunk_size and context is None and value is None and x.shape[1] > chunk_size:
-            return self._forward_chunked(x, v_proj, out_proj, int(chunk_size))
+        cast = compute_dtype is not None
+
+        def own(t: torch.Tensor) -> torch.Tensor:  # an input of one of LinFusion's own layers
+            return t.to(compute_dtype) if cast else t
+
+        def project_v(t: torch.Tensor) -> torch.Tensor:
+            return self.to_v(own(t)) if v_proj is None else v_proj(t)
+
+        def project_out(core: torch.Tensor) -> torch.Tensor:
+            if out_proj is None:
+                out = self.to_out[0](core)
+            else:
+                out = out_proj(core.to(x.dtype) if cast else core)
+            return out.to(x.dtype) if cast else out
+
+        if (chunk_size and chunk_projections and context is None and value is None
+                and x.shape[1] > chunk_size):
+            return self._forward_chunked(x, own, project_v, project_out, int(chunk_size))
         context = x if context is None else context
         value = context if value is None else value
-        q = self.project_q(x)
-        k = self.project_k(context)
-        v = v_proj(value)
-        return out_proj(linear_attention(q, k, v, self.heads, chunk_size))
+        q = self.project_q(own(x))
+        k = self.project_k(own(context))
+        return project_out(linear_attention(q, k, project_v(value), self.heads, chunk_size))
 
-    def _forward_chunked(self, x, v_proj, out_proj, step):
+    def _forward_chunked(self, x, own, project_v, project_out, step):
         n_tokens = x.shape[1]
         kv = None
         k_sum = None
         for start in range(0, n_tokens, step):
             xc = x[:, start : start + step]
-            kc = feature_map(rearrange(self.project_k(xc).float(), "b n (h d) -> b h n d", h=self.heads))
-            vc = rearrange(v_proj(xc).float(), "b n (h e) -> b h n e", h=self.heads)
+            kc = feature_map(rearrange(self.project_k(own(xc)).float(), "b n (h d) -> b h n d", h=self.heads))
+            vc = rearrange(project_v(xc).float(), "b n (h e) -> b h n e", h=self.heads)
             part_kv = torch.einsum("bhnd,bhne->bhde", kc, vc)
             part_sum = kc.sum(dim=2)
             kv = part_kv if kv is None else kv + part_kv
@@ -273,7 +279,7 @@ class LinFusionAttention(nn.Module):
         out = None
         for start in range(0, n_tokens, step):
             xc = x[:, start : start + step]
-            oc = out_proj(_attend(self.project_q(xc), kv, k_mean, self.heads, None))
+            oc = project_out(_attend(self.project_q(own(xc)), kv, k_mean, self.heads, None))
             if out is None:
                 out = oc.new_empty(oc.shape[0], n_tokens, oc.shape[2])
             out[:, start : start + step] = oc

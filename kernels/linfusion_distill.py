@@ -110,9 +110,7 @@ class StudentAttn1(nn.Module):
         self.layer = layer
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options=None, **kwargs):
-        dtype = self.layer.to_q.weight.dtype
-        context, value = (None if t is None else t.to(dtype) for t in (context, value))
-        return self.layer(x.to(dtype), context, value).to(x.dtype)
+        return self.layer(x, context, value, compute_dtype=self.layer.to_q.weight.dtype)
 
 
 def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None) -> dict[str, LayerSpec]:

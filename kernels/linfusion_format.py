@@ -57,6 +57,21 @@ class LayerSpec:
         return self.dim_n if self.projection_mid_dim is None else int(self.projection_mid_dim)
 
 
+def describe_specs(specs: list[LayerSpec]) -> str:
+    """A human label for a LinFusion file's layout (SD1.x / SD2.x / SDXL / custom, layer count,
+    widths), for error messages."""
+    widths = sorted({s.dim_n for s in specs})
+    if not any(s.module_name.startswith("down_blocks.0.") for s in specs):
+        kind = "SDXL layout (no attention in the first down block)"
+    elif all(s.heads == 8 for s in specs):
+        kind = "SD1.x layout (8 heads)"
+    elif all(s.heads * 64 == s.dim_n for s in specs):
+        kind = "SD2.x layout (heads = width/64)"
+    else:
+        kind = f"custom layout (heads {sorted({s.heads for s in specs})})"
+    return f"{kind}, {len(specs)} attn1 layers, widths {widths}"
+
+
 def param_shapes(spec: LayerSpec) -> dict[str, tuple[int, ...]]:
     """Every state-dict key (without the ``{i}.`` prefix) of one layer and its shape."""
     c, m = spec.dim_n, spec.mid_dim

@@ -24,6 +24,7 @@ from torch import nn
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
 from ._common import check_inputs
+from ._sampling import model_family
 
 CATEGORY = "UltraRes/linfusion"
 FOLDER = "linfusion"
@@ -44,30 +45,7 @@ class LinFusionWeights:
 
     @property
     def family(self) -> str:
-        return describe_specs(self.specs)
-
-
-def describe_specs(specs: list[fmt.LayerSpec]) -> str:
-    """A human label for a LinFusion file's layout, for error messages."""
-    widths = sorted({s.dim_n for s in specs})
-    if not any(s.module_name.startswith("down_blocks.0.") for s in specs):
-        kind = "SDXL layout (no attention in the first down block)"
-    elif all(s.heads == 8 for s in specs):
-        kind = "SD1.x layout (8 heads)"
-    elif all(s.heads * 64 == s.dim_n for s in specs):
-        kind = "SD2.x layout (heads = width/64)"
-    else:
-        kind = f"custom layout (heads {sorted({s.heads for s in specs})})"
-    return f"{kind}, {len(specs)} attn1 layers, widths {widths}"
-
-
-def model_family(model) -> str:
-    """``"SD15"``, ``"SD20"``, ``"SDXL"``... from the model config's class hierarchy."""
-    names = [c.__name__ for c in type(model.model.model_config).__mro__]
-    for known in ("SDXLRefiner", "SDXL", "SD20", "SD15"):
-        if known in names:
-            return known
-    return names[0]
+        return fmt.describe_specs(self.specs)
 
 
 def require_sd_unet(model) -> None:
@@ -128,17 +106,11 @@ class LinFusionAttn1(nn.Module):
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006 (ComfyUI's signature)
         if not self.uses_linfusion(x, context, value, mask):
             return self.base(x, context=context, value=value, mask=mask, transformer_options=transformer_options)
-        lin = self.linfusion
-        cdt = torch.float32 if self.compute_fp32 else x.dtype
-        ctx = x if context is None else context
-        val = ctx if value is None else value
-        q = lin.project_q(x.to(cdt))
-        k = lin.project_k(ctx.to(cdt))
-        v = self.to_v(val) if self.keep_base_value_output else lin.to_v(val.to(cdt))
-        core = L.linear_attention(q, k, v, lin.heads, self.chunk_size)
-        if self.keep_base_value_output:
-            return self.to_out(core.to(x.dtype))
-        return lin.to_out[0](core).to(x.dtype)
+        keep = self.keep_base_value_output  # the base model's to_v / to_out instead of LinFusion's
+        return self.linfusion(x, context, value, v_proj=self.to_v if keep else None,
+                              out_proj=self.to_out if keep else None, chunk_size=self.chunk_size,
+                              chunk_projections=False,
+                              compute_dtype=torch.float32 if self.compute_fp32 else x.dtype)
 
 
 def load_weights(path: str, name: str) -> LinFusionWeights:

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from linfusion_reference import linear_attention_reference
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 from ultrares.kernels import linfusion as lf
@@ -65,11 +66,11 @@ def test_core_equals_quadratic_reference():
     torch.manual_seed(1)
     q, k, v = torch.randn(2, 50, 32) * 2, torch.randn(2, 50, 32) * 2, torch.randn(2, 50, 32)
     got = lf.linear_attention(q, k, v, heads=4)
-    want = lf.linear_attention_reference(q, k, v, heads=4)
+    want = linear_attention_reference(q, k, v, heads=4)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     # cross attention (different token counts; N in the normaliser is the key count)
     k2, v2 = torch.randn(2, 23, 32), torch.randn(2, 23, 32)
-    torch.testing.assert_close(lf.linear_attention(q, k2, v2, 4).double(), lf.linear_attention_reference(q, k2, v2, 4),
+    torch.testing.assert_close(lf.linear_attention(q, k2, v2, 4).double(), linear_attention_reference(q, k2, v2, 4),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -127,6 +128,26 @@ def test_external_value_and_output_projections():
     torch.testing.assert_close(got, out_proj(core))
     assert not torch.allclose(got, layer(x))
 
+
+
+def test_compute_dtype_casts_like_a_drop_in_attention():
+    """compute_dtype: LinFusion's own layers see that dtype, external projections and the result
+    the input's dtype (what the ComfyUI attn1 adapter relies on)."""
+    layer = _layer(32, 4, mid=8)
+    x = torch.randn(1, 40, 32).to(torch.bfloat16)
+    got = layer(x, compute_dtype=torch.float32)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, layer(x.float()).to(torch.bfloat16))
+    v_proj = torch.nn.Linear(32, 32, bias=False).to(torch.bfloat16)
+    out_proj = torch.nn.Linear(32, 32).to(torch.bfloat16)
+    got = layer(x, v_proj=v_proj, out_proj=out_proj, compute_dtype=torch.float32)
+    core = lf.linear_attention(layer.project_q(x.float()), layer.project_k(x.float()), v_proj(x), 4)
+    torch.testing.assert_close(got, out_proj(core.to(torch.bfloat16)))
+    # chunk_projections=False chunks the reductions only: the same numbers as linear_attention's chunking
+    chunked = layer(x.float(), chunk_size=7, chunk_projections=False)
+    xf = x.float()
+    want = layer.to_out[0](lf.linear_attention(layer.project_q(xf), layer.project_k(xf), layer.to_v(xf), 4, 7))
+    torch.testing.assert_close(chunked, want, rtol=0, atol=0)
 
 def test_cost_is_linear_in_tokens():
     layer = _layer(64, 8)
@@ -193,6 +214,16 @@ def test_name_mapping_sd15_by_hand():
 def _specs(dims=(32, 64), heads=4, mid=None):
     return [fmt.LayerSpec(f"down_blocks.{i}.attentions.0.transformer_blocks.0.attn1", d, heads, mid) for i, d in enumerate(dims)]
 
+
+
+def test_describe_specs_names_the_layout():
+    sd15 = [fmt.LayerSpec(n, 320, 8) for n in SD15_DIFFUSERS[:2]]
+    assert fmt.describe_specs(sd15) == "SD1.x layout (8 heads), 2 attn1 layers, widths [320]"
+    sd2 = [fmt.LayerSpec(n, 320, 5) for n in SD15_DIFFUSERS[:2]]
+    assert fmt.describe_specs(sd2).startswith("SD2.x layout (heads = width/64)")
+    xl = [fmt.LayerSpec(n.replace("down_blocks.0.", "down_blocks.1."), 640, 10) for n in SD15_DIFFUSERS[:1]]
+    assert fmt.describe_specs(xl).startswith("SDXL layout")
+    assert fmt.describe_specs(_specs(heads=2)) == "custom layout (heads [2]), 2 attn1 layers, widths [32, 64]"
 
 def test_roundtrip_single_file_and_folder(tmp_path):
     specs = _specs(mid=8)
@@ -269,7 +300,7 @@ def test_compile_core_equals_quadratic_reference():
     gen = torch.Generator().manual_seed(4)
     q, k = torch.randn(2, 50, 32, generator=gen), torch.randn(2, 70, 32, generator=gen)
     v = torch.randn(2, 70, 48, generator=gen)
-    torch.testing.assert_close(lf._core(q, k, v, 4).double(), lf.linear_attention_reference(q, k, v, 4),
+    torch.testing.assert_close(lf._core(q, k, v, 4).double(), linear_attention_reference(q, k, v, 4),
                                rtol=1e-5, atol=1e-5)
     assert lf._core(q.half(), k.half(), v.half(), 4).dtype == torch.float16
 
@@ -296,7 +327,7 @@ def test_compile_failure_falls_back_to_reference(monkeypatch, caplog):
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 20, 16, generator=gen) for _ in range(3))
     out = lf.linear_attention(q, k, v, 2, impl="compiled")
-    torch.testing.assert_close(out.double(), lf.linear_attention_reference(q, k, v, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), linear_attention_reference(q, k, v, 2), rtol=1e-5, atol=1e-5)
     assert "no Triton here" in caplog.text and "reference" in caplog.text
     assert lf.resolve_impl("auto", "cuda") == "reference"  # remembered
 
@@ -309,5 +340,5 @@ def test_compiled_core_matches_reference_on_cpu():
     for n in (64, 100):
         q, k, v = (torch.randn(2, n, 32, generator=gen) for _ in range(3))
         got = lf.linear_attention(q, k, v, 4, impl="compiled")
-        torch.testing.assert_close(got.double(), lf.linear_attention_reference(q, k, v, 4), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.double(), linear_attention_reference(q, k, v, 4), rtol=1e-5, atol=1e-5)
     assert not lf._compile_failed
