@@ -105,7 +105,7 @@ class Runtime:
             result = getattr(cls(), cls.FUNCTION)(**inputs)
         if inspect.isawaitable(result):
             result = asyncio.run(result)
-        if hasattr(result, "result"):  # io.NodeOutput
+        if isinstance(result, io.NodeOutput):
             result = result.result
         if isinstance(result, dict) and "result" in result:  # V1 node returning a ui dict
             result = result["result"]
@@ -114,8 +114,10 @@ class Runtime:
     def validate(self, node_id: str, **inputs: Any) -> bool | str:
         """The node's queue-time check (``validate_inputs``), given only the inputs it asks for, as
         ComfyUI's executor does; True when valid, else the node's message."""
+        from comfy_api.latest import io
+
         cls = self.node_class(node_id)
-        if hasattr(cls, "GET_BASE_CLASS"):  # V3: the base class's placeholder is not a check
+        if isinstance(cls, type) and issubclass(cls, io.ComfyNode):  # V3: the base class's placeholder is not a check
             from comfy_api.internal import first_real_override
 
             check = first_real_override(cls, "validate_inputs")

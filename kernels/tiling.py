@@ -38,6 +38,14 @@ from functools import lru_cache
 import torch
 
 METHODS = ("fstd", "fstd_full", "multidiffusion", "mixture_of_diffusers", "spotdiffusion")
+METHOD_LABELS = {
+    "FSTD": "fstd",
+    "FSTD (full coverage)": "fstd_full",
+    "MultiDiffusion": "multidiffusion",
+    "Mixture of Diffusers": "mixture_of_diffusers",
+    "SpotDiffusion": "spotdiffusion",
+}
+"""The methods by the names users see (the node's combo, the demo) -> ``METHODS`` keys."""
 GAUSSIAN_VARIANCE = 0.01  # Mixture of Diffusers / FSTD blend weights, relative to the tile size
 
 

@@ -24,7 +24,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.tiling import Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
+from ..kernels.tiling import METHOD_LABELS, Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
 from ._common import (
     available_memory,
     check_inputs,
@@ -37,13 +37,7 @@ log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
 RUN_KEY = "ultrares_tiled_run"  # transformer_options entry holding the current run's state
 
-METHOD_CHOICES = {
-    "FSTD": "fstd",
-    "FSTD (full coverage)": "fstd_full",
-    "MultiDiffusion": "multidiffusion",
-    "Mixture of Diffusers": "mixture_of_diffusers",
-    "SpotDiffusion": "spotdiffusion",
-}
+METHOD_CHOICES = METHOD_LABELS  # combo option -> kernel method
 MIN_TILE_PX = 64
 
 

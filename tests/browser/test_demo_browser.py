@@ -23,11 +23,11 @@ def page(comfy, tmp_path_factory):
 
 def test_generate_shows_an_image(page):
     from playwright.sync_api import expect
-    from ultrares.demo import handlers
+    from ultrares.demo import session
 
     expect(page.get_by_role("heading", name="UltraRes")).to_be_visible(timeout=60_000)
     model = page.get_by_label("Model").first
-    expect(model).to_have_value(handlers.default_source(), timeout=30_000)
+    expect(model).to_have_value(session.default_source(), timeout=30_000)
     page.get_by_role("button", name="Generate", exact=True).click()
     image = page.locator("#hdit-output img")
     expect(image).to_be_visible(timeout=TIMEOUT_MS)

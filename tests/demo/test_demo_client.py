@@ -26,9 +26,9 @@ def client(comfy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def src():
-    from ultrares.demo import handlers
+    from ultrares.demo import session
 
-    return handlers.HDIT_PREFIX + TEST_HDIT
+    return session.HDIT_PREFIX + TEST_HDIT
 
 
 def test_named_endpoints(client):

@@ -1,4 +1,5 @@
-"""The demo's tab handlers called directly, in-process on the real ComfyUI (the `comfy` fixture),
+"""The demo's tab handlers (``ultrares.demo.tabs``) and session (``ultrares.demo.session``) called
+directly, in-process on the real ComfyUI (the `comfy` fixture),
 with a small random-weight HDiT registered in the hdit models folder (and the embedded model when
 it is there): shapes, determinism, the tile grid, PSNR, progress, Cancel, and the error messages."""
 
@@ -18,45 +19,55 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "demo" / "examples"
 
 
 @pytest.fixture(scope="module")
-def H(comfy, tmp_path_factory):
-    from ultrares.demo import handlers
+def S(comfy, tmp_path_factory):
+    from ultrares.demo import session
 
     with hdit_registered(tmp_path_factory.mktemp("demo-models")):
-        yield handlers
+        yield session
 
 
 @pytest.fixture(scope="module")
-def src(H):
-    return H.HDIT_PREFIX + TEST_HDIT
+def T(S):
+    """The tab modules by name (T.hdit, T.tiling, ...)."""
+    from types import SimpleNamespace
+
+    from ultrares.demo import tabs
+
+    return SimpleNamespace(**{m.__name__.rsplit(".", 1)[-1]: m for m in tabs.modules()})
+
+
+@pytest.fixture(scope="module")
+def src(S):
+    return S.HDIT_PREFIX + TEST_HDIT
 
 
 def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.int16)
 
 
-def test_sources_list_hdit_files_and_checkpoints(H, src):
-    found = H.sources()
+def test_sources_list_hdit_files_and_checkpoints(S, T, src):
+    found = S.sources()
     assert src in found
-    embedded = H.HDIT_PREFIX + H.EMBEDDED_HDIT
-    if (Path(H.__file__).resolve().parents[1] / "models" / "hdit" / H.EMBEDDED_HDIT).exists():
-        assert found[0] == embedded == H.default_source()
+    embedded = S.HDIT_PREFIX + S.EMBEDDED_HDIT
+    if (Path(S.__file__).resolve().parents[1] / "models" / "hdit" / S.EMBEDDED_HDIT).exists():
+        assert found[0] == embedded == S.default_source()
     # every checkpoint ComfyUI's loader offers is listed, after the HDiT files
-    ckpts = [s for s in found if s.startswith(H.CKPT_PREFIX)]
-    assert [c[len(H.CKPT_PREFIX):] for c in ckpts] == H.checkpoint_files()
-    assert not any(s.endswith(".json") for s in found if s.startswith(H.HDIT_PREFIX) and
-                   s[len(H.HDIT_PREFIX):-5] + ".safetensors" in H.hdit_files())
-    bundle = H.load(src)
-    assert bundle.kind == "hdit" and bundle.native == 64 and bundle.labels == [*TEST_CLASSES, H.UNCONDITIONAL]
+    ckpts = [s for s in found if s.startswith(S.CKPT_PREFIX)]
+    assert [c[len(S.CKPT_PREFIX):] for c in ckpts] == S.checkpoint_files()
+    assert not any(s.endswith(".json") for s in found if s.startswith(S.HDIT_PREFIX) and
+                   s[len(S.HDIT_PREFIX):-5] + ".safetensors" in S.hdit_files())
+    bundle = S.load(src)
+    assert bundle.kind == "hdit" and bundle.native == 64 and bundle.labels == [*TEST_CLASSES, S.UNCONDITIONAL]
 
 
-def test_generate_is_seeded_and_reports_progress(H, src):
+def test_generate_is_seeded_and_reports_progress(S, T, src):
     seen = []
-    img, info = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t)))
+    img, info = T.hdit.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t)))
     # a row of two 64x64 images, enlarged 4x (nearest) for viewing
     assert img.size == (2 * 256, 256)
     assert "2 x 64x64" in info and "squares" in info
-    again, _ = H.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2)
-    other, _ = H.generate(src, "squares", steps=3, seed=6, cfg=2.0, batch=2)
+    again, _ = T.hdit.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2)
+    other, _ = T.hdit.generate(src, "squares", steps=3, seed=6, cfg=2.0, batch=2)
     assert np.array_equal(pixels(img), pixels(again))
     assert np.abs(pixels(img) - pixels(other)).mean() > 1
     # ComfyUI's progress bar reached the demo: 3 sampler steps
@@ -64,30 +75,30 @@ def test_generate_is_seeded_and_reports_progress(H, src):
     assert values and values[-1] == (3, 3)
 
 
-def test_class_choice_changes_the_image(H, src):
-    a, _ = H.generate(src, "circles", steps=2, seed=1, batch=1)
-    b, _ = H.generate(src, "stars", steps=2, seed=1, batch=1)
+def test_class_choice_changes_the_image(S, T, src):
+    a, _ = T.hdit.generate(src, "circles", steps=2, seed=1, batch=1)
+    b, _ = T.hdit.generate(src, "stars", steps=2, seed=1, batch=1)
     assert np.abs(pixels(a) - pixels(b)).mean() > 0.5
 
 
-def test_cancel_interrupts_sampling_and_the_next_run_works(H, src):
+def test_cancel_interrupts_sampling_and_the_next_run_works(S, T, src):
     import comfy.model_management
 
     def press_cancel(stage, value, total):
         if value == 1:
-            H.cancel()
+            S.cancel()
 
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        H.generate(src, "circles", steps=6, seed=0, batch=1, report=press_cancel)
-    H.cancel()  # pressed while idle: must not stop the next run
-    img, _ = H.generate(src, "circles", steps=2, seed=0, batch=1)
+        T.hdit.generate(src, "circles", steps=6, seed=0, batch=1, report=press_cancel)
+    S.cancel()  # pressed while idle: must not stop the next run
+    img, _ = T.hdit.generate(src, "circles", steps=2, seed=0, batch=1)
     assert img.size == (256, 256)
 
 
-def test_any_size_draws_the_tile_grid_of_the_chosen_step(H, src):
+def test_any_size_draws_the_tile_grid_of_the_chosen_step(S, T, src):
     from ultrares.kernels.tiling import TilePlanner
 
-    image, grid, plain, info = H.any_size(src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3,
+    image, grid, plain, info = T.tiling.any_size(src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3,
                                           show_step=1, compare=True)
     scale = image.width // 192
     assert image.size == (192 * scale, 128 * scale) and grid.size == image.size and plain.size == image.size
@@ -108,26 +119,26 @@ def test_any_size_draws_the_tile_grid_of_the_chosen_step(H, src):
     (dict(method="MultiDiffusion", tile=64, overlap=64), "overlap"),
     (dict(show_step=3), "show step"),
 ])
-def test_any_size_refuses_bad_settings(H, src, kwargs, match):
+def test_any_size_refuses_bad_settings(S, T, src, kwargs, match):
     settings = dict(width=64, height=64, steps=3)
     settings.update(kwargs)
-    with pytest.raises(H.UserError, match=match):
-        H.any_size(src, "stars", **settings)
+    with pytest.raises(S.UserError, match=match):
+        T.tiling.any_size(src, "stars", **settings)
 
 
-def test_relay_upscales_generated_and_uploaded_images(H, src):
-    low, up, info = H.relay(src, "circles", None, factor=2, steps=8, truncation_sigma=0.9, base_steps=2)
+def test_relay_upscales_generated_and_uploaded_images(S, T, src):
+    low, up, info = T.relay.relay(src, "circles", None, factor=2, steps=8, truncation_sigma=0.9, base_steps=2)
     assert low.size == up.size and up.width >= 128
     assert "relay x2 to 128x128" in info
     upload = Image.open(EXAMPLES / "apple.png")
-    low2, up2, info2 = H.relay(src, "circles", upload, factor=3, steps=8)
+    low2, up2, info2 = T.relay.relay(src, "circles", upload, factor=3, steps=8)
     assert "upload fitted to 64 px" in info2 and "192x192" in info2
     # the relay result is not just the nearest up-sampling of its input
     assert np.abs(pixels(low2) - pixels(up2)).mean() > 1
 
 
-def test_digit_token_maps_of_an_image(H):
-    seen, token_map, decoded, info = H.digit_tokens(Image.open(EXAMPLES / "cat.png"), image_size=128)
+def test_digit_token_maps_of_an_image(S, T):
+    seen, token_map, decoded, info = T.digit.digit_tokens(Image.open(EXAMPLES / "cat.png"), image_size=128)
     assert seen.size == token_map.size == decoded.size
     m = re.search(r"(\d+)x(\d+) tokens .* \(K = (\d+)\); (\d+) distinct", info)
     assert m and m.group(1) == m.group(2) == "8"
@@ -139,21 +150,21 @@ def test_digit_token_maps_of_an_image(H):
     assert (block == block[0, 0]).all()
 
 
-def test_inversion_reports_the_psnr_of_its_images(H, src):
+def test_inversion_reports_the_psnr_of_its_images(S, T, src):
     from ultrares.kernels.inversion import psnr
 
-    inp, noise, rec, text = H.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    inp, noise, rec, text = T.inversion.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
     assert inp.size == noise.size == rec.size
     value = float(re.search(r"PSNR\(reconstruction, input\) = ([-\d.]+) dB", text).group(1))
     a = torch.from_numpy(pixels(inp).astype(np.float32) / 255)
     b = torch.from_numpy(pixels(rec).astype(np.float32) / 255)
     assert value == pytest.approx(psnr(b, a), abs=0.2)  # same PSNR up to 8-bit rounding of the shown images
     # deterministic: the same inversion gives the same reconstruction
-    _, _, rec2, _ = H.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    _, _, rec2, _ = T.inversion.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
     assert np.array_equal(pixels(rec), pixels(rec2))
 
 
-def test_linfusion_timing_on_a_text_model(H, tiny_sd15, tmp_path):
+def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path):
     import folder_paths
     from ultrares.kernels import linfusion_distill as ld
     from ultrares.kernels import linfusion_format as fmt
@@ -166,9 +177,9 @@ def test_linfusion_timing_on_a_text_model(H, tiny_sd15, tmp_path):
     fmt.save_linfusion(str(folder / "lf-tiny.safetensors"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
     folder_paths.add_model_folder_path("linfusion", str(folder))
     try:
-        assert "lf-tiny.safetensors" in H.linfusion_files()
-        H.remember(H.Bundle(H.CKPT_PREFIX + "tiny-sd15", "checkpoint", model, vae, clip=clip, native=512))
-        base, lin, table = H.linfusion_timing(H.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat",
+        assert "lf-tiny.safetensors" in T.linfusion.linfusion_files()
+        S.remember(S.Bundle(S.CKPT_PREFIX + "tiny-sd15", "checkpoint", model, vae, clip=clip, native=512))
+        base, lin, table = T.linfusion.linfusion_timing(S.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat",
                                               width=64, height=64, steps=1)
     finally:
         folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
@@ -178,21 +189,21 @@ def test_linfusion_timing_on_a_text_model(H, tiny_sd15, tmp_path):
     assert np.abs(pixels(base) - pixels(lin)).mean() > 0.1  # the attention really was replaced
 
 
-def test_errors_say_what_to_do(H, src):
-    with pytest.raises(H.UserError, match="make embedded-hdit"):
-        H.generate(None)
-    with pytest.raises(H.UserError, match="not in the hdit models folder"):
-        H.load(H.HDIT_PREFIX + "nope.safetensors")
-    with pytest.raises(H.UserError, match="upload an image"):
-        H.digit_tokens(None)
-    with pytest.raises(H.UserError, match="Stable Diffusion checkpoint"):
-        H.linfusion_timing(src, "x.safetensors")
-    with pytest.raises(H.UserError, match="not one of this model's classes"):
-        H.generate(src, "dogs", steps=1)
-    with pytest.raises(H.UserError, match="level"):
-        H.invert(src, "squares", None, steps=2, level=1.5)
-    with pytest.raises(H.UserError, match="steps=0"):
-        H.generate(src, "circles", steps=0)
+def test_errors_say_what_to_do(S, T, src):
+    with pytest.raises(S.UserError, match="make embedded-hdit"):
+        T.hdit.generate(None)
+    with pytest.raises(S.UserError, match="not in the hdit models folder"):
+        S.load(S.HDIT_PREFIX + "nope.safetensors")
+    with pytest.raises(S.UserError, match="upload an image"):
+        T.digit.digit_tokens(None)
+    with pytest.raises(S.UserError, match="Stable Diffusion checkpoint"):
+        T.linfusion.linfusion_timing(src, "x.safetensors")
+    with pytest.raises(S.UserError, match="not one of this model's classes"):
+        T.hdit.generate(src, "dogs", steps=1)
+    with pytest.raises(S.UserError, match="level"):
+        T.inversion.invert(src, "squares", None, steps=2, level=1.5)
+    with pytest.raises(S.UserError, match="steps=0"):
+        T.hdit.generate(src, "circles", steps=0)
 
 
 def test_demo_imports_no_test_code():
@@ -206,19 +217,19 @@ def test_demo_imports_no_test_code():
         assert not test_import.search(Path(module.__file__).read_text()), module.__name__
 
 
-def test_app_without_any_model_says_how_to_get_one(H, monkeypatch):
+def test_app_without_any_model_says_how_to_get_one(S, T, monkeypatch):
     """A fresh machine whose embedded model is not built yet: the app still opens and says what to run."""
     from ultrares.demo import app
 
-    monkeypatch.setattr(H, "hdit_files", lambda: [])
-    monkeypatch.setattr(H, "checkpoint_files", lambda: [])
-    assert H.sources() == [] and H.default_source() is None
+    monkeypatch.setattr(S, "hdit_files", lambda: [])
+    monkeypatch.setattr(S, "checkpoint_files", lambda: [])
+    assert S.sources() == [] and S.default_source() is None
     demo = app.build_app()
     texts = [c.get("props", {}).get("value") or "" for c in demo.config["components"]]
     note = next(t for t in texts if "is missing" in str(t))
     assert "make embedded-hdit" in note and "models/checkpoints" in note
-    with pytest.raises(H.UserError, match="make embedded-hdit"):
-        H.generate(H.default_source())
+    with pytest.raises(S.UserError, match="make embedded-hdit"):
+        T.hdit.generate(S.default_source())
 
 
 def test_command_line_defaults_and_bad_comfyui_path(monkeypatch, tmp_path):

@@ -1,0 +1,97 @@
+"""DiGIT tokens tab: DiGIT's discriminative tokenizer (``UltraResDiGITTokenize``,
+``UltraResDiGITDecode``) on an uploaded image."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+from PIL import Image
+
+from .. import session as S
+from . import _ui
+
+TITLE, ID = "DiGIT tokens", "digit"
+TOKENIZE = "UltraResDiGITTokenize"
+
+
+def digit_encoders() -> list[str]:
+    return S.node_options("UltraResDiGITEncoderLoader", "encoder_name")
+
+
+def digit_codebooks() -> list[str]:
+    return S.node_options("UltraResDiGITCodebookLoader", "codebook_name")
+
+
+def digit_decode_modes() -> list[str]:
+    return S.node_options("UltraResDiGITDecode", "mode")
+
+
+_CACHE: dict[tuple[str, str], tuple] = {}
+
+
+@S.exclusive
+def digit_tokens(image, encoder: str | None = None, codebook: str | None = None, image_size: int | None = None,
+                 fit: str | None = None, mode: str = "nearest_patch",
+                 report: S.Report | None = None) -> tuple[Image.Image, Image.Image, Image.Image, str]:
+    """Tokenize an image with DiGIT (``image_size``, ``fit`` None: the node's defaults); returns
+    (image as tokenized, token map, tokens decoded, description)."""
+    encoder = encoder or (digit_encoders() or [None])[0]
+    codebook = codebook or (digit_codebooks() or [None])[0]
+    if not encoder or not codebook:
+        raise S.UserError("DiGIT needs a DINOv2 encoder and a codebook in the digit models folder; the embedded ones "
+                          "are made by `make setup` (models/digit). Run it, or put dinov2_vitb14_reg4_pretrain.pth and "
+                          "km_8k.npy in ComfyUI/models/digit.")
+    pixels = S.from_pil(image, "image")
+    defaults = S.node_defaults(TOKENIZE)
+    rng = S.input_range(TOKENIZE, "image_size")
+    image_size = S.check("image size", defaults["image_size"] if image_size is None else image_size, rng,
+                         int(rng.step or 1))
+    fit = fit or defaults["fit"]
+    key = (encoder, codebook)
+    if key not in _CACHE:
+        _CACHE.clear()
+        with S.tracked(report, "loading the encoder and codebook"):
+            (enc,) = S.run_node("UltraResDiGITEncoderLoader", encoder_name=encoder)
+            (cb,) = S.run_node("UltraResDiGITCodebookLoader", codebook_name=codebook)
+        _CACHE[key] = (enc, cb)
+    enc, cb = _CACHE[key]
+    t0 = time.perf_counter()
+    with S.tracked(report, "tokenizing"):
+        tokens, token_map, seen = S.run_node(TOKENIZE, encoder=enc, codebook=cb, image=pixels, image_size=image_size,
+                                             fit=fit)
+        if mode == "nearest_patch" and cb.atlas is None:  # no atlas: nothing to draw patches from
+            mode = "centroid_pca"
+        (decoded,) = S.run_node("UltraResDiGITDecode", tokens=tokens, codebook=cb, mode=mode)
+    ids = tokens.ids
+    info = (f"{ids.shape[-2]}x{ids.shape[-1]} tokens from codebook {codebook} (K = {tokens.k}); "
+            f"{int(ids.unique().numel())} distinct ids in this image; decoded as {mode}; "
+            f"{time.perf_counter() - t0:.1f} s.")
+    return S.enlarge(S.to_pil(seen)), S.enlarge(S.to_pil(token_map)), S.enlarge(S.to_pil(decoded)), info
+
+
+def ui_digit(image, encoder, codebook, image_size, fit, mode, progress=gr.Progress()):
+    return _ui.call(digit_tokens, progress, image, encoder, codebook, int(image_size), fit, mode)
+
+
+def build(shared: _ui.Shared) -> None:
+    gr.Markdown("DiGIT's discriminative tokenizer (`UltraResDiGITTokenize`, `UltraResDiGITDecode`): every "
+                "16x16 patch becomes the id of the nearest K-means centroid of its DINOv2 feature. The token "
+                "map colours each id by its centroid; the decoding draws each token as its nearest training patch.")
+    image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"])
+    with gr.Row():
+        encoder = _ui.dropdown(digit_encoders(), "Encoder")
+        codebook = _ui.dropdown(digit_codebooks(), "Codebook")
+        image_size = _ui.slider(S.input_range(TOKENIZE, "image_size"), "Image size (tokens = size/16 per side)")
+        fit = _ui.dropdown(S.node_options(TOKENIZE, "fit"), "Fit", S.node_defaults(TOKENIZE).get("fit"))
+        mode = _ui.dropdown(digit_decode_modes(), "Decode as")
+    run, stop = _ui.buttons("Tokenize")
+    with gr.Row():
+        seen = gr.Image(label="As tokenized", type="pil", interactive=False, format="png")
+        token_map = gr.Image(label="Token map", type="pil", interactive=False, format="png")
+        decoded = gr.Image(label="Tokens decoded", type="pil", interactive=False, format="png")
+    info = gr.Markdown()
+    _ui.wire(run, stop, ui_digit, [image, encoder, codebook, image_size, fit, mode], [seen, token_map, decoded, info],
+             "digit")
+    if shared.examples:
+        gr.Examples([[p] for p in shared.examples], [image], label="Examples")
