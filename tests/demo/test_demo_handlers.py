@@ -241,3 +241,37 @@ def test_command_line_defaults_and_bad_comfyui_path(monkeypatch, tmp_path):
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
     with pytest.raises(runtime.ComfyNotFound, match="not a ComfyUI checkout.*COMFYUI_PATH"):
         runtime.comfy_root()
+
+
+def test_controls_take_their_ranges_from_the_node_schemas(S, T):
+    """Sliders and number boxes show the nodes' own ranges (relay steps: the node's 2..10000, not a
+    demo copy), and every seed box ComfyUI's seed range."""
+    from ultrares.demo import app
+
+    props = [c.get("props", {}) for c in app.build_app().config["components"]]
+
+    def ranges(label: str) -> list[tuple]:
+        return [(p.get("minimum"), p.get("maximum")) for p in props if p.get("label") == label]
+
+    steps = S.input_range("UltraResRelayUpscale", "steps")
+    assert ranges("Grid steps (only those below the truncation run)") == [(steps.min, steps.max)] == [(2, 10000)]
+    level = S.input_range("UltraResDDIMInvert", "level")
+    assert ranges("Level (fraction of the schedule)") == [(level.min, level.max)]
+    seed_max = S.input_range("KSampler", "seed").max
+    seeds = [(p.get("minimum"), p.get("maximum")) for p in props if str(p.get("label", "")).startswith("Seed")]
+    assert len(seeds) == 5 and set(seeds) == {(0, seed_max)}
+    # the any-size grid is drawn with the node's own defaults (tile batch, FSTD reset interval)
+    settings = T.tiling.tile_settings("FSTD", 64, 16, 0)
+    defaults = S.node_defaults("UltraResTiledDiffusion")
+    assert all(settings[k] == defaults[k] for k in ("tile_batch_size", "reset_interval"))
+
+
+def test_linfusion_points_to_the_distillation_script(S, T, src):
+    with pytest.raises(S.UserError, match="scripts/linfusion_distill.py"):
+        T.linfusion.linfusion_timing(S.CKPT_PREFIX + "any.safetensors", None)
+    root = Path(S.__file__).resolve().parent
+    assert (root.parent / "scripts" / "linfusion_distill.py").exists()
+    for path in root.rglob("*.py"):  # no stale module entry point anywhere in the demo
+        assert "-m ultrares.kernels.linfusion_distill" not in path.read_text(), path
+    for path in [root / "session.py", *(root / "tabs").glob("*.py")]:  # tabs reach nodes by id, not by module
+        assert "sys.modules" not in path.read_text(), path
