@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from . import hdit
+from . import hdit, hdit_format
 
 EMOJI_CLASSES = [
     "Smileys & Emotion",
@@ -237,7 +237,7 @@ def rand_cosine_interpolated(
     return (torch.exp(-logsnr / 2) * sigma_data).float()
 
 
-def make_sigma_sampler(cfg: hdit.HDiTConfig, stratified: bool = True):
+def make_sigma_sampler(cfg: hdit_format.HDiTConfig, stratified: bool = True):
     """``sample(n, generator=None) -> sigma [n]`` from the config's ``sigma_sample_density`` with
     k-diffusion's defaults (``make_sample_density``): image_d = noise_d_high = max(input_size),
     noise_d_low = 32, min_value = min(sigma_min, 1e-3), max_value = max(sigma_max, 1e3)."""
@@ -486,12 +486,12 @@ def train(
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as k-diffusion's train.py
         torch.backends.cudnn.allow_tf32 = True
-    cfg = hdit.parse_config(config)
+    cfg = hdit_format.parse_config(config)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pth")
     torch.manual_seed(seed)
-    model = hdit.build_model(cfg)
-    ema = hdit.build_model(cfg)
+    model = hdit_format.build_model(cfg)
+    ema = hdit_format.build_model(cfg)
     ema.load_state_dict(model.state_dict())
     model.to(dev)
     ema.to(dev)
@@ -501,8 +501,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     if resume and os.path.isfile(ckpt_path):
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        hdit.load_state_dict_strict(model, ck["model"], ckpt_path)
-        hdit.load_state_dict_strict(ema, ck["model_ema"], ckpt_path)
+        hdit_format.load_state_dict_strict(model, ck["model"], ckpt_path)
+        hdit_format.load_state_dict_strict(ema, ck["model_ema"], ckpt_path)
         load_optimizer_state(opt, model, ck["opt"], log)
         step, elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
         if "rng" in ck:
@@ -544,7 +544,7 @@ def train(
 
     def export():
         if export_path and exported_at[0] != step:
-            hdit.save_inference(ema, cfg, export_path)
+            hdit_format.save_inference(ema, cfg, export_path)
             exported_at[0] = step
             log(f"exported EMA weights at step {step} -> {export_path}")
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from . import schedules
+
 __all__ = [
     "RelaySettings",
     "alpha_for_sigma",
@@ -67,7 +69,6 @@ __all__ = [
     "dct_blur",
     "dct_matrix",
     "image_to_blocks",
-    "karras_sigmas",
     "relay_sample",
     "relay_sigmas",
     "relay_start",
@@ -304,25 +305,12 @@ def dct_blur(x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scal
 # Noise-level grids
 
 
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """The EDM/Karras grid of ``steps`` noise levels from sigma_max down to sigma_min (float64,
-    no trailing zero): ``(s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
-    if steps == 1:
-        return torch.tensor([sigma_max], dtype=torch.float64)
-    i = torch.arange(steps, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + i / (steps - 1) * (lo - hi)) ** rho
-
-
 def relay_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, truncation_sigma: float) -> torch.Tensor:
-    """Stage-two schedule: the Karras grid of ``steps`` nominal levels with every level
-    ``>= truncation_sigma`` dropped, plus a trailing 0 (float64, 1-D, strictly decreasing).
-    Raises ``ValueError`` when no level is left (truncation at or below sigma_min)."""
-    grid = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    """Stage-two schedule: the Karras grid of ``steps`` nominal levels (EDM convention, see
+    :func:`ultrares.kernels.schedules.karras_sigmas`) with every level ``>= truncation_sigma``
+    dropped, plus a trailing 0 (float64, 1-D, strictly decreasing). Raises ``ValueError`` when no
+    level is left (truncation at or below sigma_min)."""
+    grid = schedules.karras_sigmas(steps, sigma_min, sigma_max, rho, convention="edm")
     kept = grid[grid < truncation_sigma]
     if kept.numel() == 0:
         raise ValueError(

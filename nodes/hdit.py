@@ -14,6 +14,7 @@ The latent comes from the stock ``EmptyChromaRadianceLatentImage`` (a zero [B, 3
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import comfy.conds
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..kernels import hdit as H
+from ..kernels import hdit_format
 from ._common import check_inputs
 
 CATEGORY = "UltraRes/hdit"
@@ -49,7 +51,7 @@ class HDiTModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
     memory_usage_factor = 0.05  # replaced per model by memory_usage_factor_for()
 
-    def __init__(self, cfg: H.HDiTConfig, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: hdit_format.HDiTConfig, dtype: torch.dtype = torch.float32):
         self.sampling_settings = {
             "sigma_min": cfg.sigma_min,
             "sigma_max": cfg.sigma_max,
@@ -57,18 +59,22 @@ class HDiTModelConfig(comfy.supported_models_base.BASE):
         }
         super().__init__({"disable_unet_model_creation": True})
         self.memory_usage_factor = memory_usage_factor_for(cfg, dtype)
+        # native side in pixels (pixel space: the training input_size), read by Any-Size Plan
+        # (nodes/tiled_diffusion.native_pixels); a non-square input_size gives the side of the same area
+        h, w = cfg.input_size
+        self.native_size = round(math.sqrt(h * w))
 
 
-def memory_usage_factor_for(cfg: H.HDiTConfig, dtype: torch.dtype) -> float:
+def memory_usage_factor_for(cfg: hdit_format.HDiTConfig, dtype: torch.dtype) -> float:
     """ComfyUI's ``BaseModel.memory_required`` is ``area * per_area * memory_usage_factor`` MiB with
     ``per_area = dtype_size * 0.01`` when it believes flash/xformers attention is on (NVIDIA, ...)
     and ``0.15`` otherwise. HDiT's attention always runs through torch SDPA (never ComfyUI's
     attention backends), so its real peak does not depend on that switch: pick the factor that makes
-    the estimate equal the calibrated peak (:func:`activation_bytes_per_pixel`) in the branch
+    the estimate equal the calibrated peak (:func:`hdit_format.activation_bytes_per_pixel`) in the branch
     ComfyUI will take. (The former constant 1.0 planned ~40-80 GB for a 1024x1024 CFG batch.)"""
     mm = comfy.model_management
     per_area_mib = mm.dtype_size(dtype) * 0.01 if (mm.xformers_enabled() or mm.pytorch_attention_flash_attention()) else 0.15
-    return H.activation_bytes_per_pixel(cfg) / (per_area_mib * 1024 * 1024)
+    return hdit_format.activation_bytes_per_pixel(cfg) / (per_area_mib * 1024 * 1024)
 
 
 class HDiTAdapter(torch.nn.Module):
@@ -154,7 +160,7 @@ class HDiTAdapter(torch.nn.Module):
 class HDiTComfyModel(comfy.model_base.BaseModel):
     """BaseModel with EDM model sampling around an HDiT; class ids come from the conditioning."""
 
-    def __init__(self, model_config: HDiTModelConfig, inner: H.HDiT, cfg: H.HDiTConfig, device=None):
+    def __init__(self, model_config: HDiTModelConfig, inner: H.HDiT, cfg: hdit_format.HDiTConfig, device=None):
         super().__init__(model_config, comfy.model_base.ModelType.EDM, device=device)
         self.diffusion_model = HDiTAdapter(inner)
         self.hdit_config = cfg
@@ -175,7 +181,7 @@ class HDiTComfyModel(comfy.model_base.BaseModel):
         return out
 
 
-def build_comfy_model(inner: H.HDiT, cfg: H.HDiTConfig, dtype: torch.dtype = torch.float32):
+def build_comfy_model(inner: H.HDiT, cfg: hdit_format.HDiTConfig, dtype: torch.dtype = torch.float32):
     """Wrap an inner HDiT in a ModelPatcher that ComfyUI's samplers use like any MODEL."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
@@ -203,8 +209,8 @@ def load_hdit_file(path: str, dtype: str = "float32", name: str | None = None):
     call the file, the node passes its name relative to the models folder (never an absolute path)."""
     name = name or os.path.basename(path)
     try:
-        inner, cfg = H.load_checkpoint(path, name=name)
-    except H.HDiTLoadError as e:
+        inner, cfg = hdit_format.load_checkpoint(path, name=name)
+    except hdit_format.HDiTLoadError as e:
         raise ValueError(f"UltraResHDiTLoader: {e}") from None
     except MemoryError:
         raise ValueError(f"UltraResHDiTLoader: not enough memory to load {name}; free memory (unload other "

@@ -18,6 +18,7 @@ import json
 
 import torch
 from ultrares.kernels import hdit as H
+from ultrares.kernels import hdit_format, schedules
 from ultrares.kernels import hdit_train as T
 
 
@@ -41,20 +42,20 @@ def main():
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, cfg = H.load_checkpoint(args.weights)
+    model, cfg = hdit_format.load_checkpoint(args.weights)
     den = H.Denoiser(model, cfg.sigma_data)
     data = T.load_emoji_dataset(size=cfg.input_size[0])
     imgs = data["images"].float().div(255).flatten(1)
     train, held = imgs[~data["holdout"]], imgs[data["holdout"]]
     labels = data["labels"][data["holdout"]]
     g = torch.Generator().manual_seed(args.seed)
-    sig = H.karras_sigmas(args.steps, cfg.sigma_min, cfg.sigma_max)
+    sig = schedules.karras_sigmas(args.steps, cfg.sigma_min, cfg.sigma_max, convention="k-diffusion")
     samples = []
     with torch.no_grad():
         for i in range(0, len(labels), args.batch):
             c = labels[i:i + args.batch]
             noise = torch.randn(len(c), 3, *cfg.input_size, generator=g)
-            x = H.sample_dpmpp_2m(den, noise, sig, c, cfg_scale=args.cfg, uncond_class=cfg.num_classes)
+            x = schedules.sample_dpmpp_2m(den, noise, sig, c, cfg_scale=args.cfg, uncond_class=cfg.num_classes)
             samples.append(((x.clamp(-1, 1) + 1) / 2).flatten(1))
     samples = torch.cat(samples)
     res = {

@@ -11,6 +11,7 @@ import argparse
 import torch
 from PIL import Image
 from ultrares.kernels import hdit as H
+from ultrares.kernels import hdit_format, schedules
 
 
 def sample(model, cfg, n, class_id, steps, cfg_scale, seed):
@@ -19,13 +20,13 @@ def sample(model, cfg, n, class_id, steps, cfg_scale, seed):
     g = torch.Generator().manual_seed(seed)
     size = cfg.input_size
     noise = torch.randn(n, cfg.input_channels, size[0], size[1], generator=g)
-    sig = H.karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
+    sig = schedules.karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, convention="k-diffusion")
     uncond = cfg.num_classes
     cls = None
     if cfg.num_classes:
         cls = torch.full((n,), uncond if class_id is None else class_id, dtype=torch.long)
     scale = 1.0 if class_id is None else cfg_scale
-    x = H.sample_dpmpp_2m(den, noise, sig, cls, cfg_scale=scale, uncond_class=uncond)
+    x = schedules.sample_dpmpp_2m(den, noise, sig, cls, cfg_scale=scale, uncond_class=uncond)
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -52,7 +53,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, cfg = H.load_checkpoint(args.weights)
+    model, cfg = hdit_format.load_checkpoint(args.weights)
     ids = list(range(cfg.num_classes)) if args.classes == "all" else [int(c) for c in args.classes.split(",")]
     rows = []
     with torch.no_grad():

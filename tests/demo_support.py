@@ -27,7 +27,7 @@ TEST_CLASSES = ["circles", "squares", "stars"]
 def write_test_hdit(folder: Path, seed: int = 0) -> Path:
     """A 64x64 class-conditional HDiT (3 classes, ~0.1 M parameters) with seeded random weights, in the
     inference format the loader reads (config with class names in the metadata)."""
-    from ultrares.kernels import hdit
+    from ultrares.kernels import hdit_format
 
     config = {
         "model": {"type": "image_transformer_v2", "input_channels": 3, "input_size": [64, 64], "patch_size": [4, 4],
@@ -36,15 +36,15 @@ def write_test_hdit(folder: Path, seed: int = 0) -> Path:
                   "sigma_data": 0.5, "sigma_min": 0.01, "sigma_max": 80.0},
         "dataset": {"num_classes": len(TEST_CLASSES), "class_names": TEST_CLASSES},
     }
-    cfg = hdit.parse_config(config)
-    model = hdit.build_model(cfg)
+    cfg = hdit_format.parse_config(config)
+    model = hdit_format.build_model(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised output layers too, so the model does something
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / TEST_HDIT
-    hdit.save_inference(model, cfg, str(path), dtype=torch.float32)
+    hdit_format.save_inference(model, cfg, str(path), dtype=torch.float32)
     return path
 
 

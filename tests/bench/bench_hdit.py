@@ -22,7 +22,7 @@ import json, statistics, sys, time
 import torch
 sys.path.insert(0, {here!r})
 from _common import PeakRSS
-from ultrares.kernels import hdit as H
+from ultrares.kernels import hdit_format
 from ultrares.kernels.hdit_train import DEFAULT_CONFIG
 torch.set_num_threads(1)
 variant, size, reps = {variant!r}, {size}, {reps}
@@ -30,7 +30,7 @@ cfg = json.loads(json.dumps(DEFAULT_CONFIG))
 if variant == "global":
     cfg["model"]["self_attns"] = [{{"type": "global", "d_head": 64}}] * 3
 torch.manual_seed(0)
-model = H.build_model(cfg).eval()
+model = hdit_format.build_model(cfg).eval()
 x = torch.randn(1, 3, size, size)
 sigma = torch.tensor([1.0])
 cls = torch.tensor([0])

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hdit_layout import SMALL, write_official_safetensors
 from ultrares.kernels import hdit as H
+from ultrares.kernels import hdit_format, schedules
 
 CFG_64 = {
     "model": {**SMALL["model"], "sigma_min": 0.02, "sigma_max": 60.0, "sigma_data": 0.5},
@@ -59,8 +60,8 @@ def oxford_file(hdit_dir):
 
 
 def _reference_denoiser(sd):
-    inner = H.build_model(CFG_64)
-    H.load_state_dict_strict(inner, sd)
+    inner = hdit_format.build_model(CFG_64)
+    hdit_format.load_state_dict_strict(inner, sd)
     return H.Denoiser(inner.eval(), 0.5)
 
 
@@ -343,3 +344,25 @@ def test_class_node_inputs_checked_at_queue_time(comfy, inputs, expect):
     assert comfy.validate("UltraResHDiTClass", class_id=3, unconditional=True) is True
     bad = comfy.validate("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="fp8")
     assert isinstance(bad, str) and "weight_dtype='fp8' is not one of" in bad, bad
+
+
+def test_any_size_plan_reads_the_hdit_native_size(comfy, oxford_file):
+    """Any-Size Plan reads an HDiT's native side from the model: its config's input_size in pixels
+    (pixel space), the same plan as typing native_size by hand."""
+    model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name=oxford_file, weight_dtype="float32")
+    assert model.model.model_config.native_size == 256
+    plan = comfy.run_node("UltraResAnySizePlan", target_width=1024, target_height=512, native_size=0, model=model)
+    by_hand = comfy.run_node("UltraResAnySizePlan", target_width=1024, target_height=512, native_size=256)
+    assert "model config" in plan[5], plan[5]
+    assert plan[:5] == by_hand[:5] and plan[6:] == by_hand[6:]
+
+
+def test_karras_k_diffusion_convention_is_comfys_karras_scheduler(comfy):
+    """``convention="k-diffusion"`` is ComfyUI's (k-diffusion's) karras grid bit for bit."""
+    from comfy.k_diffusion.sampling import get_sigmas_karras
+
+    for n in (1, 2, 7, 30, 1000):
+        for lo, hi in ((0.02, 60.0), (0.0291675, 14.614642)):
+            want = get_sigmas_karras(n, lo, hi)
+            got = schedules.karras_sigmas(n, lo, hi, convention="k-diffusion")
+            assert got.dtype == want.dtype and torch.equal(got, want), (n, lo, hi)

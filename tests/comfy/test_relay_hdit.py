@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from ultrares.kernels import relay as R
+from ultrares.kernels import schedules
 
 EMBEDDED = "ultrares-emoji64.safetensors"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,7 +39,7 @@ def test_relay_upscale_on_edm_pixel_model(comfy):
     x = out["samples"]
     assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
     (sig,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=12, truncation_sigma=0.9, rho=7.0)
-    grid = R.karras_sigmas(12, float(ms.sigma_min), float(ms.sigma_max), 7.0)
+    grid = schedules.karras_sigmas(12, float(ms.sigma_min), float(ms.sigma_max), 7.0, convention="edm")
     assert torch.allclose(sig[:-1].double(), grid[grid < 0.9], rtol=1e-5)
     assert seen[0] == pytest.approx(float(sig[0]), rel=1e-4) and max(seen) < 0.9
     assert len(seen) == 2 * (len(sig) - 1) - 1

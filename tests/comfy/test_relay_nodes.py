@@ -10,6 +10,7 @@ import pytest
 import torch
 from comfy.k_diffusion import sampling as kd
 from ultrares.kernels import relay as R
+from ultrares.kernels import schedules
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_relay_sigmas_truncate_the_models_own_grid(comfy, tiny_sd15):
     model, _, _ = tiny_sd15
     ms = model.get_model_object("model_sampling")
     (sig,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=30, truncation_sigma=0.9, rho=7.0)
-    grid = R.karras_sigmas(30, float(ms.sigma_min), float(ms.sigma_max), 7.0)
+    grid = schedules.karras_sigmas(30, float(ms.sigma_min), float(ms.sigma_max), 7.0, convention="edm")
     assert sig.dtype == torch.float32 and sig[-1] == 0
     assert float(sig[0]) < 0.9 <= float(grid[grid >= 0.9][-1])
     assert torch.allclose(sig[:-1].double(), grid[grid < 0.9], rtol=1e-6)

@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 from hdit_layout import SMALL, official_keys, random_official_state_dict, small_keys
-from ultrares.kernels import hdit
-from ultrares.kernels.hdit import HDiTLoadError
+from ultrares.kernels import hdit, hdit_format, schedules
+from ultrares.kernels.hdit_format import HDiTLoadError
 
 
 def test_official_layout_loads_strictly_and_runs():
     sd = random_official_state_dict(small_keys())
-    cfg = hdit.parse_config(SMALL)
-    model = hdit.build_model(cfg)
+    cfg = hdit_format.parse_config(SMALL)
+    model = hdit_format.build_model(cfg)
     assert set(model.state_dict()) == set(sd)
-    hdit.load_state_dict_strict(model, sd)
+    hdit_format.load_state_dict_strict(model, sd)
     for k, v in sd.items():
         torch.testing.assert_close(model.state_dict()[k], v)
     x = torch.randn(2, 3, 32, 48)
@@ -27,7 +27,7 @@ def test_official_layout_loads_strictly_and_runs():
 
 
 def test_defaults_match_kdiffusion_config():
-    cfg = hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [128, 256], "depths": [2, 2]}})
+    cfg = hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [128, 256], "depths": [2, 2]}})
     assert [lv.d_ff for lv in cfg.levels] == [384, 768]
     assert cfg.mapping.width == 256 and cfg.mapping.d_ff == 768 and cfg.mapping.depth == 2
     assert isinstance(cfg.levels[0].self_attn, hdit.NeighborhoodAttentionSpec)
@@ -35,30 +35,30 @@ def test_defaults_match_kdiffusion_config():
     assert isinstance(cfg.levels[1].self_attn, hdit.GlobalAttentionSpec)
     assert cfg.num_classes == 0
     keys = official_keys([128, 256], [2, 2], [64, 64], 256, 2, [384, 768], 768, 0, (1, 1))
-    assert {k: tuple(v.shape) for k, v in hdit.build_model(cfg).state_dict().items()} == keys
+    assert {k: tuple(v.shape) for k, v in hdit_format.build_model(cfg).state_dict().items()} == keys
 
 
 def test_mismatch_errors_name_the_problem():
     sd = random_official_state_dict(small_keys())
-    model = hdit.build_model(SMALL)
+    model = hdit_format.build_model(SMALL)
     bad = dict(sd)
     bad.pop("merges.0.proj.weight")
     bad["foo.bar"] = torch.zeros(1)
     bad["out_norm.scale"] = torch.ones(7)
     with pytest.raises(HDiTLoadError) as e:
-        hdit.load_state_dict_strict(model, bad, "x.safetensors")
+        hdit_format.load_state_dict_strict(model, bad, "x.safetensors")
     msg = str(e.value)
     assert "merges.0.proj.weight" in msg and "foo.bar" in msg and "out_norm.scale" in msg and "x.safetensors" in msg
     nan = dict(sd)
     nan["out_norm.scale"] = torch.full((32,), float("nan"))
     with pytest.raises(HDiTLoadError, match="NaN"):
-        hdit.load_state_dict_strict(model, nan)
+        hdit_format.load_state_dict_strict(model, nan)
 
 
 def test_prefixed_training_state_dict_loads():
     sd = random_official_state_dict(small_keys())
-    model = hdit.build_model(SMALL)
-    hdit.load_state_dict_strict(model, {"module.inner_model." + k: v for k, v in sd.items()})
+    model = hdit_format.build_model(SMALL)
+    hdit_format.load_state_dict_strict(model, {"module.inner_model." + k: v for k, v in sd.items()})
     torch.testing.assert_close(model.state_dict()["patch_in.proj.weight"], sd["patch_in.proj.weight"])
 
 
@@ -92,9 +92,9 @@ def test_neighborhood_model_equals_global_when_kernel_covers_grid():
     """With the kernel as large as the token grid, neighborhood attention is global attention."""
     base = {"type": "image_transformer_v2", "input_size": [28, 28], "patch_size": [2, 2], "depths": [1, 1],
             "widths": [32, 64], "mapping_width": 32, "mapping_depth": 1}
-    m_na = hdit.build_model({**base, "self_attns": [{"type": "global", "d_head": 16},
+    m_na = hdit_format.build_model({**base, "self_attns": [{"type": "global", "d_head": 16},
                                                     {"type": "neighborhood", "d_head": 32, "kernel_size": 7}]})
-    m_gl = hdit.build_model({**base, "self_attns": [{"type": "global", "d_head": 16}, {"type": "global", "d_head": 32}]})
+    m_gl = hdit_format.build_model({**base, "self_attns": [{"type": "global", "d_head": 16}, {"type": "global", "d_head": 32}]})
     sd = {k: torch.randn_like(v) * 0.1 if v.ndim == 2 else v for k, v in m_na.state_dict().items()}
     m_na.load_state_dict(sd)
     m_gl.load_state_dict(sd)
@@ -106,7 +106,7 @@ def test_neighborhood_model_equals_global_when_kernel_covers_grid():
 
 
 def test_denoiser_scalings_and_loss():
-    inner = hdit.build_model(SMALL)
+    inner = hdit_format.build_model(SMALL)
     den = hdit.Denoiser(inner, sigma_data=0.5)
     sigma = torch.tensor([0.1, 1.0, 10.0])
     cs, co, ci = den.scalings(sigma)
@@ -127,58 +127,58 @@ def test_denoiser_scalings_and_loss():
 
 def test_inference_format_roundtrip_and_pth(tmp_path):
     sd = random_official_state_dict(small_keys(), seed=3)
-    model = hdit.build_model(SMALL)
-    hdit.load_state_dict_strict(model, sd)
-    cfg = hdit.parse_config(SMALL)
+    model = hdit_format.build_model(SMALL)
+    hdit_format.load_state_dict_strict(model, sd)
+    cfg = hdit_format.parse_config(SMALL)
     path = tmp_path / "m.safetensors"
-    hdit.save_inference(model, cfg, str(path), dtype=torch.float32)
+    hdit_format.save_inference(model, cfg, str(path), dtype=torch.float32)
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         assert json.loads(f.metadata()["config"])["model"]["widths"] == [32, 64, 64]
-    loaded, cfg2 = hdit.load_checkpoint(str(path))
+    loaded, cfg2 = hdit_format.load_checkpoint(str(path))
     assert cfg2.num_classes == 5 and cfg2.sigma_data == 0.5
     for k, v in sd.items():
         torch.testing.assert_close(loaded.state_dict()[k], v)
     # training checkpoint: model_ema is preferred over model
     pth = tmp_path / "train.pth"
     torch.save({"config": SMALL, "model": {k: v * 0 for k, v in sd.items()}, "model_ema": sd, "step": 3}, pth)
-    loaded, _ = hdit.load_checkpoint(str(pth))
+    loaded, _ = hdit_format.load_checkpoint(str(pth))
     torch.testing.assert_close(loaded.state_dict()["patch_in.proj.weight"], sd["patch_in.proj.weight"])
     # weights without config + a JSON beside them
     bare = tmp_path / "bare.pth"
     torch.save({"model_ema": sd}, bare)
     with pytest.raises(HDiTLoadError, match="bare.json"):
-        hdit.load_checkpoint(str(bare))
+        hdit_format.load_checkpoint(str(bare))
     (tmp_path / "bare.json").write_text(json.dumps(SMALL))
-    loaded, _ = hdit.load_checkpoint(str(tmp_path / "bare.json"))
+    loaded, _ = hdit_format.load_checkpoint(str(tmp_path / "bare.json"))
     torch.testing.assert_close(loaded.state_dict()["splits.0.fac"], sd["splits.0.fac"])
     # corrupt file
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
     with pytest.raises(HDiTLoadError, match="bad.safetensors"):
-        hdit.load_checkpoint(str(bad))
+        hdit_format.load_checkpoint(str(bad))
 
 
 def test_config_errors():
     with pytest.raises(HDiTLoadError, match="image_transformer_v2"):
-        hdit.parse_config({"model": {"type": "image_v1"}})
+        hdit_format.parse_config({"model": {"type": "image_v1"}})
     with pytest.raises(HDiTLoadError, match="self_attns"):
-        hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [8, 16], "depths": [1, 1],
+        hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [8, 16], "depths": [1, 1],
                                      "self_attns": [{"type": "global"}]}})
     with pytest.raises(HDiTLoadError, match="unknown"):
-        hdit.parse_config({"model": {"type": "image_transformer_v2", "widths": [8], "depths": [1],
+        hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [8], "depths": [1],
                                      "self_attns": [{"type": "bogus"}]}})
 
 
 def test_size_check_and_sampler_runs():
-    model = hdit.build_model(SMALL)
+    model = hdit_format.build_model(SMALL)
     with pytest.raises(ValueError, match="multiple of 16"):
         model(torch.randn(1, 3, 20, 16), torch.tensor([1.0]), class_cond=torch.tensor([0]))
     den = hdit.Denoiser(model, 0.5)
-    sig = hdit.karras_sigmas(4, 0.01, 80)
+    sig = schedules.karras_sigmas(4, 0.01, 80, convention="k-diffusion")
     assert sig.shape == (5,) and sig[0] == pytest.approx(80) and sig[-2] == pytest.approx(0.01) and sig[-1] == 0
-    out = hdit.sample_dpmpp_2m(den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5)
+    out = schedules.sample_dpmpp_2m(den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5)
     # zero-init output head: D(x) = c_skip x, so after the final step x is ~0 but finite
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
 
@@ -263,7 +263,7 @@ def test_unreadable_files_get_plain_messages(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     for p in (big, rnd, cut):
         with pytest.raises(HDiTLoadError) as e:
-            hdit.load_checkpoint(str(p), name=f"sub/{p.name}")
+            hdit_format.load_checkpoint(str(p), name=f"sub/{p.name}")
         msg = str(e.value)
         assert f"sub/{p.name} is not a valid .safetensors file" in msg and "Download or export it again" in msg
         assert str(tmp_path) not in msg and "HeaderTooLarge" not in msg and "Error" not in msg, msg
@@ -273,23 +273,23 @@ def test_unreadable_files_get_plain_messages(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"config": SMALL, "model_ema": random_official_state_dict(small_keys()), "x": _Evil(str(marker))}, evil)
     with pytest.raises(HDiTLoadError) as e:
-        hdit.load_checkpoint(str(evil))
+        hdit_format.load_checkpoint(str(evil))
     msg = str(e.value)
     assert "evil.pth holds Python objects other than tensors" in msg and "safetensors" in msg
     assert "weights_only" not in msg and str(tmp_path) not in msg and not marker.exists()
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x80\x02not a checkpoint" * 100)
     with pytest.raises(HDiTLoadError, match="junk.pth (is not|cannot be read as) a PyTorch checkpoint") as e:
-        hdit.load_checkpoint(str(junk))
+        hdit_format.load_checkpoint(str(junk))
     assert "weights_only" not in str(e.value)
     ok = tmp_path / "ok.pth"
     torch.save({"config": SMALL, "model_ema": random_official_state_dict(small_keys())}, ok)
     half = tmp_path / "half.pth"
     half.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2])
     with pytest.raises(HDiTLoadError, match="half.pth cannot be read as a PyTorch checkpoint"):
-        hdit.load_checkpoint(str(half))
+        hdit_format.load_checkpoint(str(half))
     with pytest.raises(HDiTLoadError, match=r"^HDiT file sub/nope.safetensors not found$"):
-        hdit.load_checkpoint(str(tmp_path / "nope.safetensors"), name="sub/nope.safetensors")
+        hdit_format.load_checkpoint(str(tmp_path / "nope.safetensors"), name="sub/nope.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -329,7 +329,7 @@ def test_invalid_config_values_are_named(tmp_path, changes, expect):
         sd = {k: f.get_tensor(k) for k in f.keys()}
     save_file(sd, str(path), metadata={"config": json.dumps(_cfg(**changes))})
     with pytest.raises(HDiTLoadError, match=expect) as e:
-        hdit.load_checkpoint(str(path), name="hd/m.safetensors")
+        hdit_format.load_checkpoint(str(path), name="hd/m.safetensors")
     assert str(e.value).startswith("hd/m.safetensors: the config inside hd/m.safetensors is not usable: ")
 
 
@@ -347,7 +347,7 @@ def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatc
     def no_tensor_reads(*a, **k):
         raise AssertionError("tensors were read before the shapes were checked")
 
-    monkeypatch.setattr(hdit, "_safetensors_tensors", no_tensor_reads)
+    monkeypatch.setattr(hdit_format, "_safetensors_tensors", no_tensor_reads)
     cases = [
         ({"dataset": {"num_classes": 9}}, "class_emb.weight: file (6, 32) vs config (10, 32)"),
         ({"model": {"patch_size": [4, 4]}}, "patch_in.proj.weight: file (32, 12) vs config (32, 48)"),
@@ -360,6 +360,6 @@ def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatc
             cfg[sec].update(kv)
         save_file(sd, str(path), metadata={"config": json.dumps(cfg)})
         with pytest.raises(HDiTLoadError) as e:
-            hdit.load_checkpoint(str(path))
+            hdit_format.load_checkpoint(str(path))
         assert "m.safetensors does not match its HDiT config" in str(e.value) and expect in str(e.value), str(e.value)
-    assert hdit.expected_shapes(SMALL)["class_emb.weight"] == (6, 32)
+    assert hdit_format.expected_shapes(SMALL)["class_emb.weight"] == (6, 32)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from ultrares.kernels import hdit as H
+from ultrares.kernels import hdit_format
 from ultrares.kernels import hdit_train as T
 
 TINY = {
@@ -34,7 +35,7 @@ def test_ema_decay_schedule():
 
 
 def test_cosine_interpolated_sigmas():
-    sample = T.make_sigma_sampler(H.parse_config(TINY))
+    sample = T.make_sigma_sampler(hdit_format.parse_config(TINY))
     s = sample(20000, generator=torch.Generator().manual_seed(0))
     assert s.min() >= 1e-3 * 0.999 and s.max() <= 1e3 * 1.001
     # interpolating between shifts for noise_d 32 and 16 (= image size): median log-sigma is near the
@@ -60,18 +61,18 @@ def test_train_resume_export(tmp_path):
     r2 = T.train(TINY, str(out), steps=5, batch_size=4, data=_data(), resume=True, export_path=str(export),
                  log=logs.append)
     assert r2["step"] == 5 and any("resumed" in m for m in logs)
-    model, cfg = H.load_checkpoint(str(export))
+    model, cfg = hdit_format.load_checkpoint(str(export))
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     for k, v in ck["model_ema"].items():
         torch.testing.assert_close(model.state_dict()[k], v.half().float())
     # the training checkpoint itself loads as a model (model_ema preferred)
-    m2, _ = H.load_checkpoint(str(out / "checkpoint.pth"))
+    m2, _ = hdit_format.load_checkpoint(str(out / "checkpoint.pth"))
     torch.testing.assert_close(m2.state_dict()["patch_in.proj.weight"], ck["model_ema"]["patch_in.proj.weight"])
 
 
 def test_training_reduces_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = H.build_model(TINY)
+    model = hdit_format.build_model(TINY)
     den = H.Denoiser(model, 0.5, "soft-min-snr")
     opt = T.make_optimizer(model, {**TINY["optimizer"], "lr": 3e-3})
     x = _data(4)["images"].float() / 127.5 - 1
@@ -120,7 +121,7 @@ def _kdiff_ln_sigma(u, image_d, noise_d_low, noise_d_high, sigma_data=0.5, smin=
 
 def _config_at(size):
     cfg = {**TINY, "model": {**TINY["model"], "input_size": [size, size]}}
-    return H.parse_config(cfg)
+    return hdit_format.parse_config(cfg)
 
 
 @pytest.mark.parametrize("size", [64, 256, 1024])
@@ -165,7 +166,7 @@ def test_sigma_sampler_is_stratified_like_k_diffusion():
 def _perturbed_tiny(seed=0):
     """TINY with every parameter randomised (zero-init layers otherwise block most gradients)."""
     torch.manual_seed(seed)
-    model = H.build_model(TINY)
+    model = hdit_format.build_model(TINY)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -183,7 +184,7 @@ def _tiny_loss(model, scale=1.0):
 
 
 def test_param_groups_follow_k_diffusion_tags():
-    model = H.build_model(TINY)
+    model = hdit_format.build_model(TINY)
     groups = T.param_group_names(model)
     names = [n for n, _ in model.named_parameters()]
     assert sorted(n for g in groups.values() for n in g) == sorted(names)  # each parameter exactly once

@@ -12,6 +12,7 @@ import scipy.fft
 import scipy.stats
 import torch
 from ultrares.kernels import relay as R
+from ultrares.kernels import schedules
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -187,7 +188,7 @@ def test_upsample_nearest_repeats_pixels():
 
 def test_relay_sigmas_start_below_truncation():
     sig = R.relay_sigmas(40, 0.002, 80.0, 7.0, 0.9)
-    grid = R.karras_sigmas(40, 0.002, 80.0, 7.0)
+    grid = schedules.karras_sigmas(40, 0.002, 80.0, 7.0, convention="edm")
     first_kept = int((grid >= 0.9).sum())
     assert sig[0].item() == grid[first_kept].item()
     assert grid[first_kept - 1] >= 0.9 > sig[0]
