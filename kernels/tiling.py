@@ -279,6 +279,16 @@ GroupKey = object  # any hashable naming one cond group for a whole run (None: t
 GroupPredict = Callable[[torch.Tensor, Sequence[Tile], Sequence[int]], Sequence[torch.Tensor]]
 
 
+def step_of(sigma: torch.Tensor | float, sigmas: torch.Tensor | None) -> int:
+    """The sampler step a model call belongs to: the index of the schedule entry nearest ``sigma``
+    (``sigmas``: the run's ``[steps + 1]`` schedule), so every evaluation a multi-stage sampler makes
+    at one step gets the same key. No schedule known: a stable key per sigma (``round(sigma * 1e4)``)."""
+    s = float(torch.as_tensor(sigma).reshape(-1)[0])
+    if sigmas is None or len(sigmas) == 0:
+        return int(round(s * 1e4))
+    return int(torch.argmin((sigmas.float().cpu() - s).abs()))
+
+
 class TiledRun:
     """One sampling run of tiled diffusion on a ``height`` x ``width`` latent (latent pixels).
 

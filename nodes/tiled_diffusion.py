@@ -24,8 +24,17 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..kernels.tiling import METHOD_LABELS, Tile, TiledRun, TileSettings, cover_and_crop, plan_any_size
+from ..kernels.tiling import (
+    METHOD_LABELS,
+    Tile,
+    TiledRun,
+    TileSettings,
+    cover_and_crop,
+    plan_any_size,
+    step_of,
+)
 from ._common import (
+    SEED_MAX,
     available_memory,
     check_inputs,
     frugal_activation_bytes,
@@ -169,11 +178,7 @@ class _DtypeOnly:
 
 
 def _step_index(sigma: torch.Tensor, model_options: dict) -> int:
-    sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-    s = float(sigma.reshape(-1)[0])
-    if sigmas is None or len(sigmas) == 0:
-        return int(round(s * 1e4))  # no schedule known: a stable key per sigma
-    return int(torch.argmin((sigmas.float().cpu() - s).abs()))
+    return step_of(sigma, model_options.get("transformer_options", {}).get("sample_sigmas"))
 
 
 class _Run:
@@ -290,7 +295,7 @@ def _inputs():
         io.Int.Input("reset_interval", default=4, min=1, max=1000,
                      tooltip="FSTD: every this many steps the grid offset returns to (0, 0). 1 makes every "
                              "step a reset step: the grid never moves and seams come back. 4 is the official code's default."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion)."),
     ]
 
@@ -351,13 +356,34 @@ NATIVE_SIDE = {"SD15": 512, "SD20": 768, "SD21UnclipL": 768, "SD21UnclipH": 768,
                "PixArtSigma": 1024, "HunyuanDiT": 1024, "Lumina2": 1024}
 
 
+def declared_native_pixels(model) -> int | None:
+    """Pixel count a model states itself as ``native_size`` (on its model config, else on the base
+    model): a side in pixels (``512``) or a ``(height, width)`` pair; None when it states none or
+    something unusable (zero, negative, not a number), so the caller falls back to the table."""
+    base = getattr(model, "model", model)
+    for owner in (getattr(base, "model_config", None), base):
+        size = getattr(owner, "native_size", None)
+        if size is None or isinstance(size, bool):
+            continue
+        try:
+            if isinstance(size, (int, float)):
+                h = w = int(size)
+            else:
+                h, w = (int(v) for v in size)
+        except (TypeError, ValueError):
+            continue
+        if h > 0 and w > 0:
+            return h * w
+    return None
+
+
 def native_pixels(model) -> tuple[int, str]:
-    """(pixel count, how it was found) for a MODEL: its config's ``native_size`` if it states one
-    (pixel-space models of this pack do), else the table above, else 512x512."""
+    """(pixel count, how it was found) for a MODEL: the ``native_size`` it declares if any (see
+    :func:`declared_native_pixels`), else the table above, else 512x512."""
+    declared = declared_native_pixels(model)
+    if declared:
+        return declared, "model config"
     config = getattr(getattr(model, "model", None), "model_config", None)
-    side = getattr(config, "native_size", None)
-    if side:
-        return int(side) ** 2, "model config"
     name = type(config).__name__
     if name in NATIVE_SIDE:
         return NATIVE_SIDE[name] ** 2, name

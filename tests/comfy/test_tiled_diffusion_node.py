@@ -177,6 +177,31 @@ def test_any_size_plan_reads_the_model_family(comfy, tiny_sd15, tiny_sdxl):
         comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=2048, native_size=0)
 
 
+
+def test_any_size_plan_reads_a_declared_native_size_in_any_form(comfy):
+    """A model may declare ``native_size`` on its config (or its base model) as a side or an
+    (height, width) pair; anything unusable falls back to the table by config class name."""
+    import sys
+    from types import SimpleNamespace
+
+    mod = sys.modules[comfy.node_class("UltraResAnySizePlan").__module__]
+
+    def model(size, on_config=True):
+        config = SimpleNamespace(native_size=size) if on_config else SimpleNamespace()
+        base = SimpleNamespace(model_config=config) if on_config else SimpleNamespace(model_config=config,
+                                                                                       native_size=size)
+        return SimpleNamespace(model=base)
+
+    assert mod.native_pixels(model(256)) == (256 * 256, "model config")
+    assert mod.native_pixels(model((64, 128))) == (64 * 128, "model config")
+    assert mod.native_pixels(model([96, 96], on_config=False)) == (96 * 96, "model config")
+    for unusable in (None, 0, -64, "big", (64,), (0, 64), True):
+        pixels, source = mod.native_pixels(model(unusable))
+        assert pixels == 512 * 512 and "assumed 512x512" in source, unusable
+    w, h, *_, summary = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024, native_size=0,
+                                       model=model((256, 512)))[:6]
+    assert (w, h) == (512, 256) and "from model config" in summary
+
 @pytest.mark.parametrize("target", [(1920, 1080), (2560, 1080), (1080, 1920), (1024, 1024)])
 def test_any_size_graph_ends_at_exactly_the_requested_pixels(comfy, tiny_sd15, target):
     """The fstd_any_size chain (plan -> latent -> LatentUpscale -> LatentCrop) with the stock nodes:

@@ -292,3 +292,17 @@ def test_any_size_ends_at_the_exact_target_without_stretching(target, native):
     assert x + tw <= sw and y + th <= sh
     assert abs(sw / w - sh / h) <= 8 / min(w, h) + 1e-9  # one scale factor: no stretch
     assert min(sw - tw, sh - th) < 8  # the smallest cover: one side fits to within rounding
+
+
+def test_step_of_is_the_nearest_schedule_entry_or_a_stable_key_without_one():
+    from ultrares.kernels.tiling import step_of
+
+    sigmas = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.0])
+    assert [step_of(torch.tensor([s]), sigmas) for s in (14.6, 7.0001, 3.1, 1.19, 0.0)] == [0, 1, 2, 3, 4]
+    assert step_of(torch.tensor([3.1, 3.1]), sigmas) == 2  # a batch: its first sigma
+    assert step_of(torch.tensor([2.5]), None) == step_of(2.5, torch.tensor([])) == 25000
+    # the plan is keyed by the step, so a 64-bit seed (ComfyUI's seed range) plans as well as a small one
+    from ultrares.kernels.tiling import TilePlanner
+
+    big = TilePlanner("fstd", 64, 64, 16, 16, seed=2**64 - 1)
+    assert big.offset(1) == big.offset(1) and all(0 <= o < 8 for o in big.offset(1))
