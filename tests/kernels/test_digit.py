@@ -267,7 +267,7 @@ def test_hostile_codebook_files_are_refused_before_allocating(tmp_path):
 
     marker = tmp_path / "pwned"
 
-    class Payload:
+    class _Payload:
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
@@ -278,8 +278,8 @@ def test_hostile_codebook_files_are_refused_before_allocating(tmp_path):
     raw = (tmp_path / "good.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(raw[:-40])
     (tmp_path / "random.npy").write_bytes(np.random.default_rng(1).bytes(2000))
-    (tmp_path / "pickle.npy").write_bytes(raw[:6] + pickle.dumps(Payload()))  # magic, then a pickle
-    np.save(tmp_path / "objects.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    (tmp_path / "pickle.npy").write_bytes(raw[:6] + pickle.dumps(_Payload()))  # magic, then a pickle
+    np.save(tmp_path / "objects.npy", np.array([_Payload()], dtype=object), allow_pickle=True)
     marker.unlink(missing_ok=True)
     nan = good.copy()
     nan[3, 2] = np.nan
