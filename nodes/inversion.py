@@ -13,7 +13,6 @@ steps, level, scheduler, model family) that the generate node checks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,21 +20,19 @@ import os
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
-import comfy.utils
-import latent_preview
-import numpy as np
-import safetensors.torch
 import torch
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
-from PIL import Image, ImageDraw
 
 from ..kernels import inversion as kinv
+from ..kernels import inversion_format as kfmt
+from ..kernels import inversion_report as kreport
 from . import _files
-from ._common import check_inputs
+from ._common import SEED_MAX, check_inputs
+from ._sampling import LoopRun, check_channels, guided_sample, loop_sampler, model_family
 
 CATEGORY = "UltraRes/inversion"
-META_KEY = "ultrares_inversion"
+META_KEY = kfmt.RECORD_KEY
 LOG = logging.getLogger("ultrares.inversion")
 
 # ------------------------------------------------------------------------------------ shared inputs
@@ -134,15 +131,11 @@ def _parametrisation(model) -> str:
         return "ve"
     kinds = [c.__name__ for c in type(ms).__mro__ if c.__module__ == comfy.model_sampling.__name__]
     raise ValueError(
-        f"this {_model_family(model)} model samples with ComfyUI's {'/'.join(kinds) or type(ms).__name__} "
+        f"this {model_family(model, exact=True)} model samples with ComfyUI's {'/'.join(kinds) or type(ms).__name__} "
         "parametrisation, which DDIM inversion here does not support. Use an eps-, v-prediction or EDM "
         "model (SD1.x, SD2, SDXL, HDiT) or a rectified-flow one (SD3, Flux); a ModelSampling* node that "
         "switches this model to cosmos_rflow should be removed."
     )
-
-
-def _model_family(model) -> str:
-    return type(model.model.model_config).__name__
 
 
 def _flow_top(ms) -> float:
@@ -189,54 +182,20 @@ def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Ten
     return sigmas
 
 
-def _check_latent_channels(model, samples: torch.Tensor, name: str) -> None:
-    fmt = model.get_model_object("latent_format")
-    want = getattr(fmt, "latent_channels", None)
-    if samples.ndim < 4:
-        raise ValueError(f"{name} must be an image latent [B, C, H, W]; got shape {tuple(samples.shape)}.")
-    if want is not None and samples.shape[1] != want:
-        raise ValueError(
-            f"{name} has {samples.shape[1]} channels but this model ({_model_family(model)}) works on "
-            f"{want}-channel latents: it comes from another model or VAE. Encode the image with this "
-            "model's VAE (or pixel-latent node) and invert it with this model."
-        )
+CHANNEL_FIX = "Encode the image with this model's VAE (or pixel-latent node) and invert it with this model."
 
 
-def _sampler_function(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    *,
-    direction: str,
-    refine_iters: int,
-    sigma_floor: float,
-    parametrisation: str,
-):
-    """KSAMPLER function: ``model`` is ComfyUI's x0 predictor; ``sigmas`` in the order the loop walks."""
-    extra_args = {} if extra_args is None else extra_args
-
-    def denoiser(xx: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        return model(xx, sigma, **extra_args)
+def ddim_loop(run: LoopRun, x, sigmas, *, direction: str, refine_iters: int, sigma_floor: float, parametrisation: str):
+    """The DDIM loop of :mod:`..kernels.inversion` as a :func:`._sampling.loop_sampler` loop; ``sigmas``
+    in the order the loop walks (ascending to invert: ComfyUI adds no noise at sigma 0)."""
 
     def step_done(i, xx, x0, sigma):
-        if callback is not None:
-            callback({"x": xx, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+        run.report({"x": xx, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
 
-    if direction == "invert":  # sigmas arrive ascending (0 first: ComfyUI adds no noise at sigma 0)
-        return kinv.ddim_invert(
-            denoiser,
-            x,
-            sigmas.flip(0),
-            sigma_floor=sigma_floor,
-            refine_iters=refine_iters,
-            parametrisation=parametrisation,
-            callback=step_done,
-        )
-    return kinv.ddim_generate(denoiser, x, sigmas, parametrisation=parametrisation, callback=step_done)
+    if direction == "invert":
+        return kinv.ddim_invert(run.denoise, x, sigmas.flip(0), sigma_floor=sigma_floor, refine_iters=refine_iters,
+                                parametrisation=parametrisation, callback=step_done)
+    return kinv.ddim_generate(run.denoise, x, sigmas, parametrisation=parametrisation, callback=step_done)
 
 
 def run_ddim(
@@ -262,37 +221,13 @@ def run_ddim(
         )
     if negative is None and not math.isclose(cfg, 1.0):
         raise ValueError(f"cfg={cfg} needs a negative conditioning; connect one or set cfg to 1.0.")
-    guider = comfy.samplers.CFGGuider(model)
-    conds = {"positive": positive if positive is not None else [[None, {}]]}
-    if negative is not None:
-        conds["negative"] = negative
-    guider.inner_set_conds(conds)
-    guider.set_cfg(cfg)
     ms = _model_sampling(model)
-    sampler = comfy.samplers.KSAMPLER(
-        _sampler_function,
-        extra_options={
-            "direction": direction,
-            "refine_iters": int(refine_iters),
-            "sigma_floor": float(ms.sigma_min),
-            "parametrisation": _parametrisation(model),
-        },
-    )
+    sampler = loop_sampler(ddim_loop, direction=direction, refine_iters=int(refine_iters),
+                           sigma_floor=float(ms.sigma_min), parametrisation=_parametrisation(model))
     walk = sigmas.flip(0) if direction == "invert" else sigmas
-    steps = len(sigmas) - 1
-    callback = latent_preview.prepare_callback(model, steps)
-    latent = samples.float()
     try:
-        with torch.no_grad():
-            out = guider.sample(
-                torch.zeros_like(latent),
-                latent,
-                sampler,
-                walk,
-                callback=callback,
-                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                seed=0,
-            )
+        return guided_sample(model, samples.float(), sampler, walk, cfg=cfg, negative=negative,
+                             positive=positive if positive is not None else [[None, {}]])
     except comfy.model_management.InterruptProcessingException:
         raise
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -302,7 +237,6 @@ def run_ddim(
                 "conditioning (an empty CLIPTextEncode prompt for SD models, UltraResHDiTClass for HDiT)."
             ) from err
         raise
-    return out.to(comfy.model_management.intermediate_device())
 
 
 def _meta(latent: dict) -> dict | None:
@@ -363,7 +297,7 @@ class DDIMInvert(io.ComfyNode):
         cls, model, latent, steps, level, scheduler, positive=None, negative=None, cfg=1.0, refine_iters=0
     ) -> io.NodeOutput:
         samples = latent["samples"]
-        _check_latent_channels(model, samples, "latent")
+        check_channels(model, samples, "latent", fix=CHANNEL_FIX)
         sigmas = model_schedule(model, scheduler, steps, level)
         noise = run_ddim(
             model,
@@ -380,7 +314,7 @@ class DDIMInvert(io.ComfyNode):
             "steps": int(steps),
             "level": float(level),
             "scheduler": scheduler,
-            "model": _model_family(model),
+            "model": model_family(model, exact=True),
             "shape": list(samples.shape[1:]),
         }
         return io.NodeOutput({"samples": noise, META_KEY: meta})
@@ -423,14 +357,14 @@ class DDIMGenerate(io.ComfyNode):
         cls, model, noise, steps, level, scheduler, positive=None, negative=None, cfg=1.0
     ) -> io.NodeOutput:
         samples = noise["samples"]
-        _check_latent_channels(model, samples, "noise")
+        check_channels(model, samples, "noise", fix=CHANNEL_FIX)
         sigmas = model_schedule(model, scheduler, steps, level)
         meta = _meta(noise)
         if meta is not None:
-            if meta.get("model") not in (None, _model_family(model)):
+            if meta.get("model") not in (None, model_family(model, exact=True)):
                 raise ValueError(
                     f"the noise latent was inverted with a {meta['model']} model but this model is "
-                    f"{_model_family(model)}; generate with the model that inverted it."
+                    f"{model_family(model, exact=True)}; generate with the model that inverted it."
                 )
             top = float(meta.get("sigma", sigmas[0]))
             if not math.isclose(top, float(sigmas[0]), rel_tol=1e-3):
@@ -478,7 +412,7 @@ class LatentSlerp(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=SEED_MAX,
                     control_after_generate=True,
                     tooltip="Seed of the Gaussian sample used when latent_b is not connected.",
                 ),
@@ -585,52 +519,6 @@ def _check_reference_inputs(reference_file, save_reference_as, overwrite) -> boo
     return True
 
 
-def _plot(
-    reference: kinv.DomainReference, score: kinv.DomainScore, width: int = 640, height: int = 320
-) -> torch.Tensor:
-    """Histogram of the reference's leave-one-out distances, the threshold, and the scored latents."""
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    ref = reference.loo["distance"].numpy()
-    test = score.features["distance"].numpy()
-    thr = reference.thresholds["distance"][1]
-    lo = float(min(ref.min(), test.min(), thr))
-    hi = float(max(ref.max(), test.max(), thr))
-    pad = 0.05 * (hi - lo) + 1e-9
-    lo, hi = lo - pad, hi + pad
-    left, right, top, bottom = 40, width - 15, 30, height - 60
-
-    def xpos(v: float) -> float:
-        return left + (v - lo) / (hi - lo) * (right - left)
-
-    bins = 30
-    counts, edges = np.histogram(ref, bins=bins, range=(lo, hi))
-    peak = max(int(counts.max()), 1)
-    for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
-        if c:
-            draw.rectangle(
-                [xpos(e0), bottom - (bottom - top) * c / peak, xpos(e1) - 1, bottom], fill=(150, 170, 200)
-            )
-    draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
-    draw.line([xpos(thr), top - 10, xpos(thr), bottom], fill=(200, 30, 30), width=2)
-    draw.text(
-        (xpos(thr) + 4, top - 12), f"threshold {thr:.4g} ({reference.percentile:g}th pct)", fill=(200, 30, 30)
-    )
-    for v, ok in zip(test, score.in_domain.tolist()):
-        colour = (30, 150, 60) if ok else (210, 60, 30)
-        draw.line([xpos(float(v)), bottom + 5, xpos(float(v)), bottom + 25], fill=colour, width=2)
-    for v in np.linspace(lo, hi, 5):
-        draw.text((xpos(float(v)) - 12, bottom + 30), f"{v:.3g}", fill=(0, 0, 0))
-    draw.text(
-        (left, 8),
-        "normalised distance to the reference Gaussian: bars = reference (leave-one-out), "
-        "ticks = scored (green in / red out)",
-        fill=(0, 0, 0),
-    )
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    return arr[None]
-
-
 class DomainScore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -734,19 +622,13 @@ class DomainScore(io.ComfyNode):
                 name = _files.check_name("save_reference_as", save_reference_as)
                 _files.makedirs("output")
                 path = _files.check_writable("save_reference_as", name, bool(overwrite), "output")
-                safetensors.torch.save_file(
-                    {"latents": ref.contiguous()},
-                    path,
-                    metadata={META_KEY: json.dumps(meta_ref or {}), _files.MARKER_KEY: "domain_reference"},
-                )
+                kfmt.save_reference(path, ref, meta_ref, {_files.MARKER_KEY: "domain_reference"})
         elif reference_file not in (None, "", NO_FILE):
             name = _files.check_name("reference_file", reference_file)
             path = _files.resolve(name, "output")
             try:
-                ref = safetensors.torch.load_file(path)["latents"].float()
-                with safetensors.safe_open(path, framework="pt") as f:
-                    meta_ref = json.loads((f.metadata() or {}).get(META_KEY, "{}")) or None
-            except (OSError, KeyError, ValueError, RuntimeError, safetensors.SafetensorError):
+                ref, meta_ref = kfmt.load_reference(path)
+            except ValueError:
                 raise ValueError(
                     f"reference_file: {_files.shown('output', name)} is not a reference saved by this node "
                     "(no readable 'latents' tensor); save one with save_reference_as."
@@ -767,8 +649,8 @@ class DomainScore(io.ComfyNode):
             )
         reference_stats = kinv.domain_reference(ref, percentile=float(percentile))
         score = kinv.domain_score(test, reference_stats)
-        report = _report(reference_stats, score)
-        plot = _plot(reference_stats, score)
+        report = kreport.domain_report(reference_stats, score)
+        plot = kreport.domain_plot(reference_stats, score)
         preview = ui.PreviewImage(plot, cls=cls).as_dict()
         keep = score.in_domain.nonzero().flatten()
         if len(keep):
@@ -810,7 +692,7 @@ class DomainGaussian(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=SEED_MAX,
                     control_after_generate=True,
                     tooltip="Seed of the draw: the same seed and latents give the same samples on any device.",
                 ),
@@ -858,26 +740,6 @@ class DomainGaussian(io.ComfyNode):
         if meta:
             result[META_KEY] = dict(meta)
         return io.NodeOutput(result)
-
-
-def _report(reference: kinv.DomainReference, score: kinv.DomainScore) -> str:
-    n_in = int(score.in_domain.sum())
-    lines = [
-        f"reference: {reference.fit.count} latents, {reference.fit.dim} values each, scalar variance "
-        f"{reference.fit.var:.4g}; thresholds at the {reference.percentile:g}th percentile of leave-one-out scores:",
-    ]
-    for name, (lo, hi) in reference.thresholds.items():
-        lines.append(f"  {name}: [{lo:.5g}, {hi:.5g}]")
-    lines.append(f"scored: {n_in} of {len(score.in_domain)} in-domain")
-    lines.append("index  distance  p_value  mean_pair_distance  mean_angle  verdict")
-    f = score.features
-    for i in range(len(score.in_domain)):
-        lines.append(
-            f"{i:5d}  {float(f['distance'][i]):8.4f}  {float(score.p_value[i]):7.3f}  "
-            f"{float(f['mean_pair_distance'][i]):18.4f}  {float(f['mean_angle'][i]):10.3f}  "
-            f"{'in-domain' if bool(score.in_domain[i]) else 'out-of-domain'}"
-        )
-    return "\n".join(lines)
 
 
 NODES = [DDIMInvert, DDIMGenerate, LatentSlerp, DomainScore, DomainGaussian]

@@ -21,17 +21,15 @@ prompt gives the same latent on every run and every device. Everything on the de
 
 from __future__ import annotations
 
-import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io
 
 from ..kernels import relay as R
-from ._common import available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio
+from ._common import SEED_MAX, available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio
+from ._sampling import LoopRun, check_channels, check_image_tensor, guided_sample, image_samples, loop_sampler
 
 CATEGORY = "UltraRes/relay"
 
@@ -149,21 +147,6 @@ def check_sigma_space(model_sampling, who: str) -> bool:
         "sampler supports. Use one of those models for relay stage two.")
 
 
-def check_image_latent(latent: dict, who: str, input_name: str = "latent") -> torch.Tensor:
-    """The latent's samples, after refusing non-image latents with a message."""
-    samples = latent["samples"]
-    kind = latent.get("type")
-    if kind is not None:
-        raise ValueError(f"{who}: {input_name} is a {kind!r} latent; relay sampling works on image latents "
-                         "(B, C, H, W) only.")
-    if getattr(samples, "is_nested", False) or samples.ndim != 4:
-        shape = "nested" if getattr(samples, "is_nested", False) else tuple(samples.shape)
-        raise ValueError(
-            f"{who}: {input_name} has shape {shape}; relay sampling works on image latents (B, C, H, W) only, "
-            "not video (5-D), audio (3-D) or multi-part latents.")
-    return samples
-
-
 def check_sigmas_in_range(sigmas: torch.Tensor, model_sampling, who: str) -> None:
     lo, hi = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
     if sigmas.ndim != 1 or sigmas.numel() < 2:
@@ -195,7 +178,7 @@ class BlockNoise:
         self.s_block = float(s_block)
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
-        samples = check_image_latent(input_latent, "UltraResBlockNoise", "latent_image")
+        samples = image_samples(input_latent, "UltraResBlockNoise", "latent_image")
         R.check_block_divisible(samples.shape, self.block_size, "UltraResBlockNoise: the latent")
         batch_inds = input_latent.get("batch_index")
         if self.s_block > 0:
@@ -216,7 +199,7 @@ class UltraResBlockNoise(io.ComfyNode):
                         "block_size x block_size box-sum of i.i.d. noise / block_size, unit variance per pixel), which "
                         "matches the low-frequency noise of the up-sampled image. With s_block = 0 it equals RandomNoise.",
             inputs=[
-                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Seed of the noise (the i.i.d. part is the same as RandomNoise with this seed)."),
                 _block_size_input(),
                 _s_block_input(),
@@ -298,51 +281,30 @@ class UltraResRelaySigmas(io.ComfyNode):
 # SAMPLER
 
 
-@torch.no_grad()
-def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-    """k-diffusion-style sampler function for ``comfy.samplers.KSAMPLER``.
+def relay_loop(run: LoopRun, x, sigmas, **options):
+    """Relay stage two as a :func:`._sampling.loop_sampler` loop; the options are
+    :class:`kernels.relay.RelaySettings` fields.
 
-    ``model`` is ComfyUI's wrapper (returns denoised), ``x`` the noised latent at sigmas[0]; the
-    options are :class:`kernels.relay.RelaySettings` fields. Step (and churn) noise comes from a CPU
-    generator seeded with ``kernels.relay.step_seed(extra_args["seed"])`` (ComfyUI's noise seed, as its
-    own samplers' ``default_noise_sampler(x, seed=...)``), never from the global RNG. With
-    B_max = s_block = s_noise = 0 it is ComfyUI's ``heun`` (the same churn options; churn noise then
-    from that generator), on EDM-style and on flow-matching models.
+    Step (and churn) noise comes from a CPU generator seeded with ``kernels.relay.step_seed(run.seed)``
+    (ComfyUI's noise seed, as its own samplers' ``default_noise_sampler(x, seed=...)``), never from the
+    global RNG. With B_max = s_block = s_noise = 0 it is ComfyUI's ``heun`` (the same churn options;
+    churn noise then from that generator), on EDM-style and on flow-matching models.
     """
-    extra_args = {} if extra_args is None else extra_args
     settings = R.RelaySettings(**options)
     who = "UltraResRelaySampler"
-    inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
-    ms = getattr(inner, "model_sampling", None)
     flow = False
-    if ms is not None:
-        flow = check_sigma_space(ms, who)
-        check_sigmas_in_range(sigmas, ms, who)
-    if x.ndim != 4:
-        raise ValueError(f"{who}: got a latent of shape {tuple(x.shape)}; relay sampling works on image latents "
-                         "(B, C, H, W) only, not video (5-D) or audio latents.")
+    if run.model_sampling is not None:
+        flow = check_sigma_space(run.model_sampling, who)
+        check_sigmas_in_range(sigmas, run.model_sampling, who)
+    check_image_tensor(x, who)
     R.check_block_divisible(x.shape, settings.patch, f"{who}: the latent")
-    dtype = x.dtype
-    s_in = x.new_ones([x.shape[0]])
-
-    def denoise(v, sigma):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        return model(v.to(dtype), sigma.to(device=x.device, dtype=dtype) * s_in, **extra_args)
-
-    seed = extra_args.get("seed")
-    seed = 0 if seed is None else int(seed)
-
-    def step_callback(info):
-        if callback is not None:
-            callback({**info, "x": info["x"].to(dtype), "denoised": info["denoised"].to(dtype)})
-
-    return R.relay_sample(denoise, x, sigmas, settings, callback=step_callback, seed=seed, flow=flow).to(dtype)
+    return R.relay_sample(run.denoise, x, sigmas, settings, callback=run.report, seed=run.seed, flow=flow)
 
 
 def make_relay_sampler(settings: R.RelaySettings) -> comfy.samplers.KSAMPLER:
     opts = {f: getattr(settings, f) for f in ("patch", "blur_sigma_max", "prob_length", "s_block", "s_noise",
                                               "s_churn", "s_tmin", "s_tmax", "s_churn_noise")}
-    return comfy.samplers.KSAMPLER(sample_relay, extra_options=opts)
+    return loop_sampler(relay_loop, **opts)
 
 
 class UltraResRelaySampler(io.ComfyNode):
@@ -451,13 +413,9 @@ def check_relay_memory(model, in_shape, factor: int, who: str = "UltraResRelayUp
 def relay_upscale(model, latent: dict, factor: int, positive, negative, cfg: float, seed: int, steps: int,
                   truncation_sigma: float, rho: float, settings: R.RelaySettings, who: str = "UltraResRelayUpscale") -> dict:
     """Nearest-upsample ``latent`` by ``factor`` and run relay stage two on it; returns a latent dict."""
-    samples = check_image_latent(latent, who)
-    ms = model.get_model_object("model_sampling")
-    check_sigma_space(ms, who)
-    channels = model.get_model_object("latent_format").latent_channels
-    if samples.shape[1] != channels:
-        raise ValueError(f"{who}: latent has {samples.shape[1]} channels but the model expects {channels}: "
-                         "connect a latent made for this model (its VAE / its empty-latent node).")
+    samples = image_samples(latent, who)
+    check_sigma_space(model.get_model_object("model_sampling"), who)
+    check_channels(model, samples, "latent", who)
     sigmas = relay_sigmas_for_model(model, steps, truncation_sigma, rho, who=who)
     check_relay_memory(model, samples.shape, int(factor), who)
     up = latent.copy()
@@ -466,17 +424,9 @@ def relay_upscale(model, latent: dict, factor: int, positive, negative, cfg: flo
         mask = latent["noise_mask"]
         up["noise_mask"] = R.upsample_nearest(mask, factor) if mask.ndim >= 2 else mask
     noise = BlockNoise(seed, settings.patch, settings.s_block).generate_noise(up)
-    guider = comfy.samplers.CFGGuider(model)
-    if negative is None:
-        guider.inner_set_conds({"positive": positive})
-    else:
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-    x0_output = {}
-    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, x0_output)
-    out = guider.sample(noise, up["samples"], make_relay_sampler(settings), sigmas, denoise_mask=up.get("noise_mask"),
-                        callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    up["samples"] = out.to(comfy.model_management.intermediate_device())
+    up["samples"] = guided_sample(model, up["samples"], make_relay_sampler(settings), sigmas, positive=positive,
+                                  negative=negative, cfg=cfg if negative is not None else 1.0, noise=noise,
+                                  denoise_mask=up.get("noise_mask"), seed=seed)
     return up
 
 
@@ -499,7 +449,7 @@ class UltraResRelayUpscale(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="The finished low-resolution latent (stage one), (B, C, H, W)."),
                 io.Int.Input("factor", default=2, min=2, max=8,
                              tooltip="Integer up-scale factor; also the block size of the noise and of the DCT blur."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Seed of the stage-two noise."),
                 *_relay_schedule_inputs(),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
