@@ -276,3 +276,42 @@ def test_psnr():
     a = torch.zeros(1, 3, 4, 4)
     assert inv.psnr(a, a) == math.inf
     assert inv.psnr(a, a + 0.1) == pytest.approx(20.0)
+
+
+def test_reference_file_round_trip_and_refusal(tmp_path):
+    from ultrares.kernels import inversion_format as fmt  # noqa: PLC0415
+
+    z = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0)).float()
+    path = str(tmp_path / "ref.safetensors")
+    fmt.save_reference(path, z, {"sigma": 14.6, "steps": 8}, {"ultrares_file": "domain_reference"})
+    back, record = fmt.load_reference(path)
+    assert torch.equal(back, z) and back.dtype == torch.float32 and record == {"sigma": 14.6, "steps": 8}
+    fmt.save_reference(path, z.double(), None)  # no record: read back as None, latents as float32
+    back, record = fmt.load_reference(path)
+    assert record is None and back.dtype == torch.float32 and torch.equal(back, z)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a domain reference"):
+        fmt.load_reference(str(tmp_path / "junk.safetensors"))
+    import safetensors.torch  # noqa: PLC0415
+
+    safetensors.torch.save_file({"other": z}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a domain reference"):
+        fmt.load_reference(str(tmp_path / "other.safetensors"))
+
+
+def test_domain_report_and_plot_show_every_scored_latent():
+    from ultrares.kernels import inversion_report as report  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(1)
+    reference = inv.domain_reference(torch.randn(12, 64, generator=gen), percentile=90.0)
+    test = torch.cat([torch.randn(2, 64, generator=gen), 5.0 + torch.randn(1, 64, generator=gen)])
+    score = inv.domain_score(test, reference)
+    text = report.domain_report(reference, score)
+    rows = text.splitlines()[-3:]
+    assert "90th percentile" in text and all(f"  {name}: [" in text for name in inv.FEATURES)
+    assert [r.split()[0] for r in rows] == ["0", "1", "2"] and rows[2].endswith("out-of-domain")
+    img = report.domain_plot(reference, score, width=320, height=200)
+    assert img.shape == (1, 200, 320, 3) and img.dtype == torch.float32
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    red = (img[0, ..., 0] > 0.7) & (img[0, ..., 1] < 0.3) & (img[0, ..., 2] < 0.3)
+    assert red.any()  # the threshold line and the out-of-domain tick
