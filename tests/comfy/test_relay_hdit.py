@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from test_relay_nodes import _record_sigmas
 from ultrares.kernels import relay as R
 from ultrares.kernels import schedules
 
@@ -22,14 +23,7 @@ def test_relay_upscale_on_edm_pixel_model(comfy):
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=3, unconditional=False)
     ms = model.get_model_object("model_sampling")
     assert type(ms).__name__.startswith("ModelSampling") and hasattr(ms, "sigma_data")
-    m = model.clone()
-    seen: list[float] = []
-
-    def wrapper(apply_model, args):
-        seen.append(float(args["timestep"].reshape(-1)[0]))
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    m.set_model_unet_function_wrapper(wrapper)
+    m, seen = _record_sigmas(model)
     g = torch.Generator().manual_seed(0)
     coarse = (torch.rand(1, 3, 4, 4, generator=g) * 2 - 1) * 0.8  # a smooth stand-in stage-one image in [-1, 1]
     low = {"samples": torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=True)}
