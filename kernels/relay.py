@@ -69,6 +69,7 @@ __all__ = [
     "dct_blur",
     "dct_matrix",
     "image_to_blocks",
+    "relay_config",
     "relay_sample",
     "relay_sigmas",
     "relay_start",
@@ -542,3 +543,55 @@ def relay_training_loss(
     y_blur = dct_blur(images, blur, settings.patch, settings.min_scale)
     pred = denoise(y_blur + sig4 * n, sigma_d)
     return weight.view(b, 1, 1, 1) * (pred - images) ** 2
+
+
+# --------------------------------------------------------------------------------------------
+# Relay settings stored with a trained model
+
+
+RELAY_CONFIG_KEYS = {
+    "patch": int, "blur_sigma_max": float, "prob_length": float, "s_block": float, "s_noise": float,
+    "truncation_sigma": float, "rho": float, "steps": int, "low_res": list, "train": dict,
+}
+"""Keys of a model config's ``"relay"`` section (k-diffusion config JSON, also in the checkpoint's
+safetensors metadata): the sampler settings the model was trained for (``patch`` .. ``s_noise`` as
+in :class:`RelaySettings`), the sampling defaults (``truncation_sigma``, ``rho``, nominal ``steps``),
+the stage-one size ``low_res`` [H, W], and the training objective's ``train`` keywords of
+:func:`relay_training_loss` (``block_scale``, ``truncate_sigma``, ``max_weight``)."""
+
+
+def relay_config(raw: dict) -> dict | None:
+    """The validated ``"relay"`` section of a model config (``None`` when there is none):
+    ``{"settings": RelaySettings, "truncation_sigma", "rho", "steps", "low_res": (H, W) | None,
+    "train": dict}``. Raises ``ValueError`` naming the bad key."""
+    sec = raw.get("relay") if isinstance(raw, dict) else None
+    if sec is None:
+        return None
+    if not isinstance(sec, dict):
+        raise ValueError(f"config 'relay' must be an object, got {type(sec).__name__}")
+    unknown = set(sec) - set(RELAY_CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"config 'relay' has unknown keys {sorted(unknown)}; known: {sorted(RELAY_CONFIG_KEYS)}")
+    for k, v in sec.items():
+        kind = RELAY_CONFIG_KEYS[k]
+        ok = isinstance(v, kind) or (kind is float and isinstance(v, int)) if not isinstance(v, bool) else False
+        if not ok:
+            raise ValueError(f"config relay.{k} must be {kind.__name__}, got {v!r}")
+        if kind in (int, float) and not math.isfinite(v):
+            raise ValueError(f"config relay.{k} must be finite, got {v!r}")
+    fields = {k: sec[k] for k in ("patch", "blur_sigma_max", "prob_length", "s_block", "s_noise") if k in sec}
+    settings = RelaySettings(**fields)
+    trunc, rho, steps = float(sec.get("truncation_sigma", 0.9)), float(sec.get("rho", 7.0)), int(sec.get("steps", 40))
+    if not 0 < trunc or rho <= 0 or not 2 <= steps <= 10000:
+        raise ValueError(f"config relay: truncation_sigma {trunc} must be > 0, rho {rho} > 0, steps {steps} in 2..10000")
+    low = sec.get("low_res")
+    if low is not None:
+        if len(low) != 2 or not all(isinstance(v, int) and 1 <= v <= 65536 for v in low):
+            raise ValueError(f"config relay.low_res must be [height, width] in pixels, got {low!r}")
+        low = (int(low[0]), int(low[1]))
+    train = dict(sec.get("train", {}))
+    bad = set(train) - {"block_scale", "truncate_sigma", "max_weight"}
+    if bad:
+        raise ValueError(f"config relay.train has unknown keys {sorted(bad)}")
+    return {"settings": settings, "truncation_sigma": trunc, "rho": rho, "steps": steps, "low_res": low,
+            "train": {k: float(v) for k, v in train.items()}}

@@ -339,3 +339,49 @@ def test_first_trainer_optimizer_state_is_mapped_by_parameter(tmp_path):
         torch.testing.assert_close(opt.state[p]["exp_avg"], legacy.state[p]["exp_avg"], rtol=0, atol=0, msg=n)
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], legacy.state[p]["exp_avg_sq"], rtol=0, atol=0, msg=n)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 5e-4, 5e-4 / 3, 5e-4 / 3])
+
+
+RELAY_TINY = {**TINY, "dataset": {"num_classes": 0, "cond_dropout_rate": 0.0},
+              "relay": {"patch": 4, "blur_sigma_max": 3.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
+                        "truncation_sigma": 0.9, "rho": 7.0, "steps": 40, "low_res": [4, 4],
+                        "train": {"block_scale": 0.15, "truncate_sigma": 0.0075}}}
+
+
+def test_relay_objective_trains_resumes_bit_for_bit_and_exports_its_settings(tmp_path):
+    """A config with a "relay" section trains with relay_training_loss; a resumed run equals an
+    uninterrupted one exactly (every draw from the saved generator), and the export keeps the settings."""
+    from ultrares.kernels import relay as R
+
+    straight, split = tmp_path / "a", tmp_path / "b"
+    export = tmp_path / "relay.safetensors"
+    T.train(RELAY_TINY, str(straight), steps=4, batch_size=4, data=_data(), log=lambda m: None)
+    T.train(RELAY_TINY, str(split), steps=2, batch_size=4, data=_data(), log=lambda m: None)
+    T.train(RELAY_TINY, str(split), steps=4, batch_size=4, data=_data(), resume=True, export_path=str(export),
+            log=lambda m: None)
+    a = torch.load(straight / "checkpoint.pth", weights_only=True)
+    b = torch.load(split / "checkpoint.pth", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    _, cfg = hdit_format.load_checkpoint(str(export))
+    rc = R.relay_config(cfg.raw)
+    assert rc["settings"].blur_sigma_max == 3.0 and rc["settings"].patch == 4 and rc["low_res"] == (4, 4)
+    assert T.relay_objective(RELAY_TINY)[0] == R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93,
+                                                               s_block=0.15, s_noise=0.2)
+    assert T.relay_objective(TINY) == (None, {})
+
+
+def test_relay_objective_differs_from_the_edm_objective(tmp_path):
+    """Same data, seed and model: the relay objective (blurred inputs, its own weighting) moves the
+    weights differently from the EDM objective, so the section is really read."""
+    edm = {**RELAY_TINY}
+    edm.pop("relay")
+    T.train(RELAY_TINY, str(tmp_path / "r"), steps=1, batch_size=4, data=_data(), log=lambda m: None)
+    T.train(edm, str(tmp_path / "e"), steps=1, batch_size=4, data=_data(), log=lambda m: None)
+    r = torch.load(tmp_path / "r" / "checkpoint.pth", weights_only=True)["model"]
+    e = torch.load(tmp_path / "e" / "checkpoint.pth", weights_only=True)["model"]
+    assert any(not torch.equal(r[k], e[k]) for k in r)
+
+
+def test_load_dataset_refuses_unknown_types():
+    with pytest.raises(ValueError, match="dataset.type 'mnist' is unknown"):
+        T.load_dataset({"type": "mnist"}, 64)

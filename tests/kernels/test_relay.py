@@ -575,3 +575,21 @@ def test_training_loss_decreases_on_tiny_model():
     after = eval_loss()
     print("relay loss before/after", before, after)
     assert after < 0.8 * before, (before, after)
+
+
+def test_relay_config_reads_and_checks_the_stored_settings():
+    raw = {"relay": {"patch": 4, "blur_sigma_max": 3.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
+                     "truncation_sigma": 0.9, "rho": 7.0, "steps": 40, "low_res": [64, 64],
+                     "train": {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5}}}
+    rc = R.relay_config(raw)
+    assert rc["settings"] == R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2)
+    assert (rc["truncation_sigma"], rc["rho"], rc["steps"], rc["low_res"]) == (0.9, 7.0, 40, (64, 64))
+    assert rc["train"] == {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5}
+    assert R.relay_config({"model": {}}) is None
+    bad = [({"blur": 3.0}, "unknown keys"), ({"blur_sigma_max": "3"}, "must be float"),
+           ({"blur_sigma_max": float("nan")}, "finite"), ({"patch": True}, "must be int"),
+           ({"prob_length": 1.5}, "prob_length"), ({"low_res": [64]}, "low_res"), ({"train": {"lr": 1}}, "unknown keys"),
+           ({"steps": 1}, "steps")]
+    for sec, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            R.relay_config({"relay": sec})
