@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL = os.path.join(ROOT, "models", "hdit", "ultrares-emoji64.safetensors")
+MODEL = os.path.join(ROOT, "models", "hdit", "ultrares-twemoji64.safetensors")
 PHOTOS = ("astronaut", "coffee", "chelsea")
 EMOJI = ("1f600", "1f98a", "1f355")  # grinning face, fox, pizza
 DOMAIN_STEPS = 10

@@ -414,7 +414,7 @@ def test_psnr_helper_is_the_textbook_formula():
 
 # ----------------------------------------------------------------------------------- embedded HDiT
 
-HDIT_FILE = "ultrares-emoji64.safetensors"
+HDIT_FILE = "ultrares-twemoji64.safetensors"
 HDIT_STEPS = (3, 8, 24)
 
 

@@ -17,7 +17,7 @@ from harness.workflows_util import load_api, output_nodes
 pytestmark = pytest.mark.server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HDIT = os.path.join(ROOT, "models", "hdit", "ultrares-emoji64.safetensors")
+HDIT = os.path.join(ROOT, "models", "hdit", "ultrares-twemoji64.safetensors")
 
 
 

@@ -6,7 +6,7 @@ TITLE = "DDIM inversion: reconstruct an out-of-domain photo with the embedded em
 
 def build(g):
     image = g.node("LoadImage", image="inversion_example.png")
-    loader = g.node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors")
+    loader = g.node("UltraResHDiTLoader", model_name="ultrares-twemoji64.safetensors")
     small = g.node("ImageScale", image=image[0], upscale_method="area", width=64, height=64, crop="center")
     cond = g.node("UltraResHDiTClass", class_id=0, unconditional=True)
     latent = g.node("VAEEncode", pixels=small[0], vae=loader[1])
