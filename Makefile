@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 # process side by side on 2 cores, where spinning threads starve the one doing the work.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-fast bench bench-gpu lint embedded-hdit
+.PHONY: setup demo test test-fast bench bench-gpu lint embedded-models
 
 setup:
 	bash scripts/setup.sh
@@ -35,6 +35,6 @@ bench-gpu: setup
 lint: setup
 	.venv/bin/ruff check .
 
-## Reproduce the embedded HDiT emoji model (resumable: re-run to continue; STEPS, MAX_MINUTES, THREADS).
-embedded-hdit: setup
-	bash scripts/train_embedded_hdit.sh
+## Reproduce the embedded HDiT pair (64 px + relay 256 px; resumable: re-run to continue; see the script).
+embedded-models: setup
+	bash scripts/train_embedded_models.sh

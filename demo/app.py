@@ -42,7 +42,7 @@ def build_app() -> gr.Blocks:
         gr.Markdown("# UltraRes\nHigh-resolution synthesis techniques as ComfyUI nodes, run here with ComfyUI loaded as "
                     "a library. Every tab calls the pack's node classes. One job runs at a time; **Cancel** stops it.")
         if S.EMBEDDED_HDIT not in S.hdit_files():
-            gr.Markdown(f"**The embedded model `models/hdit/{S.EMBEDDED_HDIT}` is missing.** Run `make embedded-hdit` "
+            gr.Markdown(f"**The embedded model `models/hdit/{S.EMBEDDED_HDIT}` is missing.** Run `make embedded-models` "
                         "(or `make setup`) to build it." + (f" {missing}" if missing else
                                                             " Other models found are listed in each tab."),
                         elem_id="model-missing")

@@ -211,7 +211,7 @@ def default_source() -> str | None:
 
 def missing_model_message() -> str:
     return (f"No model to sample with: the embedded HDiT model models/hdit/{EMBEDDED_HDIT} is missing and ComfyUI's "
-            "checkpoints folder is empty. Run `make embedded-hdit` (or `make setup`) to build the embedded model, "
+            "checkpoints folder is empty. Run `make embedded-models` (or `make setup`) to build the embedded model, "
             "or put a Stable Diffusion checkpoint in ComfyUI/models/checkpoints, then restart the demo.")
 
 

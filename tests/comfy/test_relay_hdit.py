@@ -15,7 +15,7 @@ EMBEDDED = "ultrares-emoji64.safetensors"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "models", "hdit", EMBEDDED)),
-                                reason="embedded HDiT model not built yet (make embedded-hdit)")
+                                reason="embedded HDiT model not built yet (make embedded-models)")
 
 
 def test_relay_upscale_on_edm_pixel_model(comfy):

@@ -190,7 +190,7 @@ def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path):
 
 
 def test_errors_say_what_to_do(S, T, src):
-    with pytest.raises(S.UserError, match="make embedded-hdit"):
+    with pytest.raises(S.UserError, match="make embedded-models"):
         T.hdit.generate(None)
     with pytest.raises(S.UserError, match="not in the hdit models folder"):
         S.load(S.HDIT_PREFIX + "nope.safetensors")
@@ -227,8 +227,8 @@ def test_app_without_any_model_says_how_to_get_one(S, T, monkeypatch):
     demo = app.build_app()
     texts = [c.get("props", {}).get("value") or "" for c in demo.config["components"]]
     note = next(t for t in texts if "is missing" in str(t))
-    assert "make embedded-hdit" in note and "models/checkpoints" in note
-    with pytest.raises(S.UserError, match="make embedded-hdit"):
+    assert "make embedded-models" in note and "models/checkpoints" in note
+    with pytest.raises(S.UserError, match="make embedded-models"):
         T.hdit.generate(S.default_source())
 
 
