@@ -98,12 +98,15 @@ class LoopRun:
     - ``report(info)``: ComfyUI's step callback, ``info = {"x", "i", "sigma", "sigma_hat", "denoised"}``.
     - ``seed``: ComfyUI's noise seed (0 when none was given), for a loop's own step noise.
     - ``model_sampling``: the model's ``model_sampling`` (None when the model wrapper hides it).
+    - ``base_model``: the ``BaseModel`` being sampled (None when the model wrapper hides it), for
+      settings a model carries (e.g. the relay settings of a relay-trained HDiT).
     """
 
     denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     report: Callable[[dict], None]
     seed: int
     model_sampling: Any
+    base_model: Any = None
 
 
 Loop = Callable[..., torch.Tensor]
@@ -127,7 +130,7 @@ def _sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=
     seed = extra_args.get("seed")
     inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
     run = LoopRun(denoise=denoise, report=report, seed=0 if seed is None else int(seed),
-                  model_sampling=getattr(inner, "model_sampling", None))
+                  model_sampling=getattr(inner, "model_sampling", None), base_model=inner)
     with torch.no_grad():
         return loop(run, x, sigmas, **options).to(dtype)
 

@@ -21,6 +21,8 @@ prompt gives the same latent on every run and every device. Everything on the de
 
 from __future__ import annotations
 
+import dataclasses
+
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
@@ -93,6 +95,45 @@ def _relay_schedule_inputs() -> list:
                        tooltip="Karras grid exponent (7 usual; the paper's ImageNet stage two uses 100). For flow models "
                                "(SD3, Flux) use 1: a grid linear in t (with 7 nearly every level sits at small t)."),
     ]
+
+
+SETTINGS_SOURCES = ("model", "inputs")
+
+
+def _settings_source_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "relay_settings", options=list(SETTINGS_SOURCES), default="model", optional=True,
+        tooltip="model: a relay-trained model (e.g. ultrares-emoji-relay256) brings the blur_sigma_max, prob_length, "
+                "s_block and s_noise it was trained with, and these inputs are ignored; models without relay "
+                "settings use the inputs. inputs: always use the values set here.")
+
+
+def trained_relay(base_model, who: str) -> dict | None:
+    """The relay settings a model was trained with (its config's ``"relay"`` section, see
+    ``kernels.relay.relay_config``), or None for a model without them."""
+    raw = getattr(getattr(base_model, "hdit_config", None), "raw", None)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return R.relay_config(raw)
+    except ValueError as e:
+        raise ValueError(f"{who}: the model's stored relay settings are unreadable ({e}); set relay_settings to "
+                         "'inputs' to use the values set on the node.") from None
+
+
+def apply_trained(settings: R.RelaySettings, trained: dict | None, who: str) -> R.RelaySettings:
+    """``settings`` with the trained blur/noise settings of a relay-trained model (unchanged when None).
+    A model trained with blurring (B_max > 0) only works at its trained block size."""
+    if trained is None:
+        return settings
+    t = trained["settings"]
+    if t.blur_sigma_max > 0 and settings.patch != t.patch:
+        raise ValueError(
+            f"{who}: this model was trained for relay stage two with block size {t.patch} (a x{t.patch} up-scale), "
+            f"but the factor / block size here is {settings.patch}. Set it to {t.patch}, or set relay_settings to "
+            "'inputs' to run with the values set on the node.")
+    return dataclasses.replace(settings, blur_sigma_max=t.blur_sigma_max, prob_length=t.prob_length,
+                               s_block=t.s_block, s_noise=t.s_noise)
 
 
 def _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise) -> R.RelaySettings:
@@ -281,17 +322,20 @@ class UltraResRelaySigmas(io.ComfyNode):
 # SAMPLER
 
 
-def relay_loop(run: LoopRun, x, sigmas, **options):
+def relay_loop(run: LoopRun, x, sigmas, from_model: bool = False, **options):
     """Relay stage two as a :func:`._sampling.loop_sampler` loop; the options are
-    :class:`kernels.relay.RelaySettings` fields.
+    :class:`kernels.relay.RelaySettings` fields; ``from_model``: a relay-trained model's own
+    blur/noise settings replace them (:func:`apply_trained`).
 
     Step (and churn) noise comes from a CPU generator seeded with ``kernels.relay.step_seed(run.seed)``
     (ComfyUI's noise seed, as its own samplers' ``default_noise_sampler(x, seed=...)``), never from the
     global RNG. With B_max = s_block = s_noise = 0 it is ComfyUI's ``heun`` (the same churn options;
     churn noise then from that generator), on EDM-style and on flow-matching models.
     """
-    settings = R.RelaySettings(**options)
     who = "UltraResRelaySampler"
+    settings = R.RelaySettings(**options)
+    if from_model:
+        settings = apply_trained(settings, trained_relay(run.base_model, who), who)
     flow = False
     if run.model_sampling is not None:
         flow = check_sigma_space(run.model_sampling, who)
@@ -301,10 +345,10 @@ def relay_loop(run: LoopRun, x, sigmas, **options):
     return R.relay_sample(run.denoise, x, sigmas, settings, callback=run.report, seed=run.seed, flow=flow)
 
 
-def make_relay_sampler(settings: R.RelaySettings) -> comfy.samplers.KSAMPLER:
+def make_relay_sampler(settings: R.RelaySettings, from_model: bool = False) -> comfy.samplers.KSAMPLER:
     opts = {f: getattr(settings, f) for f in ("patch", "blur_sigma_max", "prob_length", "s_block", "s_noise",
                                               "s_churn", "s_tmin", "s_tmax", "s_churn_noise")}
-    return loop_sampler(relay_loop, **opts)
+    return loop_sampler(relay_loop, from_model=from_model, **opts)
 
 
 class UltraResRelaySampler(io.ComfyNode):
@@ -319,27 +363,27 @@ class UltraResRelaySampler(io.ComfyNode):
                         "denoise step; for SD1.x/SD2.x/SDXL/EDM and flow-matching (SD3, Flux) models. Step noise is "
                         "seeded from the noise seed. With blur_sigma_max = s_block = s_noise = 0 it is ComfyUI's heun "
                         "sampler.",
-            inputs=[_block_size_input(), *_relay_sampler_inputs()],
+            inputs=[_block_size_input(), *_relay_sampler_inputs(), _settings_source_input()],
             outputs=[io.Sampler.Output(tooltip="SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def validate_inputs(cls, block_size=None, blur_sigma_max=None, prob_length=None, s_block=None, s_noise=None,
-                        s_churn=None, s_tmin=None, s_tmax=None, s_churn_noise=None) -> bool | str:
+                        s_churn=None, s_tmin=None, s_tmax=None, s_churn_noise=None, relay_settings="model") -> bool | str:
         v = check_inputs(cls, block_size=block_size, blur_sigma_max=blur_sigma_max, prob_length=prob_length,
                          s_block=s_block, s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                         s_churn_noise=s_churn_noise)
+                         s_churn_noise=s_churn_noise, relay_settings=relay_settings)
         return v if isinstance(v, str) else _sampler_rules(v)
 
     @classmethod
     def execute(cls, block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
-                s_churn_noise) -> io.NodeOutput:
+                s_churn_noise, relay_settings="model") -> io.NodeOutput:
         _raise_if_bad(cls.validate_inputs(block_size=block_size, blur_sigma_max=blur_sigma_max, prob_length=prob_length,
                                           s_block=s_block, s_noise=s_noise, s_churn=s_churn, s_tmin=s_tmin,
-                                          s_tmax=s_tmax, s_churn_noise=s_churn_noise))
+                                          s_tmax=s_tmax, s_churn_noise=s_churn_noise, relay_settings=relay_settings))
         settings = _settings(block_size, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax,
                              s_churn_noise)
-        return io.NodeOutput(make_relay_sampler(settings))
+        return io.NodeOutput(make_relay_sampler(settings, from_model=relay_settings == "model"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,9 +455,13 @@ def check_relay_memory(model, in_shape, factor: int, who: str = "UltraResRelayUp
 
 
 def relay_upscale(model, latent: dict, factor: int, positive, negative, cfg: float, seed: int, steps: int,
-                  truncation_sigma: float, rho: float, settings: R.RelaySettings, who: str = "UltraResRelayUpscale") -> dict:
-    """Nearest-upsample ``latent`` by ``factor`` and run relay stage two on it; returns a latent dict."""
+                  truncation_sigma: float, rho: float, settings: R.RelaySettings, who: str = "UltraResRelayUpscale",
+                  from_model: bool = False) -> dict:
+    """Nearest-upsample ``latent`` by ``factor`` and run relay stage two on it; returns a latent dict.
+    ``from_model``: a relay-trained model's own blur/noise settings replace those of ``settings``."""
     samples = image_samples(latent, who)
+    if from_model:
+        settings = apply_trained(settings, trained_relay(model.model, who), who)
     check_sigma_space(model.get_model_object("model_sampling"), who)
     check_channels(model, samples, "latent", who)
     sigmas = relay_sigmas_for_model(model, steps, truncation_sigma, rho, who=who)
@@ -458,6 +506,7 @@ class UltraResRelayUpscale(io.ComfyNode):
                 *_relay_sampler_inputs(),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative conditioning; leave empty for no CFG (unconditional/EDM models)."),
+                _settings_source_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The up-scaled latent, factor times larger, fully denoised.")],
         )
@@ -465,22 +514,24 @@ class UltraResRelayUpscale(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, factor=None, seed=None, steps=None, truncation_sigma=None, rho=None, cfg=None,
                         blur_sigma_max=None, prob_length=None, s_block=None, s_noise=None, s_churn=None, s_tmin=None,
-                        s_tmax=None, s_churn_noise=None) -> bool | str:
+                        s_tmax=None, s_churn_noise=None, relay_settings="model") -> bool | str:
         v = check_inputs(cls, factor=factor, seed=seed, steps=steps, truncation_sigma=truncation_sigma, rho=rho, cfg=cfg,
                          blur_sigma_max=blur_sigma_max, prob_length=prob_length, s_block=s_block, s_noise=s_noise,
-                         s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise)
+                         s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise,
+                         relay_settings=relay_settings)
         return v if isinstance(v, str) else _sampler_rules(v)
 
     @classmethod
     def execute(cls, model, positive, latent, factor, seed, steps, truncation_sigma, rho, cfg, blur_sigma_max,
-                prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise, negative=None) -> io.NodeOutput:
+                prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise, negative=None,
+                relay_settings="model") -> io.NodeOutput:
         _raise_if_bad(cls.validate_inputs(
             factor=factor, seed=seed, steps=steps, truncation_sigma=truncation_sigma, rho=rho, cfg=cfg,
             blur_sigma_max=blur_sigma_max, prob_length=prob_length, s_block=s_block, s_noise=s_noise, s_churn=s_churn,
-            s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise))
+            s_tmin=s_tmin, s_tmax=s_tmax, s_churn_noise=s_churn_noise, relay_settings=relay_settings))
         settings = _settings(factor, blur_sigma_max, prob_length, s_block, s_noise, s_churn, s_tmin, s_tmax, s_churn_noise)
         return io.NodeOutput(relay_upscale(model, latent, factor, positive, negative, cfg, seed, steps,
-                                           truncation_sigma, rho, settings))
+                                           truncation_sigma, rho, settings, from_model=relay_settings == "model"))
 
 
 NODES = [UltraResBlockNoise, UltraResRelaySigmas, UltraResRelaySampler, UltraResRelayUpscale]
