@@ -99,18 +99,12 @@ def _cond_inputs() -> list:
     ]
 
 
-def _check_static(steps, level, cfg=None) -> bool | str:
-    for name, value in (("level", level), ("cfg", cfg)):
-        ok = _finite(name, value)
-        if ok is not True:
-            return ok
-    if steps is not None and not 1 <= int(steps) <= 1000:
-        return f"steps={steps} is outside 1..1000; pick a step count the model's schedule can hold."
-    if level is not None and not 0.0 < float(level) <= 1.0:
-        return f"level={level} is outside (0, 1]: it is a fraction of the model's noise schedule (1.0 = maximum noise)."
-    if cfg is not None and float(cfg) < 0:
-        return f"cfg={cfg} is negative; use 1.0 for an exact inversion."
-    return True
+def _check_schedule_inputs(steps, level) -> None:
+    """Direct callers of :func:`model_schedule` (the demo, other nodes) get the same checks as the
+    queue: the ranges come from the Invert node's schema (no second copy of them here)."""
+    v = check_inputs(DDIMInvert, steps=steps, level=level)
+    if isinstance(v, str):
+        raise ValueError(v)
 
 
 # ------------------------------------------------------------------------------------ model helpers
@@ -154,9 +148,7 @@ def _flow_top(ms) -> float:
 
 def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Tensor:
     """The generation-order sigmas ``[steps + 1]`` (float32, CPU) for ``steps`` DDIM steps up to ``level``."""
-    ok = _check_static(steps, level)
-    if ok is not True:
-        raise ValueError(ok)
+    _check_schedule_inputs(steps, level)
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
         raise ValueError(f"scheduler={scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}.")
     ms = _model_sampling(model)
@@ -290,7 +282,7 @@ class DDIMInvert(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None, refine_iters=None) -> bool | str:
         v = check_inputs(cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler, refine_iters=refine_iters)
-        return v if isinstance(v, str) else _check_static(v.steps, v.level, v.cfg)
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(
@@ -350,7 +342,7 @@ class DDIMGenerate(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None) -> bool | str:
         v = check_inputs(cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler)
-        return v if isinstance(v, str) else _check_static(v.steps, v.level, v.cfg)
+        return v if isinstance(v, str) else True
 
     @classmethod
     def execute(
@@ -436,9 +428,9 @@ class LatentSlerp(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent_a, t, count, seed, latent_b=None) -> io.NodeOutput:
-        ok = _finite("t", t)
-        if ok is not True:
-            raise ValueError(ok)
+        v = cls.validate_inputs(t=t, count=count, seed=seed)  # direct (API/demo) calls get the queue's checks
+        if isinstance(v, str):
+            raise ValueError(v)
         a = latent_a["samples"].float()
         if latent_b is None:
             gen = torch.Generator().manual_seed(int(seed))
@@ -485,19 +477,6 @@ NO_FILE = "(none)"
 def _reference_files() -> list[str]:
     """The choices of ``reference_file``: (none) and the .safetensors files in output/ultrares/."""
     return [NO_FILE, *_files.list_files("output")]
-
-
-def _finite(name: str, value) -> bool | str:
-    """``validate_inputs`` check of a FLOAT widget: NaN and infinities are refused with the input's name."""
-    if value is None:
-        return True
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return f"{name}={value!r} is not a number; enter a finite number."
-    if not math.isfinite(v):
-        return f"{name}={value} is not a finite number; enter a finite value."
-    return True
 
 
 def _check_reference_inputs(reference_file, save_reference_as, overwrite) -> bool | str:
