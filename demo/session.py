@@ -275,6 +275,26 @@ def load(source: str | None) -> Bundle:
     return bundle
 
 
+_SETS: dict[tuple[str, ...], list[Bundle]] = {}
+
+
+def load_all(sources: list[str]) -> list[Bundle]:
+    """Load (once) several model sources that a pipeline needs in memory together (its stages), in
+    order; the last set loaded stays cached beside :func:`load`'s one model."""
+    key = tuple(sources)
+    if key not in _SETS:
+        bundles = [load(s) for s in sources]  # each load keeps only itself cached; the set holds them all
+        _SETS.clear()
+        _SETS[key] = bundles
+    return _SETS[key]
+
+
+def model_config(bundle: Bundle) -> dict:
+    """An HDiT source's whole config (the file's metadata: model, dataset, relay sections); {} otherwise."""
+    cfg = getattr(bundle.model.model, "hdit_config", None) if bundle.kind == "hdit" else None
+    return dict(cfg.raw) if cfg is not None else {}
+
+
 def remember(bundle: Bundle) -> None:
     """Offer a model that is already in memory (built by another program) under ``bundle.source``."""
     _CACHE.clear()

@@ -13,6 +13,7 @@ from types import ModuleType
 
 TABS = (
     # a new first tab goes here
+    "relay_emoji",
     "hdit",
     "tiling",
     "relay",
