@@ -26,6 +26,9 @@ def test_generate_shows_an_image(page):
     from ultrares.demo import session
 
     expect(page.get_by_role("heading", name="UltraRes")).to_be_visible(timeout=60_000)
+    # the page opens on the relay emoji tab (its 1024 px run takes minutes on a CPU: tested in-process)
+    expect(page.get_by_role("tab", name="Emoji 64")).to_have_attribute("aria-selected", "true")
+    page.get_by_role("tab", name="HDiT", exact=True).click()
     model = page.get_by_label("Model").first
     expect(model).to_have_value(session.default_source(), timeout=30_000)
     page.get_by_role("button", name="Generate", exact=True).click()
