@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 # process side by side on 2 cores, where spinning threads starve the one doing the work.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-fast bench bench-gpu lint embedded-models
+.PHONY: setup demo test test-fast bench bench-gpu lint format embedded-models quality
 
 setup:
 	bash scripts/setup.sh
@@ -32,8 +32,13 @@ bench: setup
 bench-gpu: setup
 	$(PY) tests/bench/bench_gpu.py $(BENCH_ARGS)
 
+## Lint and format check (ruff; CI runs it before the suite). `make format` rewrites the files.
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
 
 ## Reproduce the embedded HDiT pair (64 px + relay 256 px; resumable: re-run to continue; see the script).
 embedded-models: setup
