@@ -208,11 +208,13 @@ def gpu_seconds(log_path: str) -> dict:
     return out
 
 
-def fd_block(x: torch.Tensor, ref: torch.Tensor, n_small: int, repeats: int, seed: int) -> dict:
+def fd_block(x: torch.Tensor, ref: torch.Tensor, n_small: int | list[int], repeats: int, seed: int) -> dict:
+    """FD of all of ``x`` vs ``ref``, and mean/sd over ``repeats`` random subsets of each size in ``n_small``."""
     d = {"n": int(x.shape[0]), "fd": FR.frechet_distance(x, ref)}
-    if x.shape[0] >= n_small:
-        s = FR.subset_frechet(x, ref, n_small, repeats, seed=seed)
-        d[f"fd_n{n_small}_mean"], d[f"fd_n{n_small}_sd"] = float(s.mean()), float(s.std(ddof=1))
+    for n in [n_small] if isinstance(n_small, int) else n_small:
+        if x.shape[0] >= n:
+            s = FR.subset_frechet(x, ref, n, repeats, seed=seed)
+            d[f"fd_n{n}_mean"], d[f"fd_n{n}_sd"] = float(s.mean()), float(s.std(ddof=1))
     return d
 
 
@@ -314,7 +316,7 @@ def main() -> None:
     n_esr = 3 if args.quick else min(args.esrgan_n, cap)
 
     s = torch.load(os.path.join(SAMPLES, "s64.pt"), weights_only=True)
-    s64_raw, classes = s["images"][:cap], s["classes"][:cap]
+    s64_raw = s["images"][:cap]
     esr_cache = os.path.join(cache_dir, "esrgan_x4plus.pt")
     esr_raw = None
     if not args.no_esrgan:
@@ -386,8 +388,12 @@ def main() -> None:
         ho_nn, _ = FR.nearest_neighbour(ho_f, tr_f, metric="cosine")
         tr_nn, _ = FR.nearest_neighbour(tr_f, tr_f, metric="cosine", exclude_self=True)
         block = {"n_heldout": int(ho_f.shape[0]), "n_train": int(tr_f.shape[0]), "rows": {}}
+        sizes = [n_small]  # at 256 px also the ESRGAN subset's size, so that every row is compared at equal N
+        if size == 256 and "esrgan256" in feats and feats["esrgan256"].shape[0] < n_small:
+            sizes.append(int(feats["esrgan256"].shape[0]))
+        block["fd_subset_sizes"] = sizes
         block["floor"] = {
-            "train_vs_heldout": fd_block(tr_f, ho_f, n_small, args.repeats, args.seed),
+            "train_vs_heldout": fd_block(tr_f, ho_f, sizes, args.repeats, args.seed),
             "heldout_vs_train": FR.frechet_distance(ho_f, tr_f),
         }
         block["nn_reference"] = {
@@ -401,8 +407,8 @@ def main() -> None:
             if name not in feats:
                 continue
             f = feats[name]
-            row = {"vs_heldout": fd_block(f, ho_f, n_small, args.repeats, args.seed + 1 + k),
-                   "vs_train": fd_block(f, tr_f, n_small, args.repeats, args.seed + 101 + k),
+            row = {"vs_heldout": fd_block(f, ho_f, sizes, args.repeats, args.seed + 1 + k),
+                   "vs_train": fd_block(f, tr_f, sizes, args.repeats, args.seed + 101 + k),
                    "nn": nn_block(f, tr_f, ho_nn)}
             cost = {"stage_one64": (EVALS["stage_one"], 0, sec.get("stage_one"), None),
                     "relay256": (EVALS["stage_one"], EVALS["relay"],
@@ -423,7 +429,7 @@ def main() -> None:
     log(f"wrote {out_json}")
 
     # pictures
-    grid_64(s64_raw, classes, 8, os.path.join(img_dir, "quality_64.png"))
+    grid_64(s["images"], s["classes"], 8, os.path.join(img_dir, "quality_64.png"))  # all samples: no features needed
     pick = list(range(min(6, s64_raw.shape[0], 6 if esr_raw is None else esr_raw.shape[0])))
     cols = {"64 px (nearest)": F.interpolate(s64_raw[pick].float(), scale_factor=4, mode="nearest").to(torch.uint8),
             "bicubic x4": bic_raw[pick]}
