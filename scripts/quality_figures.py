@@ -23,7 +23,10 @@ when the packages are missing.
 Outputs: bench_results/quality.json, docs/images/quality_64.png, quality_256.png, quality_nn.png.
 Features and ESRGAN outputs are cached in runs/quality_features/ (git-ignored), so a rerun is fast.
 
-    .venv/bin/python scripts/quality_figures.py            # the figures (about 30 CPU-minutes cold)
+    # what made the committed figures (about 25 minutes cold on 2 shared cores, ESRGAN's 90 images included):
+    .venv/bin/python scripts/quality_figures.py --n-samples 500 --n-train 600 --esrgan-n 90
+    # every sample and training image (about 10,000 DINOv2 passes: an hour on 2 cores, seconds with --device cuda)
+    .venv/bin/python scripts/quality_figures.py
     .venv/bin/python scripts/quality_figures.py --quick    # smoke test: few images, writes under /tmp
 """
 
