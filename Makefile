@@ -40,6 +40,11 @@ lint: setup
 format: setup
 	.venv/bin/ruff format .
 
+## Quality figures of the embedded pair (DINOv2 FD, nearest neighbours, relay vs bicubic/ESRGAN): needs the
+## GPU samples in runs/quality_gpu/ (see the README's Quality section); features are cached in runs/.
+quality: setup
+	$(PY) scripts/quality_figures.py --n-samples 500 --n-train 600 --esrgan-n 90
+
 ## Reproduce the embedded HDiT pair (64 px + relay 256 px; resumable: re-run to continue; see the script).
 embedded-models: setup
 	bash scripts/train_embedded_models.sh
