@@ -39,18 +39,24 @@ def build_app() -> gr.Blocks:
     missing = None if sources else S.missing_model_message()
 
     with gr.Blocks(title="UltraRes demo") as demo:
-        gr.Markdown("# UltraRes\nHigh-resolution synthesis techniques as ComfyUI nodes, run here with ComfyUI loaded as "
-                    "a library. Every tab calls the pack's node classes. One job runs at a time; **Cancel** stops it.")
+        gr.Markdown(
+            "# UltraRes\nHigh-resolution synthesis techniques as ComfyUI nodes, run here with ComfyUI loaded as "
+            "a library. Every tab calls the pack's node classes. One job runs at a time; **Cancel** stops it."
+        )
         if S.EMBEDDED_HDIT not in S.hdit_files():
-            gr.Markdown(f"**The embedded model `models/hdit/{S.EMBEDDED_HDIT}` is missing.** Run `make embedded-models` "
-                        "(or `make setup`) to build it." + (f" {missing}" if missing else
-                                                            " Other models found are listed in each tab."),
-                        elem_id="model-missing")
+            gr.Markdown(
+                f"**The embedded model `models/hdit/{S.EMBEDDED_HDIT}` is missing.** Run `make embedded-models` "
+                "(or `make setup`) to build it."
+                + (f" {missing}" if missing else " Other models found are listed in each tab."),
+                elem_id="model-missing",
+            )
         for tab in tabs.modules():
             with gr.Tab(tab.TITLE, id=tab.ID):
                 tab.build(shared)
-        gr.Markdown(f"<small>ComfyUI: `{runtime.comfy_path}` · device: `{runtime.device}` · "
-                    f"{len(runtime.pack_nodes)} UltraRes nodes</small>")
+        gr.Markdown(
+            f"<small>ComfyUI: `{runtime.comfy_path}` · device: `{runtime.device}` · "
+            f"{len(runtime.pack_nodes)} UltraRes nodes</small>"
+        )
 
     demo.queue(default_concurrency_limit=1, max_size=20)
     return demo
@@ -60,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ultrares.demo.app", description="UltraRes Gradio demo.")
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for every interface).")
     p.add_argument("--port", type=int, default=7860, help="Port (default 7860).")
-    p.add_argument("--share", action="store_true", help="Also open a public gradio.live link (off by default).")
+    p.add_argument(
+        "--share", action="store_true", help="Also open a public gradio.live link (off by default)."
+    )
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
     return p.parse_args(argv)
 
@@ -77,11 +85,21 @@ def main(argv=None) -> None:
     except runtime.ComfyNotFound as exc:
         sys.exit(f"UltraRes demo: {exc}")
     demo = build_app()
-    _, local_url, share_url = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                                          show_error=True, prevent_thread_lock=True, quiet=True)
+    _, local_url, share_url = demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        show_error=True,
+        prevent_thread_lock=True,
+        quiet=True,
+    )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"UltraRes demo running at http://{host}:{args.port}/" + (f" (public: {share_url})" if share_url else "")
-          + "  (Ctrl+C to stop)", flush=True)
+    print(
+        f"UltraRes demo running at http://{host}:{args.port}/"
+        + (f" (public: {share_url})" if share_url else "")
+        + "  (Ctrl+C to stop)",
+        flush=True,
+    )
     try:
         demo.block_thread()
     except KeyboardInterrupt:

@@ -41,11 +41,15 @@ def comfy_root() -> Path:
     else:
         recorded = ROOT / ".comfyui" / "path"
         if not recorded.exists():
-            raise ComfyNotFound("ComfyUI not found: run `make setup` (it unpacks ComfyUI into .comfyui/) or set "
-                                "COMFYUI_PATH=/path/to/ComfyUI.")
+            raise ComfyNotFound(
+                "ComfyUI not found: run `make setup` (it unpacks ComfyUI into .comfyui/) or set "
+                "COMFYUI_PATH=/path/to/ComfyUI."
+            )
         path = Path(recorded.read_text().strip())
     if not (path / "nodes.py").exists() or not (path / "comfy").is_dir():
-        raise ComfyNotFound(f"{path} is not a ComfyUI checkout (no nodes.py / comfy/): fix COMFYUI_PATH or run `make setup`.")
+        raise ComfyNotFound(
+            f"{path} is not a ComfyUI checkout (no nodes.py / comfy/): fix COMFYUI_PATH or run `make setup`."
+        )
     return path
 
 
@@ -54,7 +58,10 @@ def _has_gpu() -> bool:
         import torch
     except ImportError:
         return False
-    return bool(torch.cuda.is_available() or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()))
+    return bool(
+        torch.cuda.is_available()
+        or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    )
 
 
 @dataclass
@@ -73,7 +80,9 @@ class Runtime:
         try:
             return self.nodes[node_id]
         except KeyError:
-            raise KeyError(f"node {node_id!r} is not registered in ComfyUI (is the pack up to date?)") from None
+            raise KeyError(
+                f"node {node_id!r} is not registered in ComfyUI (is the pack up to date?)"
+            ) from None
 
     def input_names(self, node_id: str) -> list[str]:
         """The node's input names in declaration order (required, then optional)."""
@@ -117,7 +126,9 @@ class Runtime:
         from comfy_api.latest import io
 
         cls = self.node_class(node_id)
-        if isinstance(cls, type) and issubclass(cls, io.ComfyNode):  # V3: the base class's placeholder is not a check
+        if isinstance(cls, type) and issubclass(
+            cls, io.ComfyNode
+        ):  # V3: the base class's placeholder is not a check
             from comfy_api.internal import first_real_override
 
             check = first_real_override(cls, "validate_inputs")
@@ -185,16 +196,25 @@ def boot(cpu: bool | None = None) -> Runtime:
                 logging.getLogger().setLevel(logging.ERROR)
                 asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
             logging.getLogger().setLevel(logging.WARNING)
-            if not any(n.startswith("UltraRes") and not n.startswith("UltraResTest") for n in nodes.NODE_CLASS_MAPPINGS):
+            if not any(
+                n.startswith("UltraRes") and not n.startswith("UltraResTest")
+                for n in nodes.NODE_CLASS_MAPPINGS
+            ):
                 ok = asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes"))
                 if not ok:
-                    raise RuntimeError(f"ComfyUI could not load the UltraRes pack from {ROOT}; see the log above.")
+                    raise RuntimeError(
+                        f"ComfyUI could not load the UltraRes pack from {ROOT}; see the log above."
+                    )
         finally:
             logging.getLogger().setLevel(level)
         import comfy.model_management
 
         added = set(nodes.NODE_CLASS_MAPPINGS) - before
-        pack = sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n.startswith("UltraRes") and not n.startswith("UltraResTest"))
+        pack = sorted(
+            n
+            for n in nodes.NODE_CLASS_MAPPINGS
+            if n.startswith("UltraRes") and not n.startswith("UltraResTest")
+        )
         LOG.info("ComfyUI %s booted (%d nodes added, %d UltraRes)", root, len(added), len(pack))
         device = str(comfy.model_management.get_torch_device())
         _RUNTIME = Runtime(comfy_path=root, nodes=nodes.NODE_CLASS_MAPPINGS, pack_nodes=pack, device=device)

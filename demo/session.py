@@ -210,9 +210,11 @@ def default_source() -> str | None:
 
 
 def missing_model_message() -> str:
-    return (f"No model to sample with: the embedded HDiT model models/hdit/{EMBEDDED_HDIT} is missing and ComfyUI's "
-            "checkpoints folder is empty. Run `make embedded-models` (or `make setup`) to build the embedded model, "
-            "or put a Stable Diffusion checkpoint in ComfyUI/models/checkpoints, then restart the demo.")
+    return (
+        f"No model to sample with: the embedded HDiT model models/hdit/{EMBEDDED_HDIT} is missing and ComfyUI's "
+        "checkpoints folder is empty. Run `make embedded-models` (or `make setup`) to build the embedded model, "
+        "or put a Stable Diffusion checkpoint in ComfyUI/models/checkpoints, then restart the demo."
+    )
 
 
 @dataclass
@@ -233,14 +235,15 @@ class Bundle:
         return (list(self.class_names) + [UNCONDITIONAL]) if self.kind == "hdit" else []
 
 
-
 _CACHE: dict[str, Bundle] = {}
 
 
 def _native_side(model) -> int:
     """The model's native side in pixels, as the Any-Size plan node reads it from the model: the
     square it would generate at natively for a square target."""
-    (side, *_) = run_node("UltraResAnySizePlan", target_width=16384, target_height=16384, native_size=0, model=model)
+    (side, *_) = run_node(
+        "UltraResAnySizePlan", target_width=16384, target_height=16384, native_size=0, model=model
+    )
     return int(side)
 
 
@@ -251,10 +254,12 @@ def load(source: str | None) -> Bundle:
     if source in _CACHE:
         return _CACHE[source]
     if source.startswith(HDIT_PREFIX):
-        name = source[len(HDIT_PREFIX):]
+        name = source[len(HDIT_PREFIX) :]
         if name not in hdit_files():
-            raise UserError(f"HDiT model {name!r} is not in the hdit models folder (ComfyUI/models/hdit or the pack's "
-                            f"models/hdit); available: {hdit_files() or 'none'}.")
+            raise UserError(
+                f"HDiT model {name!r} is not in the hdit models folder (ComfyUI/models/hdit or the pack's "
+                f"models/hdit); available: {hdit_files() or 'none'}."
+            )
         model, vae, num_classes = run_node("UltraResHDiTLoader", model_name=name, weight_dtype="float32")
         cfg = model.model.hdit_config
         names = list(cfg.raw.get("dataset", {}).get("class_names") or [])
@@ -262,10 +267,12 @@ def load(source: str | None) -> Bundle:
             names = [f"class {i}" for i in range(int(num_classes))]
         bundle = Bundle(source, "hdit", model, vae, class_names=names, native=int(cfg.input_size[0]))
     elif source.startswith(CKPT_PREFIX):
-        name = source[len(CKPT_PREFIX):]
+        name = source[len(CKPT_PREFIX) :]
         if name not in checkpoint_files():
-            raise UserError(f"checkpoint {name!r} is not in ComfyUI's checkpoints folder; available: "
-                            f"{checkpoint_files() or 'none'}.")
+            raise UserError(
+                f"checkpoint {name!r} is not in ComfyUI's checkpoints folder; available: "
+                f"{checkpoint_files() or 'none'}."
+            )
         model, clip, vae = run_node("CheckpointLoaderSimple", ckpt_name=name)[:3]
         bundle = Bundle(source, "checkpoint", model, vae, clip=clip, native=_native_side(model))
     else:
@@ -327,7 +334,7 @@ def conditioning(bundle: Bundle, label: str | None, prompt: str = "", negative: 
 
 
 def source_kind(source: str | None) -> str:
-    """"hdit" or "checkpoint": the kind of model a source name from :func:`sources` loads."""
+    """ "hdit" or "checkpoint": the kind of model a source name from :func:`sources` loads."""
     return "hdit" if source and source.startswith(HDIT_PREFIX) else "checkpoint"
 
 
@@ -342,7 +349,9 @@ def size_range(kind: str, name: str) -> InputRange:
 
 
 def empty_latent(bundle: Bundle, width: int, height: int, batch: int = 1) -> dict:
-    return run_node(empty_latent_node(bundle.kind), width=int(width), height=int(height), batch_size=int(batch))[0]
+    return run_node(
+        empty_latent_node(bundle.kind), width=int(width), height=int(height), batch_size=int(batch)
+    )[0]
 
 
 def decode(bundle: Bundle, latent: dict) -> torch.Tensor:
@@ -353,11 +362,32 @@ def encode(bundle: Bundle, image: torch.Tensor) -> dict:
     return run_node("VAEEncode", pixels=image, vae=bundle.vae)[0]
 
 
-def sample(bundle: Bundle, model, positive, negative, latent: dict, steps: int, seed: int, cfg: float,
-           sampler: str = "dpmpp_2m", scheduler: str = "karras", denoise: float = 1.0) -> dict:
-    return run_node("KSampler", model=model, seed=int(seed), steps=int(steps), cfg=float(cfg), sampler_name=sampler,
-                    scheduler=scheduler, positive=positive, negative=negative, latent_image=latent,
-                    denoise=float(denoise))[0]
+def sample(
+    bundle: Bundle,
+    model,
+    positive,
+    negative,
+    latent: dict,
+    steps: int,
+    seed: int,
+    cfg: float,
+    sampler: str = "dpmpp_2m",
+    scheduler: str = "karras",
+    denoise: float = 1.0,
+) -> dict:
+    return run_node(
+        "KSampler",
+        model=model,
+        seed=int(seed),
+        steps=int(steps),
+        cfg=float(cfg),
+        sampler_name=sampler,
+        scheduler=scheduler,
+        positive=positive,
+        negative=negative,
+        latent_image=latent,
+        denoise=float(denoise),
+    )[0]
 
 
 # ------------------------------------------------------------------------------------ images
@@ -390,15 +420,18 @@ def from_pil(image, what: str = "image") -> torch.Tensor:
 def enlarge(image: Image.Image, min_side: int = 256) -> Image.Image:
     """Nearest-neighbour enlargement for viewing small images (pixels stay visible)."""
     factor = max(1, math.ceil(min_side / max(1, min(image.size))))
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    return (
+        image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    )
 
 
 def fit_to(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """ComfyUI's ImageScale (area resampling, centre crop) to width x height."""
     if tuple(image.shape[1:3]) == (height, width):
         return image
-    return run_node("ImageScale", image=image, upscale_method="area", width=int(width), height=int(height),
-                    crop="center")[0]
+    return run_node(
+        "ImageScale", image=image, upscale_method="area", width=int(width), height=int(height), crop="center"
+    )[0]
 
 
 def latent_view(latent: dict) -> Image.Image:

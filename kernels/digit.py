@@ -295,7 +295,9 @@ def load_codebook(path: str, name: str | None = None) -> torch.Tensor:
     the file holds, so a forged shape allocates nothing. Then the values must be finite.
     ``name``: how messages call the file (default its base name)."""
     name = name or os.path.basename(path)
-    fix = "a DiGIT codebook is a plain float32 [K, D] .npy (np.save of the centroids): re-download or refit it"
+    fix = (
+        "a DiGIT codebook is a plain float32 [K, D] .npy (np.save of the centroids): re-download or refit it"
+    )
     size = os.path.getsize(path)
     try:
         with open(path, "rb") as f:
@@ -308,7 +310,9 @@ def load_codebook(path: str, name: str | None = None) -> torch.Tensor:
     except Exception:
         raise WeightFileError(f"{name}: not a .npy file (its header is missing or damaged); {fix}") from None
     if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-        raise WeightFileError(f"{name}: holds {dtype} values, not floats (pickled objects are never loaded); {fix}")
+        raise WeightFileError(
+            f"{name}: holds {dtype} values, not floats (pickled objects are never loaded); {fix}"
+        )
     if len(shape) != 2:
         raise WeightFileError(f"{name}: has shape {shape}, not [K, D]; {fix}")
     k, d = shape
@@ -452,7 +456,9 @@ def save_atlas(path: str, atlas: Atlas, record: dict[str, str], overwrite: bool 
     if "dinov2_interpolation" not in record:
         raise ValueError("an atlas must record the codebook's dinov2_interpolation (see codebook_record)")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"atlas {os.path.basename(path)} already exists: choose another name or delete it first")
+        raise FileExistsError(
+            f"atlas {os.path.basename(path)} already exists: choose another name or delete it first"
+        )
     tensors = {
         "patches": (atlas.patches.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
         "mean_rgb": atlas.mean_rgb.float().contiguous(),
@@ -473,8 +479,13 @@ def load_atlas(path: str, name: str | None = None) -> tuple[Atlas, dict[str, str
     p, m, c = t["patches"], t["mean_rgb"], t["counts"]
     k = p.shape[0] if p.ndim else 0
     if (
-        p.ndim != 4 or p.shape[1] != 3 or p.shape[2] != p.shape[3] or p.dtype != torch.uint8
-        or tuple(m.shape) != (k, 3) or tuple(c.shape) != (k,) or not torch.isfinite(m.float()).all()
+        p.ndim != 4
+        or p.shape[1] != 3
+        or p.shape[2] != p.shape[3]
+        or p.dtype != torch.uint8
+        or tuple(m.shape) != (k, 3)
+        or tuple(c.shape) != (k,)
+        or not torch.isfinite(m.float()).all()
     ):
         raise WeightFileError(
             f"{name}: atlas tensors have shapes patches {tuple(p.shape)} {p.dtype}, mean_rgb {tuple(m.shape)}, "

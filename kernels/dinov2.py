@@ -91,6 +91,8 @@ _CONFIG_BOUNDS = {  # field -> (type, lowest, highest): far above every released
 class WeightFileError(ValueError):
     """A weight, codebook or atlas file that cannot be used; the message names the file, says
     what is wrong and what to do."""
+
+
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -377,7 +379,9 @@ def interpolation_key(offset: float, antialias: bool) -> str:
     (size-based, antialiased: the hub ``_reg4`` models), ``"size"`` (size-based, no antialias:
     Hugging Face code and its ONNX exports), or the raw numbers."""
     known = {(0.1, False): "digit", (0.0, True): "hub-reg", (0.0, False): "size"}
-    return known.get((round(float(offset), 6), bool(antialias)), f"offset={offset:g},antialias={bool(antialias)}")
+    return known.get(
+        (round(float(offset), 6), bool(antialias)), f"offset={offset:g},antialias={bool(antialias)}"
+    )
 
 
 def describe_interpolation(key: str) -> str:
@@ -431,9 +435,15 @@ def config_from_dict(raw: object, name: str) -> Dinov2Config:
     values = {}
     for key, value in raw.items():
         kind, lo, hi = _CONFIG_BOUNDS[key]
-        ok = isinstance(value, bool) if kind is bool else (
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and (kind is float or float(value).is_integer())
+        ok = (
+            isinstance(value, bool)
+            if kind is bool
+            else (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and (kind is float or float(value).is_integer())
+            )
         )
         if ok and lo is not None:
             ok = lo <= value <= hi
@@ -443,7 +453,11 @@ def config_from_dict(raw: object, name: str) -> Dinov2Config:
         values[key] = kind(value)
     cfg = Dinov2Config(**values)
     if cfg.embed_dim % cfg.num_heads:
-        raise _bad(name, f"its dinov2_config has embed_dim {cfg.embed_dim} not divisible by num_heads {cfg.num_heads}", fix)
+        raise _bad(
+            name,
+            f"its dinov2_config has embed_dim {cfg.embed_dim} not divisible by num_heads {cfg.num_heads}",
+            fix,
+        )
     return cfg
 
 
@@ -461,7 +475,9 @@ def _check_sizes(cfg: Dinov2Config, available: int, name: str) -> None:
         )
 
 
-def infer_config(sd: dict[str, torch.Tensor], layout: str = "official", name: str = "checkpoint") -> Dinov2Config:
+def infer_config(
+    sd: dict[str, torch.Tensor], layout: str = "official", name: str = "checkpoint"
+) -> Dinov2Config:
     """Architecture from an official-layout state dict's shapes. Position-embedding interpolation
     follows the code that goes with the layout: the official hub models (see
     :func:`official_interpolation`), or for ``layout="hf"`` Hugging Face's size-based bicubic
@@ -472,14 +488,24 @@ def infer_config(sd: dict[str, torch.Tensor], layout: str = "official", name: st
         if key not in sd or not isinstance(sd[key], torch.Tensor):
             raise _bad(name, f"the DINOv2 tensor {key!r} is missing", fix)
         if sd[key].ndim != nd:
-            raise _bad(name, f"the DINOv2 tensor {key!r} has shape {tuple(sd[key].shape)} ({nd} dimensions expected)", fix)
+            raise _bad(
+                name,
+                f"the DINOv2 tensor {key!r} has shape {tuple(sd[key].shape)} ({nd} dimensions expected)",
+                fix,
+            )
     if "register_tokens" in sd and sd["register_tokens"].ndim != 3:
-        raise _bad(name, f"register_tokens has shape {tuple(sd['register_tokens'].shape)}, expected [1, R, D]", fix)
+        raise _bad(
+            name, f"register_tokens has shape {tuple(sd['register_tokens'].shape)}, expected [1, R, D]", fix
+        )
     d = sd["cls_token"].shape[-1]
     blocks = {int(k.split(".")[1]) for k in sd if re.match(r"^blocks\.\d+\.", k)}
     depth = 1 + max(blocks)
     if blocks != set(range(depth)):
-        raise _bad(name, f"its blocks are numbered {min(blocks)}..{max(blocks)} with gaps ({len(blocks)} present)", fix)
+        raise _bad(
+            name,
+            f"its blocks are numbered {min(blocks)}..{max(blocks)} with gaps ({len(blocks)} present)",
+            fix,
+        )
     n_pos = sd["pos_embed"].shape[1] - 1
     grid = math.isqrt(max(n_pos, 0))
     if grid * grid != n_pos or n_pos <= 0:
@@ -523,7 +549,9 @@ def from_state_dict(
     try:
         layout = detect_layout(sd)
     except ValueError as exc:
-        raise _bad(name, str(exc), "use an official DINOv2 checkpoint or Hugging Face Dinov2Model weights") from None
+        raise _bad(
+            name, str(exc), "use an official DINOv2 checkpoint or Hugging Face Dinov2Model weights"
+        ) from None
     try:
         sd = convert_hf_state_dict(sd) if layout == "hf" else _flatten_block_chunks(sd)
     except (KeyError, ValueError) as exc:
@@ -566,8 +594,21 @@ def save_dinov2(model: Dinov2, path: str, extra: dict[str, str] | None = None) -
 
 
 _ST_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 
@@ -602,7 +643,11 @@ def read_safetensors_header(path: str, name: str) -> tuple[dict, dict[str, str]]
         except (KeyError, TypeError, ValueError):
             raise _bad(name, f"tensor {key!r} has a malformed header entry", fix) from None
         if not 0 <= lo <= hi <= data or hi - lo != nbytes or any(int(x) < 0 for x in info["shape"]):
-            raise _bad(name, f"tensor {key!r} claims bytes {lo}..{hi} ({nbytes:,} needed) of a {data:,}-byte body", fix)
+            raise _bad(
+                name,
+                f"tensor {key!r} claims bytes {lo}..{hi} ({nbytes:,} needed) of a {data:,}-byte body",
+                fix,
+            )
     return header, meta
 
 
@@ -616,7 +661,9 @@ def read_safetensors(path: str, name: str) -> tuple[dict[str, torch.Tensor], dic
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # the library's own message is not for users
-        raise _bad(name, "safetensors could not read it", "the file is damaged: download or convert it again") from None
+        raise _bad(
+            name, "safetensors could not read it", "the file is damaged: download or convert it again"
+        ) from None
     return sd, meta
 
 
@@ -636,7 +683,9 @@ def read_torch_weights(path: str, name: str) -> object:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise _bad(name, what, fix) from None
     if expanded > 2 * size + (1 << 20):
-        raise _bad(name, f"its archive expands to {expanded:,} bytes from {size:,} (not how torch.save writes)", fix)
+        raise _bad(
+            name, f"its archive expands to {expanded:,} bytes from {size:,} (not how torch.save writes)", fix
+        )
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes are not for users
             warnings.simplefilter("ignore")

@@ -102,7 +102,8 @@ def fluent_files(root: str = FLUENT_DIR) -> list[str]:
             return files
     raise FileNotFoundError(
         f"no Fluent 3D emoji under {root!r}: run `make setup` (scripts/assets/emoji_data.sh unpacks "
-        "@lobehub/fluent-emoji-3d@1.1.0 there)")
+        "@lobehub/fluent-emoji-3d@1.1.0 there)"
+    )
 
 
 def box_downscale(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -110,12 +111,16 @@ def box_downscale(images: torch.Tensor, factor: int) -> torch.Tensor:
     (rounded), computed in float32 in chunks."""
     if images.shape[-1] % factor or images.shape[-2] % factor:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of {factor}")
-    out = [F.avg_pool2d(chunk.float(), factor).round().clamp(0, 255).to(torch.uint8) for chunk in images.split(256)]
+    out = [
+        F.avg_pool2d(chunk.float(), factor).round().clamp(0, 255).to(torch.uint8)
+        for chunk in images.split(256)
+    ]
     return torch.cat(out)
 
 
-def build_fluent_dataset(root: str = FLUENT_DIR, size: int = 256, background=BACKGROUND,
-                         lookup: dict[str, str] | None = None) -> dict:
+def build_fluent_dataset(
+    root: str = FLUENT_DIR, size: int = 256, background=BACKGROUND, lookup: dict[str, str] | None = None
+) -> dict:
     """Decode every file: ``{"images": uint8 [N, 3, size, size], "labels": int64 [N],
     "names": list[str], "holdout": bool [N]}`` (composited on ``background``, Lanczos to 256, then
     :func:`box_downscale` when ``size`` < 256; ``size`` must divide 256)."""
@@ -141,12 +146,17 @@ def build_fluent_dataset(root: str = FLUENT_DIR, size: int = 256, background=BAC
     if size != 256:
         images = box_downscale(images, 256 // size)
     holdout = torch.arange(len(names)) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-    return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "names": names,
-            "holdout": holdout}
+    return {
+        "images": images,
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "names": names,
+        "holdout": holdout,
+    }
 
 
-def load_fluent_dataset(cache_dir: str = "assets/cache", size: int = 256, background=BACKGROUND,
-                        root: str = FLUENT_DIR) -> dict:
+def load_fluent_dataset(
+    cache_dir: str = "assets/cache", size: int = 256, background=BACKGROUND, root: str = FLUENT_DIR
+) -> dict:
     """:func:`build_fluent_dataset`, cached at ``<cache_dir>/fluent_<size>_<bg>.pt`` (the 64 px
     cache is derived from the 256 px one)."""
     tag = "".join(f"{c:02x}" for c in background)

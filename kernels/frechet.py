@@ -81,13 +81,15 @@ def _trace_sqrt_sqrtm(s1: np.ndarray, s2: np.ndarray, eps: float, imag_tol: floa
         scale = max(float(np.abs(covmean.real).max()), 1e-300)
         if np.abs(covmean.imag).max() > imag_tol * scale:
             raise ValueError(
-                f"sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g}); use method='eigh'")
+                f"sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g}); use method='eigh'"
+            )
         covmean = covmean.real
     return float(np.trace(covmean))
 
 
-def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2, method: str = "eigh", eps: float = 1e-6,
-                                imag_tol: float = 1e-3) -> float:
+def frechet_distance_from_stats(
+    mu1, sigma1, mu2, sigma2, method: str = "eigh", eps: float = 1e-6, imag_tol: float = 1e-3
+) -> float:
     """FD of two Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (see the module docstring)."""
     if method not in FD_METHODS:
         raise ValueError(f"method={method!r}: use one of {FD_METHODS}")
@@ -118,13 +120,18 @@ def subset_frechet(x, y, n: int, repeats: int, seed: int = 0, method: str = "eig
         raise ValueError(f"n={n} must lie in [2, {a.shape[0]}]")
     stats_y = feature_stats(y)
     rng = np.random.default_rng(seed)
-    out = [frechet_distance_from_stats(*feature_stats(a[rng.choice(a.shape[0], n, replace=False)]), *stats_y,
-                                       method=method) for _ in range(repeats)]
+    out = [
+        frechet_distance_from_stats(
+            *feature_stats(a[rng.choice(a.shape[0], n, replace=False)]), *stats_y, method=method
+        )
+        for _ in range(repeats)
+    ]
     return np.asarray(out)
 
 
-def nearest_neighbour(query, ref, metric: str = "cosine", chunk: int = 1024,
-                      exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbour(
+    query, ref, metric: str = "cosine", chunk: int = 1024, exclude_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``query`` ``[N, D]``: the distance to its nearest row of ``ref`` ``[M, D]`` and
     that row's index (float64 ``[N]``, int64 ``[N]``). ``metric``: ``"cosine"`` (1 - cosine
     similarity) or ``"l2"`` (Euclidean). ``exclude_self``: ``query`` is ``ref`` and a row may not be
@@ -142,7 +149,7 @@ def nearest_neighbour(query, ref, metric: str = "cosine", chunk: int = 1024,
         r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
     dists, idxs = [], []
     for i in range(0, q.shape[0], chunk):
-        qc = q[i:i + chunk]
+        qc = q[i : i + chunk]
         d = 1.0 - qc @ r.T if metric == "cosine" else torch.cdist(qc, r)
         if exclude_self:
             rows = torch.arange(qc.shape[0])

@@ -285,7 +285,9 @@ class TransformerLayer(nn.Module):
     def __init__(self, spec: LevelSpec, cond_features: int, layer_index: int):
         super().__init__()
         if not isinstance(spec.self_attn, NoAttentionSpec):
-            self.self_attn = AttentionBlock(spec.width, cond_features, spec.self_attn, layer_index, spec.dropout)
+            self.self_attn = AttentionBlock(
+                spec.width, cond_features, spec.self_attn, layer_index, spec.dropout
+            )
         else:
             self.self_attn = None
         self.ff = FeedForwardBlock(spec.width, spec.d_ff, cond_features, spec.dropout)
@@ -319,7 +321,9 @@ class MappingNetwork(nn.Module):
     def __init__(self, n_layers: int, d_model: int, d_ff: int, dropout: float = 0.0):
         super().__init__()
         self.in_norm = RMSNorm(d_model)
-        self.blocks = nn.ModuleList([MappingFeedForwardBlock(d_model, d_ff, dropout) for _ in range(n_layers)])
+        self.blocks = nn.ModuleList(
+            [MappingFeedForwardBlock(d_model, d_ff, dropout) for _ in range(n_layers)]
+        )
         self.out_norm = RMSNorm(d_model)
 
     def forward(self, x):
@@ -401,7 +405,9 @@ class HDiT(nn.Module):
         self.down_levels, self.up_levels = nn.ModuleList(), nn.ModuleList()
         for i, spec in enumerate(levels):
             if i < len(levels) - 1:
-                self.down_levels.append(Level([TransformerLayer(spec, mapping.width, j) for j in range(spec.depth)]))
+                self.down_levels.append(
+                    Level([TransformerLayer(spec, mapping.width, j) for j in range(spec.depth)])
+                )
                 self.up_levels.append(
                     Level([TransformerLayer(spec, mapping.width, j + spec.depth) for j in range(spec.depth)])
                 )
@@ -436,7 +442,9 @@ class HDiT(nn.Module):
         x = self.patch_in(x.movedim(-3, -1))
         pos = make_axial_pos(x.shape[-3], x.shape[-2], device=x.device)
         if self.class_emb is not None and class_cond is None:
-            raise ValueError("this HDiT is class-conditional: pass class_cond (use the last id for unconditional)")
+            raise ValueError(
+                "this HDiT is class-conditional: pass class_cond (use the last id for unconditional)"
+            )
         if self.class_emb is None and class_cond is not None:
             raise ValueError("this HDiT has no class embedding; class_cond must be None")
         if self.mapping_cond_in_proj is not None and mapping_cond is None:

@@ -106,7 +106,9 @@ def _int(value, name: str, limit: str) -> int:
     return value
 
 
-def _float(value, name: str, lo: float | None = None, hi: float | None = None, open_lo: bool = False) -> float:
+def _float(
+    value, name: str, lo: float | None = None, hi: float | None = None, open_lo: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise HDiTLoadError(f"config {name} must be a finite number; got {value!r}: {_FIX}")
     value = float(value)
@@ -169,7 +171,9 @@ def _attn_spec(d: dict, i: int, width: int):
         ks = _int(d.get("kernel_size", 7), f"{where}.kernel_size", "kernel_size")
         if ks % 2 == 0:
             raise HDiTLoadError(f"config {where}.kernel_size = {ks} must be odd (NATTEN convention): {_FIX}")
-        return NeighborhoodAttentionSpec(d_head, ks, _int(d.get("dilation", 1), f"{where}.dilation", "dilation"))
+        return NeighborhoodAttentionSpec(
+            d_head, ks, _int(d.get("dilation", 1), f"{where}.dilation", "dilation")
+        )
     if "window_size" not in d:
         raise HDiTLoadError(f"config {where} (shifted-window) needs 'window_size': {_FIX}")
     return ShiftedWindowAttentionSpec(d_head, _int(d["window_size"], f"{where}.window_size", "window_size"))
@@ -209,22 +213,29 @@ def parse_config(config: dict | str) -> HDiTConfig:
     widths = [_int(w, f"model.widths[{i}]", "width") for i, w in enumerate(_list(model, "widths"))]
     n = len(widths)
     if n > LIMITS["levels"][1]:
-        raise HDiTLoadError(f"config model.widths has {n} levels; at most {LIMITS['levels'][1]} are supported: {_FIX}")
+        raise HDiTLoadError(
+            f"config model.widths has {n} levels; at most {LIMITS['levels'][1]} are supported: {_FIX}"
+        )
     depths = [_int(d, f"model.depths[{i}]", "depth") for i, d in enumerate(_list(model, "depths", n))]
     model.setdefault("d_ffs", [w * 3 for w in widths])
     d_ffs = [_int(f, f"model.d_ffs[{i}]", "d_ff") for i, f in enumerate(_list(model, "d_ffs", n))]
     model.setdefault(
         "self_attns",
-        [{"type": "neighborhood", "d_head": 64, "kernel_size": 7}] * (n - 1) + [{"type": "global", "d_head": 64}],
+        [{"type": "neighborhood", "d_head": 64, "kernel_size": 7}] * (n - 1)
+        + [{"type": "global", "d_head": 64}],
     )
     attns = [_attn_spec(sa, i, widths[i]) for i, sa in enumerate(_list(model, "self_attns", n))]
     dr = model.setdefault("dropout_rate", [0.0] * n)
     if isinstance(dr, (int, float)) and not isinstance(dr, bool):
         model["dropout_rate"] = [dr] * n
-    dropouts = [_float(d, f"model.dropout_rate[{i}]", 0.0, 1.0) for i, d in enumerate(_list(model, "dropout_rate", n))]
+    dropouts = [
+        _float(d, f"model.dropout_rate[{i}]", 0.0, 1.0) for i, d in enumerate(_list(model, "dropout_rate", n))
+    ]
     mapping_width = _int(model.setdefault("mapping_width", 256), "model.mapping_width", "mapping_width")
     if mapping_width % 2:
-        raise HDiTLoadError(f"config model.mapping_width = {mapping_width} must be even (Fourier features): {_FIX}")
+        raise HDiTLoadError(
+            f"config model.mapping_width = {mapping_width} must be even (Fourier features): {_FIX}"
+        )
     mapping = MappingSpec(
         _int(model.setdefault("mapping_depth", 2), "model.mapping_depth", "mapping_depth"),
         mapping_width,
@@ -247,10 +258,14 @@ def parse_config(config: dict | str) -> HDiTConfig:
     sigma_min = _float(model["sigma_min"], "model.sigma_min", 0.0, open_lo=True)
     sigma_max = _float(model["sigma_max"], "model.sigma_max", 0.0, open_lo=True)
     if sigma_min >= sigma_max:
-        raise HDiTLoadError(f"config model.sigma_min = {sigma_min} must be below model.sigma_max = {sigma_max}: {_FIX}")
+        raise HDiTLoadError(
+            f"config model.sigma_min = {sigma_min} must be below model.sigma_max = {sigma_max}: {_FIX}"
+        )
     if not isinstance(model["sigma_sample_density"], dict):
         raise HDiTLoadError(f"config model.sigma_sample_density must be a JSON object: {_FIX}")
-    levels = [LevelSpec(dp, w, ff, sa, do) for dp, w, ff, sa, do in zip(depths, widths, d_ffs, attns, dropouts)]
+    levels = [
+        LevelSpec(dp, w, ff, sa, do) for dp, w, ff, sa, do in zip(depths, widths, d_ffs, attns, dropouts)
+    ]
     return HDiTConfig(
         levels=levels,
         mapping=mapping,
@@ -381,8 +396,10 @@ def check_shapes(expected: dict, found: dict, source: str = "checkpoint") -> Non
 def _require_tensors(sd: dict, source: str) -> None:
     for k, v in sd.items():
         if not isinstance(k, str) or not torch.is_tensor(v):
-            raise HDiTLoadError(f"{source}: state-dict entry {str(k)[:80]!r} is not a named tensor; the file is not "
-                                f"an HDiT checkpoint")
+            raise HDiTLoadError(
+                f"{source}: state-dict entry {str(k)[:80]!r} is not a named tensor; the file is not "
+                f"an HDiT checkpoint"
+            )
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
@@ -391,15 +408,21 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "ch
     sd = _strip_prefixes(dict(state_dict))
     _require_tensors(sd, source)
     own = model.state_dict()
-    check_shapes({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()}, source)
+    check_shapes(
+        {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()}, source
+    )
     for k, v in sd.items():
         if not torch.isfinite(v.float()).all():
-            raise HDiTLoadError(f"{source}: tensor {k!r} contains NaN/Inf values (corrupt or diverged weights)")
+            raise HDiTLoadError(
+                f"{source}: tensor {k!r} contains NaN/Inf values (corrupt or diverged weights)"
+            )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
-_REEXPORT = ("Download or export it again (k-diffusion's convert_for_inference.py writes the .safetensors "
-             "inference format with its config).")
+_REEXPORT = (
+    "Download or export it again (k-diffusion's convert_for_inference.py writes the .safetensors "
+    "inference format with its config)."
+)
 
 
 def _safetensors_header(path: str, name: str):
@@ -425,7 +448,9 @@ def _safetensors_tensors(path: str, name: str) -> dict:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     except Exception:
-        raise HDiTLoadError(f"{name}: the tensor data cannot be read (truncated or corrupt file). {_REEXPORT}") from None
+        raise HDiTLoadError(
+            f"{name}: the tensor data cannot be read (truncated or corrupt file). {_REEXPORT}"
+        ) from None
 
 
 def _read_pth(path: str, name: str):
@@ -442,11 +467,13 @@ def _read_pth(path: str, name: str):
                 f"e.g. {{'config': ..., 'model_ema': model_ema.state_dict()}}, or convert the checkpoint to the "
                 f".safetensors inference format with k-diffusion's convert_for_inference.py."
             ) from None
-        raise HDiTLoadError(f"{name} is not a PyTorch checkpoint (it is corrupt or in another format). "
-                            f"{_REEXPORT}") from None
+        raise HDiTLoadError(
+            f"{name} is not a PyTorch checkpoint (it is corrupt or in another format). {_REEXPORT}"
+        ) from None
     except Exception:
-        raise HDiTLoadError(f"{name} cannot be read as a PyTorch checkpoint (truncated or corrupt). "
-                            f"{_REEXPORT}") from None
+        raise HDiTLoadError(
+            f"{name} cannot be read as a PyTorch checkpoint (truncated or corrupt). {_REEXPORT}"
+        ) from None
     if not isinstance(obj, dict):
         raise HDiTLoadError(f"{name} holds a {type(obj).__name__}, not a checkpoint dict")
     config = obj.get("config")
@@ -464,10 +491,14 @@ def _read_text(path: str, name: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read(16 * 1024 * 1024 + 1)[: 16 * 1024 * 1024]
     except (OSError, UnicodeDecodeError):
-        raise HDiTLoadError(f"{name} cannot be read as UTF-8 JSON text; save the config as a .json file") from None
+        raise HDiTLoadError(
+            f"{name} cannot be read as UTF-8 JSON text; save the config as a .json file"
+        ) from None
 
 
-def load_checkpoint(path: str, config: dict | str | None = None, name: str | None = None) -> tuple[HDiT, HDiTConfig]:
+def load_checkpoint(
+    path: str, config: dict | str | None = None, name: str | None = None
+) -> tuple[HDiT, HDiTConfig]:
     """Load an HDiT from a k-diffusion file and return ``(inner model in eval mode, float32, config)``.
 
     ``path``: ``.safetensors`` (inference format, config in the ``"config"`` metadata), ``.pth``/
@@ -504,7 +535,9 @@ def load_checkpoint(path: str, config: dict | str | None = None, name: str | Non
         _require_tensors(sd, name)
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
     else:
-        raise HDiTLoadError(f"{name}: unsupported extension {ext!r}; use .safetensors, .pth or a .json config")
+        raise HDiTLoadError(
+            f"{name}: unsupported extension {ext!r}; use .safetensors, .pth or a .json config"
+        )
     where = "the given config"
     if config is None and file_cfg is not None:
         config, where = file_cfg, f"the config inside {name}"
@@ -533,7 +566,10 @@ def save_inference(model: HDiT, config: HDiTConfig | dict, path: str, dtype=torc
     from safetensors.torch import save_file
 
     raw = config.raw if isinstance(config, HDiTConfig) else config
-    sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
+    sd = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     save_file(sd, tmp, metadata={"config": json.dumps(raw, indent=4)})

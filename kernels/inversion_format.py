@@ -18,7 +18,9 @@ RECORD_KEY = "ultrares_inversion"
 """Metadata key of the inversion record (the same key the nodes use on a LATENT dict)."""
 
 
-def save_reference(path: str, latents: torch.Tensor, record: dict | None, extra: dict[str, str] | None = None) -> None:
+def save_reference(
+    path: str, latents: torch.Tensor, record: dict | None, extra: dict[str, str] | None = None
+) -> None:
     """Write ``latents`` ``[N, ...]`` (any float, stored as given) with its inversion ``record`` to ``path``."""
     metadata = {RECORD_KEY: json.dumps(record or {}), **(extra or {})}
     safetensors.torch.save_file({"latents": latents.contiguous()}, path, metadata=metadata)

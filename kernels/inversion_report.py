@@ -34,7 +34,9 @@ def domain_report(reference: DomainReference, score: DomainScore) -> str:
     return "\n".join(lines)
 
 
-def domain_plot(reference: DomainReference, score: DomainScore, width: int = 640, height: int = 320) -> torch.Tensor:
+def domain_plot(
+    reference: DomainReference, score: DomainScore, width: int = 640, height: int = 320
+) -> torch.Tensor:
     """Histogram of the reference's leave-one-out distances, the threshold, and ticks at the scored
     latents (green in-domain, red out). Returns an image ``[1, height, width, 3]`` float32 in [0, 1]."""
     img = Image.new("RGB", (width, height), (255, 255, 255))

@@ -94,8 +94,12 @@ def _run_compiled(q, k, v, heads):
         return _compiled_core(q, k, v, heads)
     except Exception as exc:  # noqa: BLE001 -- any compiler/runtime failure: the reference is always correct
         _compile_failed = True
-        logging.warning("UltraRes LinFusion: the compiled attention failed (%s: %s); using the reference "
-                        "implementation from now on.", type(exc).__name__, str(exc).splitlines()[0][:200])
+        logging.warning(
+            "UltraRes LinFusion: the compiled attention failed (%s: %s); using the reference "
+            "implementation from now on.",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200],
+        )
         return None
 
 
@@ -124,7 +128,9 @@ def linear_attention(
         with ``kv = sum_j phi(k_j) v_j^T / Nk``, per head. Reductions are float32.
     """
     if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
-        raise ValueError(f"q, k, v must be [B, N, C]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must be [B, N, C]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[-1] % heads or v.shape[-1] % heads:
         raise ValueError(f"channels {q.shape[-1]} / {v.shape[-1]} are not divisible by heads={heads}")
     n_keys = k.shape[1]
@@ -183,7 +189,9 @@ class LinFusionAttention(nn.Module):
         operations: namespace with ``Linear`` and ``LayerNorm`` classes (default ``torch.nn``).
     """
 
-    def __init__(self, dim: int, heads: int, mid_dim: int | None = None, operations=TORCH_OPS, dtype=None, device=None):
+    def __init__(
+        self, dim: int, heads: int, mid_dim: int | None = None, operations=TORCH_OPS, dtype=None, device=None
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
@@ -253,8 +261,7 @@ class LinFusionAttention(nn.Module):
                 out = out_proj(core.to(x.dtype) if cast else core)
             return out.to(x.dtype) if cast else out
 
-        if (chunk_size and chunk_projections and context is None and value is None
-                and x.shape[1] > chunk_size):
+        if chunk_size and chunk_projections and context is None and value is None and x.shape[1] > chunk_size:
             return self._forward_chunked(x, own, project_v, project_out, int(chunk_size))
         context = x if context is None else context
         value = context if value is None else value
@@ -286,7 +293,9 @@ class LinFusionAttention(nn.Module):
         return out
 
     @torch.no_grad()
-    def init_from_attention(self, to_q: nn.Module, to_k: nn.Module, to_v: nn.Module, to_out: nn.Module) -> None:
+    def init_from_attention(
+        self, to_q: nn.Module, to_k: nn.Module, to_v: nn.Module, to_out: nn.Module
+    ) -> None:
         """Start from a softmax attention's projections (``to_out`` = its output Linear) and
         zero the last layer of both low-rank branches, so ``q = to_q(x)`` initially.
 

@@ -113,7 +113,9 @@ class StudentAttn1(nn.Module):
         return self.layer(x, context, value, compute_dtype=self.layer.to_q.weight.dtype)
 
 
-def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None) -> dict[str, LayerSpec]:
+def specs_for(
+    unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: int | None = None
+) -> dict[str, LayerSpec]:
     """Official-format specs for every attn1 of an LDM/ComfyUI ``unet``: ``{ldm_path: spec}``.
 
     Heads are the teacher's (SD1.5: 8; SD2.x/SDXL: C/64); ``mid_dim_scale`` gives
@@ -122,17 +124,23 @@ def specs_for(unet: nn.Module, num_res_blocks: int | list[int], mid_dim_scale: i
     out = {}
     for path, m in find_attn1(unet).items():
         if hasattr(m, "linfusion") or not hasattr(m, "to_q"):
-            raise ValueError(f"{path} is not a softmax attention ({type(m).__name__}): distil from the model "
-                             "without LinFusion applied")
+            raise ValueError(
+                f"{path} is not a softmax attention ({type(m).__name__}): distil from the model "
+                "without LinFusion applied"
+            )
         dim = m.to_q.weight.shape[1]
         if m.to_q.weight.shape[0] != dim or m.to_v.weight.shape[0] != dim:
-            raise ValueError(f"{path}: attn1 inner width {m.to_q.weight.shape[0]} != {dim}; LinFusion needs square q/k/v")
+            raise ValueError(
+                f"{path}: attn1 inner width {m.to_q.weight.shape[0]} != {dim}; LinFusion needs square q/k/v"
+            )
         mid = None if not mid_dim_scale else dim // int(mid_dim_scale)
         out[path] = LayerSpec(ldm_to_diffusers(path, num_res_blocks), dim, int(m.heads), mid)
     return out
 
 
-def make_student_layers(unet: nn.Module, specs: dict[str, LayerSpec], init: str = "teacher") -> dict[str, LinFusionAttention]:
+def make_student_layers(
+    unet: nn.Module, specs: dict[str, LayerSpec], init: str = "teacher"
+) -> dict[str, LinFusionAttention]:
     """Fresh LinFusion layers for ``specs``; ``init="teacher"`` copies the teacher's projections and
     zeroes the low-rank branches' last layers; ``"random"`` is the official fresh init."""
     if init not in ("teacher", "random"):
@@ -141,7 +149,9 @@ def make_student_layers(unet: nn.Module, specs: dict[str, LayerSpec], init: str 
     ref = next(unet.parameters())
     layers = {}
     for path, spec in specs.items():
-        layer = LinFusionAttention(spec.dim_n, spec.heads, spec.projection_mid_dim).to(device=ref.device, dtype=torch.float32)
+        layer = LinFusionAttention(spec.dim_n, spec.heads, spec.projection_mid_dim).to(
+            device=ref.device, dtype=torch.float32
+        )
         if init == "teacher":
             m = attn[path]
             layer.init_from_attention(m.to_q, m.to_k, m.to_v, m.to_out[0])
@@ -220,7 +230,9 @@ class Distiller:
             return (eps.float() - s * x0.float()) / torch.sqrt(1.0 + s * s)
         return eps.float()
 
-    def losses(self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def losses(
+        self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """The three loss terms and their weighted sum for one batch (noise and teacher terms in
         ``config.prediction`` space, float32).
 
@@ -237,22 +249,37 @@ class Distiller:
             pred_student = self._pred(x_noisy, sigma, cond)
         noise = F.mse_loss(pred_student, self._target(x0, eps, sigma))
         teacher = F.mse_loss(pred_student, pred_teacher)
-        feature = torch.stack([F.mse_loss(s_feats[p].float(), t_feats[p].float()) for p in self.layers]).mean()
-        total = self.config.w_noise * noise + self.config.w_teacher * teacher + self.config.w_feature * feature
+        feature = torch.stack(
+            [F.mse_loss(s_feats[p].float(), t_feats[p].float()) for p in self.layers]
+        ).mean()
+        total = (
+            self.config.w_noise * noise + self.config.w_teacher * teacher + self.config.w_feature * feature
+        )
         return {"loss": total, "noise": noise, "teacher": teacher, "feature": feature}
 
-    def step(self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> dict[str, float]:
+    def step(
+        self, x0: torch.Tensor, cond: dict, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
         """One optimiser step; returns the loss terms as floats."""
         self.optimizer.zero_grad(set_to_none=True)
         terms = self.losses(x0, cond, generator)
         terms["loss"].backward()
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip
+            )
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def prefit(self, x0: torch.Tensor, cond: dict, steps: int, inner: int = 4, lr: float | None = None,
-               generator: torch.Generator | None = None) -> float:
+    def prefit(
+        self,
+        x0: torch.Tensor,
+        cond: dict,
+        steps: int,
+        inner: int = 4,
+        lr: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> float:
         """Layer-local warm-up (our addition, not in the official recipe): fit each student layer
         to its teacher attn1 on the inputs that attn1 sees, one teacher pass per ``inner`` local
         Adam steps, each layer's MSE divided by its teacher output's mean square so
@@ -265,21 +292,30 @@ class Distiller:
             idx = torch.randint(0, len(self.sigmas), (x0.shape[0],), generator=generator)
             sigma = self.sigmas[idx].to(x0.device, x0.dtype)
             eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-            with torch.no_grad(), captured(self.teacher_attn, inputs=True) as t_in, captured(self.teacher_attn) as t_out:
+            with (
+                torch.no_grad(),
+                captured(self.teacher_attn, inputs=True) as t_in,
+                captured(self.teacher_attn) as t_out,
+            ):
                 self.denoiser(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, **cond)
             for _ in range(inner):
                 opt.zero_grad(set_to_none=True)
-                loss = torch.stack([
-                    F.mse_loss(layer(t_in[p].float()), t_out[p].float()) / t_out[p].float().square().mean().clamp_min(1e-12)
-                    for p, layer in self.layers.items()
-                ]).mean()
+                loss = torch.stack(
+                    [
+                        F.mse_loss(layer(t_in[p].float()), t_out[p].float())
+                        / t_out[p].float().square().mean().clamp_min(1e-12)
+                        for p, layer in self.layers.items()
+                    ]
+                ).mean()
                 loss.backward()
                 opt.step()
                 last = float(loss.detach())
         return last
 
     @torch.no_grad()
-    def layer_errors(self, x0: torch.Tensor, cond: dict, sigma: float | list[float], seed: int = 0) -> dict[str, float]:
+    def layer_errors(
+        self, x0: torch.Tensor, cond: dict, sigma: float | list[float], seed: int = 0
+    ) -> dict[str, float]:
         """Per-layer relative error ``|student(x) - teacher(x)| / |teacher(x)|`` of every attn1 on
         the inputs the teacher's attn1 layers see at noise level(s) ``sigma`` (fixed noise per
         ``seed``); with several levels, the per-layer mean."""
@@ -293,13 +329,22 @@ class Distiller:
                 self.denoiser(x0 + float(level) * eps, s, **cond)
             for path, layer in self.layers.items():
                 got = layer(t_in[path].to(next(layer.parameters()).dtype)).to(t_out[path].dtype)
-                errors[path] += float((got - t_out[path]).norm() / t_out[path].norm().clamp_min(1e-12)) / len(levels)
+                errors[path] += float((got - t_out[path]).norm() / t_out[path].norm().clamp_min(1e-12)) / len(
+                    levels
+                )
         return errors
 
 
 @torch.no_grad()
-def teacher_latents(denoiser: Denoiser, shape: tuple[int, ...], cond: dict, sigmas: torch.Tensor, steps: int = 8,
-                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def teacher_latents(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    cond: dict,
+    sigmas: torch.Tensor,
+    steps: int = 8,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
     """Data-free training latents: the teacher's own samples (Euler, ``steps`` steps from pure
     noise at the largest sigma). Returns ``[*shape]`` float32 latents in model scale."""
     levels = torch.cat([sigmas.flip(0)[:: max(1, len(sigmas) // steps)][:steps], sigmas.new_zeros(1)])
@@ -327,7 +372,17 @@ def image_caption_pairs(folder: str) -> list[tuple[str, str]]:
         raise ValueError(f"--images {folder!r} holds no images ({', '.join(IMAGE_EXTS)})")
     return pairs
 
+
 __all__ = [
-    "Distiller", "DistillConfig", "StudentAttn1", "captured", "find_attn1", "image_caption_pairs",
-    "make_student_layers", "sd_sigmas", "specs_for", "swapped", "teacher_latents",
+    "Distiller",
+    "DistillConfig",
+    "StudentAttn1",
+    "captured",
+    "find_attn1",
+    "image_caption_pairs",
+    "make_student_layers",
+    "sd_sigmas",
+    "specs_for",
+    "swapped",
+    "teacher_latents",
 ]

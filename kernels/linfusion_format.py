@@ -174,12 +174,18 @@ def _parse_config(config: dict, where: str) -> list[LayerSpec]:
                 module_name=str(entry["module_name"]),
                 dim_n=int(entry["dim_n"]),
                 heads=int(entry["heads"]),
-                projection_mid_dim=None if entry.get("projection_mid_dim") is None else int(entry["projection_mid_dim"]),
+                projection_mid_dim=None
+                if entry.get("projection_mid_dim") is None
+                else int(entry["projection_mid_dim"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise LinFusionFormatError(f"{where}: modules_list[{i}] is malformed ({exc!r}): {entry!r}") from None
+            raise LinFusionFormatError(
+                f"{where}: modules_list[{i}] is malformed ({exc!r}): {entry!r}"
+            ) from None
         if spec.dim_n <= 0 or spec.heads <= 0 or spec.dim_n % spec.heads:
-            raise LinFusionFormatError(f"{where}: modules_list[{i}] has dim_n={spec.dim_n} not divisible by heads={spec.heads}")
+            raise LinFusionFormatError(
+                f"{where}: modules_list[{i}] has dim_n={spec.dim_n} not divisible by heads={spec.heads}"
+            )
         specs.append(spec)
     return specs
 
@@ -189,7 +195,9 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
-        raise LinFusionFormatError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+        raise LinFusionFormatError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -231,8 +239,14 @@ def attn1_specs(unet: torch.nn.Module, num_res_blocks, mid_dim_scale: int | None
     for name, m in unet.named_modules():
         if name.rsplit(".", 1)[-1] == "attn1":
             dim = m.to_q.weight.shape[1]
-            specs.append(LayerSpec(ldm_to_diffusers(name, num_res_blocks), dim, int(m.heads),
-                                   None if not mid_dim_scale else dim // mid_dim_scale))
+            specs.append(
+                LayerSpec(
+                    ldm_to_diffusers(name, num_res_blocks),
+                    dim,
+                    int(m.heads),
+                    None if not mid_dim_scale else dim // mid_dim_scale,
+                )
+            )
     return specs
 
 
@@ -249,7 +263,9 @@ def load_linfusion(path: str) -> tuple[list[LayerSpec], list[dict[str, torch.Ten
         try:
             config = json.loads(metadata[METADATA_KEY])
         except json.JSONDecodeError as exc:
-            raise LinFusionFormatError(f"{weights_path}: metadata '{METADATA_KEY}' is not valid JSON ({exc})") from None
+            raise LinFusionFormatError(
+                f"{weights_path}: metadata '{METADATA_KEY}' is not valid JSON ({exc})"
+            ) from None
     elif config_path is not None:
         config = _read_json(config_path)
     else:
@@ -262,7 +278,9 @@ def load_linfusion(path: str) -> tuple[list[LayerSpec], list[dict[str, torch.Ten
     for key, tensor in tensors.items():
         head, _, rest = key.partition(".")
         if not head.isdigit() or int(head) >= len(specs):
-            raise LinFusionFormatError(f"{weights_path}: unexpected key {key!r} (config lists {len(specs)} layers)")
+            raise LinFusionFormatError(
+                f"{weights_path}: unexpected key {key!r} (config lists {len(specs)} layers)"
+            )
         layers[int(head)][rest] = tensor
     for i, (spec, sd) in enumerate(zip(specs, layers)):
         expected = param_shapes(spec)
@@ -281,11 +299,17 @@ def load_linfusion(path: str) -> tuple[list[LayerSpec], list[dict[str, torch.Ten
     return specs, layers
 
 
-def build_layer(spec: LayerSpec, state_dict: dict[str, torch.Tensor] | None = None, operations=TORCH_OPS,
-                dtype: torch.dtype | None = None, device=None) -> LinFusionAttention:
+def build_layer(
+    spec: LayerSpec,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    operations=TORCH_OPS,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> LinFusionAttention:
     """A :class:`LinFusionAttention` for ``spec``, loaded from ``state_dict`` if given."""
-    layer = LinFusionAttention(spec.dim_n, spec.heads, spec.projection_mid_dim, operations=operations,
-                               dtype=dtype, device=device)
+    layer = LinFusionAttention(
+        spec.dim_n, spec.heads, spec.projection_mid_dim, operations=operations, dtype=dtype, device=device
+    )
     if state_dict is not None:
         layer.load_state_dict({k: v.to(dtype) if dtype is not None else v for k, v in state_dict.items()})
     return layer
@@ -300,8 +324,12 @@ def config_dict(specs: list[LayerSpec]) -> dict:
     return {"_class_name": CLASS_NAME, "modules_list": [asdict(s) for s in specs]}
 
 
-def save_linfusion(path: str, specs: list[LayerSpec], layers: list[dict[str, torch.Tensor]] | list[torch.nn.Module],
-                   dtype: torch.dtype | None = torch.float16) -> str:
+def save_linfusion(
+    path: str,
+    specs: list[LayerSpec],
+    layers: list[dict[str, torch.Tensor]] | list[torch.nn.Module],
+    dtype: torch.dtype | None = torch.float16,
+) -> str:
     """Write LinFusion weights in the official layout; returns the weights file written.
 
     ``path`` ending in ``.safetensors``: one file, config JSON in metadata ``"config"``.
@@ -316,7 +344,9 @@ def save_linfusion(path: str, specs: list[LayerSpec], layers: list[dict[str, tor
         sd = layer.state_dict() if isinstance(layer, torch.nn.Module) else layer
         expected = param_shapes(spec)
         if set(sd) != set(expected):
-            raise ValueError(f"layer {i}: keys {sorted(sd)} do not match the LinFusion layout {sorted(expected)}")
+            raise ValueError(
+                f"layer {i}: keys {sorted(sd)} do not match the LinFusion layout {sorted(expected)}"
+            )
         for name in expected:
             t = sd[name].detach().to("cpu")
             tensors[f"{i}.{name}"] = (t if dtype is None else t.to(dtype)).contiguous()

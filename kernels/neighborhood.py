@@ -225,7 +225,9 @@ def shifted_window_attention_2d(
     _check_qkv(q, k, v)
     b, nh, h, w, d = q.shape
     if h % window_size or w % window_size:
-        raise ValueError(f"shifted-window attention needs H, W divisible by window_size={window_size}; got {h}x{w}")
+        raise ValueError(
+            f"shifted-window attention needs H, W divisible by window_size={window_size}; got {h}x{w}"
+        )
     if not 0 <= shift < window_size:
         raise ValueError(f"shift must be in [0, window_size); got {shift}")
     scale = d**-0.5 if scale is None else scale
@@ -253,7 +255,9 @@ def shifted_window_attention_2d(
     return out.to(q.dtype)
 
 
-def global_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def global_attention_2d(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
     """Full attention over all ``H*W`` tokens. ``[B, heads, H, W, D]`` in, ``[B, heads, H, W, Dv]`` out."""
     _check_qkv(q, k, v)
     h, w = q.shape[2], q.shape[3]

@@ -27,8 +27,14 @@ import functools
 import torch
 from einops import rearrange
 
-__all__ = ["available", "use_flex", "natten_mask_mod", "natten_block_mask", "dense_mask",
-           "neighborhood_attention_flex"]
+__all__ = [
+    "available",
+    "use_flex",
+    "natten_mask_mod",
+    "natten_block_mask",
+    "dense_mask",
+    "neighborhood_attention_flex",
+]
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +58,10 @@ def _check(length: int, kernel_size: int, dilation: int, side: str) -> None:
     if dilation < 1:
         raise ValueError(f"dilation must be >= 1; got {dilation}")
     if length < kernel_size * dilation:
-        raise ValueError(f"neighborhood attention needs each side >= kernel_size * dilation = {kernel_size * dilation} "
-                         f"tokens, got {side} = {length}; use a smaller kernel/dilation or a larger image")
+        raise ValueError(
+            f"neighborhood attention needs each side >= kernel_size * dilation = {kernel_size * dilation} "
+            f"tokens, got {side} = {length}; use a smaller kernel/dilation or a larger image"
+        )
 
 
 def _allowed_1d(i, t, length: int, kernel_size: int, dilation: int):
@@ -94,11 +102,21 @@ def _block_mask_cached(h, w, kernel_size, dilation, device_str, block_size):
     n = h * w
     # eager create_block_mask materialises the dense [N, N] mask (fine for the CPU's small test sizes);
     # on CUDA the compiled builder evaluates it block by block (262k tokens = 6.9e10 pairs at 2048 px)
-    return create_block_mask(natten_mask_mod(h, w, kernel_size, dilation), None, None, n, n,
-                             device=device_str, BLOCK_SIZE=block_size, _compile=device_str.startswith("cuda"))
+    return create_block_mask(
+        natten_mask_mod(h, w, kernel_size, dilation),
+        None,
+        None,
+        n,
+        n,
+        device=device_str,
+        BLOCK_SIZE=block_size,
+        _compile=device_str.startswith("cuda"),
+    )
 
 
-def natten_block_mask(h: int, w: int, kernel_size: int, dilation: int = 1, device="cpu", block_size: int = 128):
+def natten_block_mask(
+    h: int, w: int, kernel_size: int, dilation: int = 1, device="cpu", block_size: int = 128
+):
     """The block-sparse FlexAttention mask (cached per size/device)."""
     _check(h, kernel_size, dilation, "H")
     _check(w, kernel_size, dilation, "W")
@@ -133,10 +151,14 @@ def neighborhood_attention_flex(
     Returns: ``[B, heads, H, W, Dv]`` in ``q.dtype``.
     """
     if not available():
-        raise RuntimeError("torch.nn.attention.flex_attention needs torch >= 2.5; use neighborhood_attention_2d")
+        raise RuntimeError(
+            "torch.nn.attention.flex_attention needs torch >= 2.5; use neighborhood_attention_2d"
+        )
     if q.ndim != 5 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
-        raise ValueError("q, k, v must have shape [B, heads, H, W, D] (v may differ in D only); got "
-                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            "q, k, v must have shape [B, heads, H, W, D] (v may differ in D only); got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     from torch.nn.attention.flex_attention import flex_attention
 
     b, nh, h, w, d = q.shape

@@ -36,14 +36,17 @@ def _check_lines(lines: Iterable[int], size: int, what: str) -> list[int]:
             raise ValueError(f"{what} must be whole pixel positions, got {v!r}")
         v = int(v)
         if not 0 <= v <= size:
-            raise ValueError(f"{what} value {v} lies outside the image (0..{size}); pass only lines inside it")
+            raise ValueError(
+                f"{what} value {v} lies outside the image (0..{size}); pass only lines inside it"
+            )
         if 0 < v < size:  # 0 and size are the image's own border, not a seam between tiles
             out.append(v)
     return sorted(set(out))
 
 
-def boundary_mask(height: int, width: int, boundaries_x: Iterable[int], boundaries_y: Iterable[int],
-                  band: int = 1) -> torch.Tensor:
+def boundary_mask(
+    height: int, width: int, boundaries_x: Iterable[int], boundaries_y: Iterable[int], band: int = 1
+) -> torch.Tensor:
     """bool [height, width]: True on the pixels within ``band`` px of a boundary line.
 
     A boundary at column ``c`` is the edge between columns ``c - 1`` and ``c``; it marks columns
@@ -54,13 +57,15 @@ def boundary_mask(height: int, width: int, boundaries_x: Iterable[int], boundari
         raise ValueError(f"band must be >= 1 pixel, got {band}")
     mask = torch.zeros(height, width, dtype=torch.bool)
     for c in _check_lines(boundaries_x, width, "boundaries_x"):
-        mask[:, max(0, c - band):min(width, c + band)] = True
+        mask[:, max(0, c - band) : min(width, c + band)] = True
     for r in _check_lines(boundaries_y, height, "boundaries_y"):
-        mask[max(0, r - band):min(height, r + band), :] = True
+        mask[max(0, r - band) : min(height, r + band), :] = True
     return mask
 
 
-def seam_score(image: torch.Tensor, boundaries_x: Sequence[int], boundaries_y: Sequence[int], band: int = 1) -> float:
+def seam_score(
+    image: torch.Tensor, boundaries_x: Sequence[int], boundaries_y: Sequence[int], band: int = 1
+) -> float:
     """Seam visibility: mean Sobel gradient magnitude on the boundary lines / the same in the interior.
 
     image: float [B, C, H, W] (C = 3 for RGB) with values in [0, 1] (any float dtype or device; the
@@ -89,7 +94,9 @@ def seam_score(image: torch.Tensor, boundaries_x: Sequence[int], boundaries_y: S
         raise ValueError("no tile boundary lies inside the image: nothing to score")
     if not bool(off.any()):
         raise ValueError("the boundary bands cover the whole image: no interior left to compare with")
-    grad = kornia.filters.spatial_gradient(image.float(), mode="sobel", order=1, normalized=True)  # [B, C, 2, H, W]
+    grad = kornia.filters.spatial_gradient(
+        image.float(), mode="sobel", order=1, normalized=True
+    )  # [B, C, 2, H, W]
     mag = grad.pow(2).sum(dim=2).sqrt().mean(dim=1)  # [B, H, W]
     on, off = on.to(mag.device), off.to(mag.device)
     b = float(mag[:, on].double().mean())
@@ -118,7 +125,9 @@ def plan_boundaries(plan: StepPlan, ratio: int = 1) -> tuple[list[int], list[int
     return (sorted(ratio * e for e in xs if 0 < e < w), sorted(ratio * e for e in ys if 0 < e < h))
 
 
-def tile_boundaries(run: TiledRun | TilePlanner, steps: Iterable[int], ratio: int = 1) -> tuple[list[int], list[int]]:
+def tile_boundaries(
+    run: TiledRun | TilePlanner, steps: Iterable[int], ratio: int = 1
+) -> tuple[list[int], list[int]]:
     """Tile edges, in image pixels, of the union of the plans of ``steps``: (columns, rows).
 
     run: a :class:`~ultrares.kernels.tiling.TiledRun` (its planner is used: FSTD's one-off

@@ -116,8 +116,18 @@ class RelaySettings:
     p_std: float = P_STD
 
     def __post_init__(self) -> None:
-        for name in ("blur_sigma_max", "prob_length", "s_block", "s_noise", "s_churn", "s_tmin", "s_churn_noise",
-                     "min_scale", "p_mean", "p_std"):
+        for name in (
+            "blur_sigma_max",
+            "prob_length",
+            "s_block",
+            "s_noise",
+            "s_churn",
+            "s_tmin",
+            "s_churn_noise",
+            "min_scale",
+            "p_mean",
+            "p_std",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if math.isnan(self.s_tmax):
@@ -125,7 +135,9 @@ class RelaySettings:
         if int(self.patch) != self.patch or self.patch < 1:
             raise ValueError(f"patch must be a positive integer (the up-scale factor), got {self.patch}.")
         if not 0.0 <= self.s_noise <= 1.0:
-            raise ValueError(f"s_noise must be in [0, 1] (it is the share of fresh noise per step), got {self.s_noise}.")
+            raise ValueError(
+                f"s_noise must be in [0, 1] (it is the share of fresh noise per step), got {self.s_noise}."
+            )
         if not 0.0 < self.prob_length <= 1.0:
             raise ValueError(f"prob_length (L) must be in (0, 1], got {self.prob_length}.")
         for name in ("blur_sigma_max", "s_block", "s_churn", "s_churn_noise", "min_scale"):
@@ -240,14 +252,18 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def u_of_sigma(sigma: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+def u_of_sigma(
+    sigma: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD
+) -> torch.Tensor:
     """``u = Phi((ln sigma - P_mean) / P_std) / L`` (CPU float64 tensor, shape of ``sigma``; sigma > 0,
     ``inf`` gives ``1 / L``)."""
     s = _cpu64(sigma)
     return torch.special.ndtr((torch.log(s) - p_mean) / p_std) / prob_length
 
 
-def sigma_of_u(u: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD) -> torch.Tensor:
+def sigma_of_u(
+    u: torch.Tensor | float, prob_length: float, p_mean: float = P_MEAN, p_std: float = P_STD
+) -> torch.Tensor:
     """``sigma = exp(P_std * Phi^-1(u L) + P_mean)`` (CPU float64, shape of ``u``; 0 < u L < 1)."""
     uu = _cpu64(u)
     return torch.exp(p_std * torch.special.ndtri(uu * prob_length) + p_mean)
@@ -290,7 +306,9 @@ def alpha_for_sigma(sigma: torch.Tensor | float, settings: RelaySettings, flow: 
     return alpha_table(blur_sigma_of_u(u, settings.blur_sigma_max), settings.patch, settings.min_scale)
 
 
-def dct_blur(x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.001) -> torch.Tensor:
+def dct_blur(
+    x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scale: float = 0.001
+) -> torch.Tensor:
     """Blur each ``p x p`` block of ``x`` (B, ..., H, W) by scaling its DCT coefficients with
     :func:`alpha_table`. ``blur_sigma``: scalar or (B,). Same shape and dtype as ``x``; computed in
     float32 (float64 when x is float64)."""
@@ -306,7 +324,9 @@ def dct_blur(x: torch.Tensor, blur_sigma: torch.Tensor | float, p: int, min_scal
 # Noise-level grids
 
 
-def relay_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float, truncation_sigma: float) -> torch.Tensor:
+def relay_sigmas(
+    steps: int, sigma_min: float, sigma_max: float, rho: float, truncation_sigma: float
+) -> torch.Tensor:
     """Stage-two schedule: the Karras grid of ``steps`` nominal levels (EDM convention, see
     :func:`ultrares.kernels.schedules.karras_sigmas`) with every level ``>= truncation_sigma``
     dropped, plus a trailing 0 (float64, 1-D, strictly decreasing). Raises ``ValueError`` when no
@@ -352,8 +372,16 @@ def _seeded(seed: int) -> RandnFn:
     return cpu_randn(torch.Generator().manual_seed(int(seed) % 2**64))
 
 
-def relay_start(x_up: torch.Tensor, sigma: float, p: int, s_block: float, randn: RandnFn | None = None, *,
-                seed: int = 0, flow: bool = False) -> torch.Tensor:
+def relay_start(
+    x_up: torch.Tensor,
+    sigma: float,
+    p: int,
+    s_block: float,
+    randn: RandnFn | None = None,
+    *,
+    seed: int = 0,
+    flow: bool = False,
+) -> torch.Tensor:
     """Stage-two starting point: ``x_up + sigma n`` (EDM) or ``(1 - t) x_up + t n`` (``flow``, t = sigma),
     with ``n = eps + s_block * block_noise(eps')``.
 
@@ -410,7 +438,9 @@ def relay_sample(
     (churn included for EDM; for flow without churn). Returns the compute dtype, shape of ``x``.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}.")
+        raise ValueError(
+            f"sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}."
+        )
     p = settings.patch
     check_block_divisible(x.shape, p, "the latent being sampled")
     work = _work_dtype(x.dtype)
@@ -422,7 +452,9 @@ def relay_sample(
     if bool((sig[1:] >= sig[:-1]).any()) or bool((sig < 0).any()):
         raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}.")
     if flow and float(sig[0]) > 1.0:
-        raise ValueError(f"a flow-matching schedule lives in [0, 1] (sigma is the time t), got sigmas[0] = {float(sig[0]):g}.")
+        raise ValueError(
+            f"a flow-matching schedule lives in [0, 1] (sigma is the time t), got sigmas[0] = {float(sig[0]):g}."
+        )
 
     def draw() -> torch.Tensor:
         return randn(x.shape).to(device=dev, dtype=work)
@@ -435,7 +467,6 @@ def relay_sample(
 
     def scale(t: float) -> float:  # c_t: signal scale of the noising
         return 1.0 - t if flow else 1.0
-
 
     def to_dct(v: torch.Tensor) -> torch.Tensor:
         return _dct_blocks(image_to_blocks(v, p), p)
@@ -450,7 +481,9 @@ def relay_sample(
     xc = x.detach().to(work)
     for i in range(steps):
         t_cur, t_next = float(sig[i]), float(sig[i + 1])
-        churn = min(settings.s_churn / steps, 2**0.5 - 1) if settings.s_tmin <= t_cur <= settings.s_tmax else 0.0
+        churn = (
+            min(settings.s_churn / steps, 2**0.5 - 1) if settings.s_tmin <= t_cur <= settings.s_tmax else 0.0
+        )
         t = t_cur * (churn + 1)
         if flow:
             t = min(t, 1.0) if t_cur < 1.0 else t_cur
@@ -550,8 +583,16 @@ def relay_training_loss(
 
 
 RELAY_CONFIG_KEYS = {
-    "patch": int, "blur_sigma_max": float, "prob_length": float, "s_block": float, "s_noise": float,
-    "truncation_sigma": float, "rho": float, "steps": int, "low_res": list, "train": dict,
+    "patch": int,
+    "blur_sigma_max": float,
+    "prob_length": float,
+    "s_block": float,
+    "s_noise": float,
+    "truncation_sigma": float,
+    "rho": float,
+    "steps": int,
+    "low_res": list,
+    "train": dict,
 }
 """Keys of a model config's ``"relay"`` section (k-diffusion config JSON, also in the checkpoint's
 safetensors metadata): the sampler settings the model was trained for (``patch`` .. ``s_noise`` as
@@ -571,19 +612,31 @@ def relay_config(raw: dict) -> dict | None:
         raise ValueError(f"config 'relay' must be an object, got {type(sec).__name__}")
     unknown = set(sec) - set(RELAY_CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"config 'relay' has unknown keys {sorted(unknown)}; known: {sorted(RELAY_CONFIG_KEYS)}")
+        raise ValueError(
+            f"config 'relay' has unknown keys {sorted(unknown)}; known: {sorted(RELAY_CONFIG_KEYS)}"
+        )
     for k, v in sec.items():
         kind = RELAY_CONFIG_KEYS[k]
-        ok = isinstance(v, kind) or (kind is float and isinstance(v, int)) if not isinstance(v, bool) else False
+        ok = (
+            isinstance(v, kind) or (kind is float and isinstance(v, int))
+            if not isinstance(v, bool)
+            else False
+        )
         if not ok:
             raise ValueError(f"config relay.{k} must be {kind.__name__}, got {v!r}")
         if kind in (int, float) and not math.isfinite(v):
             raise ValueError(f"config relay.{k} must be finite, got {v!r}")
     fields = {k: sec[k] for k in ("patch", "blur_sigma_max", "prob_length", "s_block", "s_noise") if k in sec}
     settings = RelaySettings(**fields)
-    trunc, rho, steps = float(sec.get("truncation_sigma", 0.9)), float(sec.get("rho", 7.0)), int(sec.get("steps", 40))
+    trunc, rho, steps = (
+        float(sec.get("truncation_sigma", 0.9)),
+        float(sec.get("rho", 7.0)),
+        int(sec.get("steps", 40)),
+    )
     if not 0 < trunc or rho <= 0 or not 2 <= steps <= 10000:
-        raise ValueError(f"config relay: truncation_sigma {trunc} must be > 0, rho {rho} > 0, steps {steps} in 2..10000")
+        raise ValueError(
+            f"config relay: truncation_sigma {trunc} must be > 0, rho {rho} > 0, steps {steps} in 2..10000"
+        )
     low = sec.get("low_res")
     if low is not None:
         if len(low) != 2 or not all(isinstance(v, int) and 1 <= v <= 65536 for v in low):
@@ -593,5 +646,11 @@ def relay_config(raw: dict) -> dict | None:
     bad = set(train) - {"block_scale", "truncate_sigma", "max_weight"}
     if bad:
         raise ValueError(f"config relay.train has unknown keys {sorted(bad)}")
-    return {"settings": settings, "truncation_sigma": trunc, "rho": rho, "steps": steps, "low_res": low,
-            "train": {k: float(v) for k, v in train.items()}}
+    return {
+        "settings": settings,
+        "truncation_sigma": trunc,
+        "rho": rho,
+        "steps": steps,
+        "low_res": low,
+        "train": {k: float(v) for k, v in train.items()},
+    }

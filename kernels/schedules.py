@@ -28,8 +28,9 @@ __all__ = ["KARRAS_CONVENTIONS", "karras_sigmas", "sample_dpmpp_2m"]
 KARRAS_CONVENTIONS = ("edm", "k-diffusion")
 
 
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, *, convention: str,
-                  device=None) -> torch.Tensor:
+def karras_sigmas(
+    steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, *, convention: str, device=None
+) -> torch.Tensor:
     """The Karras noise grid from ``sigma_max`` down to ``sigma_min`` (both > 0, min < max).
 
     ``convention="edm"``: ``[steps]`` float64 (CPU, then moved to ``device`` if one is given), no

@@ -119,8 +119,17 @@ class TilePlanner:
     seed: makes the random offsets/shifts reproducible.
     """
 
-    def __init__(self, method: str, height: int, width: int, tile_h: int, tile_w: int, overlap: int = 0,
-                 reset_interval: int = 4, seed: int = 0):
+    def __init__(
+        self,
+        method: str,
+        height: int,
+        width: int,
+        tile_h: int,
+        tile_w: int,
+        overlap: int = 0,
+        reset_interval: int = 4,
+        seed: int = 0,
+    ):
         if method not in METHODS:
             raise ValueError(f"unknown tiling method {method!r}; expected one of {METHODS}")
         if min(height, width, tile_h, tile_w) < 1:
@@ -132,7 +141,9 @@ class TilePlanner:
         self.tile_h, self.tile_w = min(tile_h, height), min(tile_w, width)
         if method in ("multidiffusion", "mixture_of_diffusers"):
             if not 0 <= overlap < min(self.tile_h, self.tile_w):
-                raise ValueError(f"overlap {overlap} must be in [0, tile size {min(self.tile_h, self.tile_w)})")
+                raise ValueError(
+                    f"overlap {overlap} must be in [0, tile size {min(self.tile_h, self.tile_w)})"
+                )
         self.overlap = overlap
         self.reset_interval = reset_interval
         self.seed = seed
@@ -157,8 +168,8 @@ class TilePlanner:
             uncovered = None
             if ys[0] > 0 or xs[0] > 0:  # the leading strips [0, ys[0]) rows and [0, xs[0]) columns
                 uncovered = torch.zeros(H, W, dtype=torch.bool)
-                uncovered[:ys[0], :] = True
-                uncovered[:, :xs[0]] = True
+                uncovered[: ys[0], :] = True
+                uncovered[:, : xs[0]] = True
             tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
             return StepPlan(tiles, "gaussian", uncovered=uncovered, offset=(oy, ox), image_hw=(H, W))
         if m in ("multidiffusion", "mixture_of_diffusers"):
@@ -178,7 +189,9 @@ class TilePlanner:
 def _gaussian_1d(n: int) -> torch.Tensor:
     x = torch.arange(n, dtype=torch.float64)
     mu = (n - 1) / 2  # centred on both axes (ComfyUI-TiledDiffusion uses n/2 on one axis)
-    g = torch.exp(-((x - mu) ** 2) / (n * n * 2 * GAUSSIAN_VARIANCE)) / math.sqrt(2 * math.pi * GAUSSIAN_VARIANCE)
+    g = torch.exp(-((x - mu) ** 2) / (n * n * 2 * GAUSSIAN_VARIANCE)) / math.sqrt(
+        2 * math.pi * GAUSSIAN_VARIANCE
+    )
     return g.float()
 
 
@@ -194,9 +207,14 @@ def blend_weights(h: int, w: int, weighting: str) -> torch.Tensor:
 Predict = Callable[[torch.Tensor, Sequence[Tile]], Sequence[torch.Tensor]]
 
 
-def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int = 1,
-              reference: Sequence[torch.Tensor | None] | None = None,
-              between_batches: Callable[[], None] | None = None) -> list[torch.Tensor]:
+def run_tiles(
+    x: torch.Tensor,
+    plan: StepPlan,
+    predict: Predict,
+    batch_size: int = 1,
+    reference: Sequence[torch.Tensor | None] | None = None,
+    between_batches: Callable[[], None] | None = None,
+) -> list[torch.Tensor]:
     """Evaluate ``predict`` on the plan's tiles of ``x`` and blend the results.
 
     x: [B, C, H, W] latent (any float dtype/device).
@@ -221,7 +239,7 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
     weight_sum = torch.zeros(1, 1, *plan.image_hw, device=x.device, dtype=torch.float32)
     weights: dict[tuple[int, int], torch.Tensor] = {}  # per tile size (a plan's tiles share one)
     for start in range(0, len(plan.tiles), max(1, batch_size)):
-        batch = plan.tiles[start:start + max(1, batch_size)]
+        batch = plan.tiles[start : start + max(1, batch_size)]
         if between_batches is not None:
             between_batches()
         crops = torch.cat([xr[(..., *t.slices())] for t in batch], dim=0)
@@ -234,19 +252,21 @@ def run_tiles(x: torch.Tensor, plan: StepPlan, predict: Predict, batch_size: int
                 w = weights[(t.h, t.w)] = blend_weights(t.h, t.w, plan.weighting).to(x.device)
             weight_sum[(..., *t.slices())] += w
             for k, out in enumerate(outs):
-                acc[k][(..., *t.slices())] += out[i * B:(i + 1) * B].float() * w
+                acc[k][(..., *t.slices())] += out[i * B : (i + 1) * B].float() * w
     assert acc is not None
     covered = weight_sum > 0
     results = []
     for k, a in enumerate(acc):
         blended = torch.where(covered, a / weight_sum.clamp_min(1e-12), a)
-        if (dy or dx):
+        if dy or dx:
             blended = torch.roll(blended, shifts=(-dy, -dx), dims=(-2, -1))
         if plan.uncovered is not None and bool(plan.uncovered.any()):
             ref = reference[k] if reference is not None else None
             if ref is None:
-                raise ValueError("this plan leaves strips uncovered and no reference prediction was given; "
-                                 "use the full-coverage variant or pass the previous step's prediction")
+                raise ValueError(
+                    "this plan leaves strips uncovered and no reference prediction was given; "
+                    "use the full-coverage variant or pass the previous step's prediction"
+                )
             mask = plan.uncovered.to(x.device)
             blended = torch.where(mask, ref.float(), blended)
         results.append(blended.to(x.dtype))
@@ -315,12 +335,27 @@ class TiledRun:
         tile_h, tile_w, overlap = settings.latent_tile(ratio)
         overlap = min(overlap, max(0, min(tile_h, tile_w, height, width) - 1))
         self.settings = settings
-        self.planner = TilePlanner(settings.method, height, width, tile_h, tile_w, overlap=overlap,
-                                   reset_interval=settings.reset_interval, seed=settings.seed)
+        self.planner = TilePlanner(
+            settings.method,
+            height,
+            width,
+            tile_h,
+            tile_w,
+            overlap=overlap,
+            reset_interval=settings.reset_interval,
+            seed=settings.seed,
+        )
         self.full = None
         if settings.method == "fstd":  # same offsets, extra tiles: used when no reference exists
-            self.full = TilePlanner("fstd_full", height, width, tile_h, tile_w,
-                                    reset_interval=settings.reset_interval, seed=settings.seed)
+            self.full = TilePlanner(
+                "fstd_full",
+                height,
+                width,
+                tile_h,
+                tile_w,
+                reset_interval=settings.reset_interval,
+                seed=settings.seed,
+            )
         self._step = None  # the step now being evaluated
         self._current: dict = {}  # group -> raw prediction, first evaluation of this step
         self._previous: dict = {}  # group -> raw prediction of the latest earlier step it ran in
@@ -348,9 +383,16 @@ class TiledRun:
             plan = self.full.plan(step)
         return plan
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, step: int, groups: Sequence[GroupKey | None],
-                predict: GroupPredict, between_batches: Callable[[], None] | None = None,
-                batch_size: int | None = None) -> list[torch.Tensor | None]:
+    def denoise(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        step: int,
+        groups: Sequence[GroupKey | None],
+        predict: GroupPredict,
+        between_batches: Callable[[], None] | None = None,
+        batch_size: int | None = None,
+    ) -> list[torch.Tensor | None]:
         """Denoised predictions [B, C, H, W] for each group (None for absent groups).
 
         predict(tiles_x, tiles, active) -> one tensor [n*B, C, h, w] per index in ``active`` (the
@@ -363,9 +405,14 @@ class TiledRun:
         reference = None
         if plan.uncovered is not None:
             reference = [x - s * self._previous[groups[i]].to(x.dtype) for i in active]
-        outs = run_tiles(x, plan, lambda tx, tiles: predict(tx, tiles, active),
-                         batch_size=batch_size or self.settings.tile_batch_size, reference=reference,
-                         between_batches=between_batches)
+        outs = run_tiles(
+            x,
+            plan,
+            lambda tx, tiles: predict(tx, tiles, active),
+            batch_size=batch_size or self.settings.tile_batch_size,
+            reference=reference,
+            between_batches=between_batches,
+        )
         if bool((sigma > 0).all()):
             for i, out in zip(active, outs):
                 self._current.setdefault(groups[i], (x - out) / s)
@@ -375,7 +422,9 @@ class TiledRun:
         return result
 
 
-def plan_any_size(target_w: int, target_h: int, native_pixels: int, multiple: int = 64) -> tuple[int, int, float]:
+def plan_any_size(
+    target_w: int, target_h: int, native_pixels: int, multiple: int = 64
+) -> tuple[int, int, float]:
     """Any-Size-Diffusion's first stage (the ARAD idea): the size to generate at natively.
 
     Returns (w, h, upscale) where w x h has the target's aspect ratio, about ``native_pixels``
@@ -393,7 +442,9 @@ def plan_any_size(target_w: int, target_h: int, native_pixels: int, multiple: in
     return w, h, max(target_w / w, target_h / h)
 
 
-def cover_and_crop(w: int, h: int, target_w: int, target_h: int, multiple: int = 8) -> tuple[int, int, int, int]:
+def cover_and_crop(
+    w: int, h: int, target_w: int, target_h: int, multiple: int = 8
+) -> tuple[int, int, int, int]:
     """The Any-Size pipeline's exact ending: scale the first stage's ``w`` x ``h`` by one factor (its
     aspect ratio kept) to the smallest size that covers the target, in multiples of ``multiple``,
     then crop the target out of its centre. Returns (scaled_w, scaled_h, crop_x, crop_y), with the

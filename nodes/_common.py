@@ -27,8 +27,10 @@ def require_image_latent(samples: torch.Tensor, node: str) -> None:
     """Refuse video/audio/other non-image latents with a message that says what was received."""
     if samples.ndim != 4:
         kind = {3: "an audio or sequence latent", 5: "a video latent"}.get(samples.ndim, "a non-image latent")
-        raise ValueError(f"{node} works on image latents [batch, channels, height, width]; it received {kind} "
-                         f"of shape {tuple(samples.shape)}. Use it with image models only.")
+        raise ValueError(
+            f"{node} works on image latents [batch, channels, height, width]; it received {kind} "
+            f"of shape {tuple(samples.shape)}. Use it with image models only."
+        )
 
 
 def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:
@@ -57,8 +59,13 @@ def show_value(value) -> str:
 
 def _looks_linked(value) -> bool:
     """A link ``[node_id, output_index]`` as ComfyUI's ``is_link`` sees it: its value is not known at queue time."""
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+    )
 
 
 class CheckedInputs(dict):
@@ -91,20 +98,31 @@ def _check_one(name: str, spec, value):
     lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
     if kind == "INT":
         if isinstance(value, float) and not math.isfinite(value):
-            return None, f"{name}={show_value(value)} is not a finite number; give a whole number{_range_text(lo, hi)}"
+            return (
+                None,
+                f"{name}={show_value(value)} is not a finite number; give a whole number{_range_text(lo, hi)}",
+            )
         try:
             value = int(value)  # what ComfyUI's executor does with an INT widget value
         except (TypeError, ValueError, OverflowError):
-            return None, f"{name}={show_value(value)} is not a whole number; give a whole number{_range_text(lo, hi)}"
+            return (
+                None,
+                f"{name}={show_value(value)} is not a whole number; give a whole number{_range_text(lo, hi)}",
+            )
     elif kind == "FLOAT":
         try:
             value = float(value)  # what ComfyUI's executor does with a FLOAT widget value
         except (TypeError, ValueError, OverflowError):
-            return None, f"{name}={show_value(value)} is not a number; give a finite number{_range_text(lo, hi)}"
+            return (
+                None,
+                f"{name}={show_value(value)} is not a number; give a finite number{_range_text(lo, hi)}",
+            )
         if not math.isfinite(value):
             return None, f"{name}={value} is not a finite number; give a finite number{_range_text(lo, hi)}"
     elif kind == "BOOLEAN":
-        value = bool(value)  # ComfyUI converts before validate_inputs sees it; done here for in-process callers
+        value = bool(
+            value
+        )  # ComfyUI converts before validate_inputs sees it; done here for in-process callers
     elif kind == "STRING":
         value = str(value)
     elif kind == "COMBO":
@@ -123,9 +141,15 @@ def _check_one(name: str, spec, value):
     else:  # a socket type (MODEL, LATENT...): its value comes from a link, nothing to check here
         return value, None
     if lo is not None and value < lo:
-        return None, f"{name}={show_value(value)} is below the minimum {lo}; give a value{_range_text(lo, hi)}"
+        return (
+            None,
+            f"{name}={show_value(value)} is below the minimum {lo}; give a value{_range_text(lo, hi)}",
+        )
     if hi is not None and value > hi:
-        return None, f"{name}={show_value(value)} is above the maximum {hi}; give a value{_range_text(lo, hi)}"
+        return (
+            None,
+            f"{name}={show_value(value)} is above the maximum {hi}; give a value{_range_text(lo, hi)}",
+        )
     return value, None
 
 
@@ -150,13 +174,17 @@ def check_inputs(node_cls, /, *, combo_hints: dict[str, str] | None = None, **va
     for name, value in values.items():
         spec = specs.get(name)
         if spec is None:  # a programming error in the node, caught by the tests
-            raise KeyError(f"{node_cls.__name__}.validate_inputs names {name!r}, which its schema does not declare")
+            raise KeyError(
+                f"{node_cls.__name__}.validate_inputs names {name!r}, which its schema does not declare"
+            )
         if value is None or _looks_linked(value):
             checked[name] = None
             continue
         checked[name], problem = _check_one(name, spec, value)
         if problem:
-            problems.append(problem + ((combo_hints or {}).get(name, "") if str(spec.get_io_type()) == "COMBO" else ""))
+            problems.append(
+                problem + ((combo_hints or {}).get(name, "") if str(spec.get_io_type()) == "COMBO" else "")
+            )
     return ". ".join(problems) + "." if problems else checked
 
 
@@ -168,7 +196,9 @@ def available_memory(model) -> tuple[int, str]:
     dev = model.load_device
     free = int(mm.get_free_memory(dev))
     if getattr(dev, "type", "cpu") not in ("cpu", "mps"):  # unified memory: unloading frees nothing
-        free += sum(int(m.loaded_size()) for m in mm.loaded_models() if getattr(m, "load_device", None) == dev)
+        free += sum(
+            int(m.loaded_size()) for m in mm.loaded_models() if getattr(m, "load_device", None) == dev
+        )
     return free, str(dev)
 
 

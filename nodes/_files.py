@@ -58,7 +58,9 @@ def check_name(input_name: str, value, ext: str = ".safetensors") -> str:
     if "\x00" in name:
         raise ValueError(f"{input_name}={printable} contains a NUL character. {fix}")
     if os.path.isabs(name) or name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"{input_name}={printable} is an absolute path; files live in the pack's folder. {fix}")
+        raise ValueError(
+            f"{input_name}={printable} is an absolute path; files live in the pack's folder. {fix}"
+        )
     if ".." in name.replace("\\", "/").split("/") or name in (".", ".."):
         raise ValueError(f"{input_name}={printable} contains '..'. {fix}")
     if "/" in name or "\\" in name:

@@ -53,8 +53,10 @@ def check_image_tensor(samples: torch.Tensor, who: str, name: str = "latent") ->
     """``samples`` after refusing anything but an image latent ``(B, C, H, W)`` (a nested multi-part
     latent, video, audio) with a message naming the node ``who``, the input ``name`` and what it got."""
     if getattr(samples, "is_nested", False):
-        raise ValueError(f"{who}: {name} is a nested (multi-part) latent; {who} works on image latents (B, C, H, W) "
-                         "only. Use it with image models only.")
+        raise ValueError(
+            f"{who}: {name} is a nested (multi-part) latent; {who} works on image latents (B, C, H, W) "
+            "only. Use it with image models only."
+        )
     require_image_latent(samples, who)
     return samples
 
@@ -64,14 +66,18 @@ def image_samples(latent: dict, who: str, name: str = "latent") -> torch.Tensor:
     (:func:`check_image_tensor`)."""
     kind = latent.get("type")
     if kind is not None:
-        raise ValueError(f"{who}: {name} is a {kind!r} latent; {who} works on image latents (B, C, H, W) only.")
+        raise ValueError(
+            f"{who}: {name} is a {kind!r} latent; {who} works on image latents (B, C, H, W) only."
+        )
     return check_image_tensor(latent["samples"], who, name)
 
 
 CHANNEL_FIX = "Connect a latent made for this model (its VAE or its empty-latent node)."
 
 
-def check_channels(model, samples: torch.Tensor, name: str, who: str | None = None, fix: str = CHANNEL_FIX) -> None:
+def check_channels(
+    model, samples: torch.Tensor, name: str, who: str | None = None, fix: str = CHANNEL_FIX
+) -> None:
     """Refuse a latent without a channel axis, or whose channel count is not the model's
     (``latent_format.latent_channels``): it was made for another model or VAE. ``fix`` ends the message."""
     if samples.ndim < 4:  # (B, C, ...) with spatial axes: what every model ComfyUI samples takes
@@ -81,7 +87,8 @@ def check_channels(model, samples: torch.Tensor, name: str, who: str | None = No
         prefix = f"{who}: " if who else ""
         raise ValueError(
             f"{prefix}{name} has {samples.shape[1]} channels but this model ({model_family(model, exact=True)}) works "
-            f"on {want}-channel latents: it comes from another model or VAE. {fix}")
+            f"on {want}-channel latents: it comes from another model or VAE. {fix}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +120,9 @@ Loop = Callable[..., torch.Tensor]
 """``loop(run: LoopRun, x, sigmas, **options) -> x``: ``x`` the noised latent at ``sigmas[0]``."""
 
 
-def _sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, *, loop: Loop, **options):
+def _sampler_function(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, *, loop: Loop, **options
+):
     """KSAMPLER function (k-diffusion signature) running ``loop``; ``model`` is ComfyUI's x0 predictor."""
     extra_args = {} if extra_args is None else extra_args
     dtype = x.dtype
@@ -129,8 +138,13 @@ def _sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=
 
     seed = extra_args.get("seed")
     inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
-    run = LoopRun(denoise=denoise, report=report, seed=0 if seed is None else int(seed),
-                  model_sampling=getattr(inner, "model_sampling", None), base_model=inner)
+    run = LoopRun(
+        denoise=denoise,
+        report=report,
+        seed=0 if seed is None else int(seed),
+        model_sampling=getattr(inner, "model_sampling", None),
+        base_model=inner,
+    )
     with torch.no_grad():
         return loop(run, x, sigmas, **options).to(dtype)
 
@@ -144,8 +158,19 @@ def loop_sampler(loop: Loop, **options) -> comfy.samplers.KSAMPLER:
 # The guided run
 
 
-def guided_sample(model, latent_image: torch.Tensor, sampler, sigmas: torch.Tensor, *, positive, negative=None,
-                  cfg: float = 1.0, noise: torch.Tensor | None = None, denoise_mask=None, seed: int = 0) -> torch.Tensor:
+def guided_sample(
+    model,
+    latent_image: torch.Tensor,
+    sampler,
+    sigmas: torch.Tensor,
+    *,
+    positive,
+    negative=None,
+    cfg: float = 1.0,
+    noise: torch.Tensor | None = None,
+    denoise_mask=None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Run ``sampler`` over ``sigmas`` on ``latent_image`` through a ``CFGGuider`` of ``model``.
 
     ``positive`` (and ``negative``, left out when None) are ComfyUI conditionings; ``cfg`` is set as
@@ -159,7 +184,14 @@ def guided_sample(model, latent_image: torch.Tensor, sampler, sigmas: torch.Tens
     guider.set_cfg(cfg)
     callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
     with torch.no_grad():
-        out = guider.sample(torch.zeros_like(latent_image) if noise is None else noise, latent_image, sampler, sigmas,
-                            denoise_mask=denoise_mask, callback=callback,
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = guider.sample(
+            torch.zeros_like(latent_image) if noise is None else noise,
+            latent_image,
+            sampler,
+            sigmas,
+            denoise_mask=denoise_mask,
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
+        )
     return out.to(comfy.model_management.intermediate_device())

@@ -207,7 +207,9 @@ def _read(filename: str, what: str, load):
     except ValueError:
         raise
     except OSError:
-        raise ValueError(f"{label}: the file could not be read (permissions or a disk problem): check the file") from None
+        raise ValueError(
+            f"{label}: the file could not be read (permissions or a disk problem): check the file"
+        ) from None
     except Exception:
         raise ValueError(
             f"{label}: the file could not be read (damaged or not the expected format): replace it"
@@ -257,8 +259,12 @@ class DiGITEncoderLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, encoder_name: str | None = None, interpolation: str = "digit") -> bool | str:
-        v = check_inputs(cls, encoder_name=encoder_name, interpolation=interpolation,
-                         combo_hints={"encoder_name": " (put DINOv2 weights into ComfyUI/models/digit/)"})
+        v = check_inputs(
+            cls,
+            encoder_name=encoder_name,
+            interpolation=interpolation,
+            combo_hints={"encoder_name": " (put DINOv2 weights into ComfyUI/models/digit/)"},
+        )
         return v if isinstance(v, str) else True
 
     @classmethod
@@ -310,8 +316,11 @@ class DiGITCodebookLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, codebook_name: str | None = None) -> bool | str:
-        v = check_inputs(cls, codebook_name=codebook_name,
-                         combo_hints={"codebook_name": " (put .npy codebooks into ComfyUI/models/digit/)"})
+        v = check_inputs(
+            cls,
+            codebook_name=codebook_name,
+            combo_hints={"codebook_name": " (put .npy codebooks into ComfyUI/models/digit/)"},
+        )
         return v if isinstance(v, str) else True
 
     @classmethod
@@ -322,7 +331,9 @@ class DiGITCodebookLoader(io.ComfyNode):
         atlas, meta = None, {}
         if os.path.exists(atlas_file):
             atlas_name = os.path.splitext(codebook_name)[0] + ".atlas.safetensors"
-            atlas, meta = _read(atlas_name, "the atlas of codebook_name", lambda label: D.load_atlas(atlas_file, label))
+            atlas, meta = _read(
+                atlas_name, "the atlas of codebook_name", lambda label: D.load_atlas(atlas_file, label)
+            )
         if atlas is not None and atlas.patches.shape[0] != centroids.shape[0]:
             raise ValueError(
                 f"atlas {os.path.basename(atlas_file)} has {atlas.patches.shape[0]} entries but codebook "
@@ -454,11 +465,25 @@ class DiGITFitCodebook(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls, filename: str | None = None, overwrite: bool | None = None, image_size: int | None = None,
-        fit: str | None = None, k: int = 256, iterations: int = 20, seed: int = 0
+        cls,
+        filename: str | None = None,
+        overwrite: bool | None = None,
+        image_size: int | None = None,
+        fit: str | None = None,
+        k: int = 256,
+        iterations: int = 20,
+        seed: int = 0,
     ) -> bool | str:
-        v = check_inputs(cls, filename=filename, overwrite=overwrite, image_size=image_size, fit=fit, k=k,
-                         iterations=iterations, seed=seed)
+        v = check_inputs(
+            cls,
+            filename=filename,
+            overwrite=overwrite,
+            image_size=image_size,
+            fit=fit,
+            k=k,
+            iterations=iterations,
+            seed=seed,
+        )
         if isinstance(v, str):
             return v
         # check_inputs did types, ranges and the fit choice; None is a linked value, known only at run time

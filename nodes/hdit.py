@@ -73,7 +73,11 @@ def memory_usage_factor_for(cfg: hdit_format.HDiTConfig, dtype: torch.dtype) -> 
     the estimate equal the calibrated peak (:func:`hdit_format.activation_bytes_per_pixel`) in the branch
     ComfyUI will take. (The former constant 1.0 planned ~40-80 GB for a 1024x1024 CFG batch.)"""
     mm = comfy.model_management
-    per_area_mib = mm.dtype_size(dtype) * 0.01 if (mm.xformers_enabled() or mm.pytorch_attention_flash_attention()) else 0.15
+    per_area_mib = (
+        mm.dtype_size(dtype) * 0.01
+        if (mm.xformers_enabled() or mm.pytorch_attention_flash_attention())
+        else 0.15
+    )
     return hdit_format.activation_bytes_per_pixel(cfg) / (per_area_mib * 1024 * 1024)
 
 
@@ -110,9 +114,11 @@ class HDiTAdapter(torch.nn.Module):
         min_h, min_w = self.min_size()
         if h >= min_h and w >= min_w:
             return None
-        return (f"HDiT: this model needs images of at least {min_w}x{min_h} px (width x height); got {w}x{h} px, too "
-                f"small for its attention windows. Set width and height to at least {min_w} and {min_h} (e.g. on "
-                f"EmptyChromaRadianceLatentImage; with tiling, the tile size), or sample larger and downscale.")
+        return (
+            f"HDiT: this model needs images of at least {min_w}x{min_h} px (width x height); got {w}x{h} px, too "
+            f"small for its attention windows. Set width and height to at least {min_w} and {min_h} (e.g. on "
+            f"EmptyChromaRadianceLatentImage; with tiling, the tile size), or sample larger and downscale."
+        )
 
     def class_problem(self, ids: torch.Tensor) -> str | None:
         """Class ids must be 0..num_classes-1, or UNCOND (-1) for the model's unconditional row."""
@@ -121,14 +127,18 @@ class HDiTAdapter(torch.nn.Module):
         if emb is None:
             bad = ids[ids != UNCOND]
             if bad.numel():
-                return (f"UltraResHDiTClass: class_id {int(bad[0])} was given, but this HDiT is unconditional "
-                        f"(num_classes 0); turn on 'unconditional' on UltraResHDiTClass.")
+                return (
+                    f"UltraResHDiTClass: class_id {int(bad[0])} was given, but this HDiT is unconditional "
+                    f"(num_classes 0); turn on 'unconditional' on UltraResHDiTClass."
+                )
             return None
         n = emb.num_embeddings - 1  # dataset classes; the last embedding row is the unconditional one
         bad = ids[(ids < UNCOND) | (ids >= n)]
         if bad.numel():
-            return (f"UltraResHDiTClass: class_id {int(bad[0])} is out of range for this HDiT, which has {n} classes "
-                    f"(ids 0-{n - 1}); use a smaller id, or turn on 'unconditional' for unconditional sampling.")
+            return (
+                f"UltraResHDiTClass: class_id {int(bad[0])} is out of range for this HDiT, which has {n} classes "
+                f"(ids 0-{n - 1}); use a smaller id, or turn on 'unconditional' for unconditional sampling."
+            )
         return None
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
@@ -160,7 +170,9 @@ class HDiTAdapter(torch.nn.Module):
 class HDiTComfyModel(comfy.model_base.BaseModel):
     """BaseModel with EDM model sampling around an HDiT; class ids come from the conditioning."""
 
-    def __init__(self, model_config: HDiTModelConfig, inner: H.HDiT, cfg: hdit_format.HDiTConfig, device=None):
+    def __init__(
+        self, model_config: HDiTModelConfig, inner: H.HDiT, cfg: hdit_format.HDiTConfig, device=None
+    ):
         super().__init__(model_config, comfy.model_base.ModelType.EDM, device=device)
         self.diffusion_model = HDiTAdapter(inner)
         self.hdit_config = cfg
@@ -171,7 +183,11 @@ class HDiTComfyModel(comfy.model_base.BaseModel):
         # checked here, when sampling starts (ComfyUI encodes the conds before the first step), so a
         # bad class id or a too-small image fails at once with a message in ids and pixels
         noise = kwargs.get("noise")
-        if torch.is_tensor(noise) and noise.ndim == 4 and (problem := self.diffusion_model.size_problem(*noise.shape[-2:])):
+        if (
+            torch.is_tensor(noise)
+            and noise.ndim == 4
+            and (problem := self.diffusion_model.size_problem(*noise.shape[-2:]))
+        ):
             raise ValueError(problem)
         cls = kwargs.get(COND_KEY)
         if cls is not None and (problem := self.diffusion_model.class_problem(cls)):
@@ -213,13 +229,19 @@ def load_hdit_file(path: str, dtype: str = "float32", name: str | None = None):
     except hdit_format.HDiTLoadError as e:
         raise ValueError(f"UltraResHDiTLoader: {e}") from None
     except MemoryError:
-        raise ValueError(f"UltraResHDiTLoader: not enough memory to load {name}; free memory (unload other "
-                         f"models) or use a smaller model.") from None
-    except Exception as e:  # anything else is a bug or a file we did not foresee: say which file, log the rest
+        raise ValueError(
+            f"UltraResHDiTLoader: not enough memory to load {name}; free memory (unload other "
+            f"models) or use a smaller model."
+        ) from None
+    except (
+        Exception
+    ) as e:  # anything else is a bug or a file we did not foresee: say which file, log the rest
         logging.exception("UltraResHDiTLoader: loading %s failed", name)
-        raise ValueError(f"UltraResHDiTLoader: cannot load {name}: unexpected {type(e).__name__} while reading it "
-                         f"(details in the ComfyUI log). Check that it is a k-diffusion image_transformer_v2 "
-                         f"checkpoint.") from None
+        raise ValueError(
+            f"UltraResHDiTLoader: cannot load {name}: unexpected {type(e).__name__} while reading it "
+            f"(details in the ComfyUI log). Check that it is a k-diffusion image_transformer_v2 "
+            f"checkpoint."
+        ) from None
     return build_comfy_model(inner, cfg, DTYPES[dtype]), cfg
 
 
@@ -231,41 +253,62 @@ class UltraResHDiTLoader(io.ComfyNode):
             display_name="Load HDiT Model (UltraRes)",
             category=CATEGORY,
             description="Load an Hourglass Diffusion Transformer (k-diffusion image_transformer_v2) from the hdit "
-                        "models folder: the inference format (.safetensors with the config in its metadata), a "
-                        "training checkpoint (.pth with model_ema), or a config .json with the weights beside it. "
-                        "It samples in pixel space with stock KSampler and any sampler/scheduler; start from "
-                        "EmptyChromaRadianceLatentImage and decode with the VAE output. The shipped "
-                        "ultrares-emoji64 model makes 64x64 emoji (Twemoji, CC-BY-4.0). Neighborhood attention "
-                        "runs in plain PyTorch (no NATTEN needed).",
+            "models folder: the inference format (.safetensors with the config in its metadata), a "
+            "training checkpoint (.pth with model_ema), or a config .json with the weights beside it. "
+            "It samples in pixel space with stock KSampler and any sampler/scheduler; start from "
+            "EmptyChromaRadianceLatentImage and decode with the VAE output. The shipped "
+            "ultrares-emoji64 model makes 64x64 emoji (Twemoji, CC-BY-4.0). Neighborhood attention "
+            "runs in plain PyTorch (no NATTEN needed).",
             inputs=[
-                io.Combo.Input("model_name", options=_model_files(),
-                               tooltip="File in models/hdit (or the pack's embedded models/hdit)."),
-                io.Combo.Input("weight_dtype", options=list(DTYPES), default="float32",
-                               tooltip="Dtype to run the weights in; float32 is best on CPU, bfloat16 on GPUs."),
+                io.Combo.Input(
+                    "model_name",
+                    options=_model_files(),
+                    tooltip="File in models/hdit (or the pack's embedded models/hdit).",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(DTYPES),
+                    default="float32",
+                    tooltip="Dtype to run the weights in; float32 is best on CPU, bfloat16 on GPUs.",
+                ),
             ],
             outputs=[
                 io.Model.Output(tooltip="The HDiT as a ComfyUI model (EDM, pixel-space latent)."),
-                io.Vae.Output(tooltip="Pixel-space conversion VAE: VAEDecode turns the sampled latent into an "
-                                      "IMAGE, VAEEncode an IMAGE into a latent for img2img."),
-                io.Int.Output(display_name="num_classes",
-                              tooltip="Number of classes of the model (0 = unconditional model)."),
+                io.Vae.Output(
+                    tooltip="Pixel-space conversion VAE: VAEDecode turns the sampled latent into an "
+                    "IMAGE, VAEEncode an IMAGE into a latent for img2img."
+                ),
+                io.Int.Output(
+                    display_name="num_classes",
+                    tooltip="Number of classes of the model (0 = unconditional model).",
+                ),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None, weight_dtype="float32"):
-        v = check_inputs(cls, model_name=model_name, weight_dtype=weight_dtype,
-                         combo_hints={"model_name": " (put HDiT checkpoints into ComfyUI/models/hdit/)"})
+        v = check_inputs(
+            cls,
+            model_name=model_name,
+            weight_dtype=weight_dtype,
+            combo_hints={"model_name": " (put HDiT checkpoints into ComfyUI/models/hdit/)"},
+        )
         return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, model_name, weight_dtype="float32"):
-        if not (isinstance(weight_dtype, str) and weight_dtype in DTYPES):  # queue time refuses it too; this covers direct (API/demo) calls
-            raise ValueError(f"UltraResHDiTLoader: weight_dtype={weight_dtype!r} is not one of: {', '.join(DTYPES)}")
+        if not (
+            isinstance(weight_dtype, str) and weight_dtype in DTYPES
+        ):  # queue time refuses it too; this covers direct (API/demo) calls
+            raise ValueError(
+                f"UltraResHDiTLoader: weight_dtype={weight_dtype!r} is not one of: {', '.join(DTYPES)}"
+            )
         path = folder_paths.get_full_path("hdit", model_name) if isinstance(model_name, str) else None
         if path is None:
-            raise ValueError(f"UltraResHDiTLoader: {model_name!r} is not in the hdit models folder; put the file in "
-                             f"ComfyUI/models/hdit/ and refresh.")
+            raise ValueError(
+                f"UltraResHDiTLoader: {model_name!r} is not in the hdit models folder; put the file in "
+                f"ComfyUI/models/hdit/ and refresh."
+            )
         model, cfg = load_hdit_file(path, weight_dtype, model_name)
         return io.NodeOutput(model, pixel_space_vae(), cfg.num_classes)
 
@@ -278,18 +321,28 @@ class UltraResHDiTClass(io.ComfyNode):
             display_name="HDiT Class (UltraRes)",
             category=CATEGORY,
             description="Class conditioning for a class-conditional HDiT: 'positive' asks for class_id, "
-                        "'negative' is the unconditional embedding, so KSampler's cfg does classifier-free "
-                        "guidance. Embedded emoji model classes: 0 Smileys & Emotion, 1 People & Body, 2 Animals "
-                        "& Nature, 3 Food & Drink, 4 Travel & Places, 5 Activities, 6 Objects, 7 Symbols, 8 Flags.",
+            "'negative' is the unconditional embedding, so KSampler's cfg does classifier-free "
+            "guidance. Embedded emoji model classes: 0 Smileys & Emotion, 1 People & Body, 2 Animals "
+            "& Nature, 3 Food & Drink, 4 Travel & Places, 5 Activities, 6 Objects, 7 Symbols, 8 Flags.",
             inputs=[
-                io.Int.Input("class_id", default=0, min=0, max=1_000_000,
-                             tooltip="Class index (0-based, below the model's num_classes)."),
-                io.Boolean.Input("unconditional", default=False,
-                                 tooltip="Ignore class_id: positive is unconditional too (plain sampling; use cfg 1)."),
+                io.Int.Input(
+                    "class_id",
+                    default=0,
+                    min=0,
+                    max=1_000_000,
+                    tooltip="Class index (0-based, below the model's num_classes).",
+                ),
+                io.Boolean.Input(
+                    "unconditional",
+                    default=False,
+                    tooltip="Ignore class_id: positive is unconditional too (plain sampling; use cfg 1).",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="The class (or unconditional)."),
-                io.Conditioning.Output(display_name="negative", tooltip="Unconditional: the model's extra class row."),
+                io.Conditioning.Output(
+                    display_name="negative", tooltip="Unconditional: the model's extra class row."
+                ),
             ],
         )
 
@@ -301,7 +354,9 @@ class UltraResHDiTClass(io.ComfyNode):
 
     @classmethod
     def execute(cls, class_id, unconditional=False):
-        v = check_inputs(cls, class_id=class_id, unconditional=unconditional)  # also for direct (API/demo) calls
+        v = check_inputs(
+            cls, class_id=class_id, unconditional=unconditional
+        )  # also for direct (API/demo) calls
         if isinstance(v, str):
             raise ValueError(f"UltraResHDiTClass: {v}")
         class_id, unconditional = v.class_id, v.unconditional

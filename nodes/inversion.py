@@ -177,7 +177,9 @@ def model_schedule(model, scheduler: str, steps: int, level: float) -> torch.Ten
 CHANNEL_FIX = "Encode the image with this model's VAE (or pixel-latent node) and invert it with this model."
 
 
-def ddim_loop(run: LoopRun, x, sigmas, *, direction: str, refine_iters: int, sigma_floor: float, parametrisation: str):
+def ddim_loop(
+    run: LoopRun, x, sigmas, *, direction: str, refine_iters: int, sigma_floor: float, parametrisation: str
+):
     """The DDIM loop of :mod:`..kernels.inversion` as a :func:`._sampling.loop_sampler` loop; ``sigmas``
     in the order the loop walks (ascending to invert: ComfyUI adds no noise at sigma 0)."""
 
@@ -185,8 +187,15 @@ def ddim_loop(run: LoopRun, x, sigmas, *, direction: str, refine_iters: int, sig
         run.report({"x": xx, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
 
     if direction == "invert":
-        return kinv.ddim_invert(run.denoise, x, sigmas.flip(0), sigma_floor=sigma_floor, refine_iters=refine_iters,
-                                parametrisation=parametrisation, callback=step_done)
+        return kinv.ddim_invert(
+            run.denoise,
+            x,
+            sigmas.flip(0),
+            sigma_floor=sigma_floor,
+            refine_iters=refine_iters,
+            parametrisation=parametrisation,
+            callback=step_done,
+        )
     return kinv.ddim_generate(run.denoise, x, sigmas, parametrisation=parametrisation, callback=step_done)
 
 
@@ -214,12 +223,24 @@ def run_ddim(
     if negative is None and not math.isclose(cfg, 1.0):
         raise ValueError(f"cfg={cfg} needs a negative conditioning; connect one or set cfg to 1.0.")
     ms = _model_sampling(model)
-    sampler = loop_sampler(ddim_loop, direction=direction, refine_iters=int(refine_iters),
-                           sigma_floor=float(ms.sigma_min), parametrisation=_parametrisation(model))
+    sampler = loop_sampler(
+        ddim_loop,
+        direction=direction,
+        refine_iters=int(refine_iters),
+        sigma_floor=float(ms.sigma_min),
+        parametrisation=_parametrisation(model),
+    )
     walk = sigmas.flip(0) if direction == "invert" else sigmas
     try:
-        return guided_sample(model, samples.float(), sampler, walk, cfg=cfg, negative=negative,
-                             positive=positive if positive is not None else [[None, {}]])
+        return guided_sample(
+            model,
+            samples.float(),
+            sampler,
+            walk,
+            cfg=cfg,
+            negative=negative,
+            positive=positive if positive is not None else [[None, {}]],
+        )
     except comfy.model_management.InterruptProcessingException:
         raise
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -280,8 +301,12 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, level=None, cfg=None, scheduler=None, refine_iters=None) -> bool | str:
-        v = check_inputs(cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler, refine_iters=refine_iters)
+    def validate_inputs(
+        cls, steps=None, level=None, cfg=None, scheduler=None, refine_iters=None
+    ) -> bool | str:
+        v = check_inputs(
+            cls, steps=steps, level=level, cfg=cfg, scheduler=scheduler, refine_iters=refine_iters
+        )
         return v if isinstance(v, str) else True
 
     @classmethod
@@ -578,16 +603,29 @@ class DomainScore(io.ComfyNode):
     ) -> bool | str:
         if reference_file == "":  # workflows saved before reference_file became a list (an empty STRING)
             reference_file = NO_FILE
-        v = check_inputs(cls, percentile=percentile, reference_file=reference_file, save_reference_as=save_reference_as,
-                         overwrite=overwrite, combo_hints={"reference_file": " (files saved with save_reference_as; "
-                                                           "or connect a reference latent)"})
+        v = check_inputs(
+            cls,
+            percentile=percentile,
+            reference_file=reference_file,
+            save_reference_as=save_reference_as,
+            overwrite=overwrite,
+            combo_hints={
+                "reference_file": " (files saved with save_reference_as; or connect a reference latent)"
+            },
+        )
         if isinstance(v, str):
             return v
         return _check_reference_inputs(v.reference_file, v.save_reference_as, bool(v.overwrite))
 
     @classmethod
     def execute(
-        cls, latents, percentile, reference=None, reference_file=NO_FILE, save_reference_as="", overwrite=False
+        cls,
+        latents,
+        percentile,
+        reference=None,
+        reference_file=NO_FILE,
+        save_reference_as="",
+        overwrite=False,
     ) -> io.NodeOutput:
         ok = cls.validate_inputs(percentile, reference_file, save_reference_as, overwrite)
         if ok is not True:
@@ -665,7 +703,11 @@ class DomainGaussian(io.ComfyNode):
                     tooltip="Inverted latents of the new domain (at least 2; a batch from UltraResDDIMInvert).",
                 ),
                 io.Int.Input(
-                    "count", default=4, min=1, max=256, tooltip="How many new latents to draw (the output batch)."
+                    "count",
+                    default=4,
+                    min=1,
+                    max=256,
+                    tooltip="How many new latents to draw (the output batch).",
                 ),
                 io.Int.Input(
                     "seed",

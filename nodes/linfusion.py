@@ -58,7 +58,8 @@ def require_sd_unet(model) -> None:
         raise ValueError(
             f"model: this is a {family} model (its diffusion model is {type(unet).__name__}, not an SD-family UNet). "
             "LinFusion weights exist only for SD-family UNets (SD1.5, SD2.1, SDXL and their fine-tunes); remove "
-            f"Apply LinFusion from the {family} graph or connect an SD1.x/SD2.x/SDXL model.")
+            f"Apply LinFusion from the {family} graph or connect an SD1.x/SD2.x/SDXL model."
+        )
 
 
 def linfusion_bytes(layers) -> int:
@@ -83,8 +84,15 @@ class LinFusionAttn1(nn.Module):
     layer as ``linfusion``. ``forward`` has ``CrossAttention.forward``'s signature.
     """
 
-    def __init__(self, base: nn.Module, layer: L.LinFusionAttention, min_tokens: int = 0,
-                 keep_base_value_output: bool = False, compute_fp32: bool = False, chunk_size: int = 0):
+    def __init__(
+        self,
+        base: nn.Module,
+        layer: L.LinFusionAttention,
+        min_tokens: int = 0,
+        keep_base_value_output: bool = False,
+        compute_fp32: bool = False,
+        chunk_size: int = 0,
+    ):
         super().__init__()
         self.to_q, self.to_k, self.to_v, self.to_out = base.to_q, base.to_k, base.to_v, base.to_out
         self.linfusion = layer
@@ -105,12 +113,20 @@ class LinFusionAttn1(nn.Module):
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006 (ComfyUI's signature)
         if not self.uses_linfusion(x, context, value, mask):
-            return self.base(x, context=context, value=value, mask=mask, transformer_options=transformer_options)
+            return self.base(
+                x, context=context, value=value, mask=mask, transformer_options=transformer_options
+            )
         keep = self.keep_base_value_output  # the base model's to_v / to_out instead of LinFusion's
-        return self.linfusion(x, context, value, v_proj=self.to_v if keep else None,
-                              out_proj=self.to_out if keep else None, chunk_size=self.chunk_size,
-                              chunk_projections=False,
-                              compute_dtype=torch.float32 if self.compute_fp32 else x.dtype)
+        return self.linfusion(
+            x,
+            context,
+            value,
+            v_proj=self.to_v if keep else None,
+            out_proj=self.to_out if keep else None,
+            chunk_size=self.chunk_size,
+            chunk_projections=False,
+            compute_dtype=torch.float32 if self.compute_fp32 else x.dtype,
+        )
 
 
 def load_weights(path: str, name: str) -> LinFusionWeights:
@@ -123,8 +139,14 @@ def load_weights(path: str, name: str) -> LinFusionWeights:
     return LinFusionWeights(name, specs, layers)
 
 
-def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,
-                chunk_size: int = 0, precision: str = "auto"):
+def patch_model(
+    model,
+    weights: LinFusionWeights,
+    min_tokens: int = 0,
+    keep_base_value_output: bool = False,
+    chunk_size: int = 0,
+    precision: str = "auto",
+):
     """A clone of ``model`` with every attn1 object-patched; refuses any mismatch.
 
     Memory: the clone's ``size`` (what ``ModelPatcher.model_size()`` reports to ComfyUI's VRAM
@@ -136,21 +158,27 @@ def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base
     require_sd_unet(model)
     paths = _attn1_paths(model)
     if not paths:
-        raise ValueError(f"model: {model_family(model)} has no attn1 (self-attention) layers; LinFusion patches "
-                         "SD1.x, SD2.x and SDXL UNets only.")
+        raise ValueError(
+            f"model: {model_family(model)} has no attn1 (self-attention) layers; LinFusion patches "
+            "SD1.x, SD2.x and SDXL UNets only."
+        )
     bases = {}
     for p in paths:
         m = model.get_model_object(f"diffusion_model.{p}")
         if isinstance(m, LinFusionAttn1):
-            raise ValueError("model: LinFusion is already applied to this model; connect the model from before "
-                             "the first UltraResLinFusionApply.")
+            raise ValueError(
+                "model: LinFusion is already applied to this model; connect the model from before "
+                "the first UltraResLinFusionApply."
+            )
         bases[p] = m
     unet_config = model.model.model_config.unet_config
     res_blocks = unet_config.get("num_res_blocks", 2)
     file_desc, model_desc = weights.family, _describe_model(model, bases)
-    mismatch = (f"lf_name '{weights.name}' ({file_desc}) does not fit {model_desc}. Use LinFusion weights made for "
-                "this model family (LinFusion-1-5 for SD1.x, -2-1 for SD2.x, -XL for SDXL) or distil your own with "
-                "`scripts/linfusion_distill.py`.")
+    mismatch = (
+        f"lf_name '{weights.name}' ({file_desc}) does not fit {model_desc}. Use LinFusion weights made for "
+        "this model family (LinFusion-1-5 for SD1.x, -2-1 for SD2.x, -XL for SDXL) or distil your own with "
+        "`scripts/linfusion_distill.py`."
+    )
     mapped = {}
     for spec, sd in zip(weights.specs, weights.layers):
         try:
@@ -158,7 +186,9 @@ def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base
         except fmt.LinFusionFormatError as exc:
             raise ValueError(f"{mismatch} ({exc})") from None
         if target not in bases:
-            raise ValueError(f"{mismatch} (the file's {spec.module_name} -> {target} is not an attn1 of the model)")
+            raise ValueError(
+                f"{mismatch} (the file's {spec.module_name} -> {target} is not an attn1 of the model)"
+            )
         base = bases[target]
         width, heads = base.to_q.weight.shape[1], int(base.heads)
         if spec.dim_n != width or base.to_q.weight.shape[0] != width:
@@ -168,35 +198,46 @@ def patch_model(model, weights: LinFusionWeights, min_tokens: int = 0, keep_base
         mapped[target] = (spec, sd)
     missing = [p for p in paths if p not in mapped]
     if missing:
-        raise ValueError(f"{mismatch} (the file does not cover {len(missing)} attn1 layers of the model, "
-                         f"e.g. {missing[0]})")
+        raise ValueError(
+            f"{mismatch} (the file does not cover {len(missing)} attn1 layers of the model, "
+            f"e.g. {missing[0]})"
+        )
 
     base_model = model.model
     model_dtype = base_model.manual_cast_dtype or base_model.get_dtype()
     compute_fp32 = precision == "fp32"
     if precision == "auto" and model_family(model) == "SD20" and model_dtype == torch.float16:
         compute_fp32 = True
-        logging.warning("UltraRes LinFusion: SD2.x LinFusion weights are numerically unstable in float16 "
-                        "(as the official repo warns); the LinFusion layers run in float32.")
+        logging.warning(
+            "UltraRes LinFusion: SD2.x LinFusion weights are numerically unstable in float16 "
+            "(as the official repo warns); the LinFusion layers run in float32."
+        )
     if model_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        model_dtype = torch.float16  # fp8 / quantized models: store fp16, cast to the activations' dtype at use
+        model_dtype = (
+            torch.float16
+        )  # fp8 / quantized models: store fp16, cast to the activations' dtype at use
     layer_dtype = torch.float32 if compute_fp32 else model_dtype
     m = model.clone()
     layers = []
     for target, (spec, sd) in mapped.items():
-        layer = fmt.build_layer(spec, sd, operations=comfy.ops.manual_cast, dtype=layer_dtype,
-                                device=model.offload_device)
+        layer = fmt.build_layer(
+            spec, sd, operations=comfy.ops.manual_cast, dtype=layer_dtype, device=model.offload_device
+        )
         layers.append(layer)
         m.add_object_patch(
             f"diffusion_model.{target}",
-            LinFusionAttn1(bases[target], layer, min_tokens, keep_base_value_output, compute_fp32, chunk_size),
+            LinFusionAttn1(
+                bases[target], layer, min_tokens, keep_base_value_output, compute_fp32, chunk_size
+            ),
         )
     m.size = model.model_size() + linfusion_bytes(layers)
     return m
 
 
 def _lf_files() -> list[str]:
-    return sorted(f for f in folder_paths.get_filename_list(FOLDER) if f.endswith((".safetensors", "config.json")))
+    return sorted(
+        f for f in folder_paths.get_filename_list(FOLDER) if f.endswith((".safetensors", "config.json"))
+    )
 
 
 class LinFusionLoader(io.ComfyNode):
@@ -213,24 +254,35 @@ class LinFusionLoader(io.ComfyNode):
                 "`scripts/linfusion_distill.py` writes)."
             ),
             inputs=[
-                io.Combo.Input("lf_name", options=_lf_files(),
-                               tooltip="LinFusion weights in models/linfusion (.safetensors, or a release folder's config.json)."),
+                io.Combo.Input(
+                    "lf_name",
+                    options=_lf_files(),
+                    tooltip="LinFusion weights in models/linfusion (.safetensors, or a release folder's config.json).",
+                ),
             ],
-            outputs=[LinFusionType.Output(display_name="linfusion",
-                                          tooltip="LinFusion layers for UltraResLinFusionApply.")],
+            outputs=[
+                LinFusionType.Output(
+                    display_name="linfusion", tooltip="LinFusion layers for UltraResLinFusionApply."
+                )
+            ],
         )
 
     @classmethod
     def validate_inputs(cls, lf_name: str | None = None) -> bool | str:
-        v = check_inputs(cls, lf_name=lf_name,
-                         combo_hints={"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"})
+        v = check_inputs(
+            cls,
+            lf_name=lf_name,
+            combo_hints={"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"},
+        )
         return v if isinstance(v, str) else True
 
     @classmethod
     def execute(cls, lf_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, lf_name)
         if path is None:
-            raise ValueError(f"lf_name '{lf_name}' is not in models/linfusion; put the file there and refresh.")
+            raise ValueError(
+                f"lf_name '{lf_name}' is not in models/linfusion; put the file there and refresh."
+            )
         return io.NodeOutput(load_weights(path, lf_name))
 
 
@@ -249,21 +301,42 @@ class LinFusionApply(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model."),
-                LinFusionType.Input("linfusion", tooltip="Weights from LinFusion Loader, made for this model family."),
-                io.Int.Input("min_tokens", default=0, min=0, max=1 << 24, step=64,
-                             tooltip="Layers seeing fewer tokens (latent pixels) than this keep the original softmax "
-                                     "attention, where linear attention saves little (e.g. 4096 = a 64x64 latent). "
-                                     "0 = LinFusion everywhere (as distilled)."),
-                io.Boolean.Input("keep_base_value_output", default=False,
-                                 tooltip="Use the model's own value and output projections (to_v, to_out) instead of "
-                                         "LinFusion's: keeps more of a fine-tune's self-attention. Off = the official "
-                                         "behaviour (all four projections from the LinFusion file)."),
-                io.Int.Input("chunk_size", default=0, min=0, max=1 << 24, step=1024,
-                             tooltip="Tokens per chunk in the linear attention's float32 reductions (bounds memory at "
-                                     "very large sizes); 0 = no chunking."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                               tooltip="auto: the model's dtype, except SD2.x in float16, which runs LinFusion in "
-                                       "float32 (the official weights are unstable in fp16). fp32: always float32."),
+                LinFusionType.Input(
+                    "linfusion", tooltip="Weights from LinFusion Loader, made for this model family."
+                ),
+                io.Int.Input(
+                    "min_tokens",
+                    default=0,
+                    min=0,
+                    max=1 << 24,
+                    step=64,
+                    tooltip="Layers seeing fewer tokens (latent pixels) than this keep the original softmax "
+                    "attention, where linear attention saves little (e.g. 4096 = a 64x64 latent). "
+                    "0 = LinFusion everywhere (as distilled).",
+                ),
+                io.Boolean.Input(
+                    "keep_base_value_output",
+                    default=False,
+                    tooltip="Use the model's own value and output projections (to_v, to_out) instead of "
+                    "LinFusion's: keeps more of a fine-tune's self-attention. Off = the official "
+                    "behaviour (all four projections from the LinFusion file).",
+                ),
+                io.Int.Input(
+                    "chunk_size",
+                    default=0,
+                    min=0,
+                    max=1 << 24,
+                    step=1024,
+                    tooltip="Tokens per chunk in the linear attention's float32 reductions (bounds memory at "
+                    "very large sizes); 0 = no chunking.",
+                ),
+                io.Combo.Input(
+                    "precision",
+                    options=list(PRECISIONS),
+                    default="auto",
+                    tooltip="auto: the model's dtype, except SD2.x in float16, which runs LinFusion in "
+                    "float32 (the official weights are unstable in fp16). fp32: always float32.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The model with LinFusion self-attention.")],
         )
@@ -274,11 +347,20 @@ class LinFusionApply(io.ComfyNode):
         return v if isinstance(v, str) else True
 
     @classmethod
-    def execute(cls, model, linfusion: LinFusionWeights, min_tokens: int = 0, keep_base_value_output: bool = False,
-                chunk_size: int = 0, precision: str = "auto") -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        linfusion: LinFusionWeights,
+        min_tokens: int = 0,
+        keep_base_value_output: bool = False,
+        chunk_size: int = 0,
+        precision: str = "auto",
+    ) -> io.NodeOutput:
         if not isinstance(linfusion, LinFusionWeights):
             raise ValueError("linfusion: connect the output of LinFusion Loader (UltraRes).")
-        return io.NodeOutput(patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision))
+        return io.NodeOutput(
+            patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision)
+        )
 
 
 NODES = [LinFusionLoader, LinFusionApply]

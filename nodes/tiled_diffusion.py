@@ -87,8 +87,10 @@ class _TileConds:
             H, W = x.shape[-2] * ratio, x.shape[-1] * ratio
             up = control.upscale_algorithm
             pixels = comfy.utils.common_upscale(control.cond_hint_original, W, H, up, "center")
-            extras = [comfy.utils.common_upscale(c, W, H, up, "center") if c.ndim == 4 else c
-                      for c in getattr(control, "extra_concat_orig", [])]
+            extras = [
+                comfy.utils.common_upscale(c, W, H, up, "center") if c.ndim == 4 else c
+                for c in getattr(control, "extra_concat_orig", [])
+            ]
             self.prepared[key] = (pixels, extras, self._full_hint(control, x))
         return self.prepared[key]
 
@@ -213,13 +215,17 @@ def check_tiled_memory(model, shape, run: _Run, settings: TileSettings) -> None:
     if fits >= 1:
         fix = f"set tile_batch_size to {int(min(fits, settings.tile_batch_size - 1))} or less"
     else:
-        fix = ("use smaller tiles" if state < have else
-               "generate a smaller image (the latent-sized buffers alone exceed the memory)")
+        fix = (
+            "use smaller tiles"
+            if state < have
+            else "generate a smaller image (the latent-sized buffers alone exceed the memory)"
+        )
     raise ValueError(
         f"Tiled Diffusion (UltraRes): a {w * ratio}x{h * ratio} px image (batch {b}) in {tw * ratio}x{th * ratio} px "
         f"tiles, {settings.tile_batch_size} per call, needs at least {need / gib:.1f} GiB (tile batch activations "
         f"{per_tile * settings.tile_batch_size / gib:.1f} GiB by ComfyUI's own estimate + image-sized buffers "
-        f"{state / gib:.1f} GiB), but {dev} has about {have / gib:.1f} GiB available: {fix}.")
+        f"{state / gib:.1f} GiB), but {dev} has about {have / gib:.1f} GiB available: {fix}."
+    )
 
 
 class _TiledDiffusionPatch:
@@ -239,9 +245,14 @@ class _TiledDiffusionPatch:
         run = _Run(self.settings, H, W, ratio)
         check_tiled_memory(guider.model_patcher, noise.shape, run, self.settings)
         if run.tiles.clamped:
-            log.warning("UltraRes Tiled Diffusion: tile %dx%d px is larger than the %dx%d px image; "
-                        "clamped to the image size (one tile per axis there).",
-                        self.settings.tile_width, self.settings.tile_height, W * ratio, H * ratio)
+            log.warning(
+                "UltraRes Tiled Diffusion: tile %dx%d px is larger than the %dx%d px image; "
+                "clamped to the image size (one tile per axis there).",
+                self.settings.tile_width,
+                self.settings.tile_height,
+                W * ratio,
+                H * ratio,
+            )
         original = guider.model_options
         guider.model_options = comfy.model_patcher.create_model_options_clone(original)
         guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -261,42 +272,91 @@ class _TiledDiffusionPatch:
 
         def predict(tiles_x, tiles, active):
             n, made = len(tiles), {}
-            tile_conds = [None if group is None else run.conds.crop(group, list(tiles), B, x_in, made)
-                          for group in conds]
+            tile_conds = [
+                None if group is None else run.conds.crop(group, list(tiles), B, x_in, made)
+                for group in conds
+            ]
             outs = executor(model, tile_conds, tiles_x, timestep.repeat(n), model_options)
             return [outs[i] for i in active]
 
         groups = [None if group is None else id(group) for group in conds]
-        outs = run.tiles.denoise(x_in, timestep, step, groups, predict, batch_size=1 if has_area else None,
-                                 between_batches=comfy.model_management.throw_exception_if_processing_interrupted)
+        outs = run.tiles.denoise(
+            x_in,
+            timestep,
+            step,
+            groups,
+            predict,
+            batch_size=1 if has_area else None,
+            between_batches=comfy.model_management.throw_exception_if_processing_interrupted,
+        )
         # an absent group gets what ComfyUI's own calc_cond_batch returns for it: zeros
         return [torch.zeros_like(x_in) if o is None else o for o in outs]
 
 
 def _inputs():
     return [
-        io.Model.Input("model", tooltip="The diffusion model to sample in tiles (any model whose latent is a 2-D image)."),
-        io.Combo.Input("method", options=list(METHOD_CHOICES), default="FSTD",
-                       tooltip="FSTD: non-overlapping tiles whose grid shifts every step (about the cost of the "
-                               "image itself). FSTD (full coverage): adds tiles for the strips the shift "
-                               "uncovers instead of reusing the previous prediction. MultiDiffusion / Mixture "
-                               "of Diffusers: overlapping tiles (uniform / Gaussian blend). SpotDiffusion: "
-                               "non-overlapping tiles on a randomly shifted latent."),
-        io.Int.Input("tile_width", default=512, min=MIN_TILE_PX, max=8192, step=8,
-                     tooltip="Tile width in pixels: the model's native size works best (512 for SD1.5, 1024 "
-                             "for SDXL). Multiple of 8. Larger than the image: clamped to it."),
-        io.Int.Input("tile_height", default=512, min=MIN_TILE_PX, max=8192, step=8,
-                     tooltip="Tile height in pixels (see tile_width)."),
-        io.Int.Input("overlap", default=64, min=0, max=2048, step=8,
-                     tooltip="Overlap in pixels between neighbouring tiles, for MultiDiffusion and Mixture of "
-                             "Diffusers only (FSTD and SpotDiffusion tile without overlap)."),
-        io.Int.Input("tile_batch_size", default=4, min=1, max=64,
-                     tooltip="Tiles evaluated per model call: higher is faster if memory allows."),
-        io.Int.Input("reset_interval", default=4, min=1, max=1000,
-                     tooltip="FSTD: every this many steps the grid offset returns to (0, 0). 1 makes every "
-                             "step a reset step: the grid never moves and seams come back. 4 is the official code's default."),
-        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion)."),
+        io.Model.Input(
+            "model", tooltip="The diffusion model to sample in tiles (any model whose latent is a 2-D image)."
+        ),
+        io.Combo.Input(
+            "method",
+            options=list(METHOD_CHOICES),
+            default="FSTD",
+            tooltip="FSTD: non-overlapping tiles whose grid shifts every step (about the cost of the "
+            "image itself). FSTD (full coverage): adds tiles for the strips the shift "
+            "uncovers instead of reusing the previous prediction. MultiDiffusion / Mixture "
+            "of Diffusers: overlapping tiles (uniform / Gaussian blend). SpotDiffusion: "
+            "non-overlapping tiles on a randomly shifted latent.",
+        ),
+        io.Int.Input(
+            "tile_width",
+            default=512,
+            min=MIN_TILE_PX,
+            max=8192,
+            step=8,
+            tooltip="Tile width in pixels: the model's native size works best (512 for SD1.5, 1024 "
+            "for SDXL). Multiple of 8. Larger than the image: clamped to it.",
+        ),
+        io.Int.Input(
+            "tile_height",
+            default=512,
+            min=MIN_TILE_PX,
+            max=8192,
+            step=8,
+            tooltip="Tile height in pixels (see tile_width).",
+        ),
+        io.Int.Input(
+            "overlap",
+            default=64,
+            min=0,
+            max=2048,
+            step=8,
+            tooltip="Overlap in pixels between neighbouring tiles, for MultiDiffusion and Mixture of "
+            "Diffusers only (FSTD and SpotDiffusion tile without overlap).",
+        ),
+        io.Int.Input(
+            "tile_batch_size",
+            default=4,
+            min=1,
+            max=64,
+            tooltip="Tiles evaluated per model call: higher is faster if memory allows.",
+        ),
+        io.Int.Input(
+            "reset_interval",
+            default=4,
+            min=1,
+            max=1000,
+            tooltip="FSTD: every this many steps the grid offset returns to (0, 0). 1 makes every "
+            "step a reset step: the grid never moves and seams come back. 4 is the official code's default.",
+        ),
+        io.Int.Input(
+            "seed",
+            default=0,
+            min=0,
+            max=SEED_MAX,
+            control_after_generate=True,
+            tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion).",
+        ),
     ]
 
 
@@ -308,17 +368,23 @@ class UltraResTiledDiffusion(io.ComfyNode):
             display_name="Tiled Diffusion (UltraRes)",
             category="UltraRes/tiling",
             description="Sample images larger than the model's native size in tiles. FSTD (Any-Size-Diffusion) "
-                        "tiles without overlap and shifts the grid every step so seams never settle: about "
-                        "half the work of overlapping tiles. Works with every sampler and scheduler, CFG, "
-                        "img2img and ControlNet; memory grows with the latent, not with the tile count.",
+            "tiles without overlap and shifts the grid every step so seams never settle: about "
+            "half the work of overlapping tiles. Works with every sampler and scheduler, CFG, "
+            "img2img and ControlNet; memory grows with the latent, not with the tile count.",
             inputs=_inputs(),
-            outputs=[io.Model.Output(tooltip="The model, patched to denoise in tiles; connect it to any sampler.")],
+            outputs=[
+                io.Model.Output(tooltip="The model, patched to denoise in tiles; connect it to any sampler.")
+            ],
         )
 
     @classmethod
-    def validate_inputs(cls, tile_width=None, tile_height=None, overlap=None, method=None):  # None: linked or missing
+    def validate_inputs(
+        cls, tile_width=None, tile_height=None, overlap=None, method=None
+    ):  # None: linked or missing
         # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
-        checked = check_inputs(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
+        checked = check_inputs(
+            cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method
+        )
         if isinstance(checked, str):
             return checked
         # check_inputs has applied the schema's ranges (tiles >= MIN_TILE_PX, overlap >= 0) and the
@@ -327,33 +393,61 @@ class UltraResTiledDiffusion(io.ComfyNode):
         for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
             if value is not None and value % 8:
                 return f"{name}={value} is not a multiple of 8: use {value - value % 8} or {value - value % 8 + 8}."
-        if method in ("MultiDiffusion", "Mixture of Diffusers") and all(isinstance(v, int) for v in (overlap, tile_width, tile_height)):
+        if method in ("MultiDiffusion", "Mixture of Diffusers") and all(
+            isinstance(v, int) for v in (overlap, tile_width, tile_height)
+        ):
             smallest = min(tile_width, tile_height)
             if overlap >= smallest:
                 return f"overlap={overlap} must be smaller than the tile ({smallest} px): lower it, e.g. to {smallest // 8}."
         return True
 
     @classmethod
-    def execute(cls, model, method, tile_width, tile_height, overlap, tile_batch_size, reset_interval, seed) -> io.NodeOutput:
-        verdict = cls.validate_inputs(tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method)
+    def execute(
+        cls, model, method, tile_width, tile_height, overlap, tile_batch_size, reset_interval, seed
+    ) -> io.NodeOutput:
+        verdict = cls.validate_inputs(
+            tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method
+        )
         if verdict is not True:
             raise ValueError(verdict)
-        settings = TileSettings(method=METHOD_CHOICES[method], tile_width=tile_width, tile_height=tile_height,
-                                overlap=overlap, tile_batch_size=tile_batch_size, reset_interval=reset_interval,
-                                seed=seed)
+        settings = TileSettings(
+            method=METHOD_CHOICES[method],
+            tile_width=tile_width,
+            tile_height=tile_height,
+            overlap=overlap,
+            tile_batch_size=tile_batch_size,
+            reset_interval=reset_interval,
+            seed=seed,
+        )
         patch = _TiledDiffusionPatch(settings)
         m = model.clone()
-        for kind, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
-                         (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch)):
+        for kind, fn in (
+            (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, patch.outer_sample),
+            (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch),
+        ):
             m.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying the node twice: the last one wins
             m.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
         return io.NodeOutput(m)
 
 
 # Native training resolution per ComfyUI model config class (pixels per side).
-NATIVE_SIDE = {"SD15": 512, "SD20": 768, "SD21UnclipL": 768, "SD21UnclipH": 768, "SDXL": 1024, "SDXLRefiner": 1024,
-               "SSD1B": 1024, "Segmind_Vega": 1024, "SD3": 1024, "Flux": 1024, "FluxSchnell": 1024, "AuraFlow": 1024,
-               "PixArtSigma": 1024, "HunyuanDiT": 1024, "Lumina2": 1024}
+NATIVE_SIDE = {
+    "SD15": 512,
+    "SD20": 768,
+    "SD21UnclipL": 768,
+    "SD21UnclipH": 768,
+    "SDXL": 1024,
+    "SDXLRefiner": 1024,
+    "SSD1B": 1024,
+    "Segmind_Vega": 1024,
+    "SD3": 1024,
+    "Flux": 1024,
+    "FluxSchnell": 1024,
+    "AuraFlow": 1024,
+    "PixArtSigma": 1024,
+    "HunyuanDiT": 1024,
+    "Lumina2": 1024,
+}
 
 
 def declared_native_pixels(model) -> int | None:
@@ -398,46 +492,83 @@ class UltraResAnySizePlan(io.ComfyNode):
             display_name="Any-Size Plan (UltraRes)",
             category="UltraRes/tiling",
             description="Any-Size-Diffusion's first stage: pick the size to generate at natively (the target's "
-                        "aspect ratio at about the model's native pixel count, multiples of 64) and how to reach "
-                        "the target exactly. Sample at first_width x first_height, upscale (aspect kept) to "
-                        "upscaled_width x upscaled_height, crop target_width x target_height at (crop_x, crop_y) "
-                        "with Latent Crop, then refine with Tiled Diffusion (FSTD) at the target size. The "
-                        "image is never stretched: the few pixels the 64-px rounding adds are cropped off.",
+            "aspect ratio at about the model's native pixel count, multiples of 64) and how to reach "
+            "the target exactly. Sample at first_width x first_height, upscale (aspect kept) to "
+            "upscaled_width x upscaled_height, crop target_width x target_height at (crop_x, crop_y) "
+            "with Latent Crop, then refine with Tiled Diffusion (FSTD) at the target size. The "
+            "image is never stretched: the few pixels the 64-px rounding adds are cropped off.",
             inputs=[
-                io.Int.Input("target_width", default=2048, min=64, max=16384, step=8, tooltip="Final image width in pixels."),
-                io.Int.Input("target_height", default=2048, min=64, max=16384, step=8, tooltip="Final image height in pixels."),
-                io.Int.Input("native_size", default=0, min=0, max=4096, step=64,
-                             tooltip="The model's native side in pixels (512 for SD1.5, 1024 for SDXL); 0 = read it "
-                                     "from the connected model."),
-                io.Model.Input("model", optional=True,
-                               tooltip="Optional: the model, to read its native resolution when native_size is 0."),
+                io.Int.Input(
+                    "target_width",
+                    default=2048,
+                    min=64,
+                    max=16384,
+                    step=8,
+                    tooltip="Final image width in pixels.",
+                ),
+                io.Int.Input(
+                    "target_height",
+                    default=2048,
+                    min=64,
+                    max=16384,
+                    step=8,
+                    tooltip="Final image height in pixels.",
+                ),
+                io.Int.Input(
+                    "native_size",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=64,
+                    tooltip="The model's native side in pixels (512 for SD1.5, 1024 for SDXL); 0 = read it "
+                    "from the connected model.",
+                ),
+                io.Model.Input(
+                    "model",
+                    optional=True,
+                    tooltip="Optional: the model, to read its native resolution when native_size is 0.",
+                ),
             ],
             outputs=[
                 io.Int.Output(display_name="first_width", tooltip="Width to generate at (multiple of 64)."),
                 io.Int.Output(display_name="first_height", tooltip="Height to generate at (multiple of 64)."),
-                io.Float.Output(display_name="upscale_by", tooltip="Factor from the first stage to the target."),
+                io.Float.Output(
+                    display_name="upscale_by", tooltip="Factor from the first stage to the target."
+                ),
                 io.Int.Output(display_name="target_width", tooltip="The target width, passed through."),
                 io.Int.Output(display_name="target_height", tooltip="The target height, passed through."),
                 io.String.Output(display_name="summary", tooltip="The plan in words."),
-                io.Int.Output(display_name="upscaled_width",
-                              tooltip="Width to upscale the first stage to (aspect kept, covers the target)."),
-                io.Int.Output(display_name="upscaled_height",
-                              tooltip="Height to upscale the first stage to (aspect kept, covers the target)."),
-                io.Int.Output(display_name="crop_x", tooltip="Left edge of the centred target crop (Latent Crop x)."),
-                io.Int.Output(display_name="crop_y", tooltip="Top edge of the centred target crop (Latent Crop y)."),
+                io.Int.Output(
+                    display_name="upscaled_width",
+                    tooltip="Width to upscale the first stage to (aspect kept, covers the target).",
+                ),
+                io.Int.Output(
+                    display_name="upscaled_height",
+                    tooltip="Height to upscale the first stage to (aspect kept, covers the target).",
+                ),
+                io.Int.Output(
+                    display_name="crop_x", tooltip="Left edge of the centred target crop (Latent Crop x)."
+                ),
+                io.Int.Output(
+                    display_name="crop_y", tooltip="Top edge of the centred target crop (Latent Crop y)."
+                ),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, target_width=None, target_height=None, native_size=None) -> bool | str:
-        checked = check_inputs(cls, target_width=target_width, target_height=target_height, native_size=native_size)
+        checked = check_inputs(
+            cls, target_width=target_width, target_height=target_height, native_size=native_size
+        )
         if isinstance(checked, str):
             return checked
         for name in ("target_width", "target_height"):
             value = checked.get(name)
             if value is not None and value % 8:
-                return (f"{name}={value} is not a multiple of 8 (latents are 1/8 of the image): use "
-                        f"{value - value % 8} or {value - value % 8 + 8}.")
+                return (
+                    f"{name}={value} is not a multiple of 8 (latents are 1/8 of the image): use "
+                    f"{value - value % 8} or {value - value % 8 + 8}."
+                )
         return True
 
     @classmethod
@@ -447,16 +578,26 @@ class UltraResAnySizePlan(io.ComfyNode):
         elif model is not None:
             pixels, source = native_pixels(model)
         else:
-            raise ValueError("Any-Size Plan needs the model's native size: connect the model, or set native_size "
-                             "(512 for SD1.5, 1024 for SDXL).")
-        verdict = cls.validate_inputs(target_width=target_width, target_height=target_height, native_size=native_size)
+            raise ValueError(
+                "Any-Size Plan needs the model's native size: connect the model, or set native_size "
+                "(512 for SD1.5, 1024 for SDXL)."
+            )
+        verdict = cls.validate_inputs(
+            target_width=target_width, target_height=target_height, native_size=native_size
+        )
         if verdict is not True:
             raise ValueError(verdict)
         w, h, up = plan_any_size(target_width, target_height, pixels)
         sw, sh, x, y = cover_and_crop(w, h, target_width, target_height)
-        crop = f", crop {target_width}x{target_height} at ({x}, {y})" if (sw, sh) != (target_width, target_height) else ""
-        summary = (f"generate {w}x{h}, upscale x{up:.3g} to {sw}x{sh}{crop}, refine with FSTD "
-                   f"(native {int(pixels ** 0.5)}^2 px from {source})")
+        crop = (
+            f", crop {target_width}x{target_height} at ({x}, {y})"
+            if (sw, sh) != (target_width, target_height)
+            else ""
+        )
+        summary = (
+            f"generate {w}x{h}, upscale x{up:.3g} to {sw}x{sh}{crop}, refine with FSTD "
+            f"(native {int(pixels**0.5)}^2 px from {source})"
+        )
         return io.NodeOutput(w, h, up, target_width, target_height, summary, sw, sh, x, y)
 
 

@@ -37,7 +37,7 @@ def grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
     for i, r in enumerate(rows):
         for j in range(r.shape[0]):
             y, x = pad + i * (s + pad), pad + j * (s + pad)
-            canvas[:, y:y + s, x:x + s] = r[j]
+            canvas[:, y : y + s, x : x + s] = r[j]
     return Image.fromarray(canvas.permute(1, 2, 0).numpy())
 
 

@@ -63,8 +63,10 @@ def prediction_of(base) -> str:
     if kind == comfy.model_base.ModelType.V_PREDICTION:
         return "v"
     name = getattr(kind, "name", kind)
-    raise SystemExit(f"--checkpoint: model type {name} is not supported; LinFusion distillation needs an "
-                     "epsilon- or v-prediction SD1.x/SD2.x/SDXL UNet")
+    raise SystemExit(
+        f"--checkpoint: model type {name} is not supported; LinFusion distillation needs an "
+        "epsilon- or v-prediction SD1.x/SD2.x/SDXL UNet"
+    )
 
 
 def prepare_teacher(model):
@@ -85,8 +87,10 @@ def prepare_teacher(model):
     if base.manual_cast_dtype is None:
         wrong = {p.dtype for p in unet.parameters() if p.is_floating_point() and p.dtype != dtype}
         if wrong:
-            raise SystemExit(f"the UNet is built for {dtype} but holds {sorted(map(str, wrong))} weights; load it "
-                             "with the dtype you want (--precision) instead of casting it afterwards")
+            raise SystemExit(
+                f"the UNet is built for {dtype} but holds {sorted(map(str, wrong))} weights; load it "
+                "with the dtype you want (--precision) instead of casting it afterwards"
+            )
 
     def denoiser(x, sigma, **cond):
         return base.apply_model(x, sigma, **cond)
@@ -100,7 +104,9 @@ def _load_image_latent(vae, path: str, resolution: int) -> torch.Tensor:
 
     img = Image.open(path).convert("RGB")
     scale = resolution / min(img.size)
-    img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))), Image.BICUBIC)
+    img = img.resize(
+        (max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))), Image.BICUBIC
+    )
     left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
     img = img.crop((left, top, left + resolution, top + resolution))
     pixels = torch.from_numpy(np.asarray(img).astype("float32") / 255.0)[None]  # [1,H,W,3]
@@ -108,29 +114,59 @@ def _load_image_latent(vae, path: str, resolution: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python scripts/linfusion_distill.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="SD1.x/2.x/XL checkpoint (.safetensors) to distil from")
-    parser.add_argument("--out", required=True, help="output: .safetensors file, or a folder (config.json + weights)")
-    parser.add_argument("--images", help="folder of images with same-stem .txt captions; omit for data-free training")
-    parser.add_argument("--prompts", default="", help="data-free: '|'-separated prompts for the teacher's samples")
+    parser = argparse.ArgumentParser(
+        prog="python scripts/linfusion_distill.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="SD1.x/2.x/XL checkpoint (.safetensors) to distil from"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output: .safetensors file, or a folder (config.json + weights)"
+    )
+    parser.add_argument(
+        "--images", help="folder of images with same-stem .txt captions; omit for data-free training"
+    )
+    parser.add_argument(
+        "--prompts", default="", help="data-free: '|'-separated prompts for the teacher's samples"
+    )
     parser.add_argument("--resolution", type=int, default=512, help="training resolution in pixels")
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=1, help="latents per step")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (official 1e-4)")
-    parser.add_argument("--init", choices=["teacher", "random"], default="teacher",
-                        help="start from the teacher's projections (default) or the official fresh init")
-    parser.add_argument("--mid-dim-scale", type=int, default=None,
-                        help="projection_mid_dim = C / scale (default: 16 for SDXL, full width otherwise)")
-    parser.add_argument("--prefit-steps", type=int, default=200,
-                        help="layer-local warm-up passes before the official objective (0 = official recipe only)")
-    parser.add_argument("--noise-weight", type=float, default=1.0,
-                        help="weight of the ground-truth noise loss (official 1.0)")
-    parser.add_argument("--pool", type=int, default=8, help="data-free: teacher samples to draw and cycle through")
+    parser.add_argument(
+        "--init",
+        choices=["teacher", "random"],
+        default="teacher",
+        help="start from the teacher's projections (default) or the official fresh init",
+    )
+    parser.add_argument(
+        "--mid-dim-scale",
+        type=int,
+        default=None,
+        help="projection_mid_dim = C / scale (default: 16 for SDXL, full width otherwise)",
+    )
+    parser.add_argument(
+        "--prefit-steps",
+        type=int,
+        default=200,
+        help="layer-local warm-up passes before the official objective (0 = official recipe only)",
+    )
+    parser.add_argument(
+        "--noise-weight", type=float, default=1.0, help="weight of the ground-truth noise loss (official 1.0)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=8, help="data-free: teacher samples to draw and cycle through"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="auto",
-                        help="dtype of the frozen teacher UNet (auto: what ComfyUI picks for the device, e.g. fp16 "
-                             "on most GPUs, fp32 on the CPU); the LinFusion layers always train in fp32")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="auto",
+        help="dtype of the frozen teacher UNet (auto: what ComfyUI picks for the device, e.g. fp16 "
+        "on most GPUs, fp32 on the CPU); the LinFusion layers always train in fp32",
+    )
     parser.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH or the pack's .comfyui)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -142,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = PRECISIONS[args.precision]
     model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(
-        args.checkpoint, output_vae=True, output_clip=True, model_options={} if dtype is None else {"dtype": dtype})
+        args.checkpoint,
+        output_vae=True,
+        output_clip=True,
+        model_options={} if dtype is None else {"dtype": dtype},
+    )
     if model is None:
         raise SystemExit(f"--checkpoint {args.checkpoint!r} holds no diffusion model")
     base, unet, denoiser = prepare_teacher(model)
@@ -160,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         out = {"c_crossattn": cond.to(device)}
         px = args.resolution
-        y = base.encode_adm(pooled_output=pooled, width=px, height=px, crop_w=0, crop_h=0, target_width=px, target_height=px)
+        y = base.encode_adm(
+            pooled_output=pooled, width=px, height=px, crop_w=0, crop_h=0, target_width=px, target_height=px
+        )
         if y is not None:
             out["y"] = y.to(device)
         return out
@@ -168,15 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     sigmas = base.model_sampling.sigmas.float().cpu()
     if args.images:
         pairs = image_caption_pairs(args.images)
-        data = [(latent_format.process_in(_load_image_latent(vae, p, args.resolution)).to(device), encode(c)) for p, c in pairs]
+        data = [
+            (latent_format.process_in(_load_image_latent(vae, p, args.resolution)).to(device), encode(c))
+            for p, c in pairs
+        ]
     else:
         prompts = [p.strip() for p in args.prompts.split("|")] or [""]
         data = []
         lat = args.resolution // 8
         for i in range(args.pool):
             cond = encode(prompts[i % len(prompts)])
-            data.append((teacher_latents(denoiser, (1, 4, lat, lat), cond, sigmas, generator=gen, device=device), cond))
-    distiller = Distiller(unet, denoiser, layers, sigmas=sigmas, config=DistillConfig(prediction=prediction, lr=args.lr, w_noise=args.noise_weight))
+            data.append(
+                (
+                    teacher_latents(denoiser, (1, 4, lat, lat), cond, sigmas, generator=gen, device=device),
+                    cond,
+                )
+            )
+    distiller = Distiller(
+        unet,
+        denoiser,
+        layers,
+        sigmas=sigmas,
+        config=DistillConfig(prediction=prediction, lr=args.lr, w_noise=args.noise_weight),
+    )
     before = distiller.layer_errors(data[0][0], data[0][1], sigma=[float(sigmas[i]) for i in (100, 500, 900)])
     for step in range(args.prefit_steps):
         x0, cond = data[step % len(data)]
@@ -190,12 +246,20 @@ def main(argv: list[str] | None = None) -> int:
         cond = {k: torch.cat([b[1][k] for b in batch]) for k in batch[0][1]}
         terms = distiller.step(x0, cond, gen)
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step + 1}/{args.steps} " + " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-                  + f" ({time.time() - start:.0f}s)", flush=True)
+            print(
+                f"step {step + 1}/{args.steps} "
+                + " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+                + f" ({time.time() - start:.0f}s)",
+                flush=True,
+            )
     after = distiller.layer_errors(data[0][0], data[0][1], sigma=[float(sigmas[i]) for i in (100, 500, 900)])
-    print(f"mean per-layer attn1 relative error: {sum(before.values()) / len(before):.4f} -> "
-          f"{sum(after.values()) / len(after):.4f}")
-    written = save_linfusion(args.out, [specs[p] for p in specs], [layers[p] for p in specs], dtype=torch.float16)
+    print(
+        f"mean per-layer attn1 relative error: {sum(before.values()) / len(before):.4f} -> "
+        f"{sum(after.values()) / len(after):.4f}"
+    )
+    written = save_linfusion(
+        args.out, [specs[p] for p in specs], [layers[p] for p in specs], dtype=torch.float16
+    )
     print(f"wrote {written} ({len(specs)} layers, {family}, {prediction}-prediction losses)")
     return 0
 

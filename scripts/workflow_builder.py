@@ -96,8 +96,11 @@ class Graph:
                 elif _is_widget(spec) and required:
                     inputs[name] = self._default(node["class_type"], name, spec)
             entry = {"inputs": inputs, "class_type": node["class_type"]}
-            entry["_meta"] = {"title": node["title"] or self.info(node["class_type"]).get("display_name")
-                              or node["class_type"]}
+            entry["_meta"] = {
+                "title": node["title"]
+                or self.info(node["class_type"]).get("display_name")
+                or node["class_type"]
+            }
             prompt[str(node_id)] = entry
         return prompt
 
@@ -133,9 +136,19 @@ class Graph:
             col = depths[node_id]
             row = column_fill.get(col, 0)
             column_fill[col] = row + 1
-            ui = {"id": node_id, "type": node["class_type"], "pos": [40 + 380 * col, 40 + 260 * row],
-                  "size": [340, 200], "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
-                  "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": []}
+            ui = {
+                "id": node_id,
+                "type": node["class_type"],
+                "pos": [40 + 380 * col, 40 + 260 * row],
+                "size": [340, 200],
+                "flags": {},
+                "order": 0,
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "properties": {"Node name for S&R": node["class_type"]},
+                "widgets_values": [],
+            }
             if node["title"]:
                 ui["title"] = node["title"]
             for name, spec, required in self._ordered_inputs(node["class_type"]):
@@ -170,8 +183,14 @@ class Graph:
                 ui["inputs"].append(slot)
             names = info.get("output_name") or info["output"]
             for i, out_type in enumerate(info["output"]):
-                ui["outputs"].append({"name": names[i], "type": out_type, "slot_index": i,
-                                      "links": [lk[0] for lk in links if lk[1] == node_id and lk[2] == i]})
+                ui["outputs"].append(
+                    {
+                        "name": names[i],
+                        "type": out_type,
+                        "slot_index": i,
+                        "links": [lk[0] for lk in links if lk[1] == node_id and lk[2] == i],
+                    }
+                )
             ui_nodes[node_id] = ui
         # outputs' link lists are complete only once every consumer was visited
         for ui in ui_nodes.values():
@@ -179,10 +198,16 @@ class Graph:
                 out["links"] = [lk[0] for lk in links if lk[1] == ui["id"] and lk[2] == i]
         for order, nid in enumerate(sorted(ui_nodes, key=lambda n: (depths[n], n))):
             ui_nodes[nid]["order"] = order
-        return {"last_node_id": max(ui_nodes, default=0), "last_link_id": len(links),
-                "nodes": list(ui_nodes.values()), "links": links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "ultrares": {"title": title}},
-                "version": 0.4}
+        return {
+            "last_node_id": max(ui_nodes, default=0),
+            "last_link_id": len(links),
+            "nodes": list(ui_nodes.values()),
+            "links": links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "ultrares": {"title": title}},
+            "version": 0.4,
+        }
 
 
 def load_spec(name: str):
@@ -215,16 +240,23 @@ def dump(obj: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="*", help="spec names (default: all in workflows/specs)")
-    parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed files instead of writing"
+    )
     args = parser.parse_args(argv)
     names = args.names or sorted(p.stem for p in SPECS.glob("*.py") if not p.stem.startswith("_"))
     object_info = in_process_object_info()
     stale = []
     for name in names:
         ui, api = build_spec(name, object_info)
-        targets = {ROOT / "workflows" / f"{name}.json": dump(ui), ROOT / "workflows" / "api" / f"{name}.json": dump(api)}
+        targets = {
+            ROOT / "workflows" / f"{name}.json": dump(ui),
+            ROOT / "workflows" / "api" / f"{name}.json": dump(api),
+        }
         for path, text in targets.items():
             if args.check:
                 if not path.exists() or path.read_text() != text:

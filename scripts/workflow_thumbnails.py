@@ -29,9 +29,16 @@ MAX_BYTES = 60_000
 BG, PANEL, TEXT = (32, 33, 36), (53, 53, 58), (225, 225, 225)
 OURS, OURS_EDGE = (46, 78, 120), (120, 170, 240)
 LINK_COLOURS = {  # ComfyUI's default link colours
-    "MODEL": (178, 157, 255), "CLIP": (255, 210, 49), "VAE": (255, 97, 97), "LATENT": (255, 158, 208),
-    "CONDITIONING": (255, 169, 100), "IMAGE": (100, 181, 246), "SIGMAS": (205, 255, 205),
-    "INT": (160, 200, 160), "FLOAT": (160, 200, 160), "STRING": (160, 200, 160),
+    "MODEL": (178, 157, 255),
+    "CLIP": (255, 210, 49),
+    "VAE": (255, 97, 97),
+    "LATENT": (255, 158, 208),
+    "CONDITIONING": (255, 169, 100),
+    "IMAGE": (100, 181, 246),
+    "SIGMAS": (205, 255, 205),
+    "INT": (160, 200, 160),
+    "FLOAT": (160, 200, 160),
+    "STRING": (160, 200, 160),
 }
 FONT_PATHS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf")
 
@@ -74,7 +81,7 @@ def _wrap(text: str, font, width: float, draw: ImageDraw.ImageDraw, lines: int =
             line = word
     out.append(line)
     if len(out) > lines:
-        out = out[: lines - 1] + [" ".join(out[lines - 1:])]
+        out = out[: lines - 1] + [" ".join(out[lines - 1 :])]
     return [_fit(line, font, width, draw) for line in out]
 
 
@@ -85,7 +92,7 @@ def node_label(node: dict) -> str:
     label = node["type"]
     if not label.startswith("UltraRes"):
         return label
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[A-Z])(?=[A-Z][a-z]{2,})", " ", label[len("UltraRes"):])
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[A-Z])(?=[A-Z][a-z]{2,})", " ", label[len("UltraRes") :])
     return words.replace("Lin Fusion", "LinFusion")
 
 
@@ -135,8 +142,13 @@ def render(workflow: dict, title: str) -> Image.Image:
         left, top = pt(n["pos"][0], n["pos"][1] - title_h)
         right, bottom = pt(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
         ours = n["type"].startswith("UltraRes")
-        draw.rounded_rectangle([left, top, right, bottom], radius=4, fill=OURS if ours else PANEL,
-                               outline=OURS_EDGE if ours else (90, 90, 96), width=2 if ours else 1)
+        draw.rounded_rectangle(
+            [left, top, right, bottom],
+            radius=4,
+            fill=OURS if ours else PANEL,
+            outline=OURS_EDGE if ours else (90, 90, 96),
+            width=2 if ours else 1,
+        )
         draw.line([left + 1, top + title_h * scale, right - 1, top + title_h * scale], fill=(25, 25, 28))
         lines = _wrap(node_label(n), font, right - left - 6, draw, lines=3)
         ty = top + 3
@@ -176,15 +188,22 @@ def names() -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed files instead of writing"
+    )
     args = parser.parse_args()
     bad = 0
     for name in names():
         data, path = thumbnail_bytes(name), WORKFLOWS / f"{name}.jpg"
         if args.check:
             if not path.exists() or path.read_bytes() != data:
-                print(f"{path.relative_to(ROOT)}: missing or stale (run scripts/workflow_thumbnails.py)", file=sys.stderr)
+                print(
+                    f"{path.relative_to(ROOT)}: missing or stale (run scripts/workflow_thumbnails.py)",
+                    file=sys.stderr,
+                )
                 bad += 1
         else:
             path.write_bytes(data)

@@ -15,11 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Browser tests photograph the demo and the graph editor. They write into the README's docs/images
 # only when asked (ULTRARES_UPDATE_SCREENSHOTS=1), so a test run never edits tracked files.
-DOCS_IMAGES = (ROOT / "docs" / "images" if os.environ.get("ULTRARES_UPDATE_SCREENSHOTS") == "1"
-               else Path(tempfile.gettempdir()) / "ultrares-screenshots")
+DOCS_IMAGES = (
+    ROOT / "docs" / "images"
+    if os.environ.get("ULTRARES_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "ultrares-screenshots"
+)
 CHROMIUM = os.environ.get("ULTRARES_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 TEST_HDIT = "demo-test-hdit.safetensors"
 TEST_CLASSES = ["circles", "squares", "stars"]
 
@@ -30,10 +41,23 @@ def write_test_hdit(folder: Path, seed: int = 0) -> Path:
     from ultrares.kernels import hdit_format
 
     config = {
-        "model": {"type": "image_transformer_v2", "input_channels": 3, "input_size": [64, 64], "patch_size": [4, 4],
-                  "depths": [1, 1], "widths": [32, 64], "mapping_width": 32, "mapping_depth": 1,
-                  "self_attns": [{"type": "neighborhood", "d_head": 16, "kernel_size": 3}, {"type": "global", "d_head": 16}],
-                  "sigma_data": 0.5, "sigma_min": 0.01, "sigma_max": 80.0},
+        "model": {
+            "type": "image_transformer_v2",
+            "input_channels": 3,
+            "input_size": [64, 64],
+            "patch_size": [4, 4],
+            "depths": [1, 1],
+            "widths": [32, 64],
+            "mapping_width": 32,
+            "mapping_depth": 1,
+            "self_attns": [
+                {"type": "neighborhood", "d_head": 16, "kernel_size": 3},
+                {"type": "global", "d_head": 16},
+            ],
+            "sigma_data": 0.5,
+            "sigma_min": 0.01,
+            "sigma_max": 80.0,
+        },
         "dataset": {"num_classes": len(TEST_CLASSES), "class_names": TEST_CLASSES},
     }
     cfg = hdit_format.parse_config(config)
@@ -75,7 +99,9 @@ def launched_demo():
 
     demo = app.build_app()
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True
+    )
     try:
         yield demo, f"http://127.0.0.1:{port}/"
     finally:
@@ -88,8 +114,10 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
-        raise RuntimeError(f"{CHROMIUM} not found: install Debian's chromium (`SETUP_BROWSER=1 bash scripts/setup.sh`) "
-                           "or set ULTRARES_CHROMIUM to a Chromium binary.")
+        raise RuntimeError(
+            f"{CHROMIUM} not found: install Debian's chromium (`SETUP_BROWSER=1 bash scripts/setup.sh`) "
+            "or set ULTRARES_CHROMIUM to a Chromium binary."
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:

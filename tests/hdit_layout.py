@@ -4,7 +4,9 @@
 import torch
 
 
-def official_keys(widths, depths, d_heads, mapping_width, mapping_depth, d_ffs, mapping_d_ff, num_classes, patch, c=3):
+def official_keys(
+    widths, depths, d_heads, mapping_width, mapping_depth, d_ffs, mapping_d_ff, num_classes, patch, c=3
+):
     """k-diffusion image_transformer_v2 state-dict keys -> shapes, written from the published key list
     (independent of the module's own attribute names)."""
     p = patch[0] * patch[1]
@@ -62,7 +64,9 @@ def random_official_state_dict(keys, seed=0):
         elif k.endswith("fac"):
             sd[k] = torch.rand(shape, generator=g)
         else:
-            sd[k] = torch.randn(shape, generator=g) * (0.02 if len(shape) == 2 else 1.0) + (1.0 if len(shape) == 1 else 0)
+            sd[k] = torch.randn(shape, generator=g) * (0.02 if len(shape) == 2 else 1.0) + (
+                1.0 if len(shape) == 1 else 0
+            )
     return sd
 
 
@@ -91,8 +95,6 @@ def small_keys():
     return official_keys([32, 64, 64], [1, 1, 2], [16, 16, 32], 32, 1, [96, 192, 192], 96, 5, (2, 2))
 
 
-
-
 def write_official_safetensors(path, config=SMALL, seed=0):
     """A random official-layout checkpoint in k-diffusion's inference format (fp16, config metadata)."""
     import json
@@ -102,9 +104,17 @@ def write_official_safetensors(path, config=SMALL, seed=0):
     m = config["model"]
     n = len(m["widths"])
     d_heads = [sa.get("d_head", 64) for sa in m["self_attns"]]
-    keys = official_keys(m["widths"], m["depths"], d_heads, m["mapping_width"], m["mapping_depth"],
-                         m.get("d_ffs", [3 * w for w in m["widths"]]), m.get("mapping_d_ff", 3 * m["mapping_width"]),
-                         config.get("dataset", {}).get("num_classes", 0), tuple(m["patch_size"]))
+    keys = official_keys(
+        m["widths"],
+        m["depths"],
+        d_heads,
+        m["mapping_width"],
+        m["mapping_depth"],
+        m.get("d_ffs", [3 * w for w in m["widths"]]),
+        m.get("mapping_d_ff", 3 * m["mapping_width"]),
+        config.get("dataset", {}).get("num_classes", 0),
+        tuple(m["patch_size"]),
+    )
     assert n == len(d_heads)
     sd = {k: v.half() for k, v in random_official_state_dict(keys, seed).items()}
     save_file(sd, str(path), metadata={"config": json.dumps(config)})

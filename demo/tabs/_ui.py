@@ -29,13 +29,21 @@ class Shared:
 def slider(rng: S.InputRange, label: str, value=None, **kwargs) -> gr.Slider:
     """A slider over a node input's declared range (``value`` None: the node's default)."""
     step = rng.step or (1 if rng.kind == "INT" else 0.01)
-    return gr.Slider(rng.min, rng.max, value=rng.default if value is None else value, step=step, label=label, **kwargs)
+    return gr.Slider(
+        rng.min, rng.max, value=rng.default if value is None else value, step=step, label=label, **kwargs
+    )
 
 
 def number(rng: S.InputRange, label: str, value=None, **kwargs) -> gr.Number:
     """A number box limited to a node input's declared range (seeds: ComfyUI's range)."""
-    return gr.Number(value=rng.default if value is None else value, precision=0 if rng.kind == "INT" else None,
-                     minimum=rng.min, maximum=rng.max, label=label, **kwargs)
+    return gr.Number(
+        value=rng.default if value is None else value,
+        precision=0 if rng.kind == "INT" else None,
+        minimum=rng.min,
+        maximum=rng.max,
+        label=label,
+        **kwargs,
+    )
 
 
 def dropdown(choices: list[str], label: str, preferred=None, **kwargs) -> gr.Dropdown:
@@ -63,8 +71,11 @@ def call(fn, progress, *args, **kwargs):
         raise gr.Error(str(exc), print_exception=False) from None
     except Exception as exc:
         LOG.exception("demo: %s failed", getattr(fn, "__name__", fn))
-        raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). The full report is in the terminal "
-                       "running the demo.", print_exception=False) from None
+        raise gr.Error(
+            f"Unexpected error ({type(exc).__name__}: {exc}). The full report is in the terminal "
+            "running the demo.",
+            print_exception=False,
+        ) from None
 
 
 def buttons(name: str):
@@ -94,7 +105,9 @@ def source_changed(source):
         labels = S.load(source).labels
     except ValueError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
-    return gr.update(choices=labels, value=labels[0] if labels else None, visible=True), gr.update(visible=False)
+    return gr.update(choices=labels, value=labels[0] if labels else None, visible=True), gr.update(
+        visible=False
+    )
 
 
 def model_controls(shared: Shared):
@@ -102,13 +115,24 @@ def model_controls(shared: Shared):
     default = shared.default
     labels = S.labels_of(default)
     with gr.Row():
-        source = gr.Dropdown(shared.sources, value=default, label="Model",
-                             info="The embedded HDiT, or a checkpoint from ComfyUI/models/checkpoints.")
-        label = gr.Dropdown(labels, value=labels[0] if labels else None, label="Class",
-                            visible=not default or default.startswith(S.HDIT_PREFIX),
-                            info="What the class-conditional HDiT draws ('unconditional' = any).",
-                            allow_custom_value=True)  # the choices follow the model; the handler checks
-        prompt = gr.Textbox(label="Prompt", value="a photo of a cat", visible=bool(default) and
-                            default.startswith(S.CKPT_PREFIX))
+        source = gr.Dropdown(
+            shared.sources,
+            value=default,
+            label="Model",
+            info="The embedded HDiT, or a checkpoint from ComfyUI/models/checkpoints.",
+        )
+        label = gr.Dropdown(
+            labels,
+            value=labels[0] if labels else None,
+            label="Class",
+            visible=not default or default.startswith(S.HDIT_PREFIX),
+            info="What the class-conditional HDiT draws ('unconditional' = any).",
+            allow_custom_value=True,
+        )  # the choices follow the model; the handler checks
+        prompt = gr.Textbox(
+            label="Prompt",
+            value="a photo of a cat",
+            visible=bool(default) and default.startswith(S.CKPT_PREFIX),
+        )
     source.change(source_changed, source, [label, prompt], queue=False, api_visibility="undocumented")
     return source, label, prompt

@@ -31,22 +31,31 @@ _CACHE: dict[tuple[str, str], tuple] = {}
 
 
 @S.exclusive
-def digit_tokens(image, encoder: str | None = None, codebook: str | None = None, image_size: int | None = None,
-                 fit: str | None = None, mode: str = "nearest_patch",
-                 report: S.Report | None = None) -> tuple[Image.Image, Image.Image, Image.Image, str]:
+def digit_tokens(
+    image,
+    encoder: str | None = None,
+    codebook: str | None = None,
+    image_size: int | None = None,
+    fit: str | None = None,
+    mode: str = "nearest_patch",
+    report: S.Report | None = None,
+) -> tuple[Image.Image, Image.Image, Image.Image, str]:
     """Tokenize an image with DiGIT (``image_size``, ``fit`` None: the node's defaults); returns
     (image as tokenized, token map, tokens decoded, description)."""
     encoder = encoder or (digit_encoders() or [None])[0]
     codebook = codebook or (digit_codebooks() or [None])[0]
     if not encoder or not codebook:
-        raise S.UserError("DiGIT needs a DINOv2 encoder and a codebook in the digit models folder; the embedded ones "
-                          "are made by `make setup` (models/digit). Run it, or put dinov2_vitb14_reg4_pretrain.pth and "
-                          "km_8k.npy in ComfyUI/models/digit.")
+        raise S.UserError(
+            "DiGIT needs a DINOv2 encoder and a codebook in the digit models folder; the embedded ones "
+            "are made by `make setup` (models/digit). Run it, or put dinov2_vitb14_reg4_pretrain.pth and "
+            "km_8k.npy in ComfyUI/models/digit."
+        )
     pixels = S.from_pil(image, "image")
     defaults = S.node_defaults(TOKENIZE)
     rng = S.input_range(TOKENIZE, "image_size")
-    image_size = S.check("image size", defaults["image_size"] if image_size is None else image_size, rng,
-                         int(rng.step or 1))
+    image_size = S.check(
+        "image size", defaults["image_size"] if image_size is None else image_size, rng, int(rng.step or 1)
+    )
     fit = fit or defaults["fit"]
     key = (encoder, codebook)
     if key not in _CACHE:
@@ -58,15 +67,18 @@ def digit_tokens(image, encoder: str | None = None, codebook: str | None = None,
     enc, cb = _CACHE[key]
     t0 = time.perf_counter()
     with S.tracked(report, "tokenizing"):
-        tokens, token_map, seen = S.run_node(TOKENIZE, encoder=enc, codebook=cb, image=pixels, image_size=image_size,
-                                             fit=fit)
+        tokens, token_map, seen = S.run_node(
+            TOKENIZE, encoder=enc, codebook=cb, image=pixels, image_size=image_size, fit=fit
+        )
         if mode == "nearest_patch" and cb.atlas is None:  # no atlas: nothing to draw patches from
             mode = "centroid_pca"
         (decoded,) = S.run_node("UltraResDiGITDecode", tokens=tokens, codebook=cb, mode=mode)
     ids = tokens.ids
-    info = (f"{ids.shape[-2]}x{ids.shape[-1]} tokens from codebook {codebook} (K = {tokens.k}); "
-            f"{int(ids.unique().numel())} distinct ids in this image; decoded as {mode}; "
-            f"{time.perf_counter() - t0:.1f} s.")
+    info = (
+        f"{ids.shape[-2]}x{ids.shape[-1]} tokens from codebook {codebook} (K = {tokens.k}); "
+        f"{int(ids.unique().numel())} distinct ids in this image; decoded as {mode}; "
+        f"{time.perf_counter() - t0:.1f} s."
+    )
     return S.enlarge(S.to_pil(seen)), S.enlarge(S.to_pil(token_map)), S.enlarge(S.to_pil(decoded)), info
 
 
@@ -75,14 +87,18 @@ def ui_digit(image, encoder, codebook, image_size, fit, mode, progress=gr.Progre
 
 
 def build(shared: _ui.Shared) -> None:
-    gr.Markdown("DiGIT's discriminative tokenizer (`UltraResDiGITTokenize`, `UltraResDiGITDecode`): every "
-                "16x16 patch becomes the id of the nearest K-means centroid of its DINOv2 feature. The token "
-                "map colours each id by its centroid; the decoding draws each token as its nearest training patch.")
+    gr.Markdown(
+        "DiGIT's discriminative tokenizer (`UltraResDiGITTokenize`, `UltraResDiGITDecode`): every "
+        "16x16 patch becomes the id of the nearest K-means centroid of its DINOv2 feature. The token "
+        "map colours each id by its centroid; the decoding draws each token as its nearest training patch."
+    )
     image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"])
     with gr.Row():
         encoder = _ui.dropdown(digit_encoders(), "Encoder")
         codebook = _ui.dropdown(digit_codebooks(), "Codebook")
-        image_size = _ui.slider(S.input_range(TOKENIZE, "image_size"), "Image size (tokens = size/16 per side)")
+        image_size = _ui.slider(
+            S.input_range(TOKENIZE, "image_size"), "Image size (tokens = size/16 per side)"
+        )
         fit = _ui.dropdown(S.node_options(TOKENIZE, "fit"), "Fit", S.node_defaults(TOKENIZE).get("fit"))
         mode = _ui.dropdown(digit_decode_modes(), "Decode as")
     run, stop = _ui.buttons("Tokenize")
@@ -91,7 +107,13 @@ def build(shared: _ui.Shared) -> None:
         token_map = gr.Image(label="Token map", type="pil", interactive=False, format="png")
         decoded = gr.Image(label="Tokens decoded", type="pil", interactive=False, format="png")
     info = gr.Markdown()
-    _ui.wire(run, stop, ui_digit, [image, encoder, codebook, image_size, fit, mode], [seen, token_map, decoded, info],
-             "digit")
+    _ui.wire(
+        run,
+        stop,
+        ui_digit,
+        [image, encoder, codebook, image_size, fit, mode],
+        [seen, token_map, decoded, info],
+        "digit",
+    )
     if shared.examples:
         gr.Examples([[p] for p in shared.examples], [image], label="Examples")

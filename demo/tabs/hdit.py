@@ -17,9 +17,18 @@ DEMO_BATCH = 4
 
 
 @S.exclusive
-def generate(source: str | None, label: str | None = None, steps: int = 20, seed: int = 0, cfg: float = DEMO_CFG,
-             batch: int = DEMO_BATCH, sampler: str = "dpmpp_2m", scheduler: str = "karras", prompt: str = "",
-             report: S.Report | None = None) -> tuple[Image.Image, str]:
+def generate(
+    source: str | None,
+    label: str | None = None,
+    steps: int = 20,
+    seed: int = 0,
+    cfg: float = DEMO_CFG,
+    batch: int = DEMO_BATCH,
+    sampler: str = "dpmpp_2m",
+    scheduler: str = "karras",
+    prompt: str = "",
+    report: S.Report | None = None,
+) -> tuple[Image.Image, str]:
     """Sample ``batch`` images at the model's native size; returns (row of images, description)."""
     steps = S.check("steps", steps, S.input_range("KSampler", "steps"))
     batch = S.check("batch", batch, S.input_range("EmptyLatentImage", "batch_size").narrowed(hi=S.MAX_BATCH))
@@ -31,36 +40,66 @@ def generate(source: str | None, label: str | None = None, steps: int = 20, seed
         out = S.sample(bundle, bundle.model, pos, neg, latent, steps, seed, cfg, sampler, scheduler)
     images = S.decode(bundle, out)
     what = label if bundle.kind == "hdit" else repr(prompt)
-    info = (f"{batch} x {bundle.native}x{bundle.native} px, {what}, {steps} steps {sampler}/{scheduler}, cfg {cfg}, "
-            f"seed {seed}: {time.perf_counter() - t0:.1f} s on {S.runtime().device}.")
+    info = (
+        f"{batch} x {bundle.native}x{bundle.native} px, {what}, {steps} steps {sampler}/{scheduler}, cfg {cfg}, "
+        f"seed {seed}: {time.perf_counter() - t0:.1f} s on {S.runtime().device}."
+    )
     return S.enlarge(S.to_pil(images)), info
 
 
 def ui_generate(source, label, prompt, steps, seed, cfg, batch, sampler, scheduler, progress=gr.Progress()):
-    return _ui.call(generate, progress, source, label, int(steps), int(seed), float(cfg), int(batch), sampler,
-                    scheduler, prompt=prompt or "")
+    return _ui.call(
+        generate,
+        progress,
+        source,
+        label,
+        int(steps),
+        int(seed),
+        float(cfg),
+        int(batch),
+        sampler,
+        scheduler,
+        prompt=prompt or "",
+    )
 
 
 def build(shared: _ui.Shared) -> None:
-    gr.Markdown("Class-conditional generation with the embedded Hourglass Diffusion Transformer "
-                "(64x64 emoji, pixel space): `UltraResHDiTLoader` + `UltraResHDiTClass` + `KSampler` + `VAEDecode`.")
+    gr.Markdown(
+        "Class-conditional generation with the embedded Hourglass Diffusion Transformer "
+        "(64x64 emoji, pixel space): `UltraResHDiTLoader` + `UltraResHDiTClass` + `KSampler` + `VAEDecode`."
+    )
     source, label, prompt = _ui.model_controls(shared)
     with gr.Row():
         steps = _ui.slider(S.input_range("KSampler", "steps"), "Steps")
         seed = _ui.number(S.input_range("KSampler", "seed"), "Seed")
         cfg = _ui.slider(S.input_range("KSampler", "cfg"), "CFG", value=DEMO_CFG)
-        batch = _ui.slider(S.input_range("EmptyLatentImage", "batch_size").narrowed(hi=S.MAX_BATCH), "Images",
-                           value=DEMO_BATCH)
+        batch = _ui.slider(
+            S.input_range("EmptyLatentImage", "batch_size").narrowed(hi=S.MAX_BATCH),
+            "Images",
+            value=DEMO_BATCH,
+        )
     with gr.Row():
         sampler = _ui.dropdown(S.node_options("KSampler", "sampler_name"), "Sampler", "dpmpp_2m")
         scheduler = _ui.dropdown(S.node_options("KSampler", "scheduler"), "Scheduler", "karras")
     run, stop = _ui.buttons("Generate")
     out = gr.Image(label="Result", type="pil", elem_id="hdit-output", interactive=False, format="png")
     info = gr.Markdown(elem_id="hdit-info")
-    _ui.wire(run, stop, ui_generate, [source, label, prompt, steps, seed, cfg, batch, sampler, scheduler],
-             [out, info], "generate")
+    _ui.wire(
+        run,
+        stop,
+        ui_generate,
+        [source, label, prompt, steps, seed, cfg, batch, sampler, scheduler],
+        [out, info],
+        "generate",
+    )
     labels = S.labels_of(shared.default)
     if labels:
-        gr.Examples([[shared.default, c, 20, s, DEMO_CFG, DEMO_BATCH]
-                     for c, s in (("Food & Drink", 1), ("Animals & Nature", 2), ("Smileys & Emotion", 3)) if c in labels],
-                    [source, label, steps, seed, cfg, batch], label="Examples")
+        gr.Examples(
+            [
+                [shared.default, c, 20, s, DEMO_CFG, DEMO_BATCH]
+                for c, s in (("Food & Drink", 1), ("Animals & Nature", 2), ("Smileys & Emotion", 3))
+                if c in labels
+            ],
+            [source, label, steps, seed, cfg, batch],
+            label="Examples",
+        )

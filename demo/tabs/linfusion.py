@@ -22,24 +22,40 @@ def linfusion_files() -> list[str]:
 
 
 @S.exclusive
-def linfusion_timing(source: str | None, lf_name: str | None, prompt: str = "a photo of a cat", width: int = 512,
-                     height: int = 512, steps: int = DEMO_STEPS, seed: int = 0, cfg: float = DEMO_CFG,
-                     report: S.Report | None = None) -> tuple[Image.Image, Image.Image, str]:
+def linfusion_timing(
+    source: str | None,
+    lf_name: str | None,
+    prompt: str = "a photo of a cat",
+    width: int = 512,
+    height: int = 512,
+    steps: int = DEMO_STEPS,
+    seed: int = 0,
+    cfg: float = DEMO_CFG,
+    report: S.Report | None = None,
+) -> tuple[Image.Image, Image.Image, str]:
     """The same sampling with the model's softmax self-attention and with LinFusion; returns
     (softmax image, LinFusion image, timing table in Markdown)."""
     if not source or not source.startswith(S.CKPT_PREFIX):
-        raise S.UserError("LinFusion replaces the self-attention of SD1.x/SD2.x/SDXL UNets: pick a Stable Diffusion "
-                          "checkpoint (put one in ComfyUI/models/checkpoints). The embedded HDiT has no UNet.")
+        raise S.UserError(
+            "LinFusion replaces the self-attention of SD1.x/SD2.x/SDXL UNets: pick a Stable Diffusion "
+            "checkpoint (put one in ComfyUI/models/checkpoints). The embedded HDiT has no UNet."
+        )
     if not lf_name:
-        raise S.UserError("No LinFusion weights: put the official release (Yuanshi/LinFusion-1-5 etc.: config.json + "
-                          "diffusion_pytorch_model.safetensors) in ComfyUI/models/linfusion, or distil your own with "
-                          f"{DISTILL}.")
+        raise S.UserError(
+            "No LinFusion weights: put the official release (Yuanshi/LinFusion-1-5 etc.: config.json + "
+            "diffusion_pytorch_model.safetensors) in ComfyUI/models/linfusion, or distil your own with "
+            f"{DISTILL}."
+        )
     bundle = S.load(source)
-    width, height = (S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
-                     for name, value in (("width", width), ("height", height)))
+    width, height = (
+        S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
+        for name, value in (("width", width), ("height", height))
+    )
     steps = S.check("steps", steps, S.input_range("KSampler", "steps"))
     (weights,) = S.run_node("UltraResLinFusionLoader", lf_name=lf_name)
-    apply = {k: v for k, v in S.node_defaults("UltraResLinFusionApply").items() if k not in ("model", "linfusion")}
+    apply = {
+        k: v for k, v in S.node_defaults("UltraResLinFusionApply").items() if k not in ("model", "linfusion")
+    }
     (lin_model,) = S.run_node("UltraResLinFusionApply", model=bundle.model, linfusion=weights, **apply)
     pos, neg = S.conditioning(bundle, None, prompt)
     latent = S.empty_latent(bundle, width, height)
@@ -52,30 +68,51 @@ def linfusion_timing(source: str | None, lf_name: str | None, prompt: str = "a p
         images[name] = S.to_pil(S.decode(bundle, out))
     base, lin = times["softmax attention"], times["LinFusion"]
     tokens = latent["samples"].shape[-2] * latent["samples"].shape[-1]
-    table = ("| attention | seconds | per step |\n|---|---|---|\n"
-             + "".join(f"| {k} | {v:.2f} | {v / steps:.3f} |\n" for k, v in times.items())
-             + f"\nLinFusion / softmax time: **{lin / base:.2f}** at {width}x{height} ({tokens} "
-               f"latent tokens) on {S.runtime().device}.")
+    table = (
+        "| attention | seconds | per step |\n|---|---|---|\n"
+        + "".join(f"| {k} | {v:.2f} | {v / steps:.3f} |\n" for k, v in times.items())
+        + f"\nLinFusion / softmax time: **{lin / base:.2f}** at {width}x{height} ({tokens} "
+        f"latent tokens) on {S.runtime().device}."
+    )
     return images["softmax attention"], images["LinFusion"], table
 
 
 def ui_linfusion(source, lf_name, prompt, width, height, steps, seed, cfg, progress=gr.Progress()):
-    return _ui.call(linfusion_timing, progress, source, lf_name, prompt or "", int(width), int(height), int(steps),
-                    int(seed), float(cfg))
+    return _ui.call(
+        linfusion_timing,
+        progress,
+        source,
+        lf_name,
+        prompt or "",
+        int(width),
+        int(height),
+        int(steps),
+        int(seed),
+        float(cfg),
+    )
 
 
 def build(shared: _ui.Shared) -> None:
     lf_files = linfusion_files()
     ckpts = [s for s in shared.sources if s.startswith(S.CKPT_PREFIX)]
-    missing = " and ".join(what for what, gone in (("no checkpoint found", not ckpts),
-                                                  ("no LinFusion weights found", not lf_files)) if gone)
-    gr.Markdown("`UltraResLinFusionApply` replaces every self-attention of an SD1.x/SD2.x/SDXL UNet by linear "
-                "attention; this tab samples the same seed with and without it and times both. It needs a "
-                "Stable Diffusion checkpoint (ComfyUI/models/checkpoints) and LinFusion weights "
-                "(ComfyUI/models/linfusion) made for it." +
-                (f"\n\n**Not available here:** {missing}. Put the files in those folders and restart the demo "
-                 f"(LinFusion weights: the official Yuanshi/LinFusion-1-5 release, or {DISTILL})." if missing else ""),
-                elem_id="linfusion-note")
+    missing = " and ".join(
+        what
+        for what, gone in (("no checkpoint found", not ckpts), ("no LinFusion weights found", not lf_files))
+        if gone
+    )
+    gr.Markdown(
+        "`UltraResLinFusionApply` replaces every self-attention of an SD1.x/SD2.x/SDXL UNet by linear "
+        "attention; this tab samples the same seed with and without it and times both. It needs a "
+        "Stable Diffusion checkpoint (ComfyUI/models/checkpoints) and LinFusion weights "
+        "(ComfyUI/models/linfusion) made for it."
+        + (
+            f"\n\n**Not available here:** {missing}. Put the files in those folders and restart the demo "
+            f"(LinFusion weights: the official Yuanshi/LinFusion-1-5 release, or {DISTILL})."
+            if missing
+            else ""
+        ),
+        elem_id="linfusion-note",
+    )
     size = S.size_range("checkpoint", "width")
     with gr.Row():
         source = _ui.dropdown(ckpts, "Checkpoint")
@@ -92,5 +129,11 @@ def build(shared: _ui.Shared) -> None:
         base = gr.Image(label="Softmax attention", type="pil", interactive=False, format="png")
         lin = gr.Image(label="LinFusion", type="pil", interactive=False, format="png")
     info = gr.Markdown()
-    _ui.wire(run, stop, ui_linfusion, [source, lf_name, prompt, width, height, steps, seed, cfg],
-             [base, lin, info], "linfusion")
+    _ui.wire(
+        run,
+        stop,
+        ui_linfusion,
+        [source, lf_name, prompt, width, height, steps, seed, cfg],
+        [base, lin, info],
+        "linfusion",
+    )

@@ -18,15 +18,28 @@ BASE_STEPS = 20  # stage one, when no image is uploaded
 
 
 @S.exclusive
-def relay(source: str | None, label: str | None = None, image=None, factor: int | None = None,
-          steps: int | None = None, truncation_sigma: float | None = None, seed: int = 0, cfg: float = DEMO_CFG,
-          s_block: float | None = None, s_noise: float | None = None, base_steps: int = BASE_STEPS, prompt: str = "",
-          report: S.Report | None = None) -> tuple[Image.Image, Image.Image, str]:
+def relay(
+    source: str | None,
+    label: str | None = None,
+    image=None,
+    factor: int | None = None,
+    steps: int | None = None,
+    truncation_sigma: float | None = None,
+    seed: int = 0,
+    cfg: float = DEMO_CFG,
+    s_block: float | None = None,
+    s_noise: float | None = None,
+    base_steps: int = BASE_STEPS,
+    prompt: str = "",
+    report: S.Report | None = None,
+) -> tuple[Image.Image, Image.Image, str]:
     """Relay upscaling: the uploaded image (fitted to the model's native size), or one generated at
     the native size, up-scaled ``factor`` x by UltraResRelayUpscale (None: the node's default).
     Returns (low-res shown at the output size, relay result, description)."""
     settings = S.node_defaults(NODE)
-    chosen = dict(factor=factor, steps=steps, truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise)
+    chosen = dict(
+        factor=factor, steps=steps, truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise
+    )
     settings.update({k: v for k, v in chosen.items() if v is not None}, seed=seed, cfg=cfg)
     S.validate(NODE, **settings)  # the node's ranges and rules, before any sampling
     factor, steps = int(settings["factor"]), int(settings["steps"])
@@ -48,21 +61,50 @@ def relay(source: str | None, label: str | None = None, image=None, factor: int 
     seconds = time.perf_counter() - t0
     low_img, up_img = S.to_pil(S.decode(bundle, low)), S.to_pil(S.decode(bundle, up))
     low_view = low_img.resize(up_img.size, Image.NEAREST)
-    info = (f"{where}, relay x{factor} to {up_img.width}x{up_img.height} px from sigma < "
-            f"{settings['truncation_sigma']} ({steps}-level Karras grid, truncated): {seconds:.1f} s.")
+    info = (
+        f"{where}, relay x{factor} to {up_img.width}x{up_img.height} px from sigma < "
+        f"{settings['truncation_sigma']} ({steps}-level Karras grid, truncated): {seconds:.1f} s."
+    )
     return S.enlarge(low_view), S.enlarge(up_img), info
 
 
-def ui_relay(source, label, prompt, image, factor, steps, truncation_sigma, seed, cfg, s_block, s_noise,
-             progress=gr.Progress()):
-    return _ui.call(relay, progress, source, label, image, int(factor), int(steps), float(truncation_sigma),
-                    int(seed), float(cfg), float(s_block), float(s_noise), prompt=prompt or "")
+def ui_relay(
+    source,
+    label,
+    prompt,
+    image,
+    factor,
+    steps,
+    truncation_sigma,
+    seed,
+    cfg,
+    s_block,
+    s_noise,
+    progress=gr.Progress(),
+):
+    return _ui.call(
+        relay,
+        progress,
+        source,
+        label,
+        image,
+        int(factor),
+        int(steps),
+        float(truncation_sigma),
+        int(seed),
+        float(cfg),
+        float(s_block),
+        float(s_noise),
+        prompt=prompt or "",
+    )
 
 
 def build(shared: _ui.Shared) -> None:
-    gr.Markdown("Relay Diffusion's second stage with `UltraResRelayUpscale`: nearest up-sampling, block noise at "
-                "the truncation sigma, then the relay sampler over the rest of the schedule. Upload an image "
-                "(fitted to the model's native size) or leave it empty to generate one first.")
+    gr.Markdown(
+        "Relay Diffusion's second stage with `UltraResRelayUpscale`: nearest up-sampling, block noise at "
+        "the truncation sigma, then the relay sampler over the rest of the schedule. Upload an image "
+        "(fitted to the model's native size) or leave it empty to generate one first."
+    )
     source, label, prompt = _ui.model_controls(shared)
     image = gr.Image(label="Low-resolution input (optional)", type="pil", sources=["upload", "clipboard"])
     with gr.Row():
@@ -79,7 +121,13 @@ def build(shared: _ui.Shared) -> None:
         low = gr.Image(label="Input (nearest, for comparison)", type="pil", interactive=False, format="png")
         out = gr.Image(label="Relay result", type="pil", interactive=False, format="png")
     info = gr.Markdown()
-    _ui.wire(run, stop, ui_relay, [source, label, prompt, image, factor, steps, trunc, seed, cfg, s_block, s_noise],
-             [low, out, info], "relay")
+    _ui.wire(
+        run,
+        stop,
+        ui_relay,
+        [source, label, prompt, image, factor, steps, trunc, seed, cfg, s_block, s_noise],
+        [low, out, info],
+        "relay",
+    )
     if shared.examples:
         gr.Examples([[p] for p in shared.examples], [image], label="Examples")

@@ -48,21 +48,38 @@ def relay_inputs(relay: S.Bundle, seed: int) -> dict:
 
     trained = relay_config(S.model_config(relay))
     if trained is None:
-        raise S.UserError(f"{RELAY_MODEL} has no relay settings in its metadata: it is not a relay-trained model. "
-                          "Run `make embedded-models` to rebuild it.")
+        raise S.UserError(
+            f"{RELAY_MODEL} has no relay settings in its metadata: it is not a relay-trained model. "
+            "Run `make embedded-models` to rebuild it."
+        )
     t = trained["settings"]
     inputs = S.node_defaults(NODE)
-    inputs.update(factor=t.patch, steps=trained["steps"], truncation_sigma=trained["truncation_sigma"],
-                  rho=trained["rho"], cfg=1.0, seed=int(seed), relay_settings="model",
-                  blur_sigma_max=t.blur_sigma_max, prob_length=t.prob_length, s_block=t.s_block, s_noise=t.s_noise)
+    inputs.update(
+        factor=t.patch,
+        steps=trained["steps"],
+        truncation_sigma=trained["truncation_sigma"],
+        rho=trained["rho"],
+        cfg=1.0,
+        seed=int(seed),
+        relay_settings="model",
+        blur_sigma_max=t.blur_sigma_max,
+        prob_length=t.prob_length,
+        s_block=t.s_block,
+        s_noise=t.s_noise,
+    )
     return inputs
 
 
 def last_steps(relay: S.Bundle, inputs: dict) -> range:
     """The step keys of the relay run's last :data:`LAST_STEPS` steps (its truncated schedule, read
     from UltraResRelaySigmas with the same settings)."""
-    (sigmas,) = S.run_node("UltraResRelaySigmas", model=relay.model, steps=inputs["steps"],
-                           truncation_sigma=inputs["truncation_sigma"], rho=inputs["rho"])
+    (sigmas,) = S.run_node(
+        "UltraResRelaySigmas",
+        model=relay.model,
+        steps=inputs["steps"],
+        truncation_sigma=inputs["truncation_sigma"],
+        rho=inputs["rho"],
+    )
     n = len(sigmas) - 1
     return range(max(0, n - LAST_STEPS), n)
 
@@ -86,8 +103,9 @@ def chw(image: torch.Tensor) -> torch.Tensor:
 
 
 @S.exclusive
-def relay_emoji(label: str | None = None, seed: int = 0, size: int = 1024, report: S.Report | None = None
-                ) -> tuple[Image.Image, Image.Image, Image.Image | None, Image.Image | None, str]:
+def relay_emoji(
+    label: str | None = None, seed: int = 0, size: int = 1024, report: S.Report | None = None
+) -> tuple[Image.Image, Image.Image, Image.Image | None, Image.Image | None, str]:
     """Class -> 64 px -> relay to 256 px (-> FSTD relay to 1024 px when ``size`` is 1024).
     Returns (64 px, 256 px, final 1024 px or None, the 1024 px image with the last steps' tile edges
     drawn or None, description); the smaller stages are enlarged (nearest) to the final size."""
@@ -99,18 +117,30 @@ def relay_emoji(label: str | None = None, seed: int = 0, size: int = 1024, repor
         raise S.UserError(f"final size {size!r} must be one of {list(SIZES)}.")
     size = int(size)
     if missing := models_missing():
-        raise S.UserError(f"the emoji models {missing} are not in models/hdit: run `make embedded-models` to build "
-                          "them, then restart the demo.")
+        raise S.UserError(
+            f"the emoji models {missing} are not in models/hdit: run `make embedded-models` to build "
+            "them, then restart the demo."
+        )
     base, relay = S.load_all(sources())
     pos, neg = S.conditioning(base, label)
-    relay_pos, _ = S.run_node("UltraResHDiTClass", class_id=0, unconditional=True)  # the relay model is unconditional
+    relay_pos, _ = S.run_node(
+        "UltraResHDiTClass", class_id=0, unconditional=True
+    )  # the relay model is unconditional
     inputs = relay_inputs(relay, seed)
     S.validate(NODE, **inputs)
     times = []
     t0 = time.perf_counter()
     with S.tracked(report, f"1/{2 if size == 256 else 3}: {label or 'class'} at 64 px"):
-        low = S.sample(base, base.model, pos, neg, S.empty_latent(base, base.native, base.native), BASE_STEPS, seed,
-                       BASE_CFG)
+        low = S.sample(
+            base,
+            base.model,
+            pos,
+            neg,
+            S.empty_latent(base, base.native, base.native),
+            BASE_STEPS,
+            seed,
+            BASE_CFG,
+        )
     times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     with S.tracked(report, f"2/{2 if size == 256 else 3}: relay 64 -> 256 px"):
@@ -119,10 +149,12 @@ def relay_emoji(label: str | None = None, seed: int = 0, size: int = 1024, repor
     images = [S.decode(base, low), S.decode(relay, mid)]
     final = grid = None
     t = inputs
-    info = (f"**{label}**, seed {seed}. 64 px: {BASE_STEPS} steps DPM++ 2M, cfg {BASE_CFG} ({times[0]:.0f} s). "
-            f"Relay x{t['factor']} to 256 px with the model's trained blur (B_max {t['blur_sigma_max']:g}, "
-            f"L {t['prob_length']:g}, s_block {t['s_block']:g}, s_noise {t['s_noise']:g}; {t['steps']}-level grid "
-            f"truncated at sigma {t['truncation_sigma']:g}) ({times[1]:.0f} s).")
+    info = (
+        f"**{label}**, seed {seed}. 64 px: {BASE_STEPS} steps DPM++ 2M, cfg {BASE_CFG} ({times[0]:.0f} s). "
+        f"Relay x{t['factor']} to 256 px with the model's trained blur (B_max {t['blur_sigma_max']:g}, "
+        f"L {t['prob_length']:g}, s_block {t['s_block']:g}, s_noise {t['s_noise']:g}; {t['steps']}-level grid "
+        f"truncated at sigma {t['truncation_sigma']:g}) ({times[1]:.0f} s)."
+    )
     if size == 1024:
         settings = tile_settings("FSTD", TILE, 0, seed)
         S.validate("UltraResTiledDiffusion", **settings)
@@ -132,19 +164,25 @@ def relay_emoji(label: str | None = None, seed: int = 0, size: int = 1024, repor
             (high,) = S.run_node(NODE, model=tiled, positive=relay_pos, latent=mid, **inputs)
         times.append(time.perf_counter() - t0)
         images.append(S.decode(relay, high))
-        run = TiledRun(TileSettings(**{**settings, "method": METHOD_LABELS[settings["method"]]}), size, size, 1)
+        run = TiledRun(
+            TileSettings(**{**settings, "method": METHOD_LABELS[settings["method"]]}), size, size, 1
+        )
         steps = last_steps(relay, inputs)
         edges = [tile_boundaries(run, [s]) for s in steps]
         xs, ys = tile_boundaries(run, steps)
         score = seam_score(chw(images[2]), xs, ys)
         # the same lines on the 256 px stage enlarged (bicubic): what the content alone scores there
-        before = torch.nn.functional.interpolate(chw(images[1]), size=(size, size), mode="bicubic").clamp(0, 1)
+        before = torch.nn.functional.interpolate(chw(images[1]), size=(size, size), mode="bicubic").clamp(
+            0, 1
+        )
         content = seam_score(before, xs, ys)
         final = S.to_pil(images[2])
         grid = draw_edges(final, edges)
-        info += (f" FSTD relay to 1024 px in {TILE} px tiles ({times[2]:.0f} s). **Seam score {score:.3f}** on the "
-                 f"tile edges of the last {len(steps)} steps (1.0 = the edges look like the rest of the image; "
-                 f"the 256 px stage enlarged scores {content:.3f} on the same lines).")
+        info += (
+            f" FSTD relay to 1024 px in {TILE} px tiles ({times[2]:.0f} s). **Seam score {score:.3f}** on the "
+            f"tile edges of the last {len(steps)} steps (1.0 = the edges look like the rest of the image; "
+            f"the 256 px stage enlarged scores {content:.3f} on the same lines)."
+        )
     views = [S.to_pil(im).resize((size, size), Image.NEAREST) for im in images[:2]]
     info += f" Total {sum(times):.0f} s on {S.runtime().device}."
     return views[0], views[1], final, grid, info
@@ -160,18 +198,26 @@ def show_grid(on: bool):
 
 
 def build(shared: _ui.Shared) -> None:
-    gr.Markdown("The strongest result first: a class-conditional **64 px** emoji, relayed to **256 px** by a model "
-                "trained with Relay Diffusion's blurring objective, then relayed again to **1024 px** by the same model "
-                "in shifting 256 px tiles (FSTD). The graph is `workflows/relay_emoji_1024.json`. On a CPU the 1024 px "
-                "stage takes a few minutes (256 px: about half a minute).")
+    gr.Markdown(
+        "The strongest result first: a class-conditional **64 px** emoji, relayed to **256 px** by a model "
+        "trained with Relay Diffusion's blurring objective, then relayed again to **1024 px** by the same model "
+        "in shifting 256 px tiles (FSTD). The graph is `workflows/relay_emoji_1024.json`. On a CPU the 1024 px "
+        "stage takes a few minutes (256 px: about half a minute)."
+    )
     missing = models_missing()
     if missing:
-        gr.Markdown(f"**The emoji models {missing} are missing.** Run `make embedded-models` to build them.",
-                    elem_id="relay-emoji-missing")
+        gr.Markdown(
+            f"**The emoji models {missing} are missing.** Run `make embedded-models` to build them.",
+            elem_id="relay-emoji-missing",
+        )
     labels = S.labels_of(sources()[0]) if BASE not in missing else []
     with gr.Row():
-        label = gr.Dropdown(labels, value=labels[0] if labels else None, label="Class",
-                            info="What the 64 px model draws ('unconditional' = any).")
+        label = gr.Dropdown(
+            labels,
+            value=labels[0] if labels else None,
+            label="Class",
+            info="What the 64 px model draws ('unconditional' = any).",
+        )
         seed = _ui.number(S.input_range("KSampler", "seed"), "Seed", value=DEMO_SEED)
         size = gr.Radio(list(SIZES), value=SIZES[-1], label="Final size (px)")
         grid_on = gr.Checkbox(value=False, label="Show the FSTD tile edges of the last steps")
@@ -179,10 +225,21 @@ def build(shared: _ui.Shared) -> None:
     with gr.Row():
         low = gr.Image(label="64 px (nearest)", type="pil", interactive=False, format="png")
         mid = gr.Image(label="256 px relay (nearest)", type="pil", interactive=False, format="png")
-        final = gr.Image(label="1024 px FSTD relay", type="pil", interactive=False, format="png",
-                         elem_id="relay-emoji-final")
-        grid = gr.Image(label="1024 px with the tile edges", type="pil", interactive=False, format="png",
-                        visible=False, elem_id="relay-emoji-grid")
+        final = gr.Image(
+            label="1024 px FSTD relay",
+            type="pil",
+            interactive=False,
+            format="png",
+            elem_id="relay-emoji-final",
+        )
+        grid = gr.Image(
+            label="1024 px with the tile edges",
+            type="pil",
+            interactive=False,
+            format="png",
+            visible=False,
+            elem_id="relay-emoji-grid",
+        )
     info = gr.Markdown(elem_id="relay-emoji-info")
     grid_on.change(show_grid, grid_on, [final, grid], queue=False, api_visibility="undocumented")
     _ui.wire(run, stop, ui_relay_emoji, [label, seed, size], [low, mid, final, grid, info], "relay_emoji")

@@ -26,7 +26,9 @@ def tiled_methods() -> list[str]:
 def tile_settings(method: str, tile: int, overlap: int, seed: int) -> dict:
     """The node's inputs for a run: its own defaults (tile batch, reset interval), the user's choices."""
     settings = {k: v for k, v in S.node_defaults(NODE).items() if k != "model"}
-    settings.update(method=method, tile_width=int(tile), tile_height=int(tile), overlap=int(overlap), seed=int(seed))
+    settings.update(
+        method=method, tile_width=int(tile), tile_height=int(tile), overlap=int(overlap), seed=int(seed)
+    )
     return settings
 
 
@@ -53,21 +55,37 @@ def draw_tiles(image: Image.Image, plan: StepPlan, ratio: int) -> Image.Image:
     dy, dx = plan.roll
     for i, tl in enumerate(plan.tiles):
         y, x = (tl.y - dy) * ratio, (tl.x - dx) * ratio  # SpotDiffusion tiles live in the rolled latent
-        draw.rectangle([x, y, x + tl.w * ratio - 1, y + tl.h * ratio - 1], outline=colours[i % len(colours)], width=2)
+        draw.rectangle(
+            [x, y, x + tl.w * ratio - 1, y + tl.h * ratio - 1], outline=colours[i % len(colours)], width=2
+        )
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
 @S.exclusive
-def any_size(source: str | None, label: str | None = None, width: int = 192, height: int = 128,
-             method: str = "FSTD", tile: int = 0, overlap: int = DEMO_OVERLAP, steps: int = 20, seed: int = 0,
-             cfg: float = DEMO_CFG, show_step: int = 1, compare: bool = False, prompt: str = "",
-             report: S.Report | None = None) -> tuple[Image.Image, Image.Image, Image.Image | None, str]:
+def any_size(
+    source: str | None,
+    label: str | None = None,
+    width: int = 192,
+    height: int = 128,
+    method: str = "FSTD",
+    tile: int = 0,
+    overlap: int = DEMO_OVERLAP,
+    steps: int = 20,
+    seed: int = 0,
+    cfg: float = DEMO_CFG,
+    show_step: int = 1,
+    compare: bool = False,
+    prompt: str = "",
+    report: S.Report | None = None,
+) -> tuple[Image.Image, Image.Image, Image.Image | None, str]:
     """Sample at any width x height with UltraResTiledDiffusion (tiles at the model's native size
     unless ``tile`` is set). Returns (image, the tile grid of ``show_step`` drawn on it, the untiled
     image when ``compare``, description)."""
     bundle = S.load(source)
-    width, height = (S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
-                     for name, value in (("width", width), ("height", height)))
+    width, height = (
+        S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
+        for name, value in (("width", width), ("height", height))
+    )
     steps = S.check("steps", steps, S.input_range("KSampler", "steps"))
     tile = int(tile) or bundle.native
     if method not in tiled_methods():
@@ -87,10 +105,13 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
     scale = image.width // width
     plan = tile_plan(settings, latent, ratio, show_step)
     grid = draw_tiles(image, plan, ratio * scale)
-    info = (f"{width}x{height} px with {method} tiles of {tile} px: {t_tiled:.1f} s. Step {show_step}: "
-            f"{len(plan.tiles)} tiles, grid offset {tuple(v * ratio for v in plan.offset)} px, evaluated area "
-            f"{plan.tile_area_ratio:.2f}x the image" + (", red = strips filled from the previous step's prediction"
-                                                         if plan.uncovered is not None else "") + ".")
+    info = (
+        f"{width}x{height} px with {method} tiles of {tile} px: {t_tiled:.1f} s. Step {show_step}: "
+        f"{len(plan.tiles)} tiles, grid offset {tuple(v * ratio for v in plan.offset)} px, evaluated area "
+        f"{plan.tile_area_ratio:.2f}x the image"
+        + (", red = strips filled from the previous step's prediction" if plan.uncovered is not None else "")
+        + "."
+    )
     plain = None
     if compare:
         t0 = time.perf_counter()
@@ -101,17 +122,47 @@ def any_size(source: str | None, label: str | None = None, width: int = 192, hei
     return image, grid, plain, info
 
 
-
-def ui_any_size(source, label, prompt, width, height, method, tile, overlap, steps, seed, cfg, show_step, compare,
-                progress=gr.Progress()):
-    return _ui.call(any_size, progress, source, label, int(width), int(height), method, int(tile), int(overlap),
-                    int(steps), int(seed), float(cfg), int(show_step), bool(compare), prompt=prompt or "")
+def ui_any_size(
+    source,
+    label,
+    prompt,
+    width,
+    height,
+    method,
+    tile,
+    overlap,
+    steps,
+    seed,
+    cfg,
+    show_step,
+    compare,
+    progress=gr.Progress(),
+):
+    return _ui.call(
+        any_size,
+        progress,
+        source,
+        label,
+        int(width),
+        int(height),
+        method,
+        int(tile),
+        int(overlap),
+        int(steps),
+        int(seed),
+        float(cfg),
+        int(show_step),
+        bool(compare),
+        prompt=prompt or "",
+    )
 
 
 def build(shared: _ui.Shared) -> None:
-    gr.Markdown("Any width and height with `UltraResTiledDiffusion`: the model sees tiles of its native size; "
-                "FSTD shifts a non-overlapping grid every step so seams never settle. The tile grid of the "
-                "chosen step is drawn on the result.")
+    gr.Markdown(
+        "Any width and height with `UltraResTiledDiffusion`: the model sees tiles of its native size; "
+        "FSTD shifts a non-overlapping grid every step so seams never settle. The tile grid of the "
+        "chosen step is drawn on the result."
+    )
     source, label, prompt = _ui.model_controls(shared)
     size = S.size_range(S.source_kind(shared.default), "width")  # the default model's sizes
     tile_rng = S.input_range(NODE, "tile_width")
@@ -121,9 +172,17 @@ def build(shared: _ui.Shared) -> None:
         height = _ui.slider(size, "Height (px)", value=128)
         method = _ui.dropdown(tiled_methods(), "Tiling method", S.node_defaults(NODE).get("method"))
     with gr.Row():
-        tile = gr.Number(value=0, precision=0, label="Tile size (px, 0 = model's native)", minimum=0,
-                         maximum=tile_rng.max, step=tile_rng.step)
-        overlap = _ui.slider(S.input_range(NODE, "overlap"), "Overlap (MultiDiffusion / Mixture)", value=DEMO_OVERLAP)
+        tile = gr.Number(
+            value=0,
+            precision=0,
+            label="Tile size (px, 0 = model's native)",
+            minimum=0,
+            maximum=tile_rng.max,
+            step=tile_rng.step,
+        )
+        overlap = _ui.slider(
+            S.input_range(NODE, "overlap"), "Overlap (MultiDiffusion / Mixture)", value=DEMO_OVERLAP
+        )
         steps = _ui.slider(steps_rng, "Steps")
         seed = _ui.number(S.input_range(NODE, "seed"), "Seed")
         cfg = _ui.slider(S.input_range("KSampler", "cfg"), "CFG", value=DEMO_CFG)
@@ -136,7 +195,16 @@ def build(shared: _ui.Shared) -> None:
         grid = gr.Image(label="Tile grid", type="pil", interactive=False, format="png", elem_id="fstd-grid")
         plain = gr.Image(label="Untiled", type="pil", interactive=False, format="png")
     info = gr.Markdown(elem_id="fstd-info")
-    _ui.wire(run, stop, ui_any_size, [source, label, prompt, width, height, method, tile, overlap, steps, seed, cfg,
-                                      show_step, compare], [out, grid, plain, info], "any_size")
-    gr.Examples([[256, 96, "FSTD", 1], [192, 192, "MultiDiffusion", 2], [320, 64, "SpotDiffusion", 3]],
-                [width, height, method, show_step], label="Examples")
+    _ui.wire(
+        run,
+        stop,
+        ui_any_size,
+        [source, label, prompt, width, height, method, tile, overlap, steps, seed, cfg, show_step, compare],
+        [out, grid, plain, info],
+        "any_size",
+    )
+    gr.Examples(
+        [[256, 96, "FSTD", 1], [192, 192, "MultiDiffusion", 2], [320, 64, "SpotDiffusion", 3]],
+        [width, height, method, show_step],
+        label="Examples",
+    )

@@ -41,24 +41,63 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TESTS = os.path.dirname(HERE)
 
-SDXL_FULL = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-             "use_temporal_attention": False, "use_temporal_resblock": False}
+SDXL_FULL = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 
 FULL = {
-    "op_tokens": [4096, 16384, 65536, 262144], "op_dim": 640, "op_heads": 10,
-    "unet_px": [1024, 2048, 4096], "hdit_px": [256, 512, 1024, 2048], "hdit_heads": 2, "hdit_dim": 64,
-    "tile_image_px": 4096, "tile_px": 1024, "md_overlap": 32,  # overlap in latent px "tile_steps": 2, "tile_batch": 4,
-    "big_px": 16384, "big_tile_px": 2048, "big_steps": 2, "dtype": "fp16", "repeats": 3,
+    "op_tokens": [4096, 16384, 65536, 262144],
+    "op_dim": 640,
+    "op_heads": 10,
+    "unet_px": [1024, 2048, 4096],
+    "hdit_px": [256, 512, 1024, 2048],
+    "hdit_heads": 2,
+    "hdit_dim": 64,
+    "tile_image_px": 4096,
+    "tile_px": 1024,
+    "md_overlap": 32,  # overlap in latent px "tile_steps": 2, "tile_batch": 4,
+    "big_px": 16384,
+    "big_tile_px": 2048,
+    "big_steps": 2,
+    "dtype": "fp16",
+    "repeats": 3,
 }
 SMOKE = {
-    "op_tokens": [256, 1024], "op_dim": 64, "op_heads": 2,
-    "unet_px": [64, 128], "hdit_px": [64, 96], "hdit_heads": 2, "hdit_dim": 16,
-    "tile_image_px": 256, "tile_px": 128, "md_overlap": 4, "tile_steps": 1, "tile_batch": 4,
-    "big_px": 384, "big_tile_px": 128, "big_steps": 1, "dtype": "fp32", "repeats": 1,
+    "op_tokens": [256, 1024],
+    "op_dim": 64,
+    "op_heads": 2,
+    "unet_px": [64, 128],
+    "hdit_px": [64, 96],
+    "hdit_heads": 2,
+    "hdit_dim": 16,
+    "tile_image_px": 256,
+    "tile_px": 128,
+    "md_overlap": 4,
+    "tile_steps": 1,
+    "tile_batch": 4,
+    "big_px": 384,
+    "big_tile_px": 128,
+    "big_steps": 1,
+    "dtype": "fp32",
+    "repeats": 1,
 }
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -125,8 +164,9 @@ def random_linfusion(model, mid_dim_scale: int = 16, seed: int = 0):
     from ultrares.kernels import linfusion_format as fmt
     from ultrares.nodes.linfusion import LinFusionWeights
 
-    specs = fmt.attn1_specs(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"],
-                            mid_dim_scale)
+    specs = fmt.attn1_specs(
+        model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], mid_dim_scale
+    )
     torch.manual_seed(seed)
     layers = [{k: v.half() for k, v in fmt.build_layer(s).state_dict().items()} for s in specs]
     return LinFusionWeights("random-bench", specs, layers)
@@ -141,9 +181,15 @@ class Bench:
         self.device, self.out, self.budget_s, self.config = device, out, budget_s, config
         self.start = time.perf_counter()
         self.results = {
-            "mode": mode, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "torch": torch.__version__, "dtype": config["dtype"], "budget_s": budget_s,
-            "config": config, "sections": {},
+            "mode": mode,
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "dtype": config["dtype"],
+            "budget_s": budget_s,
+            "config": config,
+            "sections": {},
         }
 
     def left(self) -> float:
@@ -181,12 +227,17 @@ class Bench:
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
         with open(self.out, "w", encoding="utf-8") as f:
             json.dump(self.results, f, indent=1, default=str)
-        print(f"[{self.results['elapsed_s']:7.1f}s] {section} {key}: {json.dumps(value, default=str)}", flush=True)
+        print(
+            f"[{self.results['elapsed_s']:7.1f}s] {section} {key}: {json.dumps(value, default=str)}",
+            flush=True,
+        )
 
     def guarded(self, section: str, key: str, need_s: float, fn) -> None:
         """Run ``fn() -> dict`` and record it, or record why not (budget, out of memory)."""
         if self.left() < need_s:
-            self.record(section, key, {"skipped": f"time budget ({self.left():.0f} s left, ~{need_s:.0f} s needed)"})
+            self.record(
+                section, key, {"skipped": f"time budget ({self.left():.0f} s left, ~{need_s:.0f} s needed)"}
+            )
             return
         try:
             self.record(section, key, fn())
@@ -209,8 +260,14 @@ def bench_linfusion_op(b: Bench, dtype):
     from ultrares.kernels import linfusion as L
 
     c, heads = b.config["op_dim"], b.config["op_heads"]
-    softmax = A.CrossAttention(c, heads=heads, dim_head=c // heads, operations=comfy.ops.disable_weight_init,
-                               dtype=dtype, device=b.device)
+    softmax = A.CrossAttention(
+        c,
+        heads=heads,
+        dim_head=c // heads,
+        operations=comfy.ops.disable_weight_init,
+        dtype=dtype,
+        device=b.device,
+    )
     init_random_(softmax)
     lin = L.LinFusionAttention(c, heads, c // 16).to(b.device, dtype)
     with torch.no_grad():
@@ -247,6 +304,7 @@ def bench_unet_step(b: Bench, models):
 
     for px in b.config["unet_px"]:
         for label, model in models.items():
+
             def run(model=model, px=px):
                 mm.load_models_gpu([model], force_full_load=True)
                 x, sigma, cond = _unet_inputs(model, px, 1, b.device)
@@ -273,22 +331,29 @@ def bench_hdit_neighborhood(b: Bench, dtype):
         side = px // 4  # patch 4: one token per 4x4 pixels
         gen = torch.Generator().manual_seed(px)
         qkv = tuple(torch.randn(1, heads, side, side, d, generator=gen).to(b.device, dtype) for _ in range(3))
-        impls = {"blocked": lambda t=qkv: N.neighborhood_attention_2d(*t, 7, method="blocked"),
-                 "global": lambda t=qkv: N.global_attention_2d(*t)}
+        impls = {
+            "blocked": lambda t=qkv: N.neighborhood_attention_2d(*t, 7, method="blocked"),
+            "global": lambda t=qkv: N.global_attention_2d(*t),
+        }
         if NF.available():
             impls = {"flex": lambda t=qkv: NF.neighborhood_attention_flex(*t, 7), **impls}
         with torch.no_grad():
             for name, fn in impls.items():
-                b.guarded("hdit_neighborhood", f"{px}px_{name}", 60 if name == "flex" else 20,
-                          lambda fn=fn: b.measure(fn))
+                b.guarded(
+                    "hdit_neighborhood",
+                    f"{px}px_{name}",
+                    60 if name == "flex" else 20,
+                    lambda fn=fn: b.measure(fn),
+                )
         sec = b.results["sections"]["hdit_neighborhood"]
         r = _ratio(sec.get(f"{px}px_blocked", {}), sec.get(f"{px}px_flex", {}))
         if r is not None:
             b.record("hdit_neighborhood", f"{px}px_flex_speedup_over_blocked", r)
 
 
-def _tiled_steps(b: Bench, model, method: str, image_px: int, tile_px: int, overlap: int, steps: int,
-                 batch: int) -> dict:
+def _tiled_steps(
+    b: Bench, model, method: str, image_px: int, tile_px: int, overlap: int, steps: int, batch: int
+) -> dict:
     """``steps`` sampler steps' worth of tiled model evaluations (one evaluation per step, cond only)."""
     import comfy.model_management as mm
     from ultrares.kernels.tiling import TilePlanner, run_tiles
@@ -301,7 +366,9 @@ def _tiled_steps(b: Bench, model, method: str, image_px: int, tile_px: int, over
     def predict(tiles_x, tiles):
         n = tiles_x.shape[0]
         sigma = torch.full((n,), 2.0, device=b.device)
-        return [model.model.apply_model(tiles_x, sigma, **{k: v.expand(n, *v.shape[1:]) for k, v in cond.items()})]
+        return [
+            model.model.apply_model(tiles_x, sigma, **{k: v.expand(n, *v.shape[1:]) for k, v in cond.items()})
+        ]
 
     times, tiles_per_step, prev = [], [], None
     with torch.no_grad():
@@ -309,31 +376,55 @@ def _tiled_steps(b: Bench, model, method: str, image_px: int, tile_px: int, over
             plan = planner.plan(step)
             b.sync()
             t0 = time.perf_counter()
-            prev = run_tiles(x, plan, predict, batch_size=batch, reference=None if prev is None else [prev])[0]
+            prev = run_tiles(x, plan, predict, batch_size=batch, reference=None if prev is None else [prev])[
+                0
+            ]
             b.sync()
             if step:
                 times.append(time.perf_counter() - t0)
                 tiles_per_step.append(len(plan.tiles))
-    return {"s_per_step": sum(times) / len(times), "steps_measured": len(times), "tiles_per_step": tiles_per_step,
-            "finite": bool(torch.isfinite(prev).all())}
+    return {
+        "s_per_step": sum(times) / len(times),
+        "steps_measured": len(times),
+        "tiles_per_step": tiles_per_step,
+        "finite": bool(torch.isfinite(prev).all()),
+    }
 
 
 def bench_tiling(b: Bench, softmax_model, lin_model):
     c = b.config
     for method, overlap in (("fstd", 0), ("multidiffusion", c["md_overlap"])):
-        b.guarded("fstd_vs_multidiffusion", method, 60,
-                  lambda method=method, overlap=overlap: _tiled_steps(
-                      b, softmax_model, method, c["tile_image_px"], c["tile_px"], overlap, c["tile_steps"], c["tile_batch"]))
+        b.guarded(
+            "fstd_vs_multidiffusion",
+            method,
+            60,
+            lambda method=method, overlap=overlap: _tiled_steps(
+                b,
+                softmax_model,
+                method,
+                c["tile_image_px"],
+                c["tile_px"],
+                overlap,
+                c["tile_steps"],
+                c["tile_batch"],
+            ),
+        )
     sec = b.results["sections"].get("fstd_vs_multidiffusion", {})
     if "s_per_step" in sec.get("fstd", {}) and "s_per_step" in sec.get("multidiffusion", {}):
-        b.record("fstd_vs_multidiffusion", "fstd_speedup", round(sec["multidiffusion"]["s_per_step"] / sec["fstd"]["s_per_step"], 3))
+        b.record(
+            "fstd_vs_multidiffusion",
+            "fstd_speedup",
+            round(sec["multidiffusion"]["s_per_step"] / sec["fstd"]["s_per_step"], 3),
+        )
 
     def big():
         rec = _tiled_steps(b, lin_model, "fstd", c["big_px"], c["big_tile_px"], 0, c["big_steps"], 1)
         rec["extrapolated_20_steps_s"] = round(rec["s_per_step"] * 20, 1)
-        rec["note"] = (f"measured {rec['steps_measured']} steps (after one warm-up step); extrapolated_20_steps_s = "
-                       "mean measured step x 20 (an extrapolation, not a measurement); one model evaluation per step "
-                       "(no CFG; CFG doubles it)")
+        rec["note"] = (
+            f"measured {rec['steps_measured']} steps (after one warm-up step); extrapolated_20_steps_s = "
+            "mean measured step x 20 (an extrapolation, not a measurement); one model evaluation per step "
+            "(no CFG; CFG doubles it)"
+        )
         return rec
 
     b.guarded("sdxl_linfusion_fstd_16k", f"{c['big_px']}px", 120, big)
@@ -349,16 +440,28 @@ def table(results: dict) -> dict:
             if not isinstance(rec, dict):
                 rec = {"value": rec}
             secs = rec.get("s", rec.get("s_per_step"))
-            rows.append([section, key, "" if secs is None else round(secs, 4), rec.get("peak_mib", ""),
-                         rec.get("skipped") or rec.get("speedup") or rec.get("value")
-                         or rec.get("extrapolated_20_steps_s") or ""])
+            rows.append(
+                [
+                    section,
+                    key,
+                    "" if secs is None else round(secs, 4),
+                    rec.get("peak_mib", ""),
+                    rec.get("skipped")
+                    or rec.get("speedup")
+                    or rec.get("value")
+                    or rec.get("extrapolated_20_steps_s")
+                    or "",
+                ]
+            )
     mode = results["mode"]
     return {
         "title": f"GPU bench ({mode} mode on {results['device']}, {results['dtype']})"
-                 + ("" if mode == "full" else ": tiny sizes, a check that the script runs -- not GPU figures"),
+        + ("" if mode == "full" else ": tiny sizes, a check that the script runs -- not GPU figures"),
         "columns": ["section", "case", "s (per step)", "peak MiB", "speedup / note"],
         "rows": rows,
-        "notes": ["Full run: `make bench-gpu` on a CUDA machine writes bench_results/gpu.json (see docs/notes/gpu.md)."],
+        "notes": [
+            "Full run: `make bench-gpu` on a CUDA machine writes bench_results/gpu.json (see docs/notes/gpu.md)."
+        ],
         **results,
     }
 
@@ -376,11 +479,19 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and the tiny SDXL layout (runs on a CPU)")
-    parser.add_argument("--device", default=None, help="default: cuda (full) / cuda if available else cpu (smoke)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and the tiny SDXL layout (runs on a CPU)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="default: cuda (full) / cuda if available else cpu (smoke)"
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "bench_results", "gpu.json"))
-    parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new measurements after this")
+    parser.add_argument(
+        "--budget-s", type=float, default=540.0, help="stop starting new measurements after this"
+    )
     parser.add_argument("--only", default="", help="comma-separated sections (op,unet,hdit,tiling)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -405,9 +516,15 @@ def main(argv: list[str] | None = None) -> int:
 
         softmax_model = build_sdxl(tiny_sdxl_config() if args.smoke else SDXL_FULL, dtype, b.device)
         lin_model = patch_model(softmax_model, random_linfusion(softmax_model))
-        b.record("models", "sdxl", {"params_m": round(sum(p.numel() for p in softmax_model.model.parameters()) / 1e6, 1),
-                                    "model_size_mib": round(softmax_model.model_size() / 2**20, 1),
-                                    "with_linfusion_mib": round(lin_model.model_size() / 2**20, 1)})
+        b.record(
+            "models",
+            "sdxl",
+            {
+                "params_m": round(sum(p.numel() for p in softmax_model.model.parameters()) / 1e6, 1),
+                "model_size_mib": round(softmax_model.model_size() / 2**20, 1),
+                "with_linfusion_mib": round(lin_model.model_size() / 2**20, 1),
+            },
+        )
         if want("unet"):
             bench_unet_step(b, {"softmax": softmax_model, "linfusion": lin_model})
         if want("tiling"):

@@ -49,7 +49,9 @@ print(json.dumps({{"s": statistics.median(times), "mib": mem.mib}}))
 def _measure(variant: str, size: int, reps: int) -> dict:
     code = CHILD.format(here=HERE, variant=variant, size=size, reps=reps)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
     if out.returncode:
         raise RuntimeError(f"{variant} @ {size}px failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -67,18 +69,31 @@ def run(quick: bool = False) -> dict:
         prev = size // 2
         ratio_na = na["s"] / res["neighborhood", prev]["s"] if prev in sizes else None
         ratio_gl = gl["s"] / res["global", prev]["s"] if prev in sizes else None
-        rows.append([
-            size, round(na["s"] * 1000, 1), round(gl["s"] * 1000, 1),
-            "-" if ratio_na is None else round(ratio_na, 2), "-" if ratio_gl is None else round(ratio_gl, 2),
-            round(na["mib"], 1), round(gl["mib"], 1),
-        ])
+        rows.append(
+            [
+                size,
+                round(na["s"] * 1000, 1),
+                round(gl["s"] * 1000, 1),
+                "-" if ratio_na is None else round(ratio_na, 2),
+                "-" if ratio_gl is None else round(ratio_gl, 2),
+                round(na["mib"], 1),
+                round(gl["mib"], 1),
+            ]
+        )
     big = sizes[-1]
     worst_na = max(res["neighborhood", s]["s"] / res["neighborhood", s // 2]["s"] for s in sizes[1:])
     last_na = res["neighborhood", big]["s"] / res["neighborhood", big // 2]["s"]
     return {
         "title": "HDiT forward (batch 1, 1 thread): neighborhood attention vs global attention at every level",
-        "columns": ["side px", "NA ms", "global ms", "NA x per doubling", "global x per doubling",
-                    "NA peak MiB", "global peak MiB"],
+        "columns": [
+            "side px",
+            "NA ms",
+            "global ms",
+            "NA x per doubling",
+            "global x per doubling",
+            "NA peak MiB",
+            "global peak MiB",
+        ],
         "rows": rows,
         "notes": [
             "Model: the embedded emoji64 config (patch 4, widths 64/128/256, depths 2/2/2, d_head 64, NA kernel 7 "
@@ -91,8 +106,13 @@ def run(quick: bool = False) -> dict:
             "time, not in memory; NA uses the blocked masked-SDPA kernel (kernels/neighborhood.py).",
             "Times are single-thread wall-clock on a shared machine: compare ratios within this table only.",
         ],
-        "targets": {"na_ratio_largest_doubling": {"value": round(last_na, 3), "target": "<= 4.5",
-                                                   "met": last_na <= 4.5}},
+        "targets": {
+            "na_ratio_largest_doubling": {
+                "value": round(last_na, 3),
+                "target": "<= 4.5",
+                "met": last_na <= 4.5,
+            }
+        },
     }
 
 

@@ -87,20 +87,31 @@ def operator_rows(quick: bool):
         reps = 3 if n <= 16384 else 1
         with torch.inference_mode():
             q, k, v = softmax.to_q(x), softmax.to_k(x), softmax.to_v(x)
-        t_proj, _ = _timed(lambda x=x: softmax.to_out(softmax.to_v(x) + softmax.to_k(x) + softmax.to_q(x)), reps)
+        t_proj, _ = _timed(
+            lambda x=x: softmax.to_out(softmax.to_v(x) + softmax.to_k(x) + softmax.to_q(x)), reps
+        )
         t_core, m_core = _timed(lambda q=q, k=k, v=v: linear_attention(q, k, v, HEADS), reps)
         t_lin, m_lin = _timed(lambda x=x: lin(x), reps)
         t_chunk, m_chunk = _timed(lambda x=x: lin(x, chunk_size=16384), reps)
-        row = {"tokens": n, "linfusion_core_s": t_core, "linfusion_core_MiB": m_core, "linfusion_s": t_lin,
-               "linfusion_MiB": m_lin, "linfusion_chunked_MiB": m_chunk, "softmax_projections_s": t_proj}
+        row = {
+            "tokens": n,
+            "linfusion_core_s": t_core,
+            "linfusion_core_MiB": m_core,
+            "linfusion_s": t_lin,
+            "linfusion_MiB": m_lin,
+            "linfusion_chunked_MiB": m_chunk,
+            "softmax_projections_s": t_proj,
+        }
         for name, fn in functions.items():
             prev = last[name]
             predicted = prev[1] * (n / prev[0]) ** 2 if prev else 0.0
             if name == "sub_quad" and n > SUB_QUAD_MAX:
                 continue
             if predicted > BUDGET_S:
-                notes.append(f"softmax ({name}) at {n} tokens skipped: ~{predicted:.0f} s predicted "
-                             f"(quadratic from {prev[0]} tokens)")
+                notes.append(
+                    f"softmax ({name}) at {n} tokens skipped: ~{predicted:.0f} s predicted "
+                    f"(quadratic from {prev[0]} tokens)"
+                )
                 continue
             t, m = _timed(lambda q=q, k=k, v=v, fn=fn: fn(q, k, v, HEADS), reps)
             row[name + "_core_s"], row[name + "_core_MiB"] = t, m
@@ -108,10 +119,20 @@ def operator_rows(quick: bool):
         results[n] = row
         sd = row.get("sdpa_core_s")
         sq = row.get("sub_quad_core_s")
-        rows.append([n, round(t_core, 4), round(t_lin, 3), round(m_lin, 1), round(m_chunk, 1),
-                     round(sd, 3) if sd else "skipped", round(row["sdpa_core_MiB"], 1) if sd else "-",
-                     round(sq, 3) if sq else "-",
-                     f"{sd / t_core:.1f}x" if sd else "-", f"{(sd + t_proj) / t_lin:.1f}x" if sd else "-"])
+        rows.append(
+            [
+                n,
+                round(t_core, 4),
+                round(t_lin, 3),
+                round(m_lin, 1),
+                round(m_chunk, 1),
+                round(sd, 3) if sd else "skipped",
+                round(row["sdpa_core_MiB"], 1) if sd else "-",
+                round(sq, 3) if sq else "-",
+                f"{sd / t_core:.1f}x" if sd else "-",
+                f"{(sd + t_proj) / t_lin:.1f}x" if sd else "-",
+            ]
+        )
         print(f"  operator {n}: {row}", flush=True)
     return rows, notes, results
 
@@ -121,12 +142,26 @@ def _sd15_full():
     import comfy.model_patcher
     import comfy.supported_models
 
-    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-                   "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-                   "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-                   "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-                   "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    unet_config = {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": 768,
+        "num_heads": 8,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
     config = comfy.supported_models.SD15(unet_config)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "", device=torch.device("cpu"))
@@ -137,7 +172,9 @@ def _sd15_full():
                 p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
             else:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def unet_rows(quick: bool, results_out: dict):
@@ -149,12 +186,13 @@ def unet_rows(quick: bool, results_out: dict):
     model = _sd15_full()
     specs = ld.specs_for(model.model.diffusion_model, [2, 2, 2, 2])
     torch.manual_seed(0)
-    weights = lf_nodes.LinFusionWeights("bench", list(specs.values()),
-                                        [fmt.build_layer(s).state_dict() for s in specs.values()])
+    weights = lf_nodes.LinFusionWeights(
+        "bench", list(specs.values()), [fmt.build_layer(s).state_dict() for s in specs.values()]
+    )
     patched = lf_nodes.patch_model(model, weights)
     ctx = torch.randn(1, 77, 768)
     rows = []
-    for px in ([1024] if quick else [1024, 2048]):
+    for px in [1024] if quick else [1024, 2048]:
         lat = px // 8
         x = torch.randn(1, 4, lat, lat)
         sigma = torch.tensor([5.0])
@@ -169,7 +207,9 @@ def unet_rows(quick: bool, results_out: dict):
             print(f"  unet {px}^2 {label}: {timings[label]}", flush=True)
         (ts, ms), (tl, ml) = timings["softmax"], timings["linfusion"]
         results_out[px] = {"softmax_s": ts, "softmax_MiB": ms, "linfusion_s": tl, "linfusion_MiB": ml}
-        rows.append([f"UNet step {px}^2", round(ts, 2), round(ms, 0), round(tl, 2), round(ml, 0), f"{ts / tl:.2f}x"])
+        rows.append(
+            [f"UNet step {px}^2", round(ts, 2), round(ms, 0), round(tl, 2), round(ml, 0), f"{ts / tl:.2f}x"]
+        )
     return rows
 
 
@@ -184,24 +224,48 @@ def run(quick: bool) -> dict:
     if 65536 in op_results and op_results[65536].get("sdpa_core_s"):
         r = op_results[65536]
         targets["operator_65k_core_speedup>=10x"] = r["sdpa_core_s"] / r["linfusion_core_s"]
-        targets["operator_65k_layer_speedup"] = (r["sdpa_core_s"] + r["softmax_projections_s"]) / r["linfusion_s"]
+        targets["operator_65k_layer_speedup"] = (r["sdpa_core_s"] + r["softmax_projections_s"]) / r[
+            "linfusion_s"
+        ]
     sizes = sorted(op_results)
     if len(sizes) >= 2:
         a, b = sizes[0], sizes[-1]
-        targets["linfusion_memory_ratio_vs_token_ratio"] = (op_results[b]["linfusion_MiB"] / max(op_results[a]["linfusion_MiB"], 1e-3)) / (b / a)
+        targets["linfusion_memory_ratio_vs_token_ratio"] = (
+            op_results[b]["linfusion_MiB"] / max(op_results[a]["linfusion_MiB"], 1e-3)
+        ) / (b / a)
     if 2048 in unet_results:
         targets["unet_2048_speedup>=2x"] = unet_results[2048]["softmax_s"] / unet_results[2048]["linfusion_s"]
-    notes.append("UNet rows: 'LinFusion layer' columns = the patched UNet step, 'softmax core' columns = the "
-                 "unpatched step (same model, same input)")
-    notes.append(f"optimized_attention here = {A.optimized_attention.__name__}; CPU threads {torch.get_num_threads()}")
-    notes.append("core = attention on given q/k/v; layer = with projections (LinFusion: to_q_/to_k_ branches "
-                 "and q/k/v/out; softmax: q/k/v/out). Batch 1, fp32, CPU")
-    columns = ["tokens / case", "LinFusion core s", "LinFusion layer s", "LinFusion layer MiB",
-               "LinFusion chunked MiB", "softmax core s", "softmax core MiB", "sub_quad core s",
-               "speed-up core", "speed-up layer"]
+    notes.append(
+        "UNet rows: 'LinFusion layer' columns = the patched UNet step, 'softmax core' columns = the "
+        "unpatched step (same model, same input)"
+    )
+    notes.append(
+        f"optimized_attention here = {A.optimized_attention.__name__}; CPU threads {torch.get_num_threads()}"
+    )
+    notes.append(
+        "core = attention on given q/k/v; layer = with projections (LinFusion: to_q_/to_k_ branches "
+        "and q/k/v/out; softmax: q/k/v/out). Batch 1, fp32, CPU"
+    )
+    columns = [
+        "tokens / case",
+        "LinFusion core s",
+        "LinFusion layer s",
+        "LinFusion layer MiB",
+        "LinFusion chunked MiB",
+        "softmax core s",
+        "softmax core MiB",
+        "sub_quad core s",
+        "speed-up core",
+        "speed-up layer",
+    ]
     rows = op_rows + [[r[0], "-", r[3], r[4], "-", r[1], r[2], "-", "-", r[5]] for r in u_rows]
-    return {"title": "LinFusion vs softmax self-attention (CPU)", "columns": columns, "rows": rows,
-            "notes": notes, "targets": targets}
+    return {
+        "title": "LinFusion vs softmax self-attention (CPU)",
+        "columns": columns,
+        "rows": rows,
+        "notes": notes,
+        "targets": targets,
+    }
 
 
 if __name__ == "__main__":

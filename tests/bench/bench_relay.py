@@ -59,8 +59,17 @@ def run(quick: bool) -> dict:
     (pos,) = rt.run_node("CLIPTextEncode", clip=clip, text="a lighthouse on a cliff at sunset")
     (neg,) = rt.run_node("CLIPTextEncode", clip=clip, text="blurry")
     if not quick:
-        (model,) = rt.run_node("UltraResTiledDiffusion", model=model, method="FSTD", tile_width=512,
-                                  tile_height=512, overlap=0, tile_batch_size=4, reset_interval=4, seed=0)
+        (model,) = rt.run_node(
+            "UltraResTiledDiffusion",
+            model=model,
+            method="FSTD",
+            tile_width=512,
+            tile_height=512,
+            overlap=0,
+            tile_batch_size=4,
+            reset_interval=4,
+            seed=0,
+        )
     counter = {"n": 0}
 
     def count(executor, *args, **kwargs):
@@ -71,8 +80,17 @@ def run(quick: bool) -> dict:
     m.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, "ultrares_bench_count", count)
     ms = m.get_model_object("model_sampling")
     s_min, s_max = float(ms.sigma_min), float(ms.sigma_max)
-    relay_opts = dict(block_size=FACTOR, blur_sigma_max=0.0, prob_length=0.93, s_block=0.15, s_noise=0.2,
-                      s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_churn_noise=1.0)
+    relay_opts = dict(
+        block_size=FACTOR,
+        blur_sigma_max=0.0,
+        prob_length=0.93,
+        s_block=0.15,
+        s_noise=0.2,
+        s_churn=0.0,
+        s_tmin=0.0,
+        s_tmax=1000.0,
+        s_churn_noise=1.0,
+    )
     (sampler,) = rt.run_node("UltraResRelaySampler", **(relay_opts | {"s_block": 0.0}))
     (guider,) = rt.run_node("CFGGuider", model=m, positive=pos, negative=neg, cfg=6.0)
     (noise,) = rt.run_node("RandomNoise", noise_seed=1)
@@ -80,8 +98,14 @@ def run(quick: bool) -> dict:
     def sample(sigmas, latent):
         counter["n"] = 0
         t = time.perf_counter()
-        out, _ = rt.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler,
-                                sigmas=sigmas, latent_image=latent)
+        out, _ = rt.run_node(
+            "SamplerCustomAdvanced",
+            noise=noise,
+            guider=guider,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=latent,
+        )
         return out, counter["n"], time.perf_counter() - t
 
     rows = []
@@ -96,33 +120,67 @@ def run(quick: bool) -> dict:
 
     up = {"samples": torch.nn.functional.interpolate(low["samples"], scale_factor=FACTOR, mode="nearest")}
     # hires fix, ComfyUI KSampler semantics (denoise stretches the schedule: all `steps` run)
-    stretched = comfy_samplers.calculate_sigmas(ms, "karras", int(steps / DENOISE)).cpu()[-(steps + 1):]
+    stretched = comfy_samplers.calculate_sigmas(ms, "karras", int(steps / DENOISE)).cpu()[-(steps + 1) :]
     _, n_h1, t_h1 = sample(stretched, up)
-    rows.append([f"hires fix, denoise {DENOISE}, {steps} steps (KSampler)", steps, n_h1, round(t_h1, 2),
-                 round(n_h1 / n_noise, 3)])
+    rows.append(
+        [
+            f"hires fix, denoise {DENOISE}, {steps} steps (KSampler)",
+            steps,
+            n_h1,
+            round(t_h1, 2),
+            round(n_h1 / n_noise, 3),
+        ]
+    )
     # hires fix at the nominal grid's density: only the levels in the last 55 %
     start = int(round((1 - DENOISE) * steps))
     dense = full_grid[start:]
     _, n_h2, t_h2 = sample(dense, up)
-    rows.append([f"hires fix, denoise {DENOISE}, same grid density", len(dense) - 1, n_h2, round(t_h2, 2),
-                 round(n_h2 / n_noise, 3)])
+    rows.append(
+        [
+            f"hires fix, denoise {DENOISE}, same grid density",
+            len(dense) - 1,
+            n_h2,
+            round(t_h2, 2),
+            round(n_h2 / n_noise, 3),
+        ]
+    )
 
     # relay stage two (the all-in-one node, with block noise)
     counter["n"] = 0
     t = time.perf_counter()
-    (out,) = rt.run_node("UltraResRelayUpscale", model=m, positive=pos, negative=neg, latent=low, factor=FACTOR,
-                            seed=1, steps=steps, truncation_sigma=TRUNCATION, rho=7.0, cfg=6.0,
-                            **{k: v for k, v in relay_opts.items() if k != "block_size"})
+    (out,) = rt.run_node(
+        "UltraResRelayUpscale",
+        model=m,
+        positive=pos,
+        negative=neg,
+        latent=low,
+        factor=FACTOR,
+        seed=1,
+        steps=steps,
+        truncation_sigma=TRUNCATION,
+        rho=7.0,
+        cfg=6.0,
+        **{k: v for k, v in relay_opts.items() if k != "block_size"},
+    )
     t_relay, n_relay = time.perf_counter() - t, counter["n"]
-    (relay_sig,) = rt.run_node("UltraResRelaySigmas", model=m, steps=steps, truncation_sigma=TRUNCATION, rho=7.0)
+    (relay_sig,) = rt.run_node(
+        "UltraResRelaySigmas", model=m, steps=steps, truncation_sigma=TRUNCATION, rho=7.0
+    )
     assert out["samples"].shape[-1] == high_px // 8
-    rows.append([f"relay stage two, truncation {TRUNCATION}", len(relay_sig) - 1, n_relay, round(t_relay, 2),
-                 round(n_relay / n_noise, 3)])
+    rows.append(
+        [
+            f"relay stage two, truncation {TRUNCATION}",
+            len(relay_sig) - 1,
+            n_relay,
+            round(t_relay, 2),
+            round(n_relay / n_noise, 3),
+        ]
+    )
 
     ratio = n_relay / n_noise
     return {
         "title": f"Relay up-scaling x{FACTOR} ({low_px} -> {high_px} px), tiny SD1.5, {steps}-level Karras grid, "
-                 "UltraResRelaySampler (Heun)",
+        "UltraResRelaySampler (Heun)",
         "columns": ["path", "steps", "model evaluations", "seconds", "evaluations vs from noise"],
         "rows": rows,
         "notes": [
@@ -131,7 +189,9 @@ def run(quick: bool) -> dict:
             "full mode tiles every path with UltraResTiledDiffusion (FSTD, 512 px tiles); quick mode does not.",
             f"relay stage two uses {ratio:.0%} of the evaluations of generating from noise (target <= 50%).",
         ],
-        "targets": {"relay_evals_vs_noise": {"value": round(ratio, 3), "target": "<= 0.5", "met": ratio <= 0.5}},
+        "targets": {
+            "relay_evals_vs_noise": {"value": round(ratio, 3), "target": "<= 0.5", "met": ratio <= 0.5}
+        },
     }
 
 

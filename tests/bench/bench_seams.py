@@ -50,7 +50,9 @@ STEPS_QUICK = 3  # 1 level below 0.9 (the final denoise only): a smoke run
 FULL = {"side": 1024, "images": 1, "seeds": [0], "steps": STEPS_FULL}
 QUICK = {"side": 512, "images": 1, "seeds": [0], "steps": STEPS_QUICK}
 PICTURE = os.path.join(ROOT, "docs", "images", "seams_1024.png")
-SAVED = os.path.join(ROOT, "runs", "seams", "images.pt")  # the full run's images (git-ignored), to redraw the picture
+SAVED = os.path.join(
+    ROOT, "runs", "seams", "images.pt"
+)  # the full run's images (git-ignored), to redraw the picture
 CROP = 256  # px around a corner of the 256 px grid in the picture
 MAX_PICTURE_BYTES = 600_000
 
@@ -71,12 +73,22 @@ def held_out_images(n: int, size: int) -> torch.Tensor:
 
     cache = os.path.join(ROOT, "assets", "cache")
     try:
-        data = emoji_data.load_fluent_dataset(cache_dir=cache, size=256, root=os.path.join(ROOT, emoji_data.FLUENT_DIR))
+        data = emoji_data.load_fluent_dataset(
+            cache_dir=cache, size=256, root=os.path.join(ROOT, emoji_data.FLUENT_DIR)
+        )
     except Exception as e:  # not installed: say how to install it
-        raise RuntimeError(f"the Fluent emoji set is not installed ({e}); run scripts/assets/emoji_data.sh") from None
+        raise RuntimeError(
+            f"the Fluent emoji set is not installed ({e}); run scripts/assets/emoji_data.sh"
+        ) from None
     held = data["images"][data["holdout"]]  # uint8 [N, 3, 256, 256]
     drawn = (held < 240).any(dim=1).float().mean(dim=(1, 2))
-    detail = kornia.filters.spatial_gradient(held.float() / 255, normalized=True).pow(2).sum(2).sqrt().mean((1, 2, 3))
+    detail = (
+        kornia.filters.spatial_gradient(held.float() / 255, normalized=True)
+        .pow(2)
+        .sum(2)
+        .sqrt()
+        .mean((1, 2, 3))
+    )
     detail = torch.where(drawn >= 0.5, detail, torch.zeros_like(detail))
     pick = held[torch.argsort(detail, descending=True, stable=True)[:n]]
     if size < 256:
@@ -115,24 +127,60 @@ def run(quick: bool) -> dict:
     lines: dict[str, list[tuple[list[int], list[int]]]] = {m: [] for m in METHODS}
     for seed in conf["seeds"]:
         for i in range(low.shape[0]):
-            latent = {"samples": low[i:i + 1] * 2 - 1}
+            latent = {"samples": low[i : i + 1] * 2 - 1}
             for name in [UNTILED, *METHODS]:
                 m = base
                 if name != UNTILED:
-                    (m,) = rt.run_node("UltraResTiledDiffusion", model=base, method=name, tile_width=TILE_PX,
-                                       tile_height=TILE_PX, overlap=OVERLAP_PX, tile_batch_size=4,
-                                       reset_interval=RESET_INTERVAL, seed=seed)
-                    plan = TiledRun(TileSettings(method=METHOD_LABELS[name], tile_width=TILE_PX, tile_height=TILE_PX,
-                                                 overlap=OVERLAP_PX, reset_interval=RESET_INTERVAL, seed=seed),
-                                    side, side, ratio=1)
-                    lines[name].append(quality.tile_boundaries(plan, range(max(0, levels - LAST_STEPS), levels)))
+                    (m,) = rt.run_node(
+                        "UltraResTiledDiffusion",
+                        model=base,
+                        method=name,
+                        tile_width=TILE_PX,
+                        tile_height=TILE_PX,
+                        overlap=OVERLAP_PX,
+                        tile_batch_size=4,
+                        reset_interval=RESET_INTERVAL,
+                        seed=seed,
+                    )
+                    plan = TiledRun(
+                        TileSettings(
+                            method=METHOD_LABELS[name],
+                            tile_width=TILE_PX,
+                            tile_height=TILE_PX,
+                            overlap=OVERLAP_PX,
+                            reset_interval=RESET_INTERVAL,
+                            seed=seed,
+                        ),
+                        side,
+                        side,
+                        ratio=1,
+                    )
+                    lines[name].append(
+                        quality.tile_boundaries(plan, range(max(0, levels - LAST_STEPS), levels))
+                    )
                 seen["px"] = 0
                 w0, c0 = time.perf_counter(), time.process_time()
-                (out,) = rt.run_node("UltraResRelayUpscale", model=m, positive=pos, latent=latent, factor=FACTOR,
-                                     seed=seed, steps=steps, truncation_sigma=trained["truncation_sigma"],
-                                     rho=trained["rho"], cfg=1.0, blur_sigma_max=0.0, prob_length=0.93, s_block=0.15,
-                                     s_noise=0.2, s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_churn_noise=1.0,
-                                     relay_settings="model")
+                (out,) = rt.run_node(
+                    "UltraResRelayUpscale",
+                    model=m,
+                    positive=pos,
+                    latent=latent,
+                    factor=FACTOR,
+                    seed=seed,
+                    steps=steps,
+                    truncation_sigma=trained["truncation_sigma"],
+                    rho=trained["rho"],
+                    cfg=1.0,
+                    blur_sigma_max=0.0,
+                    prob_length=0.93,
+                    s_block=0.15,
+                    s_noise=0.2,
+                    s_churn=0.0,
+                    s_tmin=0.0,
+                    s_tmax=1000.0,
+                    s_churn_noise=1.0,
+                    relay_settings="model",
+                )
                 stats[name]["wall"].append(time.perf_counter() - w0)
                 stats[name]["cpu"].append(time.process_time() - c0)
                 stats[name]["evals"].append(seen["px"] / (side * side))
@@ -146,39 +194,78 @@ def run(quick: bool) -> dict:
         if name == UNTILED:
             own = control = rel = "-"
         else:
-            own = mean([quality.seam_score(img, *ln, band=BAND) for img, ln in zip(images[name], lines[name])])
-            control = mean([quality.seam_score(img, *ln, band=BAND) for img, ln in zip(images[UNTILED], lines[name])])
+            own = mean(
+                [quality.seam_score(img, *ln, band=BAND) for img, ln in zip(images[name], lines[name])]
+            )
+            control = mean(
+                [quality.seam_score(img, *ln, band=BAND) for img, ln in zip(images[UNTILED], lines[name])]
+            )
             scores[name], excess[name] = own, own / control
             own, control, rel = round(own, 3), round(control, 3), round(own / control, 3)
-        rows.append([name, own, control, rel, round(mean(stats[name]["evals"]), 2), round(mean(stats[name]["wall"]), 1),
-                     round(mean(stats[name]["wall"]) / mean(ref["wall"]), 2), round(mean(stats[name]["cpu"]), 1),
-                     round(mean(stats[name]["cpu"]) / mean(ref["cpu"]), 2)])
+        rows.append(
+            [
+                name,
+                own,
+                control,
+                rel,
+                round(mean(stats[name]["evals"]), 2),
+                round(mean(stats[name]["wall"]), 1),
+                round(mean(stats[name]["wall"]) / mean(ref["wall"]), 2),
+                round(mean(stats[name]["cpu"]), 1),
+                round(mean(stats[name]["cpu"]) / mean(ref["cpu"]), 2),
+            ]
+        )
     evals = {r[0]: r[4] for r in rows}
     fstd, md = scores["FSTD"], scores["MultiDiffusion"]
     cost = evals["FSTD"] / evals["MultiDiffusion"]
     reached = excess["FSTD"] <= excess["MultiDiffusion"]
-    claim = {"fstd_seam": round(fstd, 3), "multidiffusion_seam": round(md, 3),
-             "fstd_seam_vs_untiled": round(excess["FSTD"], 3),
-             "multidiffusion_seam_vs_untiled": round(excess["MultiDiffusion"], 3),
-             "fstd_cost_vs_multidiffusion": round(cost, 3),
-             "fstd_reaches_multidiffusion_seam (seam / untiled's on the same lines)": reached,
-             "holds (reached at <= 2/3 of MultiDiffusion's evaluations)": reached and cost <= 2 / 3}
+    claim = {
+        "fstd_seam": round(fstd, 3),
+        "multidiffusion_seam": round(md, 3),
+        "fstd_seam_vs_untiled": round(excess["FSTD"], 3),
+        "multidiffusion_seam_vs_untiled": round(excess["MultiDiffusion"], 3),
+        "fstd_cost_vs_multidiffusion": round(cost, 3),
+        "fstd_reaches_multidiffusion_seam (seam / untiled's on the same lines)": reached,
+        "holds (reached at <= 2/3 of MultiDiffusion's evaluations)": reached and cost <= 2 / 3,
+    }
     result = {
         "title": f"Seams at equal cost: relay stage two {side // FACTOR} -> {side} px, relay-trained HDiT, "
-                 f"{TILE_PX} px tiles, CPU",
-        "columns": ["method", "seam score", "untiled on the same lines", "seam / untiled's",
-                    "model evaluations (full-image)",
-                    "s / image", "s vs untiled", "CPU s / image", "CPU s vs untiled"],
+        f"{TILE_PX} px tiles, CPU",
+        "columns": [
+            "method",
+            "seam score",
+            "untiled on the same lines",
+            "seam / untiled's",
+            "model evaluations (full-image)",
+            "s / image",
+            "s vs untiled",
+            "CPU s / image",
+            "CPU s vs untiled",
+        ],
         "rows": rows,
         "claim": claim,
-        "settings": {"model": MODEL, "side": side, "input_px": side // FACTOR, "tile_px": TILE_PX,
-                     "overlap_px": OVERLAP_PX, "reset_interval": RESET_INTERVAL, "nominal_steps": steps,
-                     "levels_below_truncation": levels, "sampler_evaluations": 2 * levels - 1,
-                     "images": conf["images"], "seeds": conf["seeds"], "last_steps": LAST_STEPS, "band_px": BAND,
-                     "relay": {k: trained[k] for k in ("truncation_sigma", "rho", "steps")}
-                     | {"blur_sigma_max": trained["settings"].blur_sigma_max,
-                        "prob_length": trained["settings"].prob_length, "s_block": trained["settings"].s_block,
-                        "s_noise": trained["settings"].s_noise}},
+        "settings": {
+            "model": MODEL,
+            "side": side,
+            "input_px": side // FACTOR,
+            "tile_px": TILE_PX,
+            "overlap_px": OVERLAP_PX,
+            "reset_interval": RESET_INTERVAL,
+            "nominal_steps": steps,
+            "levels_below_truncation": levels,
+            "sampler_evaluations": 2 * levels - 1,
+            "images": conf["images"],
+            "seeds": conf["seeds"],
+            "last_steps": LAST_STEPS,
+            "band_px": BAND,
+            "relay": {k: trained[k] for k in ("truncation_sigma", "rho", "steps")}
+            | {
+                "blur_sigma_max": trained["settings"].blur_sigma_max,
+                "prob_length": trained["settings"].prob_length,
+                "s_block": trained["settings"].s_block,
+                "s_noise": trained["settings"].s_noise,
+            },
+        },
         "notes": [
             "seam score = mean Sobel gradient magnitude within 1 px of the tile edges of the last "
             f"{LAST_STEPS} sampler steps' plans / the same elsewhere (1.0 = invisible); 'untiled on the same "
@@ -195,12 +282,15 @@ def run(quick: bool) -> dict:
         first = {m: lines[m][0] for m in METHODS}
         os.makedirs(os.path.dirname(SAVED), exist_ok=True)
         torch.save({"images": {k: v[0] for k, v in images.items()}, "scores": scores, "lines": first}, SAVED)
-        result["picture"] = os.path.relpath(save_picture({k: v[0] for k, v in images.items()}, scores, first), ROOT)
+        result["picture"] = os.path.relpath(
+            save_picture({k: v[0] for k, v in images.items()}, scores, first), ROOT
+        )
     return result
 
 
-def save_picture(images: dict[str, torch.Tensor], scores: dict[str, float],
-                 lines: dict[str, tuple[list[int], list[int]]]) -> str:
+def save_picture(
+    images: dict[str, torch.Tensor], scores: dict[str, float], lines: dict[str, tuple[list[int], list[int]]]
+) -> str:
     """One column per method: a CROP px crop around the interior corner of the 256 px grid where the
     untiled image has the most gradient energy, and below it ``|method - untiled|`` on the same crop,
     scaled by one gain for all methods (the 99.5th percentile of all differences -> white): tile
@@ -216,7 +306,9 @@ def save_picture(images: dict[str, torch.Tensor], scores: dict[str, float],
     half, zoom, head = CROP // 2, 1, 22
     mag = kornia.filters.spatial_gradient(ref, normalized=True).pow(2).sum(2).sqrt().mean(1)[0]
     corners = [(y, x) for y in range(TILE_PX, side, TILE_PX) for x in range(TILE_PX, side, TILE_PX)]
-    cy, cx = max(corners, key=lambda p: float(mag[p[0] - half:p[0] + half, p[1] - half:p[1] + half].mean()))
+    cy, cx = max(
+        corners, key=lambda p: float(mag[p[0] - half : p[0] + half, p[1] - half : p[1] + half].mean())
+    )
     cell = CROP * zoom
     sheet = Image.new("RGB", (len(names) * cell, 2 * (cell + head)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -230,11 +322,19 @@ def save_picture(images: dict[str, torch.Tensor], scores: dict[str, float],
     gain = 1.0 / max(float(torch.quantile(torch.cat([d.flatten() for d in diffs.values()]), 0.995)), 1e-6)
     paste(ref[0], 0, 2 * head + cell, Image.BOX)
     s = cell / side
-    draw.rectangle([(cx - half) * s, 2 * head + cell + (cy - half) * s, (cx + half) * s,
-                    2 * head + cell + (cy + half) * s], outline=(220, 0, 0), width=2)
+    draw.rectangle(
+        [
+            (cx - half) * s,
+            2 * head + cell + (cy - half) * s,
+            (cx + half) * s,
+            2 * head + cell + (cy + half) * s,
+        ],
+        outline=(220, 0, 0),
+        width=2,
+    )
 
     for k, name in enumerate(names):
-        crop = images[name][0, :, cy - half:cy + half, cx - half:cx + half]
+        crop = images[name][0, :, cy - half : cy + half, cx - half : cx + half]
         x = k * cell
         paste(crop, x, head)
         draw.text((x + 4, 5), name if name == UNTILED else f"{name}: seam {scores[name]:.2f}", fill="black")
@@ -253,7 +353,9 @@ def save_picture(images: dict[str, torch.Tensor], scores: dict[str, float],
     draw.text((4, cell + head + 5), f"untiled {side} px; crop {CROP} px at x, y = {cx}, {cy}", fill="black")
     os.makedirs(os.path.dirname(PICTURE), exist_ok=True)
     sheet.save(PICTURE, optimize=True)
-    if os.path.getsize(PICTURE) > MAX_PICTURE_BYTES:  # noisy difference maps: fall back to a 256-colour palette
+    if (
+        os.path.getsize(PICTURE) > MAX_PICTURE_BYTES
+    ):  # noisy difference maps: fall back to a 256-colour palette
         sheet.quantize(256, dither=Image.Dither.NONE).save(PICTURE, optimize=True)
     return PICTURE
 

@@ -14,7 +14,11 @@ TIMEOUT_MS = 180_000  # generous: CI runs this on 2 shared cores
 
 @pytest.fixture(scope="module")
 def page(comfy, tmp_path_factory):
-    with hdit_registered(tmp_path_factory.mktemp("demo-models")), launched_demo() as (_, url), chromium() as browser:
+    with (
+        hdit_registered(tmp_path_factory.mktemp("demo-models")),
+        launched_demo() as (_, url),
+        chromium() as browser,
+    ):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         yield page
@@ -36,7 +40,9 @@ def test_generate_shows_an_image(page):
     expect(image).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#hdit-info")).to_contain_text("steps", timeout=30_000)
     # the image really decoded in the browser (4 images of the model's native size, enlarged)
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=30_000
+    )
     natural = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert natural[0] == 4 * natural[1] and natural[1] >= 256
     DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,9 @@ def test_any_size_tab_shows_the_tile_grid(page):
     grid = page.locator("#fstd-grid img")
     expect(grid).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#fstd-info")).to_contain_text("grid offset", timeout=30_000)
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=grid.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=grid.element_handle(), timeout=30_000
+    )
     width, height = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert width * 2 == height * 3  # the default 192 x 128 px
     page.screenshot(path=str(DOCS_IMAGES / "demo_fstd.png"))

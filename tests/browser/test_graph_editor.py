@@ -26,7 +26,9 @@ pytestmark = pytest.mark.browser
 # Queued from the browser's prompt (seconds each on 2 cores); the rest run in tests/server.
 QUEUED = ("digit_tokenize",)
 SCREENSHOT = "fstd_any_size"
-ENCODER = Path(__file__).resolve().parents[2] / "models" / "digit" / "ultrares-dinov2-s14-imgfocus.safetensors"
+ENCODER = (
+    Path(__file__).resolve().parents[2] / "models" / "digit" / "ultrares-dinov2-s14-imgfocus.safetensors"
+)
 
 READY_JS = """() => window.app && window.app.graph && window.app.canvas && window.LiteGraph
     && Object.keys(window.LiteGraph.registered_node_types).length > 100"""
@@ -68,8 +70,11 @@ FIT_JS = """() => {
 @pytest.fixture(scope="module")
 def editor(comfy_server):
     # a returning user (no first-run template browser over the canvas); widget text drawn at any zoom
-    settings = (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
-                ("LiteGraph.Canvas.MinFontSizeForLOD", 1))
+    settings = (
+        ("Comfy.TutorialCompleted", True),
+        ("Comfy.Minimap.Visible", False),
+        ("LiteGraph.Canvas.MinFontSizeForLOD", 1),
+    )
     for key, value in settings:
         status, body = comfy_server.request(f"/api/settings/{key}", value)
         assert status == 200, body
@@ -116,15 +121,19 @@ def test_workflow_loads_and_converts_like_the_api_file(editor, name):
     assert loaded == sorted((str(n["id"]), n["type"]) for n in result["workflow"]["nodes"])
 
     ui_prompt, api = result["output"], load_api(name, substitute_loaders=False)
-    assert sorted(ui_prompt) == sorted(api), f"{name}: the frontend's prompt has other nodes than the API file"
+    assert sorted(ui_prompt) == sorted(api), (
+        f"{name}: the frontend's prompt has other nodes than the API file"
+    )
     for node_id, node in api.items():
         got = ui_prompt[node_id]
         assert got["class_type"] == node["class_type"]
         defaults = _defaults(server, node["class_type"])
         for key, value in got["inputs"].items():
             expected = node["inputs"].get(key, defaults.get(key))
-            assert value == expected, (f"{name}: node {node_id} ({node['class_type']}) input {key!r}: the editor "
-                                       f"reads {value!r} from the UI file, the API file has {expected!r}")
+            assert value == expected, (
+                f"{name}: node {node_id} ({node['class_type']}) input {key!r}: the editor "
+                f"reads {value!r} from the UI file, the API file has {expected!r}"
+            )
         assert set(node["inputs"]) <= set(got["inputs"]), f"{name}: node {node_id} lost inputs in the editor"
 
 
@@ -138,13 +147,19 @@ def test_seed_controls_load_as_fixed(editor, name):
     not_fixed = [c for c in controls if c["value"] != "fixed"]
     if not_fixed:
         known = all(
-            not server.object_info(c["type"])["input"].get("required", {}).get(c["widget"], [None, {}])[1].get(
-                "control_after_generate") and c["widget"] in ("seed", "noise_seed")
-            for c in not_fixed)
+            not server.object_info(c["type"])["input"]
+            .get("required", {})
+            .get(c["widget"], [None, {}])[1]
+            .get("control_after_generate")
+            and c["widget"] in ("seed", "noise_seed")
+            for c in not_fixed
+        )
         if known:
-            pytest.xfail("scripts/workflow_builder.py writes no control value after INT 'seed'/'noise_seed' widgets "
-                         "whose schema lacks control_after_generate, but the editor adds one (default randomize): "
-                         f"{not_fixed}")
+            pytest.xfail(
+                "scripts/workflow_builder.py writes no control value after INT 'seed'/'noise_seed' widgets "
+                "whose schema lacks control_after_generate, but the editor adds one (default randomize): "
+                f"{not_fixed}"
+            )
     assert not_fixed == []
 
 
@@ -152,7 +167,9 @@ def test_seed_controls_load_as_fixed(editor, name):
 def test_prompt_from_the_editor_completes(editor, name):
     page, server = editor
     if name == "digit_tokenize" and not ENCODER.exists():
-        pytest.skip("embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)")
+        pytest.skip(
+            "embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)"
+        )
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
     from test_digit_server import write_example
 
@@ -172,8 +189,11 @@ def test_a_missing_node_is_detected(editor):
     wf["nodes"][0]["type"] = "UltraResNoSuchNode"
     result = page.evaluate(LOAD_JS, [wf, "missing-node-control"])
     assert result["missing"] == ["UltraResNoSuchNode"]
-    page.wait_for_function("() => [...document.querySelectorAll('.p-dialog')].some("
-                           "(d) => /missing|not found/i.test(d.innerText))", timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.p-dialog')].some("
+        "(d) => /missing|not found/i.test(d.innerText))",
+        timeout=30_000,
+    )
     assert any("UltraResNoSuchNode" in t for t in _missing_node_dialogs(page))
     page.keyboard.press("Escape")
     page.wait_for_function("() => document.querySelectorAll('.p-dialog').length === 0", timeout=30_000)
@@ -184,7 +204,9 @@ def test_screenshot_of_a_workflow_in_the_editor(editor):
     name = SCREENSHOT if SCREENSHOT in workflow_names() else workflow_names()[0]
     wf = load_ui(name)
     wf.setdefault("extra", {}).pop("ds", None)  # no stored view: the editor fits the graph to the canvas
-    page.evaluate("async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name, {}); }", [wf, name])
+    page.evaluate(
+        "async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name, {}); }", [wf, name]
+    )
     page.wait_for_function("() => window.app.graph.nodes.length > 0")
     page.evaluate(FIT_JS)
     page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
@@ -220,12 +242,16 @@ def test_help_panel_shows_the_pack_help_page(editor):
     page.locator('[data-testid="info-button"]').first.click(timeout=30_000)
     # text only the page has (the node description lacks it), then its picture, loaded from the pack
     page.wait_for_function("() => document.body.innerText.includes('How to wire it')", timeout=30_000)
-    page.wait_for_function("""() => [...document.querySelectorAll('img')].some((i) =>
-        i.src.includes('/extensions/ultrares/docs/images/') && i.complete && i.naturalWidth > 0)""", timeout=30_000)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('img')].some((i) =>
+        i.src.includes('/extensions/ultrares/docs/images/') && i.complete && i.naturalWidth > 0)""",
+        timeout=30_000,
+    )
     text = page.evaluate("() => document.body.innerText")
     assert "Paper and code" in text and "tile_batch_size" in text
     assert "arxiv.org/abs/2308.16582" in page.evaluate(
-        "() => [...document.querySelectorAll('a')].map((a) => a.href).join(' ')")
+        "() => [...document.querySelectorAll('a')].map((a) => a.href).join(' ')"
+    )
     assert "How to wire it" in (docs / f"{HELP_NODE}.md").read_text()
     DOCS_IMAGES.joinpath("workflows").mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS_IMAGES / "workflows" / "help_panel.png"))
@@ -244,7 +270,10 @@ def test_template_browser_shows_the_pack_thumbnails(editor):
     def on_response(response):
         marker = "/workflow_templates/ultrares/"
         if marker in response.url and response.url.endswith(".jpg"):
-            served[response.url.split(marker)[1][:-4]] = (response.status, response.headers.get("content-type", ""))
+            served[response.url.split(marker)[1][:-4]] = (
+                response.status,
+                response.headers.get("content-type", ""),
+            )
 
     page.on("response", on_response)
     try:

@@ -40,8 +40,9 @@ def _pixel_model():
     from harness import boot
 
     rt = boot.boot()
-    model, vae, num_classes = rt.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
-                                          weight_dtype="float32")
+    model, vae, num_classes = rt.run_node(
+        "UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32"
+    )
     return model, None, vae
 
 
@@ -76,8 +77,19 @@ def conds(comfy, family: str, model, clip, text: str = "a castle on a hill"):
 
 
 def ksample(comfy, model, pos, neg, lat, cfg=4.0, steps=2, sampler="euler", scheduler="simple", denoise=1.0):
-    (out,) = comfy.run_node("KSampler", model=model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
-                            scheduler=scheduler, positive=pos, negative=neg, latent_image=lat, denoise=denoise)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=3,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler,
+        scheduler=scheduler,
+        positive=pos,
+        negative=neg,
+        latent_image=lat,
+        denoise=denoise,
+    )
     return out["samples"]
 
 
@@ -85,8 +97,17 @@ def tiled(comfy, model, family, method, one_tile=False):
     tile = TILE_PX.get(family, DEFAULT_TILE)
     if one_tile:
         tile = 4096  # larger than the image: clamped to it, one tile
-    (m,) = comfy.run_node(NODE, model=model, method=method, tile_width=tile, tile_height=tile, overlap=32 if tile >= 128 else 16,
-                          tile_batch_size=2, reset_interval=4, seed=5)
+    (m,) = comfy.run_node(
+        NODE,
+        model=model,
+        method=method,
+        tile_width=tile,
+        tile_height=tile,
+        overlap=32 if tile >= 128 else 16,
+        tile_batch_size=2,
+        reset_interval=4,
+        seed=5,
+    )
     return m
 
 
@@ -117,7 +138,9 @@ def check_cell(comfy, family, method, run, model=None, key=None):
     assert torch.isfinite(out).all(), "non-finite latent"
     r = RATIO.get(family, 8)
     tile = TILE_PX.get(family, DEFAULT_TILE) // r
-    assert seen and all(s[0] <= tile and s[1] <= tile for s in seen), f"model saw a non-tile input: {set(seen)}"
+    assert seen and all(s[0] <= tile and s[1] <= tile for s in seen), (
+        f"model saw a non-tile input: {set(seen)}"
+    )
     if key is not None and key in _UNTILED:
         plain = _UNTILED[key]
     else:
@@ -128,6 +151,7 @@ def check_cell(comfy, family, method, run, model=None, key=None):
 
 # ---------------------------------------------------------------- node x family (Tiled Diffusion)
 
+
 @pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
 @pytest.mark.parametrize("family", list(M.FAMILIES))
 @pytest.mark.parametrize("method", M.TILING_METHODS)
@@ -136,7 +160,13 @@ def test_tiled_diffusion_on_every_family(comfy, family, method, cfg):
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
     lat = latent(family)
-    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg), key=("family", family, cfg))
+    check_cell(
+        comfy,
+        family,
+        method,
+        lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg),
+        key=("family", family, cfg),
+    )
 
 
 # ---------------------------------------------------------------- add-ons
@@ -149,8 +179,17 @@ def _image(family, batch=1, px=None):
 
 
 def _apply_control(comfy, pos, neg, control, image, strength=1.0):
-    return comfy.run_node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=control, image=image,
-                          strength=strength, start_percent=0.0, end_percent=1.0, vae=None)
+    return comfy.run_node(
+        "ControlNetApplyAdvanced",
+        positive=pos,
+        negative=neg,
+        control_net=control,
+        image=image,
+        strength=strength,
+        start_percent=0.0,
+        end_percent=1.0,
+        vae=None,
+    )
 
 
 @functools.cache
@@ -168,7 +207,11 @@ def _lora_name(family):
     g = torch.Generator().manual_seed(5)
     lora = {}
     for lora_key, weight_key in keys.items():
-        if not isinstance(lora_key, str) or not lora_key.startswith("lora_unet_") or "attn1_to_q" not in lora_key:
+        if (
+            not isinstance(lora_key, str)
+            or not lora_key.startswith("lora_unet_")
+            or "attn1_to_q" not in lora_key
+        ):
             continue
         out_f, in_f = sd[weight_key].shape[:2]
         lora[f"{lora_key}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.1
@@ -201,41 +244,57 @@ def addon_graph(comfy, addon: str, family: str):
     elif addon == "T2I-Adapter":
         pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_t2i_adapter(), _image(family))
     elif addon == "Self-Attention Guidance":
+
         def patch(m):
             return comfy.run_node("SelfAttentionGuidance", model=m, scale=0.5, blur_sigma=2.0)[0]
     elif addon == "Perturbed-Attention Guidance":
+
         def patch(m):
             return comfy.run_node("PerturbedAttentionGuidance", model=m, scale=3.0)[0]
     elif addon == "Skip Layer Guidance (SD3)":
+
         def patch(m):
-            return comfy.run_node("SkipLayerGuidanceSD3", model=m, layers="1", scale=3.0, start_percent=0.0,
-                                  end_percent=1.0)[0]
+            return comfy.run_node(
+                "SkipLayerGuidanceSD3", model=m, layers="1", scale=3.0, start_percent=0.0, end_percent=1.0
+            )[0]
     elif addon == "Skip Layer Guidance DiT":
         cfg = 2.0
 
         def patch(m):
-            return comfy.run_node("SkipLayerGuidanceDiT", model=m, double_layers="0", single_layers="0", scale=3.0,
-                                  start_percent=0.0, end_percent=1.0, rescaling_scale=0.0)[0]
+            return comfy.run_node(
+                "SkipLayerGuidanceDiT",
+                model=m,
+                double_layers="0",
+                single_layers="0",
+                scale=3.0,
+                start_percent=0.0,
+                end_percent=1.0,
+                rescaling_scale=0.0,
+            )[0]
     elif addon == "FreeU v2":
+
         def patch(m):
             return comfy.run_node("FreeU_V2", model=m, b1=1.3, b2=1.4, s1=0.9, s2=0.2)[0]
     elif addon == "LoRA":
         name = _lora_name(family)
-        model_lora, clip_lora = comfy.run_node("LoraLoader", model=model, clip=clip, lora_name=name,
-                                               strength_model=1.0, strength_clip=1.0)
+        model_lora, clip_lora = comfy.run_node(
+            "LoraLoader", model=model, clip=clip, lora_name=name, strength_model=1.0, strength_clip=1.0
+        )
         pos, neg = conds(comfy, family, model_lora, clip_lora)
         return _run_with(comfy, model_lora, pos, neg, lat, cfg), model_lora
     elif addon == "area conditioning":
         (area,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a red door")
-        (area,) = comfy.run_node("ConditioningSetArea", conditioning=area, width=96, height=64, x=64, y=32,
-                                 strength=1.0)
+        (area,) = comfy.run_node(
+            "ConditioningSetArea", conditioning=area, width=96, height=64, x=64, y=32, strength=1.0
+        )
         (pos,) = comfy.run_node("ConditioningCombine", conditioning_1=pos, conditioning_2=area)
     elif addon == "mask conditioning":
         (masked,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a red door")
         mask = torch.zeros(1, *DEFAULT_PX)
         mask[:, 40:150, 30:200] = 1.0
-        (masked,) = comfy.run_node("ConditioningSetMask", conditioning=masked, mask=mask, strength=1.0,
-                                   set_cond_area="default")
+        (masked,) = comfy.run_node(
+            "ConditioningSetMask", conditioning=masked, mask=mask, strength=1.0, set_cond_area="default"
+        )
         (pos,) = comfy.run_node("ConditioningCombine", conditioning_1=pos, conditioning_2=masked)
     elif addon == "timestep-range conditioning":
         (late,) = comfy.run_node("CLIPTextEncode", clip=clip, text="fine detail")
@@ -250,8 +309,15 @@ def addon_graph(comfy, addon: str, family: str):
     elif addon == "9-channel inpaint model":
         mask = torch.zeros(1, *DEFAULT_PX)
         mask[:, 48:160, 64:192] = 1.0
-        pos, neg, lat = comfy.run_node("InpaintModelConditioning", positive=pos, negative=neg, vae=vae,
-                                       pixels=_image(family), mask=mask, noise_mask=True)
+        pos, neg, lat = comfy.run_node(
+            "InpaintModelConditioning",
+            positive=pos,
+            negative=neg,
+            vae=vae,
+            pixels=_image(family),
+            mask=mask,
+            noise_mask=True,
+        )
     elif addon == "PerpNeg guider":
         return _perpneg(comfy, clip, pos, neg, lat), model
     else:
@@ -261,6 +327,7 @@ def addon_graph(comfy, addon: str, family: str):
 
 def _run_with(comfy, base, pos, neg, lat, cfg, denoise=1.0, patch=None):
     """run(m): sample with ``m`` (the base model, tiled or not) after the add-on's model patch."""
+
     def run(m):
         if patch is not None:
             m = patch(m)
@@ -273,13 +340,26 @@ def _perpneg(comfy, clip, pos, neg, lat):
     (empty,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
 
     def run(m):
-        (guider,) = comfy.run_node("PerpNegGuider", model=m, positive=pos, negative=neg, empty_conditioning=empty,
-                                   cfg=4.0, neg_scale=1.0)
+        (guider,) = comfy.run_node(
+            "PerpNegGuider",
+            model=m,
+            positive=pos,
+            negative=neg,
+            empty_conditioning=empty,
+            cfg=4.0,
+            neg_scale=1.0,
+        )
         (noise,) = comfy.run_node("RandomNoise", noise_seed=3)
         (sampler,) = comfy.run_node("KSamplerSelect", sampler_name="euler")
         (sigmas,) = comfy.run_node("BasicScheduler", model=m, scheduler="simple", steps=2, denoise=1.0)
-        out, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                latent_image=lat)
+        out, _ = comfy.run_node(
+            "SamplerCustomAdvanced",
+            noise=noise,
+            guider=guider,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=lat,
+        )
         return out["samples"]
 
     return run
@@ -302,8 +382,13 @@ def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sample
     pos, neg = conds(comfy, family, model, clip)
     lat = latent(family)
     cfg = 1.0 if family == "flux" else 4.0
-    check_cell(comfy, family, method, lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler),
-               key=("sampler", family, sampler))
+    check_cell(
+        comfy,
+        family,
+        method,
+        lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg, steps=3, sampler=sampler),
+        key=("sampler", family, sampler),
+    )
 
 
 # ---------------------------------------------------------------- the other sampler-facing nodes x family
@@ -320,11 +405,27 @@ def test_relay_upscale_on_every_family(comfy, family, cfg):
     pos, neg = conds(comfy, family, model, clip)
     h, w = (128, 128) if family == "pixel" else DEFAULT_PX  # the pixel HDiT's first stage needs >= 64 px
     first = ksample(comfy, model, pos, neg, latent(family, px=(h // 2, w // 2)), cfg=cfg)
-    (out,) = comfy.run_node("UltraResRelayUpscale", model=model, positive=pos, negative=neg, latent={"samples": first},
-                            factor=2, seed=4, steps=4, truncation_sigma=RELAY_TRUNCATION.get(family, 2.0),
-                            rho=1.0 if family in RELAY_TRUNCATION else 7.0, cfg=cfg, blur_sigma_max=0.0,
-                            prob_length=0.93, s_block=0.15, s_noise=0.2, s_churn=0.0, s_tmin=0.0, s_tmax=1000.0,
-                            s_churn_noise=1.0)
+    (out,) = comfy.run_node(
+        "UltraResRelayUpscale",
+        model=model,
+        positive=pos,
+        negative=neg,
+        latent={"samples": first},
+        factor=2,
+        seed=4,
+        steps=4,
+        truncation_sigma=RELAY_TRUNCATION.get(family, 2.0),
+        rho=1.0 if family in RELAY_TRUNCATION else 7.0,
+        cfg=cfg,
+        blur_sigma_max=0.0,
+        prob_length=0.93,
+        s_block=0.15,
+        s_noise=0.2,
+        s_churn=0.0,
+        s_tmin=0.0,
+        s_tmax=1000.0,
+        s_churn_noise=1.0,
+    )
     samples = out["samples"]
     assert samples.shape[-2:] == (first.shape[-2] * 2, first.shape[-1] * 2) and torch.isfinite(samples).all()
 
@@ -338,8 +439,14 @@ def test_ddim_invert_and_generate_on_every_family(comfy, family, cfg):
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
     x = latent(family, noise=True)
-    kw = dict(steps=8, level=0.9 if family in ("sd3", "flux") else 1.0, scheduler="simple", positive=pos,
-              negative=neg, cfg=cfg)
+    kw = dict(
+        steps=8,
+        level=0.9 if family in ("sd3", "flux") else 1.0,
+        scheduler="simple",
+        positive=pos,
+        negative=neg,
+        cfg=cfg,
+    )
     (noise,) = comfy.run_node("UltraResDDIMInvert", model=model, latent=x, refine_iters=0, **kw)
     (back,) = comfy.run_node("UltraResDDIMGenerate", model=model, noise=noise, **kw)
     src, inv, rec = x["samples"], noise["samples"], back["samples"]
@@ -375,4 +482,6 @@ def test_readme_table_matches_the_matrix():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
     m = re.search(re.escape(M.START) + r"\n(.*?)\n" + re.escape(M.END), readme, re.S)
     assert m, "README has no compatibility matrix section: run scripts/compat_table.py --write"
-    assert m.group(1).strip() == M.markdown_table().strip(), "README matrix is stale: run scripts/compat_table.py --write"
+    assert m.group(1).strip() == M.markdown_table().strip(), (
+        "README matrix is stale: run scripts/compat_table.py --write"
+    )

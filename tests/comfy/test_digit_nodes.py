@@ -170,7 +170,8 @@ def test_official_layout_pth_loads_and_bad_files_are_named(comfy, digit_dir):
     (cb,) = comfy.run_node("UltraResDiGITCodebookLoader", codebook_name="tiny128.npy")
     assert cb.interpolation == "digit"  # no atlas, no record: taken as DiGIT's (like km_8k.npy)
     with pytest.raises(
-        ValueError, match=r"codebook 'tiny128\.npy' was fitted .*'digit'.*encoder 'dinov2_tiny_reg4_pretrain\.pth'.*'hub'"
+        ValueError,
+        match=r"codebook 'tiny128\.npy' was fitted .*'digit'.*encoder 'dinov2_tiny_reg4_pretrain\.pth'.*'hub'",
     ):
         comfy.run_node(
             "UltraResDiGITTokenize", encoder=hub, codebook=cb, image=scene(), image_size=256, fit="stretch"
@@ -213,11 +214,31 @@ def test_hostile_files_give_named_messages_and_run_nothing(comfy, digit_dir):
     np.save(digit_dir / "cb_ok.npy", np.zeros((4, 8), np.float32))
     (digit_dir / "cb_ok.atlas.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")
     cases = [
-        ("UltraResDiGITEncoderLoader", {"encoder_name": "evil.pth"}, "encoder_name 'evil.pth': not a plain PyTorch"),
-        ("UltraResDiGITEncoderLoader", {"encoder_name": "random.safetensors"}, "encoder_name 'random.safetensors': its safetensors header claims"),
-        ("UltraResDiGITEncoderLoader", {"encoder_name": "zeros.safetensors"}, "zeros.safetensors': its safetensors header claims"),
-        ("UltraResDiGITCodebookLoader", {"codebook_name": "huge.npy"}, "codebook_name 'huge.npy': has shape (1099511627776, 768)"),
-        ("UltraResDiGITCodebookLoader", {"codebook_name": "cb_ok.npy"}, "'cb_ok.atlas.safetensors': its safetensors header claims"),
+        (
+            "UltraResDiGITEncoderLoader",
+            {"encoder_name": "evil.pth"},
+            "encoder_name 'evil.pth': not a plain PyTorch",
+        ),
+        (
+            "UltraResDiGITEncoderLoader",
+            {"encoder_name": "random.safetensors"},
+            "encoder_name 'random.safetensors': its safetensors header claims",
+        ),
+        (
+            "UltraResDiGITEncoderLoader",
+            {"encoder_name": "zeros.safetensors"},
+            "zeros.safetensors': its safetensors header claims",
+        ),
+        (
+            "UltraResDiGITCodebookLoader",
+            {"codebook_name": "huge.npy"},
+            "codebook_name 'huge.npy': has shape (1099511627776, 768)",
+        ),
+        (
+            "UltraResDiGITCodebookLoader",
+            {"codebook_name": "cb_ok.npy"},
+            "'cb_ok.atlas.safetensors': its safetensors header claims",
+        ),
     ]
     for node, inputs, what in cases:
         with pytest.raises(ValueError) as err:

@@ -13,8 +13,19 @@ def test_tiny_sd15_samples_through_ksampler(comfy, tiny_sd15):
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a castle")
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
     latent = {"samples": torch.zeros(1, 4, 16, 24)}
-    (out,) = comfy.run_node("KSampler", model=model, seed=1, steps=2, cfg=5.0, sampler_name="euler",
-                            scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=1,
+        steps=2,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     assert out["samples"].shape == (1, 4, 16, 24)
     assert torch.isfinite(out["samples"]).all()
     (image,) = comfy.run_node("VAEDecode", samples=out, vae=vae)

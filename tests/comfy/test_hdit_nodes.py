@@ -41,11 +41,20 @@ def official_file(hdit_dir):
 # k-diffusion's Oxford Flowers HDiT shape (configs/config_oxford_flowers.json): patch 4, 3 levels
 OXFORD = {
     "model": {
-        "type": "image_transformer_v2", "input_channels": 3, "input_size": [256, 256], "patch_size": [4, 4],
-        "depths": [2, 2, 4], "widths": [128, 256, 512],
-        "self_attns": [{"type": "neighborhood", "d_head": 64, "kernel_size": 7},
-                       {"type": "neighborhood", "d_head": 64, "kernel_size": 7}, {"type": "global", "d_head": 64}],
-        "mapping_width": 256, "mapping_depth": 2, "sigma_data": 0.5,
+        "type": "image_transformer_v2",
+        "input_channels": 3,
+        "input_size": [256, 256],
+        "patch_size": [4, 4],
+        "depths": [2, 2, 4],
+        "widths": [128, 256, 512],
+        "self_attns": [
+            {"type": "neighborhood", "d_head": 64, "kernel_size": 7},
+            {"type": "neighborhood", "d_head": 64, "kernel_size": 7},
+            {"type": "global", "d_head": 64},
+        ],
+        "mapping_width": 256,
+        "mapping_depth": 2,
+        "sigma_data": 0.5,
     },
 }
 
@@ -71,7 +80,9 @@ def test_loader_strict_and_model_sampling(comfy, official_file):
     assert n == 5
     ms = model.get_model_object("model_sampling")
     assert ms.sigma_data == 0.5
-    assert float(ms.sigma_min) == pytest.approx(0.02, rel=1e-4) and float(ms.sigma_max) == pytest.approx(60.0, rel=1e-4)
+    assert float(ms.sigma_min) == pytest.approx(0.02, rel=1e-4) and float(ms.sigma_max) == pytest.approx(
+        60.0, rel=1e-4
+    )
     inner = model.model.diffusion_model.inner
     for k, v in sd.items():
         torch.testing.assert_close(inner.state_dict()[k], v.float())
@@ -85,22 +96,40 @@ def test_ksampler_matches_direct_euler(comfy, official_file, cfg_scale, class_id
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=class_id, unconditional=False)
     (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
     steps, seed = 3, 11
-    (out,) = comfy.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg_scale, sampler_name="euler",
-                            scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=cfg_scale,
+        sampler_name="euler",
+        scheduler="karras",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     got = out["samples"]
     assert got.shape == (1, 3, 32, 32) and torch.isfinite(got).all()
 
     # the same Euler sampling written directly against the kernel (EDM preconditioning, raw sigma)
     den = _reference_denoiser(sd)
-    sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps).float()
+    sigmas = comfy_samplers.calculate_sigmas(
+        model.get_model_object("model_sampling"), "karras", steps
+    ).float()
     noise = comfy_sample.prepare_noise(latent["samples"], seed)
     x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # ComfyUI's max_denoise noise scaling
     c = torch.tensor([class_id])
     u = torch.tensor([5])
     with torch.no_grad():
         for i in range(steps):
-            d_c = den(x, sigmas[i:i + 1], class_cond=c)
-            d = d_c if cfg_scale == 1.0 else den(x, sigmas[i:i + 1], class_cond=u) + (d_c - den(x, sigmas[i:i + 1], class_cond=u)) * cfg_scale
+            d_c = den(x, sigmas[i : i + 1], class_cond=c)
+            d = (
+                d_c
+                if cfg_scale == 1.0
+                else den(x, sigmas[i : i + 1], class_cond=u)
+                + (d_c - den(x, sigmas[i : i + 1], class_cond=u)) * cfg_scale
+            )
             x = x + (x - d) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
     torch.testing.assert_close(got, x, atol=2e-4, rtol=1e-3)
 
@@ -112,8 +141,19 @@ def test_class_changes_output_and_uncond(comfy, official_file):
     outs = []
     for cid, unc in ((0, False), (3, False), (3, True)):
         pos, neg = comfy.run_node("UltraResHDiTClass", class_id=cid, unconditional=unc)
-        (o,) = comfy.run_node("KSampler", model=model, seed=1, steps=2, cfg=1.0, sampler_name="euler",
-                              scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        (o,) = comfy.run_node(
+            "KSampler",
+            model=model,
+            seed=1,
+            steps=2,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="karras",
+            positive=pos,
+            negative=neg,
+            latent_image=latent,
+            denoise=1.0,
+        )
         outs.append(o["samples"])
     assert (outs[0] - outs[1]).abs().max() > 1e-4
     assert (outs[1] - outs[2]).abs().max() > 1e-4
@@ -129,13 +169,35 @@ def test_out_of_range_class_and_odd_size(comfy, official_file):
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=7, unconditional=False)
     (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=32, height=32, batch_size=1)
     with pytest.raises(ValueError, match="class_id 7 is out of range"):
-        comfy.run_node("KSampler", model=model, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
-                       positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        comfy.run_node(
+            "KSampler",
+            model=model,
+            seed=1,
+            steps=1,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="karras",
+            positive=pos,
+            negative=neg,
+            latent_image=latent,
+            denoise=1.0,
+        )
     # a side that is not a multiple of the patch/window grid (16 here) is padded and cropped back
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=1, unconditional=False)
     odd = {"samples": torch.zeros(1, 3, 20, 28)}
-    (o,) = comfy.run_node("KSampler", model=model, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
-                          positive=pos, negative=neg, latent_image=odd, denoise=1.0)
+    (o,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=1,
+        steps=1,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="karras",
+        positive=pos,
+        negative=neg,
+        latent_image=odd,
+        denoise=1.0,
+    )
     assert o["samples"].shape == (1, 3, 20, 28) and torch.isfinite(o["samples"]).all()
 
 
@@ -171,13 +233,25 @@ def test_embedded_model_makes_emoji_on_white(comfy):
     """The shipped weights load from the pack's models/hdit and sample images on the training background."""
     names = folder_paths.get_filename_list("hdit")
     assert "ultrares-emoji64.safetensors" in names
-    model, vae, n = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
-                                   weight_dtype="float32")
+    model, vae, n = comfy.run_node(
+        "UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32"
+    )
     assert n == 9
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=0, unconditional=False)
     (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=64, height=64, batch_size=2)
-    (o,) = comfy.run_node("KSampler", model=model, seed=3, steps=10, cfg=2.0, sampler_name="dpmpp_2m",
-                          scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    (o,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=3,
+        steps=10,
+        cfg=2.0,
+        sampler_name="dpmpp_2m",
+        scheduler="karras",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     (img,) = comfy.run_node("VAEDecode", samples=o, vae=vae)
     assert img.shape == (2, 64, 64, 3)
     corners = torch.cat([img[:, :6, :6], img[:, :6, -6:], img[:, -6:, :6], img[:, -6:, -6:]], dim=1)
@@ -198,14 +272,21 @@ def _peak_allocated_bytes(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    totals = [n.extra_fields.total_allocated for n in walk(prof.profiler.kineto_results.experimental_event_tree())
-              if n.tag == _EventType.Allocation]
+    totals = [
+        n.extra_fields.total_allocated
+        for n in walk(prof.profiler.kineto_results.experimental_event_tree())
+        if n.tag == _EventType.Allocation
+    ]
     assert totals, "the profiler recorded no allocations"
     return max(totals)
 
 
-@pytest.mark.parametrize("which,dtype,sizes", [("small", "bfloat16", (48, 96)), ("oxford", "float32", (128, 192))])
-def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file, monkeypatch, which, dtype, sizes):
+@pytest.mark.parametrize(
+    "which,dtype,sizes", [("small", "bfloat16", (48, 96)), ("oxford", "float32", (128, 192))]
+)
+def test_memory_estimate_covers_measured_peak(
+    comfy, official_file, oxford_file, monkeypatch, which, dtype, sizes
+):
     """ComfyUI plans sampling memory with ``BaseModel.memory_required``: it must cover the real peak of
     a CFG-batch forward (batch 2) and stay within 4x of it, in both of ComfyUI's branches (the flash/
     xformers one taken on NVIDIA, selected here by ComfyUI's own switch, and the CPU one)."""
@@ -224,7 +305,9 @@ def test_memory_estimate_covers_measured_peak(comfy, official_file, oxford_file,
         x = torch.randn(2, 3, s, s, dtype=torch_dtype)
         kw = {"ultrares_hdit_class": torch.tensor([1, -1])} if n else {}  # a class and the unconditional row
         with torch.no_grad():
-            peak = _peak_allocated_bytes(lambda x=x, kw=kw: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw))
+            peak = _peak_allocated_bytes(
+                lambda x=x, kw=kw: base.apply_model(x, torch.tensor([1.0, 1.0]), **kw)
+            )
         for flash in (False, True):
             est = estimates[flash][i]
             assert peak <= est <= 4 * peak, (which, dtype, s, flash, peak, est)
@@ -262,8 +345,10 @@ def test_loader_messages_name_files_relative_to_the_models_folder(comfy, hdit_di
     save_file(sd, huge, metadata={"config": json.dumps(cfg)})
     try:
         names = folder_paths.get_filename_list("hdit")
-        for fname, expect in ((f"{sub}/evil.pth", "holds Python objects other than tensors"),
-                              (f"{sub}/huge.safetensors", r"model.d_ffs\[0\] = 1099511627776 is outside")):
+        for fname, expect in (
+            (f"{sub}/evil.pth", "holds Python objects other than tensors"),
+            (f"{sub}/huge.safetensors", r"model.d_ffs\[0\] = 1099511627776 is outside"),
+        ):
             assert fname in names
             with pytest.raises(ValueError, match=expect) as e:
                 comfy.run_node("UltraResHDiTLoader", model_name=fname, weight_dtype="float32")
@@ -290,10 +375,23 @@ def test_class_ids_checked_exactly_when_sampling_starts(comfy, official_file, ox
 
     def sample(mdl, class_id, unconditional=False):
         pos, neg = comfy.run_node("UltraResHDiTClass", class_id=class_id, unconditional=unconditional)
-        return comfy.run_node("KSampler", model=mdl, seed=1, steps=1, cfg=2.0, sampler_name="euler",
-                              scheduler="karras", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        return comfy.run_node(
+            "KSampler",
+            model=mdl,
+            seed=1,
+            steps=1,
+            cfg=2.0,
+            sampler_name="euler",
+            scheduler="karras",
+            positive=pos,
+            negative=neg,
+            latent_image=latent,
+            denoise=1.0,
+        )
 
-    with pytest.raises(ValueError, match=r"class_id 5 is out of range for this HDiT, which has 5 classes \(ids 0-4\)"):
+    with pytest.raises(
+        ValueError, match=r"class_id 5 is out of range for this HDiT, which has 5 classes \(ids 0-4\)"
+    ):
         sample(m, 5)
     assert calls == []
     (o,) = sample(m, 4)
@@ -310,7 +408,9 @@ def test_class_ids_checked_exactly_when_sampling_starts(comfy, official_file, ox
 def test_too_small_images_refused_in_pixels(comfy):
     """ComfyUI's minimum 16x16 is too small for the embedded model's 7x7-token windows at 8 px per
     token: the message says so in pixels, before the first model call."""
-    model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32")
+    model, _, _ = comfy.run_node(
+        "UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32"
+    )
     assert model.model.diffusion_model.min_size() == (64, 64)  # level 1: 7 tokens x 4 px patch x 2
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=0, unconditional=False)
     calls = []
@@ -319,8 +419,19 @@ def test_too_small_images_refused_in_pixels(comfy):
     for w, h in ((16, 16), (64, 48)):
         (latent,) = comfy.run_node("EmptyChromaRadianceLatentImage", width=w, height=h, batch_size=1)
         with pytest.raises(ValueError) as e:
-            comfy.run_node("KSampler", model=m, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="karras",
-                           positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+            comfy.run_node(
+                "KSampler",
+                model=m,
+                seed=1,
+                steps=1,
+                cfg=1.0,
+                sampler_name="euler",
+                scheduler="karras",
+                positive=pos,
+                negative=neg,
+                latent_image=latent,
+                denoise=1.0,
+            )
         msg = str(e.value)
         assert f"needs images of at least 64x64 px (width x height); got {w}x{h} px" in msg, msg
         assert "token" not in msg
@@ -330,12 +441,15 @@ def test_too_small_images_refused_in_pixels(comfy):
         model.model.diffusion_model(torch.zeros(1, 3, 64, 32), torch.zeros(1))
 
 
-@pytest.mark.parametrize("inputs,expect", [
-    ({"class_id": float("nan")}, "class_id=nan is not a finite number"),
-    ({"class_id": "three"}, "class_id='three' is not a whole number"),
-    ({"class_id": -2}, "class_id=-2 is below the minimum 0"),
-    ({"class_id": 10**7}, "class_id=10000000 is above the maximum 1000000"),
-])
+@pytest.mark.parametrize(
+    "inputs,expect",
+    [
+        ({"class_id": float("nan")}, "class_id=nan is not a finite number"),
+        ({"class_id": "three"}, "class_id='three' is not a whole number"),
+        ({"class_id": -2}, "class_id=-2 is below the minimum 0"),
+        ({"class_id": 10**7}, "class_id=10000000 is above the maximum 1000000"),
+    ],
+)
 def test_class_node_inputs_checked_at_queue_time(comfy, inputs, expect):
     msg = comfy.validate("UltraResHDiTClass", unconditional=False, **inputs)
     assert isinstance(msg, str) and expect in msg, msg
@@ -351,7 +465,9 @@ def test_any_size_plan_reads_the_hdit_native_size(comfy, oxford_file):
     (pixel space), the same plan as typing native_size by hand."""
     model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name=oxford_file, weight_dtype="float32")
     assert model.model.model_config.native_size == 256
-    plan = comfy.run_node("UltraResAnySizePlan", target_width=1024, target_height=512, native_size=0, model=model)
+    plan = comfy.run_node(
+        "UltraResAnySizePlan", target_width=1024, target_height=512, native_size=0, model=model
+    )
     by_hand = comfy.run_node("UltraResAnySizePlan", target_width=1024, target_height=512, native_size=256)
     assert "model config" in plan[5], plan[5]
     assert plan[:5] == by_hand[:5] and plan[6:] == by_hand[6:]

@@ -10,8 +10,16 @@ import math
 import pytest
 
 # Python/ComfyUI error text that must never reach a user through a node's own message.
-EXCEPTION_TEXT = ("Traceback", "object has no attribute", "not supported between", "invalid literal",
-                  "unhashable", "Error:", "could not convert string", "argument must be")
+EXCEPTION_TEXT = (
+    "Traceback",
+    "object has no attribute",
+    "not supported between",
+    "invalid literal",
+    "unhashable",
+    "Error:",
+    "could not convert string",
+    "argument must be",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +60,18 @@ def test_int_converted_as_comfyui_does(check, tiled):
     assert v["overlap"] == 1
 
 
-@pytest.mark.parametrize("bad", ["abc", "5.5", [1, 2, 3], {"a": 1}, float("nan"), float("inf"), "", "9" * 5000])
+@pytest.mark.parametrize(
+    "bad", ["abc", "5.5", [1, 2, 3], {"a": 1}, float("nan"), float("inf"), "", "9" * 5000]
+)
 def test_int_wrong_type_is_a_message(check, tiled, bad):
     _clean(check(tiled, tile_width=bad), "tile_width=", "whole number")
 
 
 def test_int_range(check, tiled):
     lo, hi = _spec(tiled, "tile_width").min, _spec(tiled, "tile_width").max
-    assert not isinstance(check(tiled, tile_width=lo), str) and not isinstance(check(tiled, tile_width=hi), str)
+    assert not isinstance(check(tiled, tile_width=lo), str) and not isinstance(
+        check(tiled, tile_width=hi), str
+    )
     msg = _clean(check(tiled, tile_width=lo - 1), f"tile_width={lo - 1}", f"below the minimum {lo}")
     assert str(hi) in msg  # the fix: the allowed range
     _clean(check(tiled, tile_width=str(hi + 1)), f"tile_width={hi + 1}", f"above the maximum {hi}")
@@ -112,7 +124,9 @@ def test_boolean_and_string_conversion(check, comfy):
 
 
 def test_every_problem_reported_and_values_shortened(check, tiled, upscale):
-    msg = _clean(check(tiled, tile_width="x", overlap=-8, method="nope"), "tile_width=", "overlap=-8", "method=")
+    msg = _clean(
+        check(tiled, tile_width="x", overlap=-8, method="nope"), "tile_width=", "overlap=-8", "method="
+    )
     assert msg.count(". ") == 2 and msg.endswith(".")  # one sentence per bad input
     long_value = "y" * 100_000
     msg = _clean(check(tiled, method=long_value), "method=")
@@ -139,7 +153,9 @@ WIDGETS = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 
 
 def _pack_nodes(comfy):
-    return sorted(n for n in comfy.pack_nodes if n.startswith("UltraRes") and not n.startswith("UltraResTest"))
+    return sorted(
+        n for n in comfy.pack_nodes if n.startswith("UltraRes") and not n.startswith("UltraResTest")
+    )
 
 
 def _widgets(node_cls) -> dict:
@@ -198,13 +214,21 @@ def test_every_named_input_refuses_bad_values_with_a_message(comfy):
         if not named:  # no validate_inputs: ComfyUI's own INT/combo checks apply (no FLOAT, see above)
             continue
         assert comfy.validate(node_id, **{n: None for n in _named(cls)}) is True, node_id
-        assert comfy.validate(node_id) is True, node_id  # a missing widget: ComfyUI calls it without the value
+        assert comfy.validate(node_id) is True, (
+            node_id
+        )  # a missing widget: ComfyUI calls it without the value
         for name in named:
             spec = widgets[name]
             bad = list(_bad_values(spec))
             if str(spec.get_io_type()) in ("INT", "FLOAT"):
-                bad += [v for v in ((spec.min - 1) if spec.min is not None else None,
-                                    (spec.max + 1) if spec.max is not None else None) if v is not None]
+                bad += [
+                    v
+                    for v in (
+                        (spec.min - 1) if spec.min is not None else None,
+                        (spec.max + 1) if spec.max is not None else None,
+                    )
+                    if v is not None
+                ]
             for value in bad:
                 others = {n: None for n in _named(cls)}  # ComfyUI passes every named input (None: linked)
                 msg = comfy.validate(node_id, **{**others, name: value})

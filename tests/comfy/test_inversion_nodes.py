@@ -158,7 +158,10 @@ def _score(comfy, test, **kw):
 
 def test_domain_score_node_report_plot_accepted_and_saved_reference(comfy, output_dir):
     ref, in_dom, out_dom = _set(0, 0.0, 24), _set(1, 0.0, 6), _set(2, 0.6, 6)
-    test = {"samples": torch.cat([in_dom["samples"], out_dom["samples"]]), "ultrares_inversion": {"sigma": 1.0}}
+    test = {
+        "samples": torch.cat([in_dom["samples"], out_dom["samples"]]),
+        "ultrares_inversion": {"sigma": 1.0},
+    }
     report, plot, accepted = _score(comfy, test, reference=ref, save_reference_as="emoji_ref")
     lines = report.splitlines()
     verdicts = [ln.split()[-1] for ln in lines if ln[:5].strip().isdigit()]
@@ -235,10 +238,15 @@ def test_domain_score_never_overwrites_a_foreign_file_without_overwrite(comfy, o
     with pytest.raises(ValueError, match="overwrite"):
         _score(comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as="someone_else")
     assert foreign.read_bytes() == before
-    assert comfy.validate(
-        "UltraResDomainScore", percentile=95.0, save_reference_as="someone_else", overwrite=True
-    ) is True
-    _score(comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as="someone_else", overwrite=True)
+    assert (
+        comfy.validate(
+            "UltraResDomainScore", percentile=95.0, save_reference_as="someone_else", overwrite=True
+        )
+        is True
+    )
+    _score(
+        comfy, _set(1, 0.0, 2), reference=_set(0, 0.0, 4), save_reference_as="someone_else", overwrite=True
+    )
     assert safetensors.torch.load_file(str(foreign))["latents"].shape[0] == 4
     # a file that is not a reference is named relative to the ComfyUI folder, without a traceback
     (folder / "not_a_ref.safetensors").write_bytes(b"garbage")
@@ -292,8 +300,15 @@ def test_inversion_skips_the_sigma_min_to_sigma_min_move(comfy, sd15, clean_late
     invert(comfy, counted, cond, clean_latent, 3, level=0.5, scheduler="simple")
     assert len(calls) == 3, calls
     calls.clear()
-    generate(comfy, counted, cond, invert(comfy, model, cond, clean_latent, 3, level=1.0, scheduler="karras"),
-             3, level=1.0, scheduler="karras")
+    generate(
+        comfy,
+        counted,
+        cond,
+        invert(comfy, model, cond, clean_latent, 3, level=1.0, scheduler="karras"),
+        3,
+        level=1.0,
+        scheduler="karras",
+    )
     assert len(calls) == 3, calls
 
 
@@ -471,7 +486,10 @@ def test_out_of_domain_photos_reconstruct_with_the_emoji_hdit(comfy, hdit):
 
 def test_domain_score_old_workflow_values_still_validate(comfy):
     # before reference_file became a list it was a STRING whose default was "" (= no file)
-    assert comfy.validate("UltraResDomainScore", percentile=95.0, reference_file="", save_reference_as="") is True
+    assert (
+        comfy.validate("UltraResDomainScore", percentile=95.0, reference_file="", save_reference_as="")
+        is True
+    )
 
 
 # ----------------------------------------------------------------------------------- rectified flow
@@ -507,7 +525,9 @@ def test_flow_models_invert_and_reconstruct(comfy, flow_model):
             kw = dict(level=0.9, scheduler="simple", negative=neg, cfg=cfg)
             noise = invert(comfy, model, pos, latent, n, **kw)
             assert torch.isfinite(noise["samples"]).all()
-            (out,) = comfy.run_node("UltraResDDIMGenerate", model=model, noise=noise, steps=n, positive=pos, **kw)
+            (out,) = comfy.run_node(
+                "UltraResDDIMGenerate", model=model, noise=noise, steps=n, positive=pos, **kw
+            )
             errs.append(float((out["samples"] - latent["samples"]).pow(2).mean().sqrt()))
         report[cfg] = errs
         assert errs[0] > errs[1] > errs[2], (family, cfg, errs)
@@ -536,9 +556,19 @@ def test_flow_generate_equals_comfyui_euler(comfy, flow_model):
     assert noise["ultrares_inversion"]["sigma"] < 0.99
     ours = generate(comfy, model, pos, noise, 3, level=0.5)
     (theirs,) = comfy.run_node(
-        "KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=6, cfg=1.0,
-        sampler_name="euler", scheduler="simple", positive=pos, negative=neg,
-        latent_image={"samples": noise["samples"]}, start_at_step=3, end_at_step=10000,
+        "KSamplerAdvanced",
+        model=model,
+        add_noise="disable",
+        noise_seed=0,
+        steps=6,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        positive=pos,
+        negative=neg,
+        latent_image={"samples": noise["samples"]},
+        start_at_step=3,
+        end_at_step=10000,
         return_with_leftover_noise="disable",
     )
     torch.testing.assert_close(ours["samples"], theirs["samples"], rtol=1e-4, atol=1e-4)

@@ -31,8 +31,14 @@ def setup(tiny_sd15):
 def test_specs_cover_every_attn1_with_official_names(setup):
     base, unet, specs, _ = setup
     assert len(specs) == 16  # SD1.5: down 6, mid 1, up 9
-    assert specs["input_blocks.1.1.transformer_blocks.0.attn1"].module_name == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
-    assert specs["output_blocks.11.1.transformer_blocks.0.attn1"].module_name == "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
+    assert (
+        specs["input_blocks.1.1.transformer_blocks.0.attn1"].module_name
+        == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    )
+    assert (
+        specs["output_blocks.11.1.transformer_blocks.0.attn1"].module_name
+        == "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
+    )
     assert {s.heads for s in specs.values()} == {8}
     assert all(s.projection_mid_dim is None for s in specs.values())
 
@@ -46,7 +52,9 @@ def test_official_objective_terms(setup):
     cond = {"c_crossattn": torch.randn(1, 77, 64)}
     terms = d.losses(x0, cond, torch.Generator().manual_seed(0))
     assert all(torch.isfinite(v) for v in terms.values())
-    torch.testing.assert_close(terms["loss"], terms["noise"] + 0.5 * terms["teacher"] + 0.5 * terms["feature"])
+    torch.testing.assert_close(
+        terms["loss"], terms["noise"] + 0.5 * terms["teacher"] + 0.5 * terms["feature"]
+    )
     assert terms["teacher"] > 0 and terms["feature"] > 0
     # the teacher's modules are restored after the student pass, and only LinFusion params train
     assert type(unet.input_blocks[1][1].transformer_blocks[0].attn1).__name__ == "CrossAttention"
@@ -79,7 +87,9 @@ def test_distillation_reduces_per_layer_attn1_error(setup, tmp_path):
     improved = sum(after[p] < before[p] for p in before)
     assert improved >= 14, {p: (round(before[p], 3), round(after[p], 3)) for p in before}
     # written in the official format and read back: same layers, same errors
-    path = fmt.save_linfusion(str(tmp_path / "distilled.safetensors"), list(specs.values()), [layers[p] for p in specs], dtype=None)
+    path = fmt.save_linfusion(
+        str(tmp_path / "distilled.safetensors"), list(specs.values()), [layers[p] for p in specs], dtype=None
+    )
     got_specs, got = fmt.load_linfusion(path)
     assert got_specs == list(specs.values())
     reloaded = {p: fmt.build_layer(s, sd) for (p, s), sd in zip(specs.items(), got)}
@@ -94,7 +104,10 @@ def test_image_caption_pairs(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
     (tmp_path / "a.txt").write_text("a red fox\n")
-    assert ld.image_caption_pairs(str(tmp_path)) == [(str(tmp_path / "a.png"), "a red fox"), (str(tmp_path / "b.jpg"), "")]
+    assert ld.image_caption_pairs(str(tmp_path)) == [
+        (str(tmp_path / "a.png"), "a red fox"),
+        (str(tmp_path / "b.jpg"), ""),
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
@@ -103,7 +116,9 @@ def test_image_caption_pairs(tmp_path):
 
 def test_cli_rejects_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _cli().main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.safetensors")])
+        _cli().main(
+            ["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.safetensors")]
+        )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -113,7 +128,9 @@ def _cli():
 
     from harness.paths import ROOT
 
-    spec = importlib.util.spec_from_file_location("linfusion_distill_cli", ROOT / "scripts" / "linfusion_distill.py")
+    spec = importlib.util.spec_from_file_location(
+        "linfusion_distill_cli", ROOT / "scripts" / "linfusion_distill.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -135,14 +152,18 @@ def _tiny_model(family: str, dtype: torch.dtype, model_type=None):
     import tiny_models
 
     ref = tiny_models.build_model(family, 0)
-    config = getattr(comfy.supported_models, tiny_models.CONFIG_CLASSES[family])(dict(tiny_models.UNETS[family]))
+    config = getattr(comfy.supported_models, tiny_models.CONFIG_CLASSES[family])(
+        dict(tiny_models.UNETS[family])
+    )
     config.set_inference_dtype(dtype, None)
     if model_type is None:
         base = config.get_model({}, "", device=torch.device("cpu"))
     else:
         base = comfy.model_base.BaseModel(config, model_type=model_type, device=torch.device("cpu"))
     base.diffusion_model.load_state_dict(ref.model.diffusion_model.state_dict())
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def test_fp16_checkpoint_trains_without_dtype_mismatch():
@@ -187,8 +208,13 @@ def test_noise_and_teacher_losses_in_the_models_prediction_space(prediction):
     specs = ld.specs_for(unet, base.model_config.unet_config["num_res_blocks"])
     torch.manual_seed(0)
     layers = ld.make_student_layers(unet, specs, "random")
-    d = ld.Distiller(unet, denoiser, layers, sigmas=base.model_sampling.sigmas.float(),
-                     config=ld.DistillConfig(prediction=prediction))
+    d = ld.Distiller(
+        unet,
+        denoiser,
+        layers,
+        sigmas=base.model_sampling.sigmas.float(),
+        config=ld.DistillConfig(prediction=prediction),
+    )
     raw = []
     hook = unet.register_forward_hook(lambda m, a, out: raw.append(out.detach().double()))
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -206,7 +232,11 @@ def test_noise_and_teacher_losses_in_the_models_prediction_space(prediction):
     abar = torch.cumprod(1 - betas, 0)[idx].view(-1, 1, 1, 1)
     target = eps if prediction == "eps" else abar.sqrt() * eps - (1 - abar).sqrt() * x0.double()
     teacher_raw, student_raw = raw
-    torch.testing.assert_close(terms["noise"].double(), ((student_raw - target) ** 2).mean(), rtol=2e-4, atol=1e-6)
-    torch.testing.assert_close(terms["teacher"].double(), ((student_raw - teacher_raw) ** 2).mean(), rtol=2e-4, atol=1e-6)
+    torch.testing.assert_close(
+        terms["noise"].double(), ((student_raw - target) ** 2).mean(), rtol=2e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        terms["teacher"].double(), ((student_raw - teacher_raw) ** 2).mean(), rtol=2e-4, atol=1e-6
+    )
     with pytest.raises(ValueError, match="prediction must be one of"):
         ld.Distiller(unet, denoiser, layers, config=ld.DistillConfig(prediction="x0"))

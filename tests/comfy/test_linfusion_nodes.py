@@ -30,8 +30,12 @@ def tiny_specs(model, mid_dim_scale=None):
     for path in [n for n, _ in unet.named_modules() if n.rsplit(".", 1)[-1] == "attn1"]:
         m = model.get_model_object(f"diffusion_model.{path}")
         dim = m.to_q.weight.shape[1]
-        specs[path] = fmt.LayerSpec(fmt.ldm_to_diffusers(path, res), dim, int(m.heads),
-                                    None if not mid_dim_scale else dim // mid_dim_scale)
+        specs[path] = fmt.LayerSpec(
+            fmt.ldm_to_diffusers(path, res),
+            dim,
+            int(m.heads),
+            None if not mid_dim_scale else dim // mid_dim_scale,
+        )
     return specs
 
 
@@ -39,7 +43,10 @@ def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=tor
     """Random LinFusion weights in the official layout, sized for ``model`` (a ModelPatcher)."""
     specs = tiny_specs(model, mid_dim_scale)
     if heads is not None:
-        specs = {p: fmt.LayerSpec(s.module_name, s.dim_n, heads(s.dim_n), s.projection_mid_dim) for p, s in specs.items()}
+        specs = {
+            p: fmt.LayerSpec(s.module_name, s.dim_n, heads(s.dim_n), s.projection_mid_dim)
+            for p, s in specs.items()
+        }
     torch.manual_seed(seed)
     layers = [fmt.build_layer(s) for s in specs.values()]
     fmt.save_linfusion(str(path), list(specs.values()), layers, dtype=dtype)
@@ -49,21 +56,40 @@ def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=tor
 def _sample(comfy, model, clip, seed=1, size=16, steps=1):
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text="a lighthouse")
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="")
-    (out,) = comfy.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=4.0, sampler_name="euler",
-                            scheduler="normal", positive=pos, negative=neg,
-                            latent_image={"samples": torch.zeros(1, 4, size, size)}, denoise=1.0)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=4.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image={"samples": torch.zeros(1, 4, size, size)},
+        denoise=1.0,
+    )
     return out["samples"]
 
 
 @pytest.mark.parametrize("family,n_layers,mid_scale", [("sd15", 16, None), ("sdxl", 16, 16)])
-def test_official_file_patches_every_attn1_and_nothing_else(comfy, request, lf_dir, family, n_layers, mid_scale):
+def test_official_file_patches_every_attn1_and_nothing_else(
+    comfy, request, lf_dir, family, n_layers, mid_scale
+):
     model, clip, _ = request.getfixturevalue(f"tiny_{family}")
     specs = write_lf_file(model, lf_dir / f"lf_{family}.safetensors", mid_dim_scale=mid_scale)
     assert f"lf_{family}.safetensors" in folder_paths.get_filename_list("linfusion")
     (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name=f"lf_{family}.safetensors")
     assert len(weights.specs) == n_layers
-    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
-                                keep_base_value_output=False, chunk_size=0, precision="auto")
+    (patched,) = comfy.run_node(
+        "UltraResLinFusionApply",
+        model=model,
+        linfusion=weights,
+        min_tokens=0,
+        keep_base_value_output=False,
+        chunk_size=0,
+        precision="auto",
+    )
     mod = _lf_module(comfy)
     attn1 = {f"diffusion_model.{p}" for p in specs}
     assert set(patched.object_patches) - set(model.object_patches) == attn1
@@ -85,10 +111,14 @@ def test_official_file_patches_every_attn1_and_nothing_else(comfy, request, lf_d
         unet = patched.model.diffusion_model
         kinds = {type(m).__name__ for n, m in unet.named_modules() if n.endswith("attn1")}
         assert kinds == {"LinFusionAttn1"}
-        assert {type(m).__name__ for n, m in unet.named_modules() if n.endswith("attn2")} == {"CrossAttention"}
+        assert {type(m).__name__ for n, m in unet.named_modules() if n.endswith("attn2")} == {
+            "CrossAttention"
+        }
     finally:
         patched.unpatch_model()
-    assert {type(m).__name__ for n, m in model.model.diffusion_model.named_modules() if n.endswith("attn1")} == {"CrossAttention"}
+    assert {
+        type(m).__name__ for n, m in model.model.diffusion_model.named_modules() if n.endswith("attn1")
+    } == {"CrossAttention"}
     # and the sampled result changes
     assert not torch.allclose(_sample(comfy, patched, clip), _sample(comfy, model, clip))
 
@@ -98,8 +128,15 @@ def test_wrapper_equals_kernel_and_base_below_min_tokens(comfy, tiny_sd15, lf_di
     specs = write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
     (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
     key = "input_blocks.1.1.transformer_blocks.0.attn1"
-    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=100,
-                                keep_base_value_output=False, chunk_size=0, precision="auto")
+    (patched,) = comfy.run_node(
+        "UltraResLinFusionApply",
+        model=model,
+        linfusion=weights,
+        min_tokens=100,
+        keep_base_value_output=False,
+        chunk_size=0,
+        precision="auto",
+    )
     wrapper = patched.object_patches[f"diffusion_model.{key}"]
     ref = fmt.build_layer(specs[key], fmt.load_linfusion(str(lf_dir / "lf.safetensors"))[1][0])
     x_big = torch.randn(2, 256, 32)
@@ -117,8 +154,15 @@ def test_min_tokens_switch_in_sampling(comfy, tiny_sd15, lf_dir):
     (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
 
     def apply(min_tokens):
-        return comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=min_tokens,
-                              keep_base_value_output=False, chunk_size=0, precision="auto")[0]
+        return comfy.run_node(
+            "UltraResLinFusionApply",
+            model=model,
+            linfusion=weights,
+            min_tokens=min_tokens,
+            keep_base_value_output=False,
+            chunk_size=0,
+            precision="auto",
+        )[0]
 
     base = _sample(comfy, model, clip)
     # 16x16 latent: 256 tokens at level 0, 64 and 16 below. Above every size: identical to the base model.
@@ -130,23 +174,42 @@ def test_min_tokens_switch_in_sampling(comfy, tiny_sd15, lf_dir):
     patched = apply(200)
     used = []
     for key, wrapper in patched.object_patches.items():
-        wrapper.register_forward_hook(lambda mod, args, out, k=key: used.append((k, mod.uses_linfusion(args[0]))))
+        wrapper.register_forward_hook(
+            lambda mod, args, out, k=key: used.append((k, mod.uses_linfusion(args[0])))
+        )
     _sample(comfy, patched, clip)
     on = {k for k, u in used if u}
-    assert on == {f"diffusion_model.{p}.transformer_blocks.0.attn1" for p in
-                  ("input_blocks.1.1", "input_blocks.2.1", "output_blocks.9.1", "output_blocks.10.1", "output_blocks.11.1")}
+    assert on == {
+        f"diffusion_model.{p}.transformer_blocks.0.attn1"
+        for p in (
+            "input_blocks.1.1",
+            "input_blocks.2.1",
+            "output_blocks.9.1",
+            "output_blocks.10.1",
+            "output_blocks.11.1",
+        )
+    }
 
 
 def test_keep_base_value_output(comfy, tiny_sd15, lf_dir):
     model, _, _ = tiny_sd15
     write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
     (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
-    (patched,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
-                                keep_base_value_output=True, chunk_size=0, precision="auto")
+    (patched,) = comfy.run_node(
+        "UltraResLinFusionApply",
+        model=model,
+        linfusion=weights,
+        min_tokens=0,
+        keep_base_value_output=True,
+        chunk_size=0,
+        precision="auto",
+    )
     wrapper = patched.object_patches["diffusion_model.middle_block.1.transformer_blocks.0.attn1"]
     lin = wrapper.linfusion
     x = torch.randn(1, 16, 128)
-    want = wrapper.base.to_out(L.linear_attention(lin.project_q(x), lin.project_k(x), wrapper.base.to_v(x), lin.heads))
+    want = wrapper.base.to_out(
+        L.linear_attention(lin.project_q(x), lin.project_k(x), wrapper.base.to_v(x), lin.heads)
+    )
     torch.testing.assert_close(wrapper(x), want)
     assert not torch.allclose(wrapper(x), lin(x))
 
@@ -157,9 +220,20 @@ def test_chunked_patch_matches_unchunked(comfy, tiny_sd15, lf_dir):
     (weights,) = comfy.run_node("UltraResLinFusionLoader", lf_name="lf.safetensors")
     outs = []
     for chunk in (0, 50):
-        (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=weights, min_tokens=0,
-                              keep_base_value_output=False, chunk_size=chunk, precision="auto")
-        outs.append(p.object_patches["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1"](torch.ones(1, 256, 32).cumsum(1) / 256))
+        (p,) = comfy.run_node(
+            "UltraResLinFusionApply",
+            model=model,
+            linfusion=weights,
+            min_tokens=0,
+            keep_base_value_output=False,
+            chunk_size=chunk,
+            precision="auto",
+        )
+        outs.append(
+            p.object_patches["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1"](
+                torch.ones(1, 256, 32).cumsum(1) / 256
+            )
+        )
     torch.testing.assert_close(outs[0], outs[1])
 
 
@@ -199,43 +273,82 @@ def test_bad_files_give_clear_errors(comfy, lf_dir):
         comfy.run_node("UltraResLinFusionLoader", lf_name="noconfig.safetensors")
     assert str(lf_dir) not in str(err.value)
     with pytest.raises(ValueError, match="connect the output of LinFusion Loader"):
-        comfy.run_node("UltraResLinFusionApply", model=None, linfusion="nope", min_tokens=0,
-                       keep_base_value_output=False, chunk_size=0, precision="auto")
+        comfy.run_node(
+            "UltraResLinFusionApply",
+            model=None,
+            linfusion="nope",
+            min_tokens=0,
+            keep_base_value_output=False,
+            chunk_size=0,
+            precision="auto",
+        )
 
 
 def test_official_folder_layout_loads(comfy, tiny_sd15, lf_dir):
     model = tiny_sd15[0]
     specs = tiny_specs(model)
-    fmt.save_linfusion(str(lf_dir / "LinFusion-tiny"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
+    fmt.save_linfusion(
+        str(lf_dir / "LinFusion-tiny"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()]
+    )
     names = folder_paths.get_filename_list("linfusion")
     pick = next(n for n in names if n.endswith("config.json"))
     (w,) = comfy.run_node("UltraResLinFusionLoader", lf_name=pick)
-    (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=w, min_tokens=0,
-                          keep_base_value_output=False, chunk_size=0, precision="auto")
+    (p,) = comfy.run_node(
+        "UltraResLinFusionApply",
+        model=model,
+        linfusion=w,
+        min_tokens=0,
+        keep_base_value_output=False,
+        chunk_size=0,
+        precision="auto",
+    )
     assert len(p.object_patches) == 16
 
 
 def test_sd2_fp16_runs_linfusion_in_fp32_and_warns(comfy, lf_dir, caplog):
     from comfy import model_patcher, supported_models
 
-    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-                   "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 64,
-                   "num_res_blocks": [1, 1], "transformer_depth": [1, 1, 1, 1], "channel_mult": [1, 2],
-                   "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64,
-                   "num_head_channels": 64, "transformer_depth_output": [1, 1, 1, 1],
-                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    unet_config = {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 64,
+        "num_res_blocks": [1, 1],
+        "transformer_depth": [1, 1, 1, 1],
+        "channel_mult": [1, 2],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True,
+        "context_dim": 64,
+        "num_head_channels": 64,
+        "transformer_depth_output": [1, 1, 1, 1],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
     config = supported_models.SD20(dict(unet_config))
     config.set_inference_dtype(torch.float16, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
     with torch.no_grad():
         for prm in base.diffusion_model.parameters():
             prm.copy_(torch.randn_like(prm) * 0.05)
-    model = model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    model = model_patcher.ModelPatcher(
+        base, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+    )
     write_lf_file(model, lf_dir / "v21.safetensors")
     (w,) = comfy.run_node("UltraResLinFusionLoader", lf_name="v21.safetensors")
     with caplog.at_level(logging.WARNING):
-        (p,) = comfy.run_node("UltraResLinFusionApply", model=model, linfusion=w, min_tokens=0,
-                              keep_base_value_output=False, chunk_size=0, precision="auto")
+        (p,) = comfy.run_node(
+            "UltraResLinFusionApply",
+            model=model,
+            linfusion=w,
+            min_tokens=0,
+            keep_base_value_output=False,
+            chunk_size=0,
+            precision="auto",
+        )
     assert "float16" in caplog.text and "float32" in caplog.text
     wrapper = next(iter(p.object_patches.values()))
     assert wrapper.compute_fp32 and wrapper.linfusion.to_q.weight.dtype == torch.float32
@@ -245,10 +358,20 @@ def test_sd2_fp16_runs_linfusion_in_fp32_and_warns(comfy, lf_dir, caplog):
     torch.testing.assert_close(out.float(), wrapper.linfusion(x.float()), rtol=1e-2, atol=1e-2)
 
 
-SDXL_FULL = {"num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
-             "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10}
-SD15_FULL = {"num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1}
+SDXL_FULL = {
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+}
+SD15_FULL = {
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+}
 
 
 @pytest.mark.parametrize("unet_config,n_attn1", [(SD15_FULL, 16), (SDXL_FULL, 70)])
@@ -258,7 +381,11 @@ def test_name_mapping_matches_comfyui_for_full_size_models(comfy, unet_config, n
     import comfy.utils as cu
 
     table = cu.unet_to_diffusers(dict(unet_config))
-    attn1 = {d[: -len(".to_q.weight")]: c[: -len(".to_q.weight")] for d, c in table.items() if d.endswith("attn1.to_q.weight")}
+    attn1 = {
+        d[: -len(".to_q.weight")]: c[: -len(".to_q.weight")]
+        for d, c in table.items()
+        if d.endswith("attn1.to_q.weight")
+    }
     assert len(attn1) == n_attn1
     for diffusers_name, comfy_name in attn1.items():
         assert fmt.diffusers_to_ldm(diffusers_name, unet_config["num_res_blocks"]) == comfy_name
@@ -266,8 +393,14 @@ def test_name_mapping_matches_comfyui_for_full_size_models(comfy, unet_config, n
         assert fmt.ldm_to_diffusers(comfy_name, unet_config["num_res_blocks"]) == diffusers_name
     if n_attn1 == 70:
         assert not any(n.startswith("down_blocks.0.") for n in attn1)
-        assert attn1["down_blocks.1.attentions.0.transformer_blocks.1.attn1"] == "input_blocks.4.1.transformer_blocks.1.attn1"
-        assert attn1["up_blocks.0.attentions.2.transformer_blocks.9.attn1"] == "output_blocks.2.1.transformer_blocks.9.attn1"
+        assert (
+            attn1["down_blocks.1.attentions.0.transformer_blocks.1.attn1"]
+            == "input_blocks.4.1.transformer_blocks.1.attn1"
+        )
+        assert (
+            attn1["up_blocks.0.attentions.2.transformer_blocks.9.attn1"]
+            == "output_blocks.2.1.transformer_blocks.9.attn1"
+        )
 
 
 def test_composes_with_lora_and_tiled_sampling(comfy, tiny_sd15, lf_dir):
@@ -301,8 +434,17 @@ def test_composes_with_lora_and_tiled_sampling(comfy, tiny_sd15, lf_dir):
         assert wrapper.to_q is wrapper.base.to_q
     finally:
         lf_lora.unpatch_model()
-    (tiled,) = comfy.run_node("UltraResTiledDiffusion", model=lf_lora, method="FSTD", tile_width=64, tile_height=64,
-                              overlap=0, tile_batch_size=2, reset_interval=4, seed=0)
+    (tiled,) = comfy.run_node(
+        "UltraResTiledDiffusion",
+        model=lf_lora,
+        method="FSTD",
+        tile_width=64,
+        tile_height=64,
+        overlap=0,
+        tile_batch_size=2,
+        reset_interval=4,
+        seed=0,
+    )
     c = _sample(comfy, tiled, clip, size=16)
     assert c.shape == b.shape and torch.isfinite(c).all()
     assert set(tiled.object_patches) >= set(lf_lora.object_patches)
@@ -369,8 +511,9 @@ def test_non_unet_models_refused_naming_the_family(comfy, request, tiny_sd15, lf
     """Flux / SD3 / HDiT (DiT-type models): a clear refusal naming the family, and that LinFusion
     weights exist only for SD-family UNets."""
     if family == "hdit":
-        model, _, _ = comfy.run_node("UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors",
-                                     weight_dtype="float32")
+        model, _, _ = comfy.run_node(
+            "UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32"
+        )
     else:
         model = request.getfixturevalue(f"tiny_{family}")[0]
     write_lf_file(tiny_sd15[0], lf_dir / "lf_refuse.safetensors")

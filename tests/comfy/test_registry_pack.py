@@ -52,15 +52,19 @@ def test_every_node_has_a_help_page_matching_its_schema(comfy):
     for node_id in comfy.pack_nodes:
         path = DOCS / f"{node_id}.md"
         if not path.exists():
-            problems.append(f"{node_id}: no help page web/docs/{node_id}.md (run scripts/node_help.py, then "
-                            "write its prose)")
+            problems.append(
+                f"{node_id}: no help page web/docs/{node_id}.md (run scripts/node_help.py, then "
+                "write its prose)"
+            )
             continue
         text = path.read_text()
         info = comfy.object_info(node_id)
         blocks = node_help.BLOCK_RE.findall(text)
         if blocks != [node_help.render_block(node_id, info)]:
-            problems.append(f"{node_id}: the Inputs/Outputs block of web/docs/{node_id}.md differs from the "
-                            "node's schema: run `.venv/bin/python scripts/node_help.py`")
+            problems.append(
+                f"{node_id}: the Inputs/Outputs block of web/docs/{node_id}.md differs from the "
+                "node's schema: run `.venv/bin/python scripts/node_help.py`"
+            )
         for name in _inputs(info):
             if f"`{name}`" not in text:
                 problems.append(f"{node_id}: input {name!r} is not mentioned in its help page")
@@ -78,7 +82,9 @@ def test_help_page_images_exist_and_are_small():
     found = 0
     for page in DOCS.glob("*.md"):
         for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
-            assert not ref.startswith(("http:", "https:", "/")), f"{page.name}: {ref} must be relative to web/docs"
+            assert not ref.startswith(("http:", "https:", "/")), (
+                f"{page.name}: {ref} must be relative to web/docs"
+            )
             image = DOCS / ref
             assert image.is_file(), f"{page.name}: image {ref} missing"
             assert image.stat().st_size < 100_000, f"{page.name}: image {ref} is {image.stat().st_size} bytes"
@@ -107,7 +113,10 @@ def test_generated_block_follows_schema_changes(comfy):
         elif edit == "tooltip":
             spec["tooltip"] += " More."
         else:
-            changed["input"].setdefault("optional", {})["extra_knob"] = ["INT", {"default": 1, "tooltip": "x"}]
+            changed["input"].setdefault("optional", {})["extra_knob"] = [
+                "INT",
+                {"default": 1, "tooltip": "x"},
+            ]
         assert node_help.render_block(node_id, changed) != base, edit
 
 
@@ -128,7 +137,9 @@ def test_every_workflow_has_a_thumbnail(name):
     assert committed.format == "JPEG" and committed.size == thumbnails.SIZE
     fresh = Image.open(io.BytesIO(thumbnails.thumbnail_bytes(name)))
     diff = np.abs(np.asarray(committed, np.float32) - np.asarray(fresh, np.float32)).mean()
-    assert diff < 2.0, f"workflows/{name}.jpg is stale (mean diff {diff:.1f}): run scripts/workflow_thumbnails.py"
+    assert diff < 2.0, (
+        f"workflows/{name}.jpg is stale (mean diff {diff:.1f}): run scripts/workflow_thumbnails.py"
+    )
 
 
 def test_thumbnail_shows_the_graph():
@@ -136,8 +147,12 @@ def test_thumbnail_shows_the_graph():
     import json
 
     a, b = workflow_names()[:2]
-    img_a = np.asarray(thumbnails.render(json.loads((ROOT / "workflows" / f"{a}.json").read_text()), a), np.float32)
-    img_b = np.asarray(thumbnails.render(json.loads((ROOT / "workflows" / f"{b}.json").read_text()), b), np.float32)
+    img_a = np.asarray(
+        thumbnails.render(json.loads((ROOT / "workflows" / f"{a}.json").read_text()), a), np.float32
+    )
+    img_b = np.asarray(
+        thumbnails.render(json.loads((ROOT / "workflows" / f"{b}.json").read_text()), b), np.float32
+    )
     assert np.abs(img_a - img_b).mean() > 2.0
     wf = json.loads((ROOT / "workflows" / f"{a}.json").read_text())
     wf["nodes"][0]["pos"][1] += 800
@@ -168,31 +183,62 @@ def test_classifiers_and_dependencies():
     classifiers = set(project["classifiers"])
     assert "Environment :: GPU :: NVIDIA CUDA" in classifiers
     assert any(c.startswith("Operating System ::") for c in classifiers)
-    reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    reqs = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert sorted(project["dependencies"]) == sorted(reqs), "pyproject dependencies != requirements.txt"
     assert not any(re.match(r"torch\b", d) for d in project["dependencies"]), "torch is ComfyUI's"
 
 
-@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout"
+)
 def test_comfyignore_keeps_runtime_files_and_drops_development_files():
     """The registry zip is `git ls-files` minus .comfyignore (gitignore-style patterns): git's own
     matcher applies the file the same way here."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    probe = tracked + ["web/docs/UltraResTiledDiffusion.md", "workflows/fstd_any_size.jpg", ".venv/bin/python",
-                       ".comfyui/ComfyUI/main.py", "bench_results/x.json", ".ci/run"]
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    probe = tracked + [
+        "web/docs/UltraResTiledDiffusion.md",
+        "workflows/fstd_any_size.jpg",
+        ".venv/bin/python",
+        ".comfyui/ComfyUI/main.py",
+        "bench_results/x.json",
+        ".ci/run",
+    ]
     out = subprocess.run(
         ["git", "-c", "core.excludesFile=.comfyignore", "check-ignore", "--no-index", "--stdin"],
-        cwd=ROOT, input="\n".join(probe), capture_output=True, text=True,
+        cwd=ROOT,
+        input="\n".join(probe),
+        capture_output=True,
+        text=True,
     )
     ignored = set(out.stdout.split())
-    must_ship = [p for p in probe if p.split("/")[0] in ("nodes", "kernels", "models", "web")
-                 or re.fullmatch(r"workflows/[^/]+\.(json|jpg)", p)
-                 or p in ("__init__.py", "LICENSE", "README.md", "pyproject.toml", "requirements.txt",
-                          "scripts/linfusion_distill.py")]
-    must_drop = [p for p in probe if p.split("/")[0] in ("tests", "docs", "demo", "bench_results", ".ci", ".venv",
-                                                         ".comfyui")
-                 or p.startswith(("workflows/specs/", "scripts/assets/")) or p == "scripts/setup.sh"]
+    must_ship = [
+        p
+        for p in probe
+        if p.split("/")[0] in ("nodes", "kernels", "models", "web")
+        or re.fullmatch(r"workflows/[^/]+\.(json|jpg)", p)
+        or p
+        in (
+            "__init__.py",
+            "LICENSE",
+            "README.md",
+            "pyproject.toml",
+            "requirements.txt",
+            "scripts/linfusion_distill.py",
+        )
+    ]
+    must_drop = [
+        p
+        for p in probe
+        if p.split("/")[0] in ("tests", "docs", "demo", "bench_results", ".ci", ".venv", ".comfyui")
+        or p.startswith(("workflows/specs/", "scripts/assets/"))
+        or p == "scripts/setup.sh"
+    ]
     assert must_ship and must_drop
     assert [p for p in must_ship if p in ignored] == [], "runtime files left out of the registry zip"
     assert [p for p in must_drop if p not in ignored] == [], "development files shipped in the registry zip"

@@ -14,8 +14,10 @@ from ultrares.kernels import schedules
 EMBEDDED = "ultrares-emoji64.safetensors"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "models", "hdit", EMBEDDED)),
-                                reason="embedded HDiT model not built yet (make embedded-models)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(os.path.join(ROOT, "models", "hdit", EMBEDDED)),
+    reason="embedded HDiT model not built yet (make embedded-models)",
+)
 
 
 def test_relay_upscale_on_edm_pixel_model(comfy):
@@ -25,11 +27,33 @@ def test_relay_upscale_on_edm_pixel_model(comfy):
     assert type(ms).__name__.startswith("ModelSampling") and hasattr(ms, "sigma_data")
     m, seen = _record_sigmas(model)
     g = torch.Generator().manual_seed(0)
-    coarse = (torch.rand(1, 3, 4, 4, generator=g) * 2 - 1) * 0.8  # a smooth stand-in stage-one image in [-1, 1]
-    low = {"samples": torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=True)}
-    (out,) = comfy.run_node("UltraResRelayUpscale", model=m, positive=pos, negative=neg, latent=low, factor=2, seed=0,
-                            steps=12, truncation_sigma=0.9, rho=7.0, cfg=2.0, blur_sigma_max=0.0, prob_length=0.93,
-                            s_block=0.15, s_noise=0.2, s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_churn_noise=1.0)
+    coarse = (
+        torch.rand(1, 3, 4, 4, generator=g) * 2 - 1
+    ) * 0.8  # a smooth stand-in stage-one image in [-1, 1]
+    low = {
+        "samples": torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=True)
+    }
+    (out,) = comfy.run_node(
+        "UltraResRelayUpscale",
+        model=m,
+        positive=pos,
+        negative=neg,
+        latent=low,
+        factor=2,
+        seed=0,
+        steps=12,
+        truncation_sigma=0.9,
+        rho=7.0,
+        cfg=2.0,
+        blur_sigma_max=0.0,
+        prob_length=0.93,
+        s_block=0.15,
+        s_noise=0.2,
+        s_churn=0.0,
+        s_tmin=0.0,
+        s_tmax=1000.0,
+        s_churn_noise=1.0,
+    )
     x = out["samples"]
     assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
     (sig,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=12, truncation_sigma=0.9, rho=7.0)

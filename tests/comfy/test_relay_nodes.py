@@ -39,8 +39,17 @@ def _record_sigmas(model):
     return m, seen
 
 
-SAMPLER_DEFAULTS = dict(block_size=2, blur_sigma_max=0.0, prob_length=0.93, s_block=0.0, s_noise=0.0,
-                        s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_churn_noise=1.0)
+SAMPLER_DEFAULTS = dict(
+    block_size=2,
+    blur_sigma_max=0.0,
+    prob_length=0.93,
+    s_block=0.0,
+    s_noise=0.0,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=1000.0,
+    s_churn_noise=1.0,
+)
 
 
 def test_block_noise_without_block_component_is_random_noise(comfy):
@@ -79,10 +88,12 @@ def test_relay_sampler_equals_comfy_heun(comfy, tiny_sd15, conds, churn):
     (ours,) = comfy.run_node("UltraResRelaySampler", **{**SAMPLER_DEFAULTS, **opts, "s_churn_noise": 1.003})
     heun = comfy_samplers.KSAMPLER(heun_with_step_stream, extra_options={**opts, "s_noise": 1.003})
     latent = _latent(seed=1)
-    out_ours, den_ours = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=ours,
-                                        sigmas=sigmas, latent_image=latent)
-    out_heun, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=heun,
-                                 sigmas=sigmas, latent_image=latent)
+    out_ours, den_ours = comfy.run_node(
+        "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=ours, sigmas=sigmas, latent_image=latent
+    )
+    out_heun, _ = comfy.run_node(
+        "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=heun, sigmas=sigmas, latent_image=latent
+    )
     a, b = out_ours["samples"], out_heun["samples"]
     assert a.shape == b.shape == (1, 4, 16, 16)
     assert torch.allclose(a, b, atol=2e-4, rtol=1e-4), (a - b).abs().max()
@@ -109,15 +120,22 @@ def test_relay_sampler_is_reproducible_whatever_the_global_rng_does(comfy, tiny_
     model, _, _ = tiny_sd15
     pos, neg = conds
     (sigmas,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=6, truncation_sigma=2.0, rho=7.0)
-    (sampler,) = comfy.run_node("UltraResRelaySampler", **(SAMPLER_DEFAULTS | {"s_block": 0.15, "s_noise": 0.3,
-                                                                                "s_churn": 2.0}))
+    (sampler,) = comfy.run_node(
+        "UltraResRelaySampler", **(SAMPLER_DEFAULTS | {"s_block": 0.15, "s_noise": 0.3, "s_churn": 2.0})
+    )
     latent = _latent(seed=1)
 
     def run(m, seed):
         (guider,) = comfy.run_node("CFGGuider", model=m, positive=pos, negative=neg, cfg=4.0)
         (noise,) = comfy.run_node("UltraResBlockNoise", noise_seed=seed, block_size=2, s_block=0.15)
-        out, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                latent_image=latent)
+        out, _ = comfy.run_node(
+            "SamplerCustomAdvanced",
+            noise=noise,
+            guider=guider,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=latent,
+        )
         return out["samples"]
 
     torch.manual_seed(1)
@@ -145,9 +163,21 @@ def test_relay_upscale_starts_at_truncation_and_doubles(comfy, tiny_sd15, conds)
     pos, neg = conds
     m, seen = _record_sigmas(model)
     low = _latent(8, 12, seed=2)
-    (out,) = comfy.run_node("UltraResRelayUpscale", model=m, positive=pos, negative=neg, latent=low, factor=2, seed=1,
-                            steps=8, truncation_sigma=1.5, rho=7.0, cfg=5.0, **{k: v for k, v in SAMPLER_DEFAULTS.items()
-                                                                                  if k != "block_size"} | {"s_block": 0.15, "s_noise": 0.2})
+    (out,) = comfy.run_node(
+        "UltraResRelayUpscale",
+        model=m,
+        positive=pos,
+        negative=neg,
+        latent=low,
+        factor=2,
+        seed=1,
+        steps=8,
+        truncation_sigma=1.5,
+        rho=7.0,
+        cfg=5.0,
+        **{k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"}
+        | {"s_block": 0.15, "s_noise": 0.2},
+    )
     assert out["samples"].shape == (1, 4, 16, 24)
     assert torch.isfinite(out["samples"]).all()
     (sig,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=8, truncation_sigma=1.5, rho=7.0)
@@ -160,9 +190,23 @@ def test_relay_upscale_blur_and_no_negative(comfy, tiny_sd15, conds):
     model, _, _ = tiny_sd15
     pos, _ = conds
     low = _latent(4, 4, seed=4)
-    kw = {k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"} | {"blur_sigma_max": 2.0, "s_block": 0.15}
-    (out,) = comfy.run_node("UltraResRelayUpscale", model=model, positive=pos, latent=low, factor=4, seed=0, steps=6,
-                            truncation_sigma=0.9, rho=7.0, cfg=5.0, **kw)
+    kw = {k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"} | {
+        "blur_sigma_max": 2.0,
+        "s_block": 0.15,
+    }
+    (out,) = comfy.run_node(
+        "UltraResRelayUpscale",
+        model=model,
+        positive=pos,
+        latent=low,
+        factor=4,
+        seed=0,
+        steps=6,
+        truncation_sigma=0.9,
+        rho=7.0,
+        cfg=5.0,
+        **kw,
+    )
     assert out["samples"].shape == (1, 4, 16, 16) and torch.isfinite(out["samples"]).all()
 
 
@@ -173,18 +217,32 @@ def test_bad_inputs_have_clear_messages(comfy, tiny_sd15, conds):
     model, _, _ = tiny_sd15
     pos, neg = conds
     base = {k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"}
-    common = dict(model=model, positive=pos, negative=neg, factor=2, seed=0, steps=10, truncation_sigma=0.9, rho=7.0,
-                  cfg=5.0, **base)
+    common = dict(
+        model=model,
+        positive=pos,
+        negative=neg,
+        factor=2,
+        seed=0,
+        steps=10,
+        truncation_sigma=0.9,
+        rho=7.0,
+        cfg=5.0,
+        **base,
+    )
     with pytest.raises(ValueError, match="5-D|video"):
         comfy.run_node("UltraResRelayUpscale", latent={"samples": torch.zeros(1, 4, 3, 8, 8)}, **common)
     with pytest.raises(ValueError, match="audio"):
-        comfy.run_node("UltraResRelayUpscale", latent={"samples": torch.zeros(1, 64, 100), "type": "audio"}, **common)
+        comfy.run_node(
+            "UltraResRelayUpscale", latent={"samples": torch.zeros(1, 64, 100), "type": "audio"}, **common
+        )
     with pytest.raises(ValueError, match="channels"):
         comfy.run_node("UltraResRelayUpscale", latent={"samples": torch.zeros(1, 16, 8, 8)}, **common)
     with pytest.raises(ValueError, match="sigma_max"):
         comfy.run_node("UltraResRelayUpscale", latent=_latent(8, 8), **(common | {"truncation_sigma": 50.0}))
     with pytest.raises(ValueError, match="outside this model's range"):
-        comfy.run_node("UltraResRelaySigmas", model=model, steps=10, truncation_sigma=0.9, rho=7.0, sigma_max=100.0)
+        comfy.run_node(
+            "UltraResRelaySigmas", model=model, steps=10, truncation_sigma=0.9, rho=7.0, sigma_max=100.0
+        )
     with pytest.raises(ValueError, match="must be above the lowest sigma"):
         comfy.run_node("UltraResRelaySigmas", model=model, steps=3, truncation_sigma=0.02, rho=7.0)
     # block size that does not divide the latent
@@ -196,26 +254,53 @@ def test_bad_inputs_have_clear_messages(comfy, tiny_sd15, conds):
     (sigmas,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=10, truncation_sigma=0.9, rho=7.0)
     (rn,) = comfy.run_node("RandomNoise", noise_seed=0)
     with pytest.raises(ValueError, match="block size 3 does not divide"):
-        comfy.run_node("SamplerCustomAdvanced", noise=rn, guider=guider, sampler=sampler, sigmas=sigmas,
-                       latent_image=_latent(16, 16))
+        comfy.run_node(
+            "SamplerCustomAdvanced",
+            noise=rn,
+            guider=guider,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=_latent(16, 16),
+        )
     # a schedule above the model's range
     (sampler2,) = comfy.run_node("UltraResRelaySampler", **SAMPLER_DEFAULTS)
     with pytest.raises(ValueError, match="above this model's sigma_max"):
-        comfy.run_node("SamplerCustomAdvanced", noise=rn, guider=guider, sampler=sampler2,
-                       sigmas=torch.tensor([60.0, 1.0, 0.0]), latent_image=_latent(16, 16))
+        comfy.run_node(
+            "SamplerCustomAdvanced",
+            noise=rn,
+            guider=guider,
+            sampler=sampler2,
+            sigmas=torch.tensor([60.0, 1.0, 0.0]),
+            latent_image=_latent(16, 16),
+        )
     # static checks (queue time)
     assert "s_tmin" in comfy.validate("UltraResRelaySampler", s_tmin=5.0, s_tmax=1.0)
     assert comfy.validate("UltraResRelaySampler", s_tmin=0.0, s_tmax=1.0) is True
-    assert "sigma_min" in comfy.validate("UltraResRelaySigmas", truncation_sigma=0.9, sigma_min=2.0, sigma_max=1.0)
-    assert "truncation_sigma" in comfy.validate("UltraResRelaySigmas", truncation_sigma=0.01, sigma_min=0.1, sigma_max=0.0)
+    assert "sigma_min" in comfy.validate(
+        "UltraResRelaySigmas", truncation_sigma=0.9, sigma_min=2.0, sigma_max=1.0
+    )
+    assert "truncation_sigma" in comfy.validate(
+        "UltraResRelaySigmas", truncation_sigma=0.01, sigma_min=0.1, sigma_max=0.0
+    )
 
 
-UPSCALE_WIDGETS = dict(factor=2, seed=0, steps=10, truncation_sigma=0.9, rho=7.0, cfg=5.0,
-                       **{k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"})
+UPSCALE_WIDGETS = dict(
+    factor=2,
+    seed=0,
+    steps=10,
+    truncation_sigma=0.9,
+    rho=7.0,
+    cfg=5.0,
+    **{k: v for k, v in SAMPLER_DEFAULTS.items() if k != "block_size"},
+)
 SIGMAS_WIDGETS = dict(steps=10, truncation_sigma=0.9, rho=7.0, sigma_min=0.0, sigma_max=0.0)
 NOISE_WIDGETS = dict(noise_seed=0, block_size=2, s_block=0.15)
-WIDGETS = {"UltraResRelayUpscale": UPSCALE_WIDGETS, "UltraResRelaySampler": SAMPLER_DEFAULTS,
-           "UltraResRelaySigmas": SIGMAS_WIDGETS, "UltraResBlockNoise": NOISE_WIDGETS}
+WIDGETS = {
+    "UltraResRelayUpscale": UPSCALE_WIDGETS,
+    "UltraResRelaySampler": SAMPLER_DEFAULTS,
+    "UltraResRelaySigmas": SIGMAS_WIDGETS,
+    "UltraResBlockNoise": NOISE_WIDGETS,
+}
 
 
 @pytest.mark.parametrize("node_id", list(WIDGETS))
@@ -225,8 +310,12 @@ def test_every_number_input_refuses_nan_inf_and_wrong_types_at_queue_time(comfy,
     good = WIDGETS[node_id]
     assert comfy.validate(node_id, **good) is True
     info = comfy.object_info(node_id)["input"]
-    numbers = [n for sec in ("required", "optional") for n, spec in info.get(sec, {}).items()
-               if spec[0] in ("FLOAT", "INT")]
+    numbers = [
+        n
+        for sec in ("required", "optional")
+        for n, spec in info.get(sec, {}).items()
+        if spec[0] in ("FLOAT", "INT")
+    ]
     assert set(numbers) == set(good), numbers  # every number widget is covered
     for name in numbers:
         for bad in (float("nan"), float("inf"), float("-inf"), "abc"):
@@ -245,12 +334,20 @@ def test_nan_reaching_execute_is_refused_before_sampling(comfy, tiny_sd15, conds
     pos, neg = conds
     for name in ("blur_sigma_max", "s_churn", "cfg", "s_noise"):
         with pytest.raises(ValueError, match=name):
-            comfy.run_node("UltraResRelayUpscale", model=model, positive=pos, negative=neg, latent=_latent(8, 8),
-                           **(UPSCALE_WIDGETS | {name: float("nan")}))
+            comfy.run_node(
+                "UltraResRelayUpscale",
+                model=model,
+                positive=pos,
+                negative=neg,
+                latent=_latent(8, 8),
+                **(UPSCALE_WIDGETS | {name: float("nan")}),
+            )
     with pytest.raises(ValueError, match="blur_sigma_max"):
         comfy.run_node("UltraResRelaySampler", **(SAMPLER_DEFAULTS | {"blur_sigma_max": float("nan")}))
     with pytest.raises(ValueError, match="truncation_sigma"):
-        comfy.run_node("UltraResRelaySigmas", model=model, **(SIGMAS_WIDGETS | {"truncation_sigma": float("inf")}))
+        comfy.run_node(
+            "UltraResRelaySigmas", model=model, **(SIGMAS_WIDGETS | {"truncation_sigma": float("inf")})
+        )
 
 
 def test_relay_upscale_refuses_an_output_that_cannot_fit(comfy, tiny_sd15, conds):
@@ -261,9 +358,17 @@ def test_relay_upscale_refuses_an_output_that_cannot_fit(comfy, tiny_sd15, conds
     model, _, _ = tiny_sd15
     pos, neg = conds
     huge = {"samples": torch.zeros(1, 4, 1024, 1024)}
-    with pytest.raises(ValueError, match=r"by 8 .*needs at least [0-9.]+ GiB .*ComfyUI's own estimate.* GiB available"):
-        comfy.run_node("UltraResRelayUpscale", model=model, positive=pos, negative=neg, latent=huge,
-                       **(UPSCALE_WIDGETS | {"factor": 8}))
+    with pytest.raises(
+        ValueError, match=r"by 8 .*needs at least [0-9.]+ GiB .*ComfyUI's own estimate.* GiB available"
+    ):
+        comfy.run_node(
+            "UltraResRelayUpscale",
+            model=model,
+            positive=pos,
+            negative=neg,
+            latent=huge,
+            **(UPSCALE_WIDGETS | {"factor": 8}),
+        )
     act2, state2 = estimate_relay_memory(model, (1, 4, 64, 64))
     act4, state4 = estimate_relay_memory(model, (1, 4, 128, 128))
     assert state2 == 16 * 4 * 64 * 64 * 4 and state4 == 4 * state2
@@ -317,16 +422,20 @@ def flux_cond(comfy, tiny_flux):
 
 
 def _flow_heun_vs_relay(comfy, model, guider, channels, truncation):
-    (sigmas,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=8, truncation_sigma=truncation, rho=3.0)
+    (sigmas,) = comfy.run_node(
+        "UltraResRelaySigmas", model=model, steps=8, truncation_sigma=truncation, rho=3.0
+    )
     assert float(sigmas[0]) < truncation <= 1.0 and sigmas[-1] == 0
     (noise,) = comfy.run_node("UltraResBlockNoise", noise_seed=3, block_size=2, s_block=0.0)
     (ours,) = comfy.run_node("UltraResRelaySampler", **SAMPLER_DEFAULTS)
     heun = comfy_samplers.KSAMPLER(kd.sample_heun)
     latent = {"samples": torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(1))}
-    a, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=ours, sigmas=sigmas,
-                          latent_image=latent)
-    b, _ = comfy.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=heun, sigmas=sigmas,
-                          latent_image=latent)
+    a, _ = comfy.run_node(
+        "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=ours, sigmas=sigmas, latent_image=latent
+    )
+    b, _ = comfy.run_node(
+        "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=heun, sigmas=sigmas, latent_image=latent
+    )
     a, b = a["samples"], b["samples"]
     assert a.shape == b.shape == (1, channels, 8, 8)
     assert torch.allclose(a, b, atol=2e-4, rtol=1e-4), (a - b).abs().max()
@@ -379,8 +488,19 @@ def test_relay_upscale_on_flow_models_starts_at_t0_with_block_noise(comfy, famil
         extra = {"cfg": 4.0, "negative": neg}
     m, seen = _record_inputs(model)
     low = {"samples": torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(2))}
-    (out,) = comfy.run_node("UltraResRelayUpscale", model=m, positive=pos, latent=low, factor=2, seed=4, steps=8,
-                            truncation_sigma=0.6, rho=3.0, **kw, **extra)
+    (out,) = comfy.run_node(
+        "UltraResRelayUpscale",
+        model=m,
+        positive=pos,
+        latent=low,
+        factor=2,
+        seed=4,
+        steps=8,
+        truncation_sigma=0.6,
+        rho=3.0,
+        **kw,
+        **extra,
+    )
     assert out["samples"].shape == (1, 16, 8, 12) and torch.isfinite(out["samples"]).all()
     (sig,) = comfy.run_node("UltraResRelaySigmas", model=model, steps=8, truncation_sigma=0.6, rho=3.0)
     t0 = float(sig[0])
@@ -398,7 +518,12 @@ def test_relay_upscale_on_flow_models_starts_at_t0_with_block_noise(comfy, famil
 
 
 def test_every_input_and_output_has_a_tooltip(comfy):
-    for node_id in ("UltraResBlockNoise", "UltraResRelaySigmas", "UltraResRelaySampler", "UltraResRelayUpscale"):
+    for node_id in (
+        "UltraResBlockNoise",
+        "UltraResRelaySigmas",
+        "UltraResRelaySampler",
+        "UltraResRelayUpscale",
+    ):
         info = comfy.object_info(node_id)
         assert info["description"] and info["display_name"].endswith("(UltraRes)")
         assert info["category"] == "UltraRes/relay"

@@ -7,7 +7,15 @@ NODE = "UltraResTiledDiffusion"
 
 
 def tiled(comfy, model, **kw):
-    args = dict(method="FSTD", tile_width=128, tile_height=128, overlap=32, tile_batch_size=4, reset_interval=4, seed=0)
+    args = dict(
+        method="FSTD",
+        tile_width=128,
+        tile_height=128,
+        overlap=32,
+        tile_batch_size=4,
+        reset_interval=4,
+        seed=0,
+    )
     args.update(kw)
     (m,) = comfy.run_node(NODE, model=model, **args)
     return m
@@ -17,11 +25,24 @@ def encode(comfy, clip, text):
     return comfy.run_node("CLIPTextEncode", clip=clip, text=text)[0]
 
 
-def sample(comfy, model, clip, latent, steps=3, sampler="euler", scheduler="normal", denoise=1.0, cfg=5.0, pos=None):
+def sample(
+    comfy, model, clip, latent, steps=3, sampler="euler", scheduler="normal", denoise=1.0, cfg=5.0, pos=None
+):
     pos = pos or encode(comfy, clip, "a castle on a hill")
     neg = encode(comfy, clip, "")
-    (out,) = comfy.run_node("KSampler", model=model, seed=3, steps=steps, cfg=cfg, sampler_name=sampler,
-                            scheduler=scheduler, positive=pos, negative=neg, latent_image=latent, denoise=denoise)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=3,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler,
+        scheduler=scheduler,
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=denoise,
+    )
     return out["samples"]
 
 
@@ -40,8 +61,10 @@ def count_calls(model):
     return m, calls
 
 
-@pytest.mark.parametrize("sampler,scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"), ("heun", "simple"),
-                                               ("euler_ancestral", "normal")])
+@pytest.mark.parametrize(
+    "sampler,scheduler",
+    [("euler", "normal"), ("dpmpp_2m", "karras"), ("heun", "simple"), ("euler_ancestral", "normal")],
+)
 def test_samples_with_stock_samplers_and_evaluates_only_tiles(comfy, tiny_sd15, sampler, scheduler):
     model, clip, _ = tiny_sd15
     spied, calls = count_calls(tiled(comfy, model, tile_width=128, tile_height=128))
@@ -82,8 +105,14 @@ def test_deterministic_for_a_seed_and_seed_changes_the_grid(comfy, tiny_sd15):
 def test_img2img_denoise_and_batches(comfy, tiny_sd15):
     model, clip, _ = tiny_sd15
     z = torch.randn(2, 4, 24, 24, generator=torch.Generator().manual_seed(0))
-    out = sample(comfy, tiled(comfy, model, method="Mixture of Diffusers", overlap=32), clip, {"samples": z},
-                 steps=4, denoise=0.4)
+    out = sample(
+        comfy,
+        tiled(comfy, model, method="Mixture of Diffusers", overlap=32),
+        clip,
+        {"samples": z},
+        steps=4,
+        denoise=0.4,
+    )
     assert out.shape == z.shape and torch.isfinite(out).all()
     assert not torch.allclose(out[0], out[1])  # each batch item keeps its own input
 
@@ -91,7 +120,9 @@ def test_img2img_denoise_and_batches(comfy, tiny_sd15):
 @pytest.mark.parametrize("method", ["FSTD (full coverage)", "MultiDiffusion", "SpotDiffusion"])
 def test_other_methods_sample(comfy, tiny_sd15, method):
     model, clip, _ = tiny_sd15
-    out = sample(comfy, tiled(comfy, model, method=method), clip, {"samples": torch.zeros(1, 4, 24, 40)}, steps=2)
+    out = sample(
+        comfy, tiled(comfy, model, method=method), clip, {"samples": torch.zeros(1, 4, 24, 40)}, steps=2
+    )
     assert torch.isfinite(out).all()
 
 
@@ -135,7 +166,9 @@ def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cro
     expected = torch.cat([full[..., 0:128, 128:256], full[..., 128:256, 0:128]])
     torch.testing.assert_close(tiled.cond_hint, expected)
     tiles_x = torch.cat([x[..., 0:16, 16:32], x[..., 16:32, 0:16]])
-    out = tiled.get_control(tiles_x, sigma.repeat(2), {"c_crossattn": cond["c_crossattn"].repeat(2, 1, 1)}, 1, {})
+    out = tiled.get_control(
+        tiles_x, sigma.repeat(2), {"c_crossattn": cond["c_crossattn"].repeat(2, 1, 1)}, 1, {}
+    )
     assert out["output"] and all(torch.isfinite(t).all() for t in out["output"] if t is not None)
     torch.testing.assert_close(tiled.cond_hint, expected)  # used as prepared, not rebuilt from pixels
 
@@ -143,7 +176,9 @@ def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cro
 def test_bad_inputs_fail_before_sampling(comfy, tiny_sd15):
     assert "multiple of 8" in comfy.validate(NODE, tile_width=500, tile_height=512, overlap=0, method="FSTD")
     assert "minimum" in comfy.validate(NODE, tile_width=512, tile_height=32, overlap=0, method="FSTD")
-    assert "overlap" in comfy.validate(NODE, tile_width=128, tile_height=128, overlap=128, method="MultiDiffusion")
+    assert "overlap" in comfy.validate(
+        NODE, tile_width=128, tile_height=128, overlap=128, method="MultiDiffusion"
+    )
     assert "method" in comfy.validate(NODE, tile_width=128, tile_height=128, overlap=0, method="Nope")
     assert comfy.validate(NODE, tile_width=512, tile_height=512, overlap=64, method="FSTD") is True
     model, clip, _ = tiny_sd15
@@ -166,16 +201,17 @@ def test_interrupt_between_tile_batches(comfy, tiny_sd15):
 
 
 def test_any_size_plan_reads_the_model_family(comfy, tiny_sd15, tiny_sdxl):
-    w, h, up, tw, th, summary, *_ = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024,
-                                                native_size=0, model=tiny_sd15[0])
+    w, h, up, tw, th, summary, *_ = comfy.run_node(
+        "UltraResAnySizePlan", target_width=2048, target_height=1024, native_size=0, model=tiny_sd15[0]
+    )
     assert (w, h) == (704, 384) and (tw, th) == (2048, 1024) and up == pytest.approx(2048 / 704)
     assert "SD15" in summary
-    w, h, *_ = comfy.run_node("UltraResAnySizePlan", target_width=4096, target_height=2048, native_size=0,
-                              model=tiny_sdxl[0])
+    w, h, *_ = comfy.run_node(
+        "UltraResAnySizePlan", target_width=4096, target_height=2048, native_size=0, model=tiny_sdxl[0]
+    )
     assert (w, h) == (1472, 704)
     with pytest.raises(ValueError, match="native size"):
         comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=2048, native_size=0)
-
 
 
 def test_any_size_plan_reads_a_declared_native_size_in_any_form(comfy):
@@ -188,8 +224,11 @@ def test_any_size_plan_reads_a_declared_native_size_in_any_form(comfy):
 
     def model(size, on_config=True):
         config = SimpleNamespace(native_size=size) if on_config else SimpleNamespace()
-        base = SimpleNamespace(model_config=config) if on_config else SimpleNamespace(model_config=config,
-                                                                                       native_size=size)
+        base = (
+            SimpleNamespace(model_config=config)
+            if on_config
+            else SimpleNamespace(model_config=config, native_size=size)
+        )
         return SimpleNamespace(model=base)
 
     assert mod.native_pixels(model(256)) == (256 * 256, "model config")
@@ -198,32 +237,42 @@ def test_any_size_plan_reads_a_declared_native_size_in_any_form(comfy):
     for unusable in (None, 0, -64, "big", (64,), (0, 64), True):
         pixels, source = mod.native_pixels(model(unusable))
         assert pixels == 512 * 512 and "assumed 512x512" in source, unusable
-    w, h, *_, summary = comfy.run_node("UltraResAnySizePlan", target_width=2048, target_height=1024, native_size=0,
-                                       model=model((256, 512)))[:6]
+    w, h, *_, summary = comfy.run_node(
+        "UltraResAnySizePlan", target_width=2048, target_height=1024, native_size=0, model=model((256, 512))
+    )[:6]
     assert (w, h) == (512, 256) and "from model config" in summary
+
 
 @pytest.mark.parametrize("target", [(1920, 1080), (2560, 1080), (1080, 1920), (1024, 1024)])
 def test_any_size_graph_ends_at_exactly_the_requested_pixels(comfy, tiny_sd15, target):
     """The fstd_any_size chain (plan -> latent -> LatentUpscale -> LatentCrop) with the stock nodes:
     16:9, 21:9, 9:16 and 1:1 end at exactly the target's latent size."""
     tw, th = target
-    w, h, up, _, _, summary, sw, sh, x, y = comfy.run_node("UltraResAnySizePlan", target_width=tw, target_height=th,
-                                                            native_size=0, model=tiny_sd15[0])
+    w, h, up, _, _, summary, sw, sh, x, y = comfy.run_node(
+        "UltraResAnySizePlan", target_width=tw, target_height=th, native_size=0, model=tiny_sd15[0]
+    )
     (first,) = comfy.run_node("EmptyLatentImage", width=w, height=h, batch_size=1)
-    (up_latent,) = comfy.run_node("LatentUpscale", samples=first, upscale_method="bislerp", width=sw, height=sh,
-                                  crop="disabled")
+    (up_latent,) = comfy.run_node(
+        "LatentUpscale", samples=first, upscale_method="bislerp", width=sw, height=sh, crop="disabled"
+    )
     (cropped,) = comfy.run_node("LatentCrop", samples=up_latent, width=tw, height=th, x=x, y=y)
     assert tuple(cropped["samples"].shape[-2:]) == (th // 8, tw // 8)
     assert "crop" in summary or (sw, sh) == (tw, th)
-    assert "multiple of 8" in comfy.validate("UltraResAnySizePlan", target_width=1921, target_height=1080, native_size=0)
+    assert "multiple of 8" in comfy.validate(
+        "UltraResAnySizePlan", target_width=1921, target_height=1080, native_size=0
+    )
 
 
-def test_a_run_that_cannot_fit_is_refused_before_the_first_model_call_with_a_tile_batch_that_fits(comfy, tiny_sd15):
+def test_a_run_that_cannot_fit_is_refused_before_the_first_model_call_with_a_tile_batch_that_fits(
+    comfy, tiny_sd15
+):
     """8192x8192 px in 4096 px tiles, 64 per call: ComfyUI's own activation estimate for that tile
     batch is far beyond this machine; the run stops before any model call and names a batch size."""
     model, clip, _ = tiny_sd15
     spied, calls = count_calls(tiled(comfy, model, tile_width=4096, tile_height=4096, tile_batch_size=64))
-    with pytest.raises(ValueError, match=r"needs at least .* GiB.*set tile_batch_size to \d+ or less|use smaller tiles"):
+    with pytest.raises(
+        ValueError, match=r"needs at least .* GiB.*set tile_batch_size to \d+ or less|use smaller tiles"
+    ):
         sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 1024, 1024)}, steps=1)
     assert calls == []
 

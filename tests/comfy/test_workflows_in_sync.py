@@ -14,8 +14,12 @@ def test_every_workflow_has_both_formats_and_a_spec():
 
 
 def test_committed_workflows_match_specs():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "workflow_builder.py"), "--check"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "workflow_builder.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -40,7 +44,9 @@ def test_every_workflow_validates_at_full_size(comfy):
                 if node["class_type"] == "LoadImage":
                     placeholder = os.path.join(folder_paths.get_input_directory(), node["inputs"]["image"])
                 elif node["class_type"] == "UltraResLinFusionLoader":  # queue time checks the name only
-                    placeholder = os.path.join(folder_paths.get_folder_paths("linfusion")[0], node["inputs"]["lf_name"])
+                    placeholder = os.path.join(
+                        folder_paths.get_folder_paths("linfusion")[0], node["inputs"]["lf_name"]
+                    )
                 if placeholder and not os.path.exists(placeholder):
                     folder = os.path.dirname(placeholder)
                     if not os.path.isdir(folder):

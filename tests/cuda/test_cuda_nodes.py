@@ -24,19 +24,23 @@ def _build(family: str, dtype: torch.dtype, load_device: str):
     import tiny_models
 
     ref = tiny_models.build_model(family, 0)
-    config = getattr(comfy.supported_models, tiny_models.CONFIG_CLASSES[family])(dict(tiny_models.UNETS[family]))
+    config = getattr(comfy.supported_models, tiny_models.CONFIG_CLASSES[family])(
+        dict(tiny_models.UNETS[family])
+    )
     config.set_inference_dtype(dtype, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
     base.diffusion_model.load_state_dict(ref.model.diffusion_model.state_dict())
     assert base.get_dtype() == dtype
-    half = comfy.model_patcher.ModelPatcher(base, load_device=torch.device(load_device),
-                                            offload_device=mm.unet_offload_device())
+    half = comfy.model_patcher.ModelPatcher(
+        base, load_device=torch.device(load_device), offload_device=mm.unet_offload_device()
+    )
     return ref, half
 
 
 def _write_weights(model, path, mid_dim_scale):
-    specs = fmt.attn1_specs(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"],
-                            mid_dim_scale)
+    specs = fmt.attn1_specs(
+        model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], mid_dim_scale
+    )
     torch.manual_seed(0)
     fmt.save_linfusion(str(path), specs, [fmt.build_layer(s) for s in specs], dtype=torch.float16)
 
@@ -45,8 +49,9 @@ def _eps(patched, device, x, sigma, cond):
     patched.patch_model(device_to=torch.device(device))
     try:
         with torch.no_grad():
-            denoised = patched.model.apply_model(x.to(device), sigma.to(device),
-                                                 **{k: v.to(device) for k, v in cond.items()})
+            denoised = patched.model.apply_model(
+                x.to(device), sigma.to(device), **{k: v.to(device) for k, v in cond.items()}
+            )
     finally:
         patched.unpatch_model(patched.offload_device)
     return ((x.to(device) - denoised.float()) / sigma.to(device).view(-1, 1, 1, 1)).cpu()

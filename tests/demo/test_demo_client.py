@@ -61,8 +61,15 @@ def test_digit_through_the_api(client):
     from gradio_client import handle_file
 
     c, _ = client
-    seen, token_map, decoded, info = c.predict(handle_file(str(EXAMPLES / "sunflower.png")), None, None, 64,
-                                               "center_crop", "mean_color", api_name="/digit")
+    seen, token_map, decoded, info = c.predict(
+        handle_file(str(EXAMPLES / "sunflower.png")),
+        None,
+        None,
+        64,
+        "center_crop",
+        "mean_color",
+        api_name="/digit",
+    )
     assert Image.open(token_map).size == Image.open(seen).size
     assert "4x4 tokens" in info
 
@@ -72,8 +79,10 @@ def test_two_clients_are_queued_not_crashed(client, src):
 
     c, demo = client
     other = Client(c.src, verbose=False)
-    jobs = [cl.submit(src, "circles", "", 4, seed, 2.0, 1, "euler", "normal", api_name="/generate")
-            for cl, seed in ((c, 1), (other, 2))]
+    jobs = [
+        cl.submit(src, "circles", "", 4, seed, 2.0, 1, "euler", "normal", api_name="/generate")
+        for cl, seed in ((c, 1), (other, 2))
+    ]
     results = [job.result(timeout=300) for job in jobs]
     assert all(Image.open(path).size == (256, 256) for path, _ in results)
     assert results[0][1] != results[1][1]  # each got its own run (seed in the description)
@@ -92,5 +101,7 @@ def test_cancel_stops_a_running_job(client, src):
         job.result(timeout=120)
     # the sampling loop really stopped (the demo runs one job at a time, so a still-running
     # sampler would hold this one back for minutes, past the timeout)
-    path, _ = c.submit(src, "circles", "", 2, 0, 2.0, 1, "euler", "normal", api_name="/generate").result(timeout=90)
+    path, _ = c.submit(src, "circles", "", 2, 0, 2.0, 1, "euler", "normal", api_name="/generate").result(
+        timeout=90
+    )
     assert Image.open(path).size == (256, 256)

@@ -53,16 +53,21 @@ def test_sources_list_hdit_files_and_checkpoints(S, T, src):
         assert found[0] == embedded == S.default_source()
     # every checkpoint ComfyUI's loader offers is listed, after the HDiT files
     ckpts = [s for s in found if s.startswith(S.CKPT_PREFIX)]
-    assert [c[len(S.CKPT_PREFIX):] for c in ckpts] == S.checkpoint_files()
-    assert not any(s.endswith(".json") for s in found if s.startswith(S.HDIT_PREFIX) and
-                   s[len(S.HDIT_PREFIX):-5] + ".safetensors" in S.hdit_files())
+    assert [c[len(S.CKPT_PREFIX) :] for c in ckpts] == S.checkpoint_files()
+    assert not any(
+        s.endswith(".json")
+        for s in found
+        if s.startswith(S.HDIT_PREFIX) and s[len(S.HDIT_PREFIX) : -5] + ".safetensors" in S.hdit_files()
+    )
     bundle = S.load(src)
     assert bundle.kind == "hdit" and bundle.native == 64 and bundle.labels == [*TEST_CLASSES, S.UNCONDITIONAL]
 
 
 def test_generate_is_seeded_and_reports_progress(S, T, src):
     seen = []
-    img, info = T.hdit.generate(src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t)))
+    img, info = T.hdit.generate(
+        src, "squares", steps=3, seed=5, cfg=2.0, batch=2, report=lambda s, v, t: seen.append((s, v, t))
+    )
     # a row of two 64x64 images, enlarged 4x (nearest) for viewing
     assert img.size == (2 * 256, 256)
     assert "2 x 64x64" in info and "squares" in info
@@ -98,8 +103,9 @@ def test_cancel_interrupts_sampling_and_the_next_run_works(S, T, src):
 def test_any_size_draws_the_tile_grid_of_the_chosen_step(S, T, src):
     from ultrares.kernels.tiling import TilePlanner
 
-    image, grid, plain, info = T.tiling.any_size(src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3,
-                                          show_step=1, compare=True)
+    image, grid, plain, info = T.tiling.any_size(
+        src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3, show_step=1, compare=True
+    )
     scale = image.width // 192
     assert image.size == (192 * scale, 128 * scale) and grid.size == image.size and plain.size == image.size
     # the planner of the node, at step 1: tiles of the model's native 64 px
@@ -108,17 +114,20 @@ def test_any_size_draws_the_tile_grid_of_the_chosen_step(S, T, src):
     diff = np.abs(pixels(grid) - pixels(image)).sum(axis=-1) > 0
     for tile in plan.tiles:  # each tile's left edge is drawn
         x, y0, y1 = tile.x * scale, tile.y * scale, (tile.y + tile.h) * scale
-        assert diff[y0 + 2:y1 - 2, x].mean() > 0.9
+        assert diff[y0 + 2 : y1 - 2, x].mean() > 0.9
     # tiled sampling really differs from untiled sampling at this size
     assert np.abs(pixels(image) - pixels(plain)).mean() > 0.5
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(width=100), "multiple of 16"),
-    (dict(method="Tiles"), "not one of"),
-    (dict(method="MultiDiffusion", tile=64, overlap=64), "overlap"),
-    (dict(show_step=3), "show step"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(width=100), "multiple of 16"),
+        (dict(method="Tiles"), "not one of"),
+        (dict(method="MultiDiffusion", tile=64, overlap=64), "overlap"),
+        (dict(show_step=3), "show step"),
+    ],
+)
 def test_any_size_refuses_bad_settings(S, T, src, kwargs, match):
     settings = dict(width=64, height=64, steps=3)
     settings.update(kwargs)
@@ -153,14 +162,18 @@ def test_digit_token_maps_of_an_image(S, T):
 def test_inversion_reports_the_psnr_of_its_images(S, T, src):
     from ultrares.kernels.inversion import psnr
 
-    inp, noise, rec, text = T.inversion.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    inp, noise, rec, text = T.inversion.invert(
+        src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5
+    )
     assert inp.size == noise.size == rec.size
     value = float(re.search(r"PSNR\(reconstruction, input\) = ([-\d.]+) dB", text).group(1))
     a = torch.from_numpy(pixels(inp).astype(np.float32) / 255)
     b = torch.from_numpy(pixels(rec).astype(np.float32) / 255)
     assert value == pytest.approx(psnr(b, a), abs=0.2)  # same PSNR up to 8-bit rounding of the shown images
     # deterministic: the same inversion gives the same reconstruction
-    _, _, rec2, _ = T.inversion.invert(src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5)
+    _, _, rec2, _ = T.inversion.invert(
+        src, "squares", Image.open(EXAMPLES / "rocket.png"), steps=6, level=0.5
+    )
     assert np.array_equal(pixels(rec), pixels(rec2))
 
 
@@ -172,15 +185,22 @@ def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path):
     model, clip, vae = tiny_sd15
     folder = tmp_path / "linfusion"
     folder.mkdir()
-    specs = ld.specs_for(model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], None)
+    specs = ld.specs_for(
+        model.model.diffusion_model, model.model.model_config.unet_config["num_res_blocks"], None
+    )
     torch.manual_seed(0)
-    fmt.save_linfusion(str(folder / "lf-tiny.safetensors"), list(specs.values()), [fmt.build_layer(s) for s in specs.values()])
+    fmt.save_linfusion(
+        str(folder / "lf-tiny.safetensors"),
+        list(specs.values()),
+        [fmt.build_layer(s) for s in specs.values()],
+    )
     folder_paths.add_model_folder_path("linfusion", str(folder))
     try:
         assert "lf-tiny.safetensors" in T.linfusion.linfusion_files()
         S.remember(S.Bundle(S.CKPT_PREFIX + "tiny-sd15", "checkpoint", model, vae, clip=clip, native=512))
-        base, lin, table = T.linfusion.linfusion_timing(S.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat",
-                                              width=64, height=64, steps=1)
+        base, lin, table = T.linfusion.linfusion_timing(
+            S.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat", width=64, height=64, steps=1
+        )
     finally:
         folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
         folder_paths.filename_list_cache.pop("linfusion", None)
@@ -254,11 +274,15 @@ def test_controls_take_their_ranges_from_the_node_schemas(S, T):
         return [(p.get("minimum"), p.get("maximum")) for p in props if p.get("label") == label]
 
     steps = S.input_range("UltraResRelayUpscale", "steps")
-    assert ranges("Grid steps (only those below the truncation run)") == [(steps.min, steps.max)] == [(2, 10000)]
+    assert (
+        ranges("Grid steps (only those below the truncation run)") == [(steps.min, steps.max)] == [(2, 10000)]
+    )
     level = S.input_range("UltraResDDIMInvert", "level")
     assert ranges("Level (fraction of the schedule)") == [(level.min, level.max)]
     seed_max = S.input_range("KSampler", "seed").max
-    seeds = [(p.get("minimum"), p.get("maximum")) for p in props if str(p.get("label", "")).startswith("Seed")]
+    seeds = [
+        (p.get("minimum"), p.get("maximum")) for p in props if str(p.get("label", "")).startswith("Seed")
+    ]
     assert len(seeds) == 5 and set(seeds) == {(0, seed_max)}
     # the any-size grid is drawn with the node's own defaults (tile batch, FSTD reset interval)
     settings = T.tiling.tile_settings("FSTD", 64, 16, 0)

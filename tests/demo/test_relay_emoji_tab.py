@@ -13,8 +13,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("ultrares-emoji64.safetensors", "ultrares-emoji-relay256.safetensors")
 
-pytestmark = pytest.mark.skipif(not all(os.path.exists(os.path.join(ROOT, "models", "hdit", m)) for m in MODELS),
-                                reason="emoji models not built yet (make embedded-models)")
+pytestmark = pytest.mark.skipif(
+    not all(os.path.exists(os.path.join(ROOT, "models", "hdit", m)) for m in MODELS),
+    reason="emoji models not built yet (make embedded-models)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +47,15 @@ def test_relay_runs_the_trained_blur_settings(tab):
 
     base, relay = S.load_all(tab.sources())
     assert S.load_all(tab.sources())[1] is relay  # cached together
-    assert base.labels[:len(base.class_names)] == S.model_config(base)["dataset"]["class_names"]
+    assert base.labels[: len(base.class_names)] == S.model_config(base)["dataset"]["class_names"]
     inputs = tab.relay_inputs(relay, 7)
     assert inputs["relay_settings"] == "model" and inputs["factor"] == 4 and inputs["seed"] == 7
-    assert (inputs["blur_sigma_max"], inputs["prob_length"], inputs["s_block"], inputs["s_noise"]) == (3.0, 0.93, 0.15, 0.2)
+    assert (inputs["blur_sigma_max"], inputs["prob_length"], inputs["s_block"], inputs["s_noise"]) == (
+        3.0,
+        0.93,
+        0.15,
+        0.2,
+    )
     assert (inputs["steps"], inputs["truncation_sigma"], inputs["rho"], inputs["cfg"]) == (40, 0.9, 7.0, 1.0)
     assert tab.last_steps(relay, inputs) == range(13, 16)  # 16 levels below sigma 0.9 on the 40-level grid
 
@@ -64,23 +71,30 @@ def test_bad_inputs_are_messages(tab):
 
 def test_256_stops_after_the_relay(quick):
     seen = []
-    low, mid, final, grid, info = quick.relay_emoji("Food & Drink", 3, 256, report=lambda s, v, t: seen.append(s))
+    low, mid, final, grid, info = quick.relay_emoji(
+        "Food & Drink", 3, 256, report=lambda s, v, t: seen.append(s)
+    )
     assert low.size == mid.size == (256, 256) and final is None and grid is None
     a = np.asarray(low)
     assert (a[::4, ::4] == a[3::4, 3::4]).all()  # the 64 px stage enlarged with nearest
     assert "B_max 3" in info and "Seam score" not in info
-    assert [s for i, s in enumerate(seen) if s not in seen[:i]] == ["1/2: Food & Drink at 64 px",
-                                                                   "2/2: relay 64 -> 256 px"]
+    assert [s for i, s in enumerate(seen) if s not in seen[:i]] == [
+        "1/2: Food & Drink at 64 px",
+        "2/2: relay 64 -> 256 px",
+    ]
 
 
 def test_1024_shows_the_stages_the_tile_edges_and_the_seam_score(quick):
     seen = []
-    low, mid, final, grid, info = quick.relay_emoji("Smileys & Emotion", 1, 1024,
-                                                    report=lambda s, v, t: seen.append((s, v, t)))
+    low, mid, final, grid, info = quick.relay_emoji(
+        "Smileys & Emotion", 1, 1024, report=lambda s, v, t: seen.append((s, v, t))
+    )
     assert low.size == mid.size == final.size == grid.size == (1024, 1024)
     stages = [s for i, (s, _, _) in enumerate(seen) if s not in [x for x, _, _ in seen[:i]]]
     assert [s.split(":")[0] for s in stages] == ["1/3", "2/3", "3/3"]
-    assert any(s.startswith("3/3") and v == t == 3 for s, v, t in seen)  # the tiled relay's 3 levels reached the UI
+    assert any(
+        s.startswith("3/3") and v == t == 3 for s, v, t in seen
+    )  # the tiled relay's 3 levels reached the UI
     f, g = np.asarray(final, dtype=np.int16), np.asarray(grid, dtype=np.int16)
     changed = (f != g).any(axis=-1)
     cols, rows = changed.all(axis=0), changed.all(axis=1)  # the edges are whole lines across the image

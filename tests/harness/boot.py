@@ -80,13 +80,21 @@ def boot() -> Runtime:
     logging.getLogger().setLevel(logging.WARNING)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     added = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
-    missing = [m for m in ("ultrares", "ultrares_testing") if not any(
-        str(p).endswith(m) for p in nodes.LOADED_MODULE_DIRS.values())]
+    missing = [
+        m
+        for m in ("ultrares", "ultrares_testing")
+        if not any(str(p).endswith(m) for p in nodes.LOADED_MODULE_DIRS.values())
+    ]
     if missing:
-        raise RuntimeError(f"ComfyUI did not load {missing}; check the custom_nodes link made by `make setup` "
-                           f"(expected {comfy_root() / 'custom_nodes' / 'ultrares'} -> {ROOT})")
-    _RUNTIME = Runtime(comfy_path=comfy_root(), nodes=nodes.NODE_CLASS_MAPPINGS,
-                       pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")])
+        raise RuntimeError(
+            f"ComfyUI did not load {missing}; check the custom_nodes link made by `make setup` "
+            f"(expected {comfy_root() / 'custom_nodes' / 'ultrares'} -> {ROOT})"
+        )
+    _RUNTIME = Runtime(
+        comfy_path=comfy_root(),
+        nodes=nodes.NODE_CLASS_MAPPINGS,
+        pack_nodes=[n for n in added if n.startswith("UltraRes") and not n.startswith("UltraResTest")],
+    )
     return _RUNTIME
 
 

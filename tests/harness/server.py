@@ -75,9 +75,21 @@ class ComfyServer:
                 link.symlink_to(target, target_is_directory=True)
         port = free_port()
         log_path = base / "server.log"
-        cmd = [sys.executable, str(comfy_root() / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--base-directory", str(base), "--use-pytorch-cross-attention", "--preview-method", "none",
-               *(extra_args or [])]
+        cmd = [
+            sys.executable,
+            str(comfy_root() / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--base-directory",
+            str(base),
+            "--use-pytorch-cross-attention",
+            "--preview-method",
+            "none",
+            *(extra_args or []),
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(log_path, "w")
         proc = subprocess.Popen(cmd, cwd=str(comfy_root()), stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -89,7 +101,9 @@ class ComfyServer:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} at start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"ComfyUI exited with {self.proc.returncode} at start-up:\n{self.log_tail()}"
+                )
             try:
                 self.get_json("/system_stats", timeout=2)
                 return
@@ -116,8 +130,9 @@ class ComfyServer:
     # ----- HTTP -----
     def request(self, path: str, data: dict | None = None, timeout: float = 30) -> tuple[int, bytes]:
         body = json.dumps(data).encode() if data is not None else None
-        req = urllib.request.Request(self.url + path, data=body,
-                                     headers={"Content-Type": "application/json"} if body else {})
+        req = urllib.request.Request(
+            self.url + path, data=body, headers={"Content-Type": "application/json"} if body else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read()
@@ -162,7 +177,9 @@ class ComfyServer:
         import websocket  # websocket-client
 
         client_id = uuid.uuid4().hex
-        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout
+        )
         try:
             status, answer = self.post_prompt(prompt, client_id)
             if status != 200:
@@ -174,7 +191,9 @@ class ComfyServer:
                 ws.settimeout(max(1.0, deadline - time.monotonic()))
                 if time.monotonic() > deadline:
                     self.interrupt()
-                    raise PromptFailed(f"prompt {prompt_id} did not finish within {timeout}s\n{self.log_tail()}")
+                    raise PromptFailed(
+                        f"prompt {prompt_id} did not finish within {timeout}s\n{self.log_tail()}"
+                    )
                 raw = ws.recv()
                 if isinstance(raw, bytes):  # preview frames
                     continue
@@ -187,9 +206,11 @@ class ComfyServer:
                 elif kind == "executed":
                     run.executed.append(data["node"])
                 elif kind == "execution_error":
-                    raise PromptFailed(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                                       f"{data.get('exception_type')}: {data.get('exception_message')}\n"
-                                       + "".join(data.get("traceback", [])[-8:]))
+                    raise PromptFailed(
+                        f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                        f"{data.get('exception_type')}: {data.get('exception_message')}\n"
+                        + "".join(data.get("traceback", [])[-8:])
+                    )
                 elif kind == "execution_interrupted":
                     raise PromptFailed(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
                 elif kind == "executing" and data.get("node") is None:

@@ -8,8 +8,10 @@ import json
 from .paths import WORKFLOWS
 
 # Real loaders -> the test pack's stand-in with the same outputs (MODEL, CLIP, VAE).
-LOADER_SUBSTITUTES = {"CheckpointLoaderSimple": "UltraResTestCheckpointLoader",
-                      "ControlNetLoader": "UltraResTestControlNetLoader"}
+LOADER_SUBSTITUTES = {
+    "CheckpointLoaderSimple": "UltraResTestCheckpointLoader",
+    "ControlNetLoader": "UltraResTestControlNetLoader",
+}
 NAME_INPUT = {"CheckpointLoaderSimple": "ckpt_name", "ControlNetLoader": "control_net_name"}
 
 

@@ -208,7 +208,9 @@ def test_features_and_tokens_of_each_convention_match_an_independent_evaluation(
     sd64 = {k: v.double() for k, v in sd.items()}
     want = reference_forward(sd64, cfg, x, upto=depth - 3, resample=(pos, pos))[:, 5:]
     # the computation itself (our module run in float64): 1e-5 relative
-    got64 = digit.extract_features(dinov2.from_state_dict(dict(sd), interpolation=convention).double(), images)
+    got64 = digit.extract_features(
+        dinov2.from_state_dict(dict(sd), interpolation=convention).double(), images
+    )
     rel = float((got64.double() - want).norm() / want.norm())
     assert rel < 1e-5, rel
     # as it runs (float32): float32 rounding only
@@ -237,12 +239,18 @@ def test_codebook_record_and_convention_check(tmp_path):
     path = str(tmp_path / "cb.atlas.safetensors")
     digit.save_atlas(path, atlas, digit.encoder_record(hub_enc, "enc.pth"))
     _, meta = digit.load_atlas(path)
-    assert meta["dinov2_interpolation"] == "hub-reg" and meta["feature_dim"] == "64" and meta["encoder"] == "enc.pth"
+    assert (
+        meta["dinov2_interpolation"] == "hub-reg"
+        and meta["feature_dim"] == "64"
+        and meta["encoder"] == "enc.pth"
+    )
     assert digit.record_interpolation(meta) == "hub-reg"
     assert digit.record_interpolation({}) == digit.record_interpolation(None) == "digit"
     digit.check_codebook_matches(hub_enc, "hub-reg", "cb.npy", "enc.pth")
     digit.check_codebook_matches(digit_enc, "digit", "km_8k.npy", "enc.pth")
-    with pytest.raises(ValueError, match=r"codebook 'km_8k\.npy' was fitted .*'digit'.*encoder 'enc\.pth'.*'hub'"):
+    with pytest.raises(
+        ValueError, match=r"codebook 'km_8k\.npy' was fitted .*'digit'.*encoder 'enc\.pth'.*'hub'"
+    ):
         digit.check_codebook_matches(hub_enc, "digit", "km_8k.npy", "enc.pth")
     with pytest.raises(ValueError, match="record the codebook"):
         digit.save_atlas(str(tmp_path / "x.atlas.safetensors"), atlas, {})
@@ -316,7 +324,11 @@ def test_damaged_atlas_is_refused_with_a_named_message(tmp_path):
 
     (tmp_path / "rand.atlas.safetensors").write_bytes(np.random.default_rng(2).bytes(3000))
     save_file(
-        {"patches": torch.zeros(4, 3, 2, 2), "mean_rgb": torch.zeros(4, 3), "counts": torch.zeros(4, dtype=torch.long)},
+        {
+            "patches": torch.zeros(4, 3, 2, 2),
+            "mean_rgb": torch.zeros(4, 3),
+            "counts": torch.zeros(4, dtype=torch.long),
+        },
         str(tmp_path / "float.atlas.safetensors"),
     )
     for fname, what in (("rand.atlas.safetensors", "header claims"), ("float.atlas.safetensors", "uint8")):

@@ -237,7 +237,9 @@ def test_stored_config_is_checked_before_anything_is_allocated(tmp_path, monkeyp
     base = dict(SMALL, num_register_tokens=0, layer_scale=True, interpolate_offset=0.1)
     unknown = _with_config(tmp_path, "unknown.safetensors", {**base, "flash": True})
     absurd = _with_config(tmp_path, "absurd.safetensors", {**base, "embed_dim": 16384, "depth": 128})
-    big = _with_config(tmp_path, "big.safetensors", {**base, "embed_dim": 1024, "depth": 24, "mlp_hidden": 4096})
+    big = _with_config(
+        tmp_path, "big.safetensors", {**base, "embed_dim": 1024, "depth": 24, "mlp_hidden": 4096}
+    )
     nan = _with_config(tmp_path, "nan.safetensors", {**base, "eps": float("nan")})
     wrong_type = _with_config(tmp_path, "type.safetensors", {**base, "depth": "12"})
     _no_module(monkeypatch)

@@ -31,7 +31,9 @@ def test_commuting_covariances_closed_form(method):
     want = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
     # rotate both by the same orthogonal matrix: the closed form is unchanged
     q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
-    got = FR.frechet_distance_from_stats(q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T, method=method)
+    got = FR.frechet_distance_from_stats(
+        q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T, method=method
+    )
     assert got == pytest.approx(want, rel=1e-9)
 
 
@@ -39,7 +41,9 @@ def test_general_covariances_match_scipy_sqrtm_directly():
     rng = np.random.default_rng(1)
     s1, s2 = _rand_cov(rng, 20), _rand_cov(rng, 20)
     mu1, mu2 = rng.standard_normal(20), rng.standard_normal(20)
-    ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real))
+    ref = float(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    )
     for method in FR.FD_METHODS:
         assert FR.frechet_distance_from_stats(mu1, s1, mu2, s2, method=method) == pytest.approx(ref, rel=1e-9)
 
@@ -56,7 +60,10 @@ def test_feature_sets_use_sample_statistics():
 
 def test_invariances():
     rng = np.random.default_rng(3)
-    x, y = rng.standard_normal((150, 10)), rng.standard_normal((120, 10)) @ rng.standard_normal((10, 10)) * 0.5
+    x, y = (
+        rng.standard_normal((150, 10)),
+        rng.standard_normal((120, 10)) @ rng.standard_normal((10, 10)) * 0.5,
+    )
     fd = FR.frechet_distance(x, y)
     assert FR.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
     assert FR.frechet_distance(y, x) == pytest.approx(fd, rel=1e-9)  # symmetric
@@ -112,11 +119,14 @@ def test_subset_frechet_is_seeded_and_bounded():
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_nearest_neighbour_matches_brute_force(metric):
     g = torch.Generator().manual_seed(0)
-    q, r = torch.randn(37, 6, generator=g, dtype=torch.float64), torch.randn(53, 6, generator=g, dtype=torch.float64)
+    q, r = (
+        torch.randn(37, 6, generator=g, dtype=torch.float64),
+        torch.randn(53, 6, generator=g, dtype=torch.float64),
+    )
     d, i = FR.nearest_neighbour(q, r, metric=metric, chunk=10)
     for k in range(37):
         if metric == "cosine":
-            all_d = 1 - torch.nn.functional.cosine_similarity(q[k:k + 1], r, dim=1)
+            all_d = 1 - torch.nn.functional.cosine_similarity(q[k : k + 1], r, dim=1)
         else:
             all_d = (r - q[k]).norm(dim=1)
         assert i[k] == all_d.argmin() and d[k] == pytest.approx(all_d.min().item(), abs=1e-12)

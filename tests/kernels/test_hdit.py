@@ -27,7 +27,9 @@ def test_official_layout_loads_strictly_and_runs():
 
 
 def test_defaults_match_kdiffusion_config():
-    cfg = hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [128, 256], "depths": [2, 2]}})
+    cfg = hdit_format.parse_config(
+        {"model": {"type": "image_transformer_v2", "widths": [128, 256], "depths": [2, 2]}}
+    )
     assert [lv.d_ff for lv in cfg.levels] == [384, 768]
     assert cfg.mapping.width == 256 and cfg.mapping.d_ff == 768 and cfg.mapping.depth == 2
     assert isinstance(cfg.levels[0].self_attn, hdit.NeighborhoodAttentionSpec)
@@ -48,7 +50,12 @@ def test_mismatch_errors_name_the_problem():
     with pytest.raises(HDiTLoadError) as e:
         hdit_format.load_state_dict_strict(model, bad, "x.safetensors")
     msg = str(e.value)
-    assert "merges.0.proj.weight" in msg and "foo.bar" in msg and "out_norm.scale" in msg and "x.safetensors" in msg
+    assert (
+        "merges.0.proj.weight" in msg
+        and "foo.bar" in msg
+        and "out_norm.scale" in msg
+        and "x.safetensors" in msg
+    )
     nan = dict(sd)
     nan["out_norm.scale"] = torch.full((32,), float("nan"))
     with pytest.raises(HDiTLoadError, match="NaN"):
@@ -90,17 +97,35 @@ def test_axial_pos_aspect():
 
 def test_neighborhood_model_equals_global_when_kernel_covers_grid():
     """With the kernel as large as the token grid, neighborhood attention is global attention."""
-    base = {"type": "image_transformer_v2", "input_size": [28, 28], "patch_size": [2, 2], "depths": [1, 1],
-            "widths": [32, 64], "mapping_width": 32, "mapping_depth": 1}
-    m_na = hdit_format.build_model({**base, "self_attns": [{"type": "global", "d_head": 16},
-                                                    {"type": "neighborhood", "d_head": 32, "kernel_size": 7}]})
-    m_gl = hdit_format.build_model({**base, "self_attns": [{"type": "global", "d_head": 16}, {"type": "global", "d_head": 32}]})
+    base = {
+        "type": "image_transformer_v2",
+        "input_size": [28, 28],
+        "patch_size": [2, 2],
+        "depths": [1, 1],
+        "widths": [32, 64],
+        "mapping_width": 32,
+        "mapping_depth": 1,
+    }
+    m_na = hdit_format.build_model(
+        {
+            **base,
+            "self_attns": [
+                {"type": "global", "d_head": 16},
+                {"type": "neighborhood", "d_head": 32, "kernel_size": 7},
+            ],
+        }
+    )
+    m_gl = hdit_format.build_model(
+        {**base, "self_attns": [{"type": "global", "d_head": 16}, {"type": "global", "d_head": 32}]}
+    )
     sd = {k: torch.randn_like(v) * 0.1 if v.ndim == 2 else v for k, v in m_na.state_dict().items()}
     m_na.load_state_dict(sd)
     m_gl.load_state_dict(sd)
     x = torch.randn(1, 3, 28, 28)  # mid level: 7x7 tokens, the 7x7 window is the whole grid
     with torch.no_grad():
-        torch.testing.assert_close(m_na(x, torch.tensor([1.0])), m_gl(x, torch.tensor([1.0])), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            m_na(x, torch.tensor([1.0])), m_gl(x, torch.tensor([1.0])), atol=1e-5, rtol=1e-4
+        )
         x = torch.randn(1, 3, 40, 40)  # 10x10 tokens: the 7x7 neighborhood now differs from global
         assert (m_na(x, torch.tensor([1.0])) - m_gl(x, torch.tensor([1.0]))).abs().max() > 1e-4
 
@@ -120,7 +145,9 @@ def test_denoiser_scalings_and_loss():
     torch.testing.assert_close(d, x * cs[:, None, None, None])
     noise = torch.randn_like(x)
     loss = den.loss(x, noise, sigma, class_cond=c)
-    target = (x - cs[:, None, None, None] * (x + noise * sigma[:, None, None, None])) / co[:, None, None, None]
+    target = (x - cs[:, None, None, None] * (x + noise * sigma[:, None, None, None])) / co[
+        :, None, None, None
+    ]
     w = (sigma * 0.5) ** 2 / (sigma**2 + 0.25) ** 2
     torch.testing.assert_close(loss, target.pow(2).flatten(1).mean(1) * w)
 
@@ -164,11 +191,27 @@ def test_config_errors():
     with pytest.raises(HDiTLoadError, match="image_transformer_v2"):
         hdit_format.parse_config({"model": {"type": "image_v1"}})
     with pytest.raises(HDiTLoadError, match="self_attns"):
-        hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [8, 16], "depths": [1, 1],
-                                     "self_attns": [{"type": "global"}]}})
+        hdit_format.parse_config(
+            {
+                "model": {
+                    "type": "image_transformer_v2",
+                    "widths": [8, 16],
+                    "depths": [1, 1],
+                    "self_attns": [{"type": "global"}],
+                }
+            }
+        )
     with pytest.raises(HDiTLoadError, match="unknown"):
-        hdit_format.parse_config({"model": {"type": "image_transformer_v2", "widths": [8], "depths": [1],
-                                     "self_attns": [{"type": "bogus"}]}})
+        hdit_format.parse_config(
+            {
+                "model": {
+                    "type": "image_transformer_v2",
+                    "widths": [8],
+                    "depths": [1],
+                    "self_attns": [{"type": "bogus"}],
+                }
+            }
+        )
 
 
 def test_size_check_and_sampler_runs():
@@ -177,8 +220,12 @@ def test_size_check_and_sampler_runs():
         model(torch.randn(1, 3, 20, 16), torch.tensor([1.0]), class_cond=torch.tensor([0]))
     den = hdit.Denoiser(model, 0.5)
     sig = schedules.karras_sigmas(4, 0.01, 80, convention="k-diffusion")
-    assert sig.shape == (5,) and sig[0] == pytest.approx(80) and sig[-2] == pytest.approx(0.01) and sig[-1] == 0
-    out = schedules.sample_dpmpp_2m(den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5)
+    assert (
+        sig.shape == (5,) and sig[0] == pytest.approx(80) and sig[-2] == pytest.approx(0.01) and sig[-1] == 0
+    )
+    out = schedules.sample_dpmpp_2m(
+        den, torch.randn(2, 3, 16, 16), sig, torch.tensor([0, 1]), cfg_scale=3.0, uncond_class=5
+    )
     # zero-init output head: D(x) = c_skip x, so after the final step x is ~0 but finite
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
 
@@ -189,12 +236,16 @@ def _rope_reference_f64(x: torch.Tensor, n: int, d_head: int, n_heads: int) -> t
     laid out ``view(d_head / 8, n_heads).T``; channel pair (c, c + d_head/4) of head h is the complex
     number x_c + i x_{c + d_head/4}, multiplied by exp(i row f) for c < d_head/8, exp(i col f) after."""
     q = d_head // 8
-    f = torch.logspace(math.log10(math.pi), math.log10(10 * math.pi), n_heads * q + 1, dtype=torch.float64)[:-1]
+    f = torch.logspace(math.log10(math.pi), math.log10(10 * math.pi), n_heads * q + 1, dtype=torch.float64)[
+        :-1
+    ]
     f = f.reshape(q, n_heads).T  # [heads, q]
     centre = (torch.arange(n, dtype=torch.float64) * 2 + 1) / n - 1
     row = centre[:, None, None, None] * f[None, None]  # [n, 1, heads, q]
     col = centre[None, :, None, None] * f[None, None]  # [1, n, heads, q]
-    ang = torch.cat([row.expand(n, n, -1, -1), col.expand(n, n, -1, -1)], dim=-1).permute(2, 0, 1, 3)  # [heads, n, n, 2q]
+    ang = torch.cat([row.expand(n, n, -1, -1), col.expand(n, n, -1, -1)], dim=-1).permute(
+        2, 0, 1, 3
+    )  # [heads, n, n, 2q]
     x = x.double()
     z = torch.complex(x[..., : 2 * q], x[..., 2 * q : 4 * q]) * torch.polar(torch.ones_like(ang), ang)
     return torch.cat([z.real, z.imag, x[..., 4 * q :]], dim=-1)
@@ -256,7 +307,9 @@ def test_unreadable_files_get_plain_messages(tmp_path):
     big = tmp_path / "huge_header.safetensors"  # header length 2**40: safetensors' HeaderTooLarge
     big.write_bytes(struct.pack("<Q", 2**40) + b"{}")
     rnd = tmp_path / "random.safetensors"
-    rnd.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)))
+    rnd.write_bytes(
+        bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8))
+    )
     good = tmp_path / "good.safetensors"
     _write_small(good)
     cut = tmp_path / "cut.safetensors"
@@ -265,13 +318,18 @@ def test_unreadable_files_get_plain_messages(tmp_path):
         with pytest.raises(HDiTLoadError) as e:
             hdit_format.load_checkpoint(str(p), name=f"sub/{p.name}")
         msg = str(e.value)
-        assert f"sub/{p.name} is not a valid .safetensors file" in msg and "Download or export it again" in msg
+        assert (
+            f"sub/{p.name} is not a valid .safetensors file" in msg and "Download or export it again" in msg
+        )
         assert str(tmp_path) not in msg and "HeaderTooLarge" not in msg and "Error" not in msg, msg
 
     # a pickle that would run code: refused without unpickling, without suggesting weights_only=False
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"config": SMALL, "model_ema": random_official_state_dict(small_keys()), "x": _Evil(str(marker))}, evil)
+    torch.save(
+        {"config": SMALL, "model_ema": random_official_state_dict(small_keys()), "x": _Evil(str(marker))},
+        evil,
+    )
     with pytest.raises(HDiTLoadError) as e:
         hdit_format.load_checkpoint(str(evil))
     msg = str(e.value)
@@ -295,7 +353,10 @@ def test_unreadable_files_get_plain_messages(tmp_path):
 @pytest.mark.parametrize(
     "changes,expect",
     [
-        ({"d_ffs": [2**40, 192, 192]}, r"model.d_ffs\[0\] = 1099511627776 is outside the supported range 1..65536"),
+        (
+            {"d_ffs": [2**40, 192, 192]},
+            r"model.d_ffs\[0\] = 1099511627776 is outside the supported range 1..65536",
+        ),
         ({"widths": [32, "64", 64]}, r"model.widths\[1\] must be an integer; got '64'"),
         ({"widths": [32, 64, 2**31]}, r"model.widths\[2\] = 2147483648 is outside"),
         ({"depths": [1, None, 2]}, r"model.depths\[1\] must be an integer; got None"),
@@ -308,12 +369,36 @@ def test_unreadable_files_get_plain_messages(tmp_path):
         ({"sigma_data": float("nan")}, r"model.sigma_data must be a finite number"),
         ({"sigma_min": 100.0}, r"sigma_min = 100.0 must be below model.sigma_max"),
         ({"dropout_rate": [0, 0, 2]}, r"model.dropout_rate\[2\] = 2.0 is outside"),
-        ({"self_attns": [{"type": "neighborhood", "d_head": 16, "kernal_size": 3}, {"type": "global", "d_head": 16},
-                         {"type": "global", "d_head": 32}]}, r"self_attns\[0\] \(neighborhood\) has unknown keys \['kernal_size'\]"),
-        ({"self_attns": [{"type": "neighborhood", "d_head": 12}, {"type": "global", "d_head": 16},
-                         {"type": "global", "d_head": 32}]}, r"self_attns\[0\].d_head = 12 must be a multiple of 8"),
-        ({"self_attns": [{"type": "neighborhood", "d_head": 16, "kernel_size": 4}, {"type": "global", "d_head": 16},
-                         {"type": "global", "d_head": 32}]}, r"kernel_size = 4 must be odd"),
+        (
+            {
+                "self_attns": [
+                    {"type": "neighborhood", "d_head": 16, "kernal_size": 3},
+                    {"type": "global", "d_head": 16},
+                    {"type": "global", "d_head": 32},
+                ]
+            },
+            r"self_attns\[0\] \(neighborhood\) has unknown keys \['kernal_size'\]",
+        ),
+        (
+            {
+                "self_attns": [
+                    {"type": "neighborhood", "d_head": 12},
+                    {"type": "global", "d_head": 16},
+                    {"type": "global", "d_head": 32},
+                ]
+            },
+            r"self_attns\[0\].d_head = 12 must be a multiple of 8",
+        ),
+        (
+            {
+                "self_attns": [
+                    {"type": "neighborhood", "d_head": 16, "kernel_size": 4},
+                    {"type": "global", "d_head": 16},
+                    {"type": "global", "d_head": 32},
+                ]
+            },
+            r"kernel_size = 4 must be odd",
+        ),
         ({"self_attns": "global"}, r"model.self_attns must be a non-empty list"),
     ],
 )
@@ -351,7 +436,10 @@ def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatc
     cases = [
         ({"dataset": {"num_classes": 9}}, "class_emb.weight: file (6, 32) vs config (10, 32)"),
         ({"model": {"patch_size": [4, 4]}}, "patch_in.proj.weight: file (32, 12) vs config (32, 48)"),
-        ({"model": {"d_ffs": [96, 192, 4096]}}, "mid_level.0.ff.down_proj.weight: file (64, 192) vs config (64, 4096)"),
+        (
+            {"model": {"d_ffs": [96, 192, 4096]}},
+            "mid_level.0.ff.down_proj.weight: file (64, 192) vs config (64, 4096)",
+        ),
         ({"model": {"num_classes": 0}, "dataset": {"num_classes": 0}}, "1 unexpected keys: class_emb.weight"),
     ]
     for change, expect in cases:
@@ -361,5 +449,7 @@ def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatc
         save_file(sd, str(path), metadata={"config": json.dumps(cfg)})
         with pytest.raises(HDiTLoadError) as e:
             hdit_format.load_checkpoint(str(path))
-        assert "m.safetensors does not match its HDiT config" in str(e.value) and expect in str(e.value), str(e.value)
+        assert "m.safetensors does not match its HDiT config" in str(e.value) and expect in str(e.value), str(
+            e.value
+        )
     assert hdit_format.expected_shapes(SMALL)["class_emb.weight"] == (6, 32)

@@ -10,11 +10,23 @@ from ultrares.kernels import hdit_train as T
 
 TINY = {
     "model": {
-        "type": "image_transformer_v2", "input_channels": 3, "input_size": [16, 16], "patch_size": [2, 2],
-        "depths": [1, 1], "widths": [32, 64],
-        "self_attns": [{"type": "neighborhood", "d_head": 16, "kernel_size": 3}, {"type": "global", "d_head": 32}],
-        "mapping_width": 32, "mapping_depth": 1, "sigma_data": 0.5, "sigma_min": 0.01, "sigma_max": 80.0,
-        "sigma_sample_density": {"type": "cosine-interpolated"}, "loss_weighting": "soft-min-snr",
+        "type": "image_transformer_v2",
+        "input_channels": 3,
+        "input_size": [16, 16],
+        "patch_size": [2, 2],
+        "depths": [1, 1],
+        "widths": [32, 64],
+        "self_attns": [
+            {"type": "neighborhood", "d_head": 16, "kernel_size": 3},
+            {"type": "global", "d_head": 32},
+        ],
+        "mapping_width": 32,
+        "mapping_depth": 1,
+        "sigma_data": 0.5,
+        "sigma_min": 0.01,
+        "sigma_max": 80.0,
+        "sigma_sample_density": {"type": "cosine-interpolated"},
+        "loss_weighting": "soft-min-snr",
     },
     "dataset": {"num_classes": 3, "cond_dropout_rate": 0.1},
     "optimizer": {"lr": 5e-4, "betas": [0.9, 0.95], "weight_decay": 1e-3},
@@ -24,8 +36,11 @@ TINY = {
 
 def _data(n=24):
     g = torch.Generator().manual_seed(0)
-    return {"images": torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
-            "labels": torch.randint(0, 3, (n,), generator=g), "holdout": torch.arange(n) % 8 == 7}
+    return {
+        "images": torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+        "labels": torch.randint(0, 3, (n,), generator=g),
+        "holdout": torch.arange(n) % 8 == 7,
+    }
 
 
 def test_ema_decay_schedule():
@@ -51,15 +66,32 @@ def test_train_resume_export(tmp_path):
     out = tmp_path / "run"
     export = tmp_path / "m.safetensors"
     logs = []
-    r1 = T.train(TINY, str(out), steps=3, batch_size=4, data=_data(), export_path=str(export), log=logs.append,
-                 ckpt_every=2, export_every=2)
+    r1 = T.train(
+        TINY,
+        str(out),
+        steps=3,
+        batch_size=4,
+        data=_data(),
+        export_path=str(export),
+        log=logs.append,
+        ckpt_every=2,
+        export_every=2,
+    )
     assert r1["step"] == 3 and math.isfinite(r1["last_loss"])
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ck["step"] == 3 and {"config", "model", "model_ema", "opt"} <= set(ck)
     # EMA differs from the online weights after a few steps (decay > 0 from step 1)
     assert any(not torch.equal(ck["model"][k], ck["model_ema"][k]) for k in ck["model"])
-    r2 = T.train(TINY, str(out), steps=5, batch_size=4, data=_data(), resume=True, export_path=str(export),
-                 log=logs.append)
+    r2 = T.train(
+        TINY,
+        str(out),
+        steps=5,
+        batch_size=4,
+        data=_data(),
+        resume=True,
+        export_path=str(export),
+        log=logs.append,
+    )
     assert r2["step"] == 5 and any("resumed" in m for m in logs)
     model, cfg = hdit_format.load_checkpoint(str(export))
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -67,7 +99,9 @@ def test_train_resume_export(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v.half().float())
     # the training checkpoint itself loads as a model (model_ema preferred)
     m2, _ = hdit_format.load_checkpoint(str(out / "checkpoint.pth"))
-    torch.testing.assert_close(m2.state_dict()["patch_in.proj.weight"], ck["model_ema"]["patch_in.proj.weight"])
+    torch.testing.assert_close(
+        m2.state_dict()["patch_in.proj.weight"], ck["model_ema"]["patch_in.proj.weight"]
+    )
 
 
 def test_training_reduces_loss_on_a_fixed_batch():
@@ -111,6 +145,7 @@ def _kdiff_ln_sigma(u, image_d, noise_d_low, noise_d_high, sigma_data=0.5, smin=
     tan(.) with the angle running from atan(smax/sd * k) at t=0 to atan(smin/sd * k) at t=1,
     k = noise_d / image_d (so both ends stay at smax and smin). k-diffusion lerps the two log-SNRs with
     weight t, i.e. ln sigma = (1 - t) ln sigma_low(t) + t ln sigma_high(t)."""
+
     def ln_sigma(noise_d):
         k = noise_d / image_d
         a, b = math.atan(smax / sigma_data * k), math.atan(smin / sigma_data * k)
@@ -157,10 +192,13 @@ def test_sigma_sampler_is_stratified_like_k_diffusion():
         edges = _kdiff_ln_sigma(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64), 64, 32, 64)
         assert ((s.log() <= edges[:-1] + 1e-6) & (s.log() >= edges[1:] - 1e-6)).all()
     # unstratified u (stratified=False) follows the same density
-    s = T.make_sigma_sampler(_config_at(256), stratified=False)(100_000, generator=torch.Generator().manual_seed(2))
+    s = T.make_sigma_sampler(_config_at(256), stratified=False)(
+        100_000, generator=torch.Generator().manual_seed(2)
+    )
     q = s.double().log().sort().values[[50_000, 90_000]]
-    torch.testing.assert_close(q, _kdiff_ln_sigma(torch.tensor([0.5, 0.1], dtype=torch.float64), 256, 32, 256),
-                               atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        q, _kdiff_ln_sigma(torch.tensor([0.5, 0.1], dtype=torch.float64), 256, 32, 256), atol=0.05, rtol=0
+    )
 
 
 def _perturbed_tiny(seed=0):
@@ -195,17 +233,32 @@ def test_param_groups_follow_k_diffusion_tags():
         decays = n.endswith(".weight") and not n.startswith(cond_in)  # Linear weights (norms use .scale)
         expect[("mapping_" if mapping else "") + ("wd" if decays else "no_wd")].append(n)
     assert groups == expect
-    for key, name in [("wd", "patch_in.proj.weight"), ("wd", "merges.0.proj.weight"), ("wd", "patch_out.proj.weight"),
-                      ("wd", "mid_level.0.self_attn.qkv_proj.weight"), ("wd", "up_levels.0.0.ff.up_proj.weight"),
-                      ("no_wd", "class_emb.weight"), ("no_wd", "time_in_proj.weight"), ("no_wd", "aug_in_proj.weight"),
-                      ("no_wd", "splits.0.fac"), ("no_wd", "out_norm.scale"), ("no_wd", "mid_level.0.self_attn.scale"),
-                      ("mapping_wd", "mapping.blocks.0.up_proj.weight"),
-                      ("mapping_wd", "down_levels.0.0.ff.norm.linear.weight"),
-                      ("mapping_no_wd", "mapping.in_norm.scale"), ("mapping_no_wd", "mapping.blocks.0.norm.scale")]:
+    for key, name in [
+        ("wd", "patch_in.proj.weight"),
+        ("wd", "merges.0.proj.weight"),
+        ("wd", "patch_out.proj.weight"),
+        ("wd", "mid_level.0.self_attn.qkv_proj.weight"),
+        ("wd", "up_levels.0.0.ff.up_proj.weight"),
+        ("no_wd", "class_emb.weight"),
+        ("no_wd", "time_in_proj.weight"),
+        ("no_wd", "aug_in_proj.weight"),
+        ("no_wd", "splits.0.fac"),
+        ("no_wd", "out_norm.scale"),
+        ("no_wd", "mid_level.0.self_attn.scale"),
+        ("mapping_wd", "mapping.blocks.0.up_proj.weight"),
+        ("mapping_wd", "down_levels.0.0.ff.norm.linear.weight"),
+        ("mapping_no_wd", "mapping.in_norm.scale"),
+        ("mapping_no_wd", "mapping.blocks.0.norm.scale"),
+    ]:
         assert name in groups[key], (key, name)
     opt = T.make_optimizer(model, {"lr": 6e-4, "weight_decay": 0.01, "betas": [0.9, 0.95]})
     by_name = {g["name"]: g for g in opt.param_groups}
-    expected = {"wd": (6e-4, 0.01), "no_wd": (6e-4, 0.0), "mapping_wd": (2e-4, 0.01), "mapping_no_wd": (2e-4, 0.0)}
+    expected = {
+        "wd": (6e-4, 0.01),
+        "no_wd": (6e-4, 0.0),
+        "mapping_wd": (2e-4, 0.01),
+        "mapping_no_wd": (2e-4, 0.0),
+    }
     assert set(by_name) == set(expected)
     for k, (lr, wd) in expected.items():
         assert by_name[k]["lr"] == pytest.approx(lr, rel=1e-12) and by_name[k]["weight_decay"] == wd, k
@@ -231,11 +284,15 @@ def test_optimizer_step_clips_gradient_norm_to_one():
     model = _perturbed_tiny()
     opt = T.make_optimizer(model, TINY["optimizer"])
     pre = T.optimizer_step(model, opt, _tiny_loss(model, scale=1e3))
-    post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    post = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+    )
     assert pre > 10 and post.item() == pytest.approx(T.GRAD_CLIP_NORM, rel=1e-4)
     # a small gradient is left alone
     pre = T.optimizer_step(model, opt, _tiny_loss(model, scale=1e-4))
-    post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    post = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+    )
     assert pre < 1 and post.item() == pytest.approx(pre, rel=1e-5)
 
 
@@ -245,8 +302,15 @@ def test_train_clips_every_step(tmp_path, monkeypatch):
 
     def spy(model, opt, loss, max_grad_norm=T.GRAD_CLIP_NORM):
         pre = real(model, opt, loss * 1e3, max_grad_norm)  # blow the gradient up: clipping must engage
-        seen.append((pre, torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
-                                                                  if p.grad is not None])).item(), max_grad_norm))
+        seen.append(
+            (
+                pre,
+                torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+                ).item(),
+                max_grad_norm,
+            )
+        )
         return pre
 
     monkeypatch.setattr(T, "optimizer_step", spy)
@@ -265,7 +329,9 @@ def test_cpu_training_is_deterministic_and_resumes_exactly(tmp_path):
     quiet = lambda m: None  # noqa: E731
     T.train(TINY, str(tmp_path / "a"), steps=4, batch_size=4, data=_data(), log=quiet, device="cpu")
     T.train(TINY, str(tmp_path / "b"), steps=2, batch_size=4, data=_data(), log=quiet, device="cpu")
-    T.train(TINY, str(tmp_path / "b"), steps=4, batch_size=4, data=_data(), log=quiet, device="cpu", resume=True)
+    T.train(
+        TINY, str(tmp_path / "b"), steps=4, batch_size=4, data=_data(), log=quiet, device="cpu", resume=True
+    )
     T.train(TINY, str(tmp_path / "c"), steps=4, batch_size=4, data=_data(), log=quiet, device="cpu", seed=1)
     ma, ea, oa, cka = _states(tmp_path / "a" / "checkpoint.pth")
     mb, eb, ob, ckb = _states(tmp_path / "b" / "checkpoint.pth")
@@ -285,12 +351,30 @@ def test_cpu_bf16_autocast_trains_with_finite_loss(tmp_path):
     if not torch.amp.is_autocast_available("cpu"):
         pytest.skip("this torch has no CPU autocast")
     logs = []
-    r = T.train(TINY, str(tmp_path / "bf16"), steps=2, batch_size=4, data=_data(), log=logs.append, log_every=1,
-                device="cpu", mixed_precision="bf16")
+    r = T.train(
+        TINY,
+        str(tmp_path / "bf16"),
+        steps=2,
+        batch_size=4,
+        data=_data(),
+        log=logs.append,
+        log_every=1,
+        device="cpu",
+        mixed_precision="bf16",
+    )
     assert r["device"] == "cpu" and r["mixed_precision"] == "bf16" and math.isfinite(r["last_loss"])
     assert any("mixed precision: bf16" in m for m in logs)
-    r32 = T.train(TINY, str(tmp_path / "fp32"), steps=2, batch_size=4, data=_data(), log=lambda m: None, log_every=1,
-                  device="cpu", mixed_precision="no")
+    r32 = T.train(
+        TINY,
+        str(tmp_path / "fp32"),
+        steps=2,
+        batch_size=4,
+        data=_data(),
+        log=lambda m: None,
+        log_every=1,
+        device="cpu",
+        mixed_precision="no",
+    )
     # same seed and batches: the losses differ only through bf16 rounding, which proves autocast ran
     assert r32["mixed_precision"] == "no" and r["last_loss"] != r32["last_loss"]
     assert r["last_loss"] == pytest.approx(r32["last_loss"], rel=0.05)
@@ -313,8 +397,12 @@ def test_device_and_precision_options():
         T.resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         T.train(TINY, "unused", steps=1, batch_size=0, data=_data())
-    for argv in (["--out", "x", "--device", "tpu"], ["--out", "x", "--batch-size", "0"],
-                 ["--out", "x", "--mixed-precision", "fp16"], ["--out", "x", "--max-minutes", "nan"]):
+    for argv in (
+        ["--out", "x", "--device", "tpu"],
+        ["--out", "x", "--batch-size", "0"],
+        ["--out", "x", "--mixed-precision", "fp16"],
+        ["--out", "x", "--max-minutes", "nan"],
+    ):
         with pytest.raises(SystemExit):
             T.main(argv)
 
@@ -324,8 +412,11 @@ def test_first_trainer_optimizer_state_is_mapped_by_parameter(tmp_path):
     named = list(model.named_parameters())
     legacy_dec = [p for n, p in named if p.ndim >= 2 and "class_emb" not in n]
     legacy_rest = [p for n, p in named if not (p.ndim >= 2 and "class_emb" not in n)]
-    legacy = torch.optim.AdamW([{"params": legacy_dec, "weight_decay": 1e-3}, {"params": legacy_rest, "weight_decay": 0.0}],
-                               lr=5e-4, betas=(0.9, 0.95))
+    legacy = torch.optim.AdamW(
+        [{"params": legacy_dec, "weight_decay": 1e-3}, {"params": legacy_rest, "weight_decay": 0.0}],
+        lr=5e-4,
+        betas=(0.9, 0.95),
+    )
     legacy.zero_grad()
     _tiny_loss(model).backward()
     legacy.step()
@@ -337,14 +428,28 @@ def test_first_trainer_optimizer_state_is_mapped_by_parameter(tmp_path):
     assert any("mapped" in m for m in logs)
     for n, p in named:
         torch.testing.assert_close(opt.state[p]["exp_avg"], legacy.state[p]["exp_avg"], rtol=0, atol=0, msg=n)
-        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], legacy.state[p]["exp_avg_sq"], rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(
+            opt.state[p]["exp_avg_sq"], legacy.state[p]["exp_avg_sq"], rtol=0, atol=0, msg=n
+        )
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 5e-4, 5e-4 / 3, 5e-4 / 3])
 
 
-RELAY_TINY = {**TINY, "dataset": {"num_classes": 0, "cond_dropout_rate": 0.0},
-              "relay": {"patch": 4, "blur_sigma_max": 3.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
-                        "truncation_sigma": 0.9, "rho": 7.0, "steps": 40, "low_res": [4, 4],
-                        "train": {"block_scale": 0.15, "truncate_sigma": 0.0075}}}
+RELAY_TINY = {
+    **TINY,
+    "dataset": {"num_classes": 0, "cond_dropout_rate": 0.0},
+    "relay": {
+        "patch": 4,
+        "blur_sigma_max": 3.0,
+        "prob_length": 0.93,
+        "s_block": 0.15,
+        "s_noise": 0.2,
+        "truncation_sigma": 0.9,
+        "rho": 7.0,
+        "steps": 40,
+        "low_res": [4, 4],
+        "train": {"block_scale": 0.15, "truncate_sigma": 0.0075},
+    },
+}
 
 
 def test_relay_objective_trains_resumes_bit_for_bit_and_exports_its_settings(tmp_path):
@@ -356,8 +461,16 @@ def test_relay_objective_trains_resumes_bit_for_bit_and_exports_its_settings(tmp
     export = tmp_path / "relay.safetensors"
     T.train(RELAY_TINY, str(straight), steps=4, batch_size=4, data=_data(), log=lambda m: None)
     T.train(RELAY_TINY, str(split), steps=2, batch_size=4, data=_data(), log=lambda m: None)
-    T.train(RELAY_TINY, str(split), steps=4, batch_size=4, data=_data(), resume=True, export_path=str(export),
-            log=lambda m: None)
+    T.train(
+        RELAY_TINY,
+        str(split),
+        steps=4,
+        batch_size=4,
+        data=_data(),
+        resume=True,
+        export_path=str(export),
+        log=lambda m: None,
+    )
     a = torch.load(straight / "checkpoint.pth", weights_only=True)
     b = torch.load(split / "checkpoint.pth", weights_only=True)
     for k in a["model"]:
@@ -365,8 +478,9 @@ def test_relay_objective_trains_resumes_bit_for_bit_and_exports_its_settings(tmp
     _, cfg = hdit_format.load_checkpoint(str(export))
     rc = R.relay_config(cfg.raw)
     assert rc["settings"].blur_sigma_max == 3.0 and rc["settings"].patch == 4 and rc["low_res"] == (4, 4)
-    assert T.relay_objective(RELAY_TINY)[0] == R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93,
-                                                               s_block=0.15, s_noise=0.2)
+    assert T.relay_objective(RELAY_TINY)[0] == R.RelaySettings(
+        patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2
+    )
     assert T.relay_objective(TINY) == (None, {})
 
 

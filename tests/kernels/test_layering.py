@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMFY_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "nodes", "server",
-                 "latent_preview", "node_helpers", "execution"}
+COMFY_MODULES = {
+    "comfy",
+    "comfy_api",
+    "comfy_execution",
+    "comfy_extras",
+    "folder_paths",
+    "nodes",
+    "server",
+    "latent_preview",
+    "node_helpers",
+    "execution",
+}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -32,7 +42,9 @@ def test_kernels_import_nothing_of_comfyui_nor_the_floors_above(path):
     for level, module in _imports(path):
         top = module.split(".")[0]
         assert not (level == 0 and top in COMFY_MODULES), f"{path.name} imports {module}"
-        assert not (level == 0 and module.startswith(("ultrares.nodes", "ultrares.demo"))), f"{path.name}: {module}"
+        assert not (level == 0 and module.startswith(("ultrares.nodes", "ultrares.demo"))), (
+            f"{path.name}: {module}"
+        )
         assert not (level >= 2 and top in ("nodes", "demo")), f"{path.name} imports {'.' * level}{module}"
 
 
@@ -40,4 +52,6 @@ def test_kernels_import_nothing_of_comfyui_nor_the_floors_above(path):
 def test_nodes_do_not_import_the_demo(path):
     for level, module in _imports(path):
         assert not (level == 0 and module.startswith("ultrares.demo")), f"{path.name} imports {module}"
-        assert not (level >= 2 and module.split(".")[0] == "demo"), f"{path.name} imports {'.' * level}{module}"
+        assert not (level >= 2 and module.split(".")[0] == "demo"), (
+            f"{path.name} imports {'.' * level}{module}"
+        )

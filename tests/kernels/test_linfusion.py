@@ -70,8 +70,12 @@ def test_core_equals_quadratic_reference():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     # cross attention (different token counts; N in the normaliser is the key count)
     k2, v2 = torch.randn(2, 23, 32), torch.randn(2, 23, 32)
-    torch.testing.assert_close(lf.linear_attention(q, k2, v2, 4).double(), linear_attention_reference(q, k2, v2, 4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        lf.linear_attention(q, k2, v2, 4).double(),
+        linear_attention_reference(q, k2, v2, 4),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_eps_matters_and_is_official():
@@ -114,8 +118,12 @@ def test_chunked_equals_unchunked(chunk):
     full = layer(x)
     torch.testing.assert_close(layer(x, chunk_size=chunk), full, rtol=1e-5, atol=1e-5)
     q, k, v = torch.randn(2, 300, 32), torch.randn(2, 300, 32), torch.randn(2, 300, 32)
-    torch.testing.assert_close(lf.linear_attention(q, k, v, 4, chunk_size=chunk), lf.linear_attention(q, k, v, 4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        lf.linear_attention(q, k, v, 4, chunk_size=chunk),
+        lf.linear_attention(q, k, v, 4),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_external_value_and_output_projections():
@@ -127,7 +135,6 @@ def test_external_value_and_output_projections():
     core = lf.linear_attention(layer.project_q(x), layer.project_k(x), v_proj(x), 4)
     torch.testing.assert_close(got, out_proj(core))
     assert not torch.allclose(got, layer(x))
-
 
 
 def test_compute_dtype_casts_like_a_drop_in_attention():
@@ -146,8 +153,11 @@ def test_compute_dtype_casts_like_a_drop_in_attention():
     # chunk_projections=False chunks the reductions only: the same numbers as linear_attention's chunking
     chunked = layer(x.float(), chunk_size=7, chunk_projections=False)
     xf = x.float()
-    want = layer.to_out[0](lf.linear_attention(layer.project_q(xf), layer.project_k(xf), layer.to_v(xf), 4, 7))
+    want = layer.to_out[0](
+        lf.linear_attention(layer.project_q(xf), layer.project_k(xf), layer.to_v(xf), 4, 7)
+    )
     torch.testing.assert_close(chunked, want, rtol=0, atol=0)
+
 
 def test_cost_is_linear_in_tokens():
     layer = _layer(64, 8)
@@ -212,8 +222,10 @@ def test_name_mapping_sd15_by_hand():
 
 
 def _specs(dims=(32, 64), heads=4, mid=None):
-    return [fmt.LayerSpec(f"down_blocks.{i}.attentions.0.transformer_blocks.0.attn1", d, heads, mid) for i, d in enumerate(dims)]
-
+    return [
+        fmt.LayerSpec(f"down_blocks.{i}.attentions.0.transformer_blocks.0.attn1", d, heads, mid)
+        for i, d in enumerate(dims)
+    ]
 
 
 def test_describe_specs_names_the_layout():
@@ -224,6 +236,7 @@ def test_describe_specs_names_the_layout():
     xl = [fmt.LayerSpec(n.replace("down_blocks.0.", "down_blocks.1."), 640, 10) for n in SD15_DIFFUSERS[:1]]
     assert fmt.describe_specs(xl).startswith("SDXL layout")
     assert fmt.describe_specs(_specs(heads=2)) == "custom layout (heads [2]), 2 attn1 layers, widths [32, 64]"
+
 
 def test_roundtrip_single_file_and_folder(tmp_path):
     specs = _specs(mid=8)
@@ -277,7 +290,9 @@ def test_bad_files_give_clear_errors(tmp_path):
     sd = fmt.build_layer(specs[0]).state_dict()
     sd = {f"0.{k}": v for k, v in sd.items()}
     sd["0.to_q.weight"] = torch.zeros(16, 16)
-    save_file(sd, str(tmp_path / "shape.safetensors"), metadata={"config": json.dumps(fmt.config_dict(specs))})
+    save_file(
+        sd, str(tmp_path / "shape.safetensors"), metadata={"config": json.dumps(fmt.config_dict(specs))}
+    )
     with pytest.raises(fmt.LinFusionFormatError, match=r"to_q.weight.*\(16, 16\)"):
         fmt.load_linfusion(str(tmp_path / "shape.safetensors"))
     # missing key
@@ -286,7 +301,9 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(fmt.LinFusionFormatError, match="missing keys"):
         fmt.load_linfusion(str(tmp_path / "miss.safetensors"))
     # not a LinFusion config
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"config": json.dumps({"a": 1})})
+    save_file(
+        {"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"config": json.dumps({"a": 1})}
+    )
     with pytest.raises(fmt.LinFusionFormatError, match="modules_list"):
         fmt.load_linfusion(str(tmp_path / "other.safetensors"))
 
@@ -300,8 +317,9 @@ def test_compile_core_equals_quadratic_reference():
     gen = torch.Generator().manual_seed(4)
     q, k = torch.randn(2, 50, 32, generator=gen), torch.randn(2, 70, 32, generator=gen)
     v = torch.randn(2, 70, 48, generator=gen)
-    torch.testing.assert_close(lf._core(q, k, v, 4).double(), linear_attention_reference(q, k, v, 4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        lf._core(q, k, v, 4).double(), linear_attention_reference(q, k, v, 4), rtol=1e-5, atol=1e-5
+    )
     assert lf._core(q.half(), k.half(), v.half(), 4).dtype == torch.float16
 
 
@@ -315,7 +333,9 @@ def test_auto_impl_is_reference_on_cpu_and_env_override(monkeypatch):
     with pytest.raises(ValueError, match="ULTRARES_LINFUSION_IMPL must be one of"):
         lf.resolve_impl("auto", "cpu")
     with pytest.raises(ValueError, match="impl must be one of"):
-        lf.linear_attention(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), 1, impl="triton")
+        lf.linear_attention(
+            torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), 1, impl="triton"
+        )
 
 
 def test_compile_failure_falls_back_to_reference(monkeypatch, caplog):

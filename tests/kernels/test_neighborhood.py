@@ -55,7 +55,15 @@ def brute(q, k, v, mask, scale):
 
 @pytest.mark.parametrize(
     "h,w,ks,dil",
-    [(9, 9, 3, 1), (11, 7, 5, 1), (8, 13, 7, 1), (12, 10, 3, 2), (13, 17, 3, 3), (15, 11, 5, 2), (7, 7, 7, 1)],
+    [
+        (9, 9, 3, 1),
+        (11, 7, 5, 1),
+        (8, 13, 7, 1),
+        (12, 10, 3, 2),
+        (13, 17, 3, 3),
+        (15, 11, 5, 2),
+        (7, 7, 7, 1),
+    ],
 )
 def test_neighborhood_matches_masked_global(h, w, ks, dil):
     g = torch.Generator().manual_seed(h * 100 + w * 10 + ks + dil)
@@ -67,26 +75,32 @@ def test_neighborhood_matches_masked_global(h, w, ks, dil):
     assert out.shape == q.shape and out.dtype == q.dtype
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     # chunked over rows gives the same result
-    out_chunked = neighborhood_attention_2d(q, k, v, ks, dilation=dil, scale=0.7, max_chunk_elems=1, method="gather")
+    out_chunked = neighborhood_attention_2d(
+        q, k, v, ks, dilation=dil, scale=0.7, max_chunk_elems=1, method="gather"
+    )
     torch.testing.assert_close(out_chunked, out, atol=1e-6, rtol=1e-6)
     # the dense masked path (used for small grids) agrees too
     out_dense = neighborhood_attention_2d(q, k, v, ks, dilation=dil, scale=0.7, method="dense")
     torch.testing.assert_close(out_dense.double(), ref, atol=1e-5, rtol=1e-5)
     if dil == 1:  # blocked (the default for large grids), with several block sizes and chunkings
         for blk, chunk in ((8, 1 << 24), (3, 1), (4, 5000)):
-            out_blk = neighborhood_attention_2d(q, k, v, ks, scale=0.7, method="blocked", block=blk,
-                                                max_chunk_elems=chunk)
+            out_blk = neighborhood_attention_2d(
+                q, k, v, ks, scale=0.7, method="blocked", block=blk, max_chunk_elems=chunk
+            )
             torch.testing.assert_close(out_blk.double(), ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(neighborhood_mask_2d(h, w, ks, dil), mask)
 
 
 def test_neighborhood_gradients_match_brute():
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 10, 9, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(1, 2, 10, 9, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
     mask = natten_mask(10, 9, 3, 2)
     gref = torch.autograd.grad(brute(q, k, v, mask, 1.0).square().sum(), (q, k, v))
     gout = torch.autograd.grad(
-        neighborhood_attention_2d(q, k, v, 3, dilation=2, scale=1.0, method="gather").square().sum(), (q, k, v)
+        neighborhood_attention_2d(q, k, v, 3, dilation=2, scale=1.0, method="gather").square().sum(),
+        (q, k, v),
     )
     for a, b in zip(gout, gref):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
@@ -110,7 +124,9 @@ def test_neighborhood_indices_clamped():
 
 def test_neighborhood_equals_global_when_window_covers_image():
     q, k, v = (torch.randn(1, 2, 5, 5, 4) for _ in range(3))
-    torch.testing.assert_close(neighborhood_attention_2d(q, k, v, 5), global_attention_2d(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        neighborhood_attention_2d(q, k, v, 5), global_attention_2d(q, k, v), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_blocked_large_grid_matches_gather():

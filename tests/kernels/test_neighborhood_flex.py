@@ -22,8 +22,10 @@ def quiet():
         yield
 
 
-@pytest.mark.parametrize("h,w,ks,dil", [(9, 11, 3, 1), (12, 10, 5, 2), (16, 16, 7, 1), (13, 14, 3, 3), (7, 21, 7, 1),
-                                        (24, 18, 5, 3)])
+@pytest.mark.parametrize(
+    "h,w,ks,dil",
+    [(9, 11, 3, 1), (12, 10, 5, 2), (16, 16, 7, 1), (13, 14, 3, 3), (7, 21, 7, 1), (24, 18, 5, 3)],
+)
 def test_mask_mod_reproduces_natten_windows(h, w, ks, dil):
     got = NF.dense_mask(h, w, ks, dil)
     assert torch.equal(got, N.neighborhood_mask_2d(h, w, ks, dil))
@@ -47,7 +49,9 @@ def test_mask_mod_independent_brute_force():
             assert set(torch.nonzero(got[qy * w + qx]).flatten().tolist()) == want
 
 
-@pytest.mark.parametrize("h,w,ks,dil,scale,dv", [(12, 10, 5, 2, None, 8), (16, 16, 3, 1, 1.0, 8), (11, 13, 5, 1, None, 4)])
+@pytest.mark.parametrize(
+    "h,w,ks,dil,scale,dv", [(12, 10, 5, 2, None, 8), (16, 16, 3, 1, 1.0, 8), (11, 13, 5, 1, None, 4)]
+)
 def test_flex_matches_reference(h, w, ks, dil, scale, dv):
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, h, w, 8, generator=gen)

@@ -98,7 +98,9 @@ def test_tile_boundaries_of_the_plans():
     origins = sorted({t.x for t in md.plan(0).tiles})
     assert xs == sorted({o for o in origins if o > 0} | {o + 32 for o in origins if o + 32 < 64}) and ys == xs
     # FSTD: reset step = the plain 32 px grid; a shifted step adds its offset grid
-    run = T.TiledRun(T.TileSettings(method="fstd", tile_width=256, tile_height=256, overlap=0, seed=3), 128, 128, ratio=8)
+    run = T.TiledRun(
+        T.TileSettings(method="fstd", tile_width=256, tile_height=256, overlap=0, seed=3), 128, 128, ratio=8
+    )
     assert Q.tile_boundaries(run, [0]) == ([32, 64, 96], [32, 64, 96])  # latent pixels (ratio 1)
     assert Q.tile_boundaries(run, [0], ratio=8) == ([256, 512, 768], [256, 512, 768])  # pixels
     oy, ox = run.planner.offset(1)
@@ -112,7 +114,9 @@ def test_tile_boundaries_of_the_plans():
     plan = spot.plan(2)
     dy, dx = plan.roll
     xs, ys = Q.plan_boundaries(plan)
-    assert xs == sorted({(e - dx) % 64 for e in (0, 32)} - {0}) and ys == sorted({(e - dy) % 64 for e in (0, 32)} - {0})
+    assert xs == sorted({(e - dx) % 64 for e in (0, 32)} - {0}) and ys == sorted(
+        {(e - dy) % 64 for e in (0, 32)} - {0}
+    )
     # a rolled seam is found where the plan's grid put it
     img = _smooth()
     line = xs[0]

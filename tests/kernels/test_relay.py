@@ -59,7 +59,9 @@ class ToyDenoiser(torch.nn.Module):
         return xw * 0.25 / (s**2 + 0.25) + out * s * 0.5 / math.sqrt(s**2 + 0.25)
 
 
-def reference_heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, randn_like=None):
+def reference_heun(
+    model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, randn_like=None
+):
     """Karras et al. Algorithm 2 written out independently (dtype of x; churn noise from
     ``randn_like``, default the global RNG)."""
     randn_like = randn_like or torch.randn_like
@@ -91,7 +93,9 @@ def test_block_dct_matches_scipy_and_round_trips(p):
     u = R.block_dct(x, p)
     np.testing.assert_allclose(u.numpy(), scipy_block_dct(x.numpy(), p), atol=1e-12)
     np.testing.assert_allclose(R.block_idct(u, p).numpy(), x.numpy(), atol=1e-12)
-    np.testing.assert_allclose(R.block_idct(u, p).numpy(), scipy_block_dct(u.numpy(), p, inverse=True), atol=1e-12)
+    np.testing.assert_allclose(
+        R.block_idct(u, p).numpy(), scipy_block_dct(u.numpy(), p, inverse=True), atol=1e-12
+    )
     # orthonormal: energy preserved, matrix orthogonal
     assert torch.allclose((u**2).sum(), (x**2).sum())
     c = R.dct_matrix(p)
@@ -233,10 +237,20 @@ def test_sampler_reduces_to_edm_heun(churn):
     sig = R.relay_sigmas(12, 0.02, 10.0, 7.0, 5.0).float()
     x = torch.randn(2, 3, 8, 8) * float(sig[0])
     model = ToyDenoiser()
-    s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_churn_noise=1.003)
+    s = R.RelaySettings(
+        patch=4,
+        blur_sigma_max=0.0,
+        s_block=0.0,
+        s_noise=0.0,
+        s_churn=churn,
+        s_tmin=0.05,
+        s_tmax=3.0,
+        s_churn_noise=1.003,
+    )
     got = R.relay_sample(model, x, sig, s, seed=7)
-    want = reference_heun(model, x, sig, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_noise=1.003,
-                          randn_like=documented_stream(7))
+    want = reference_heun(
+        model, x, sig, s_churn=churn, s_tmin=0.05, s_tmax=3.0, s_noise=1.003, randn_like=documented_stream(7)
+    )
     assert got.dtype == torch.float32
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     # and the churn really did something (different result without it)
@@ -269,8 +283,13 @@ def test_flow_sampler_reduces_to_heun():
     want = flow_reference_heun(model, x, sig)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     # EDM and flow steps differ on the same schedule (the flow path is not x0 + t n)
-    assert not torch.allclose(R.relay_sample(model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0), flow=True),
-                              R.relay_sample(model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0)), atol=1e-3)
+    assert not torch.allclose(
+        R.relay_sample(
+            model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0), flow=True
+        ),
+        R.relay_sample(model, x, sig, R.RelaySettings(patch=2, blur_sigma_max=1.0, s_block=0.0, s_noise=0.0)),
+        atol=1e-3,
+    )
 
 
 # float32 kernel vs the float64 evaluation below, after a 3-step stage two with values up to ~1.4
@@ -316,7 +335,15 @@ def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise(flow):
         sigma_edm = t / (1 - t) if flow else t
         u = scipy.stats.norm.cdf((math.log(sigma_edm) + 1.2) / 1.2) / 0.93
         sb = 3.0 * math.sin(u * math.pi / 2) ** 2
-        a = np.array([[math.exp(-((math.pi * i / p) ** 2 + (math.pi * j / p) ** 2) * sb**2 / 2) * 0.999 + 0.001 for j in range(p)] for i in range(p)])
+        a = np.array(
+            [
+                [
+                    math.exp(-((math.pi * i / p) ** 2 + (math.pi * j / p) ** 2) * sb**2 / 2) * 0.999 + 0.001
+                    for j in range(p)
+                ]
+                for i in range(p)
+            ]
+        )
         return np.tile(a, (x.shape[-2] // p, x.shape[-1] // p))
 
     c = (lambda t: 1 - t) if flow else (lambda t: 1.0)
@@ -342,7 +369,9 @@ def test_sampler_matches_direct_dct_evaluation_with_blur_and_noise(flow):
         xc = idct(c(s_) * a_s * u0_avg + gam * (u - c(t) * a_t * u0_avg)) + 0.3 * s_ * noise()
     assert next(it, None) is None  # no unused draws
     err = (got.double() - xc).abs().max().item()
-    print(f"flow={flow}: float32 vs float64 max abs diff {err:.2e} (values up to {xc.abs().max().item():.2f})")
+    print(
+        f"flow={flow}: float32 vs float64 max abs diff {err:.2e} (values up to {xc.abs().max().item():.2f})"
+    )
     assert err < F32_ATOL
     assert torch.allclose(got64, xc, atol=1e-10)
 
@@ -355,7 +384,9 @@ def test_sampler_keeps_forward_marginal_for_point_mass_euler():
     sig = torch.tensor([0.9, 0.5, 0.2, 0.05, 0.0], dtype=torch.float64)
     seen = []
     s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0)
-    out = R.relay_sample(lambda v, t: y, y + 0.9 * n, sig, s, callback=lambda d: seen.append((d["sigma"], d["x"])))
+    out = R.relay_sample(
+        lambda v, t: y, y + 0.9 * n, sig, s, callback=lambda d: seen.append((d["sigma"], d["x"]))
+    )
     for sigma, xs in seen:
         assert torch.allclose(xs, y + float(sigma) * n, atol=1e-10)
     assert torch.equal(out, y)
@@ -368,8 +399,14 @@ def test_flow_sampler_keeps_forward_marginal_for_point_mass():
     sig = torch.tensor([0.7, 0.5, 0.2, 0.05, 0.0], dtype=torch.float64)
     seen = []
     s = R.RelaySettings(patch=4, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0)
-    out = R.relay_sample(lambda v, t: y, 0.3 * y + 0.7 * n, sig, s, flow=True,
-                         callback=lambda d: seen.append((d["sigma"], d["x"])))
+    out = R.relay_sample(
+        lambda v, t: y,
+        0.3 * y + 0.7 * n,
+        sig,
+        s,
+        flow=True,
+        callback=lambda d: seen.append((d["sigma"], d["x"])),
+    )
     assert len(seen) == 4
     for sigma, xs in seen:
         t = float(sigma)
@@ -387,12 +424,22 @@ def test_churn_keeps_the_noise_level(flow):
     s = R.RelaySettings(patch=2, blur_sigma_max=0.0, s_block=0.0, s_noise=0.0, s_churn=4.0)
     x = (0.4 if flow else 1.0) * y + 0.6 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
     seen = []
-    R.relay_sample(lambda v, t: y, x, sig, s, flow=flow, seed=3,
-                   callback=lambda d: seen.append((d["sigma"], d["sigma_hat"], d["x"])))
+    R.relay_sample(
+        lambda v, t: y,
+        x,
+        sig,
+        s,
+        flow=flow,
+        seed=3,
+        callback=lambda d: seen.append((d["sigma"], d["sigma_hat"], d["x"])),
+    )
     for sigma, t, xs in seen:
         assert t > float(sigma)  # churn raised the level
         n = (xs - (1 - t if flow else 1.0) * y) / t
-        assert abs(n.mean().item()) < 0.02 and n.std().item() == pytest.approx(1.0, abs=0.02), (t, n.std().item())
+        assert abs(n.mean().item()) < 0.02 and n.std().item() == pytest.approx(1.0, abs=0.02), (
+            t,
+            n.std().item(),
+        )
 
 
 def test_sampler_is_seeded_and_leaves_the_global_rng_alone():
@@ -436,13 +483,17 @@ def test_relay_start_flow_and_edm():
     n = R.cpu_randn(torch.Generator().manual_seed(9))
     eps, eps2 = n(x_up.shape), n(x_up.shape)
     noise = eps + 0.15 * official_block_noise(eps2, 2)
-    assert torch.allclose(R.relay_start(x_up, 0.6, 2, 0.15, seed=9, flow=True), 0.4 * x_up + 0.6 * noise, atol=1e-6)
+    assert torch.allclose(
+        R.relay_start(x_up, 0.6, 2, 0.15, seed=9, flow=True), 0.4 * x_up + 0.6 * noise, atol=1e-6
+    )
     assert torch.allclose(R.relay_start(x_up, 0.6, 2, 0.15, seed=9), x_up + 0.6 * noise, atol=1e-6)
 
 
 def test_edm_sigma_of_flow_time():
     t = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
-    assert torch.allclose(R.edm_sigma(t, flow=True), torch.tensor([0.0, 1 / 3, 1.0, 9.0, math.inf], dtype=torch.float64))
+    assert torch.allclose(
+        R.edm_sigma(t, flow=True), torch.tensor([0.0, 1 / 3, 1.0, 9.0, math.inf], dtype=torch.float64)
+    )
     assert torch.equal(R.edm_sigma(t), t.double())
     s = R.RelaySettings(patch=4, blur_sigma_max=3.0)
     assert torch.allclose(R.alpha_for_sigma(0.5, s, flow=True), R.alpha_for_sigma(1.0, s))
@@ -565,7 +616,9 @@ def test_training_loss_decreases_on_tiny_model():
 
     def eval_loss():
         with torch.no_grad():
-            return R.relay_training_loss(net, data, s, u=eval_u, noise=eval_n, noise_block=eval_b).mean().item()
+            return (
+                R.relay_training_loss(net, data, s, u=eval_u, noise=eval_n, noise_block=eval_b).mean().item()
+            )
 
     before = eval_loss()
     for _ in range(120):
@@ -578,18 +631,37 @@ def test_training_loss_decreases_on_tiny_model():
 
 
 def test_relay_config_reads_and_checks_the_stored_settings():
-    raw = {"relay": {"patch": 4, "blur_sigma_max": 3.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
-                     "truncation_sigma": 0.9, "rho": 7.0, "steps": 40, "low_res": [64, 64],
-                     "train": {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5}}}
+    raw = {
+        "relay": {
+            "patch": 4,
+            "blur_sigma_max": 3.0,
+            "prob_length": 0.93,
+            "s_block": 0.15,
+            "s_noise": 0.2,
+            "truncation_sigma": 0.9,
+            "rho": 7.0,
+            "steps": 40,
+            "low_res": [64, 64],
+            "train": {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5},
+        }
+    }
     rc = R.relay_config(raw)
-    assert rc["settings"] == R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2)
+    assert rc["settings"] == R.RelaySettings(
+        patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2
+    )
     assert (rc["truncation_sigma"], rc["rho"], rc["steps"], rc["low_res"]) == (0.9, 7.0, 40, (64, 64))
     assert rc["train"] == {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5}
     assert R.relay_config({"model": {}}) is None
-    bad = [({"blur": 3.0}, "unknown keys"), ({"blur_sigma_max": "3"}, "must be float"),
-           ({"blur_sigma_max": float("nan")}, "finite"), ({"patch": True}, "must be int"),
-           ({"prob_length": 1.5}, "prob_length"), ({"low_res": [64]}, "low_res"), ({"train": {"lr": 1}}, "unknown keys"),
-           ({"steps": 1}, "steps")]
+    bad = [
+        ({"blur": 3.0}, "unknown keys"),
+        ({"blur_sigma_max": "3"}, "must be float"),
+        ({"blur_sigma_max": float("nan")}, "finite"),
+        ({"patch": True}, "must be int"),
+        ({"prob_length": 1.5}, "prob_length"),
+        ({"low_res": [64]}, "low_res"),
+        ({"train": {"lr": 1}}, "unknown keys"),
+        ({"steps": 1}, "steps"),
+    ]
     for sec, msg in bad:
         with pytest.raises(ValueError, match=msg):
             R.relay_config({"relay": sec})

@@ -40,7 +40,10 @@ def test_each_convention_is_its_reference_bit_for_bit(rho):
             assert kd.dtype == torch.float32 and kd.shape == (n + 1,) and torch.equal(kd, want), (n, lo, hi)
             assert kd[-1] == 0 and torch.all(kd[1:] < kd[:-1])
     # the two ramps really differ in the last bits, which is why the caller names its convention
-    a, b = S.karras_sigmas(40, 0.002, 80.0, convention="edm"), S.karras_sigmas(40, 0.002, 80.0, convention="k-diffusion")
+    a, b = (
+        S.karras_sigmas(40, 0.002, 80.0, convention="edm"),
+        S.karras_sigmas(40, 0.002, 80.0, convention="k-diffusion"),
+    )
     assert torch.allclose(a.float(), b[:-1], rtol=1e-5) and not torch.equal(a.float(), b[:-1])
 
 
@@ -52,11 +55,14 @@ def test_grid_ends_and_device():
     assert torch.equal(moved, edm)
 
 
-@pytest.mark.parametrize("args,match", [
-    ((0, 0.01, 80.0), "steps must be >= 1"),
-    ((5, 0.0, 80.0), "0 < sigma_min < sigma_max"),
-    ((5, 80.0, 0.01), "0 < sigma_min < sigma_max"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((0, 0.01, 80.0), "steps must be >= 1"),
+        ((5, 0.0, 80.0), "0 < sigma_min < sigma_max"),
+        ((5, 80.0, 0.01), "0 < sigma_min < sigma_max"),
+    ],
+)
 @pytest.mark.parametrize("convention", S.KARRAS_CONVENTIONS)
 def test_bad_grids_refused(args, match, convention):
     with pytest.raises(ValueError, match=match):
@@ -110,7 +116,9 @@ def test_dpmpp_2m_cfg_combines_cond_and_uncond():
         return x * 0 + class_cond[:, None, None, None].to(x.dtype)
 
     sig = S.karras_sigmas(3, 0.1, 10.0, convention="k-diffusion")
-    out = S.sample_dpmpp_2m(den, torch.zeros(2, 1, 2, 2), sig, torch.tensor([1, 2]), cfg_scale=3.0, uncond_class=5)
+    out = S.sample_dpmpp_2m(
+        den, torch.zeros(2, 1, 2, 2), sig, torch.tensor([1, 2]), cfg_scale=3.0, uncond_class=5
+    )
     assert seen[0] == [1, 2, 5, 5]  # one batch: cond rows, then the unconditional rows
     # u + (c - u) * 3 with u = 5: 5 + (1 - 5) * 3 = -7, 5 + (2 - 5) * 3 = -4
     assert out[:, 0, 0, 0].tolist() == [-7.0, -4.0]

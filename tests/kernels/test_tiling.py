@@ -134,8 +134,15 @@ def test_bad_inputs_are_refused_clearly():
         run_tiles(torch.zeros(1, 4, 2, 40, 40), planner.plan(0), lambda tx, t: [tx])
 
 
-@pytest.mark.parametrize("target,native", [((2048, 2048), 512 * 512), ((4096, 2048), 1024 * 1024),
-                                           ((1920, 1080), 512 * 512), ((300, 200), 512 * 512)])
+@pytest.mark.parametrize(
+    "target,native",
+    [
+        ((2048, 2048), 512 * 512),
+        ((4096, 2048), 1024 * 1024),
+        ((1920, 1080), 512 * 512),
+        ((300, 200), 512 * 512),
+    ],
+)
 def test_any_size_plan_keeps_aspect_budget_and_multiples(target, native):
     from ultrares.kernels.tiling import plan_any_size
 
@@ -178,8 +185,8 @@ def _official_fstd_step(eps_at, H, W, t, oy, ox, reference, skip_duplicates=Fals
             if skip_duplicates and (y, x) in seen:
                 continue
             seen.add((y, x))
-            acc[..., y:y + t, x:x + t] += g * eps_at(y, x)
-            contrib[y:y + t, x:x + t] += g
+            acc[..., y : y + t, x : x + t] += g * eps_at(y, x)
+            contrib[y : y + t, x : x + t] += g
     return torch.where(contrib > 0, acc / contrib.clamp_min(1e-300), reference)
 
 
@@ -205,7 +212,7 @@ def test_fstd_matches_the_official_stitching_loop_and_differs_only_at_duplicate_
 
     def tile_dependent(y, x):  # each tile predicts the global field plus its own offset
         bias = tile_bias.setdefault((y, x), float(torch.randn(1, generator=g)))
-        return field[..., y:y + t, x:x + t] + bias
+        return field[..., y : y + t, x : x + t] + bias
 
     planner = TilePlanner("fstd", H, W, t, t, reset_interval=1000, seed=0)
     found_duplicate = False
@@ -215,9 +222,13 @@ def test_fstd_matches_the_official_stitching_loop_and_differs_only_at_duplicate_
         official_xs = [min(max(j * t + ox, 0), W - t) for j in range(3)]
         assert sorted({tile.x for tile in plan.tiles}) == sorted(set(official_xs))  # same distinct tiles
         # a prediction that does not depend on the tile: identical to the official loop everywhere
-        same = _ours(lambda y, x: field[..., y:y + t, x:x + t], plan, reference)
-        torch.testing.assert_close(same, _official_fstd_step(lambda y, x: field[..., y:y + t, x:x + t],
-                                                             H, W, t, oy, ox, reference), rtol=1e-6, atol=1e-6)
+        same = _ours(lambda y, x: field[..., y : y + t, x : x + t], plan, reference)
+        torch.testing.assert_close(
+            same,
+            _official_fstd_step(lambda y, x: field[..., y : y + t, x : x + t], H, W, t, oy, ox, reference),
+            rtol=1e-6,
+            atol=1e-6,
+        )
         ours = _ours(tile_dependent, plan, reference)
         official = _official_fstd_step(tile_dependent, H, W, t, oy, ox, reference)
         duplicated = [x for x in set(official_xs) if official_xs.count(x) > 1]
@@ -230,7 +241,7 @@ def test_fstd_matches_the_official_stitching_loop_and_differs_only_at_duplicate_
         others = [x for x in set(official_xs) if x != d]
         shared = torch.zeros(W, dtype=torch.bool)
         for x0 in others:
-            shared[max(x0, d):min(x0, d) + t] = True
+            shared[max(x0, d) : min(x0, d) + t] = True
         differ = (ours - official).abs().amax(dim=(0, 1, 2)) > 1e-6
         assert differ.any() and not (differ & ~shared).any()
         # and removing the duplicate from the official loop gives exactly ours
@@ -245,8 +256,20 @@ def test_tiled_run_keeps_the_first_evaluation_of_a_step_per_group_and_falls_back
     group seen for the first time gets the full-coverage plan."""
     from ultrares.kernels.tiling import TiledRun, TileSettings
 
-    run = TiledRun(TileSettings(method="fstd", tile_width=64, tile_height=64, overlap=0, tile_batch_size=64,
-                                reset_interval=1000, seed=1), 16, 24, ratio=8)  # 8x8 latent tiles
+    run = TiledRun(
+        TileSettings(
+            method="fstd",
+            tile_width=64,
+            tile_height=64,
+            overlap=0,
+            tile_batch_size=64,
+            reset_interval=1000,
+            seed=1,
+        ),
+        16,
+        24,
+        ratio=8,
+    )  # 8x8 latent tiles
     sigma = torch.tensor([2.0])
     calls = []
 
@@ -254,6 +277,7 @@ def test_tiled_run_keeps_the_first_evaluation_of_a_step_per_group_and_falls_back
         def predict(tiles_x, tiles, active):
             calls.append((len(tiles), list(active)))
             return [torch.full_like(tiles_x, value) for _ in active]
+
         return predict
 
     x = torch.zeros(1, 1, 16, 24)
@@ -277,7 +301,9 @@ def test_tiled_run_keeps_the_first_evaluation_of_a_step_per_group_and_falls_back
     assert calls[-1][0] == len(run.full.plan(3).tiles)
 
 
-@pytest.mark.parametrize("target", [(1920, 1080), (2560, 1080), (1080, 1920), (2048, 2048), (300, 200), (4096, 1752)])
+@pytest.mark.parametrize(
+    "target", [(1920, 1080), (2560, 1080), (1080, 1920), (2048, 2048), (300, 200), (4096, 1752)]
+)
 @pytest.mark.parametrize("native", [512 * 512, 1024 * 1024])
 def test_any_size_ends_at_the_exact_target_without_stretching(target, native):
     """16:9, 21:9, 9:16, 1:1 and an awkward 3:2: the first stage keeps its own aspect through the

@@ -30,7 +30,6 @@ def write_example(path) -> np.ndarray:
     return arr
 
 
-
 def test_digit_tokenize_workflow(comfy_server):
     if not os.path.exists(ENCODER):
         pytest.skip(
@@ -97,15 +96,32 @@ def test_hostile_model_files_fail_with_a_named_message(comfy_server):
     import io
 
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40, 768)})
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40, 768)}
+    )
     (d / "huge_codebook.npy").write_bytes(buf.getvalue() + b"\0" * 64)
     base = load_api("digit_tokenize")
     name = next(n["inputs"]["image"] for n in base.values() if n["class_type"] == "LoadImage")
     write_example(comfy_server.input_dir / name)
     cases = [
-        ("UltraResDiGITEncoderLoader", "encoder_name", "evil_encoder.pth", "not a plain PyTorch weights file"),
-        ("UltraResDiGITEncoderLoader", "encoder_name", "random_encoder.safetensors", "safetensors header claims"),
-        ("UltraResDiGITCodebookLoader", "codebook_name", "huge_codebook.npy", "has shape (1099511627776, 768)"),
+        (
+            "UltraResDiGITEncoderLoader",
+            "encoder_name",
+            "evil_encoder.pth",
+            "not a plain PyTorch weights file",
+        ),
+        (
+            "UltraResDiGITEncoderLoader",
+            "encoder_name",
+            "random_encoder.safetensors",
+            "safetensors header claims",
+        ),
+        (
+            "UltraResDiGITCodebookLoader",
+            "codebook_name",
+            "huge_codebook.npy",
+            "has shape (1099511627776, 768)",
+        ),
     ]
     for node_type, key, fname, what in cases:
         prompt = copy.deepcopy(base)

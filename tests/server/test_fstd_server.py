@@ -12,9 +12,14 @@ def _size_of(api, node_id):
     return api[node_id]["inputs"]
 
 
-@pytest.mark.parametrize("name,size,shrink_by", [("fstd_sd15_2048", (2048, 2048), 4),
-                                                 ("fstd_sdxl_4096x2048", (4096, 2048), 4),
-                                                 ("fstd_any_size", (1920, 1080), 1)])
+@pytest.mark.parametrize(
+    "name,size,shrink_by",
+    [
+        ("fstd_sd15_2048", (2048, 2048), 4),
+        ("fstd_sdxl_4096x2048", (4096, 2048), 4),
+        ("fstd_any_size", (1920, 1080), 1),
+    ],
+)
 def test_fstd_workflow_writes_image_of_requested_size(comfy_server, name, size, shrink_by):
     """fstd_any_size runs at its full size (exactly 1920x1080 out); the two large ones at 1/4 of their
     pixel sizes with the same tile grids, validated at full size in-process (test_workflows_in_sync)."""
@@ -42,7 +47,9 @@ def _write_guide(comfy_server):
     img.save(comfy_server.input_dir / "ultrares_controlnet_guide.png")
 
 
-@pytest.mark.parametrize("name,size", [("fstd_flux_4096", (4096, 4096)), ("fstd_controlnet_sdxl", (4096, 2048))])
+@pytest.mark.parametrize(
+    "name,size", [("fstd_flux_4096", (4096, 4096)), ("fstd_controlnet_sdxl", (4096, 2048))]
+)
 def test_flux_and_controlnet_workflows_run_shrunk_with_their_tile_layout(comfy_server, name, size):
     """Flux at cfg 1 + FluxGuidance and SDXL + a real ControlNet, on the tiny models at 1/8 of the
     pixel sizes (the same 4x4 / 4x2 tile grid); the full size is validated at queue time in-process
@@ -72,14 +79,43 @@ def test_video_latent_is_refused_with_a_clear_error(comfy_server):
     from harness.server import PromptFailed
 
     prompt = {
-        "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
-        "2": {"class_type": "UltraResTiledDiffusion", "inputs": {"model": ["1", 0], "method": "FSTD", "tile_width": 512,
-              "tile_height": 512, "overlap": 64, "tile_batch_size": 4, "reset_interval": 4, "seed": 0}},
+        "1": {
+            "class_type": "UltraResTestCheckpointLoader",
+            "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0},
+        },
+        "2": {
+            "class_type": "UltraResTiledDiffusion",
+            "inputs": {
+                "model": ["1", 0],
+                "method": "FSTD",
+                "tile_width": 512,
+                "tile_height": 512,
+                "overlap": 64,
+                "tile_batch_size": 4,
+                "reset_interval": 4,
+                "seed": 0,
+            },
+        },
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
-              "sampler_name": "euler", "scheduler": "normal", "positive": ["3", 0], "negative": ["3", 0],
-              "latent_image": ["4", 0], "denoise": 1.0}},
+        "4": {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1},
+        },
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "seed": 0,
+                "steps": 1,
+                "cfg": 1.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["3", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
     }
     with pytest.raises(PromptFailed, match="video latent"):

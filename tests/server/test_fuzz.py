@@ -20,15 +20,37 @@ import pytest
 pytestmark = pytest.mark.server
 
 # Text of a Python exception in one of our messages means a check crashed or leaked library wording.
-EXCEPTION_TEXT = ("Traceback", "object has no attribute", "not supported between", "invalid literal",
-                  "unhashable", "could not convert", "argument must be", "Error:", "NoneType")
+EXCEPTION_TEXT = (
+    "Traceback",
+    "object has no attribute",
+    "not supported between",
+    "invalid literal",
+    "unhashable",
+    "could not convert",
+    "argument must be",
+    "Error:",
+    "NoneType",
+)
 # Errors ComfyUI itself raises about one input (its extra_info names the input).
-COMFY_INPUT_ERRORS = {"invalid_input_type", "value_smaller_than_min", "value_bigger_than_max", "value_not_in_list",
-                      "bad_linked_input", "required_input_missing"}
+COMFY_INPUT_ERRORS = {
+    "invalid_input_type",
+    "value_smaller_than_min",
+    "value_bigger_than_max",
+    "value_not_in_list",
+    "bad_linked_input",
+    "required_input_missing",
+}
 CRASHES = {"exception_during_validation", "exception_during_inner_validation"}
 
-PATH_TRICKS = ["/etc/passwd", "../../../etc/passwd", "..", "a/../../b", "C:\\Windows\\win.ini", "name\x00.npy",
-               "x" * 5000]
+PATH_TRICKS = [
+    "/etc/passwd",
+    "../../../etc/passwd",
+    "..",
+    "a/../../b",
+    "C:\\Windows\\win.ini",
+    "name\x00.npy",
+    "x" * 5000,
+]
 
 
 def _kind(spec) -> str:
@@ -49,13 +71,22 @@ def _bad_values(spec) -> list[tuple[str, object]]:
         if opts.get("max") is not None:
             cases.append(("max+1", opts["max"] + 1))
         if kind == "FLOAT":  # json.dumps writes NaN/Infinity literals; aiohttp's json.loads reads them
-            cases += [("NaN", float("nan")), ("inf", float("inf")), ("-inf", float("-inf")), ("'NaN' text", "NaN"),
-                      ("'inf' text", "inf")]
+            cases += [
+                ("NaN", float("nan")),
+                ("inf", float("inf")),
+                ("-inf", float("-inf")),
+                ("'NaN' text", "NaN"),
+                ("'inf' text", "inf"),
+            ]
         else:
             cases += [("NaN", float("nan")), ("inf", float("inf"))]
         return cases
     if kind == "COMBO":
-        return [(f"path {v[:20]!r}", v) for v in PATH_TRICKS] + [("list", ["x"]), ("dict", {"a": 1}), ("number", 3)]
+        return [(f"path {v[:20]!r}", v) for v in PATH_TRICKS] + [
+            ("list", ["x"]),
+            ("dict", {"a": 1}),
+            ("number", 3),
+        ]
     if kind == "STRING":  # the pack's STRING widgets are file names
         return [(f"path {v[:20]!r}", v) for v in PATH_TRICKS]
     return []  # BOOLEAN: ComfyUI converts any JSON value with bool() before any node sees it
@@ -107,7 +138,9 @@ def _check_refusal(status: int, body: dict, name: str, where: str) -> None:
         assert not leaked, f"{where}: Python error text {leaked} in {details[:300]!r}"
         assert len(details) < 3000, f"{where}: message of {len(details)} characters"
     names_it = any(re.search(rf"\b{re.escape(name)}\b", d) for d in ours) or any(
-        e.get("type") in COMFY_INPUT_ERRORS and e.get("extra_info", {}).get("input_name") == name for e in errors)
+        e.get("type") in COMFY_INPUT_ERRORS and e.get("extra_info", {}).get("input_name") == name
+        for e in errors
+    )
     assert names_it, f"{where}: no error names {name}: {json.dumps(errors)[:800]}"
 
 
@@ -139,22 +172,52 @@ def test_bad_widget_values_are_refused_with_a_message(comfy_server):
                     failures.append(str(err))
         assert comfy_server.object_info(node_id)["name"] == node_id  # still serving after this node's fuzz
     assert posted > 300
-    assert not failures, f"{len(failures)} of {posted} bad prompts not refused cleanly:\n" + "\n".join(failures[:40])
+    assert not failures, f"{len(failures)} of {posted} bad prompts not refused cleanly:\n" + "\n".join(
+        failures[:40]
+    )
 
 
 def _slow_prompt(steps: int, size: int) -> dict:
     return {
-        "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
-        "2": {"class_type": "UltraResTiledDiffusion", "inputs": {
-            "model": ["1", 0], "method": "FSTD", "tile_width": 256, "tile_height": 256, "overlap": 0,
-            "tile_batch_size": 4, "reset_interval": 4, "seed": 0}},
+        "1": {
+            "class_type": "UltraResTestCheckpointLoader",
+            "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0},
+        },
+        "2": {
+            "class_type": "UltraResTiledDiffusion",
+            "inputs": {
+                "model": ["1", 0],
+                "method": "FSTD",
+                "tile_width": 256,
+                "tile_height": 256,
+                "overlap": 0,
+                "tile_batch_size": 4,
+                "reset_interval": 4,
+                "seed": 0,
+            },
+        },
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["2", 0], "seed": 1, "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "seed": 1,
+                "steps": steps,
+                "cfg": 4.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["3", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "fuzz_after_interrupt"}},
+        "7": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["6", 0], "filename_prefix": "fuzz_after_interrupt"},
+        },
     }
 
 
@@ -162,7 +225,9 @@ def test_interrupt_mid_run_then_a_normal_run_succeeds(comfy_server):
     import websocket  # websocket-client
 
     client_id = uuid.uuid4().hex
-    ws = websocket.create_connection(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=300)
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=300
+    )
     try:
         status, answer = comfy_server.post_prompt(_slow_prompt(steps=200, size=512), client_id)
         assert status == 200, answer

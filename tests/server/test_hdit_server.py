@@ -13,12 +13,30 @@ pytestmark = pytest.mark.server
 
 def _prompt(model_name, width=32, height=32, class_id=1, steps=3):
     return {
-        "1": {"class_type": "UltraResHDiTLoader", "inputs": {"model_name": model_name, "weight_dtype": "float32"}},
+        "1": {
+            "class_type": "UltraResHDiTLoader",
+            "inputs": {"model_name": model_name, "weight_dtype": "float32"},
+        },
         "2": {"class_type": "UltraResHDiTClass", "inputs": {"class_id": class_id, "unconditional": False}},
-        "3": {"class_type": "EmptyChromaRadianceLatentImage", "inputs": {"width": width, "height": height, "batch_size": 2}},
-        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 0, "steps": steps, "cfg": 2.0,
-              "sampler_name": "dpmpp_2m", "scheduler": "karras", "positive": ["2", 0], "negative": ["2", 1],
-              "latent_image": ["3", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "EmptyChromaRadianceLatentImage",
+            "inputs": {"width": width, "height": height, "batch_size": 2},
+        },
+        "4": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": 0,
+                "steps": steps,
+                "cfg": 2.0,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "karras",
+                "positive": ["2", 0],
+                "negative": ["2", 1],
+                "latent_image": ["3", 0],
+                "denoise": 1.0,
+            },
+        },
         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 1]}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "hdit_test"}},
     }
@@ -40,7 +58,7 @@ def test_broken_checkpoints_fail_with_named_problem(comfy_server):
 
     d = comfy_server.models_dir / "hdit"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "truncated.safetensors").write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{\"a\": 1")
+    (d / "truncated.safetensors").write_bytes(b'\x20\x00\x00\x00\x00\x00\x00\x00{"a": 1')
     with pytest.raises(PromptFailed, match="truncated.safetensors"):
         comfy_server.run_prompt(_prompt("truncated.safetensors"), timeout=300)
     cfg = json.loads(json.dumps(SMALL))
@@ -63,7 +81,9 @@ def test_hdit_txt2img_workflow(comfy_server):
     img = comfy_server.view_pil(images[0]).convert("RGB")
     assert img.size == (64, 64)
     corners = [img.getpixel(p) for p in ((1, 1), (62, 1), (1, 62), (62, 62))]
-    assert sum(sum(c) for c in corners) / 12 > 180  # the embedded model draws on a white background (grey = 128 untrained)
+    assert (
+        sum(sum(c) for c in corners) / 12 > 180
+    )  # the embedded model draws on a white background (grey = 128 untrained)
 
 
 def test_hdit_tiled_1024_workflow(comfy_server):
@@ -106,7 +126,9 @@ def test_hostile_files_fail_with_plain_messages_on_server(comfy_server, tmp_path
     d.mkdir(parents=True, exist_ok=True)
     (d / "bomb.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
     marker = tmp_path / "ran"
-    torch.save({"config": SMALL, "model_ema": {"a": torch.zeros(1)}, "x": _RunsCode(str(marker))}, d / "evil.pth")
+    torch.save(
+        {"config": SMALL, "model_ema": {"a": torch.zeros(1)}, "x": _RunsCode(str(marker))}, d / "evil.pth"
+    )
     cfg = json.loads(json.dumps(SMALL))
     cfg["model"]["d_ffs"] = [2**40, 192, 192]
     write_official_safetensors(d / "huge_dff.safetensors", SMALL, seed=2)
@@ -136,9 +158,13 @@ def test_size_and_class_refused_when_sampling_starts_on_server(comfy_server):
     embedded model) as out of range, by the sampler node before any step runs."""
     from harness.server import PromptFailed
 
-    for kw, expect in (({"width": 16, "height": 16}, "needs images of at least 64x64 px (width x height); got 16x16 px"),
-                       ({"width": 64, "height": 64, "class_id": 9}, "class_id 9 is out of range for this HDiT, "
-                                                                    "which has 9 classes (ids 0-8)")):
+    for kw, expect in (
+        ({"width": 16, "height": 16}, "needs images of at least 64x64 px (width x height); got 16x16 px"),
+        (
+            {"width": 64, "height": 64, "class_id": 9},
+            "class_id 9 is out of range for this HDiT, which has 9 classes (ids 0-8)",
+        ),
+    ):
         with pytest.raises(PromptFailed) as e:
             comfy_server.run_prompt(_prompt("ultrares-emoji64.safetensors", steps=2, **kw), timeout=300)
         first = str(e.value).splitlines()[0]

@@ -20,7 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HDIT = os.path.join(ROOT, "models", "hdit", "ultrares-twemoji64.safetensors")
 
 
-
 def _node(prompt: dict, class_type: str) -> str:
     return next(k for k, n in prompt.items() if n["class_type"] == class_type)
 
@@ -191,7 +190,9 @@ def test_save_reference_as_cannot_overwrite_a_model(comfy_server, victim_model):
     _refused(comfy_server, "save_reference_as", save_reference_as=name, overwrite=True)
 
 
-@pytest.mark.parametrize("name", ["CON", "nul.safetensors", "COM1", "   ", "a\\b", "C:x", ".hidden", "x\x00y"])
+@pytest.mark.parametrize(
+    "name", ["CON", "nul.safetensors", "COM1", "   ", "a\\b", "C:x", ".hidden", "x\x00y"]
+)
 def test_save_reference_as_odd_names_are_refused(comfy_server, name):
     _refused(comfy_server, "save_reference_as", save_reference_as=name)
 
@@ -204,10 +205,10 @@ def test_reference_file_outside_the_folder_is_refused(comfy_server, victim_model
         "ultrares/../x.safetensors",
     ):
         _refused(comfy_server, "reference_file", reference_file=name)
-    status, body = comfy_server.post_prompt(
-        _score_prompt(reference_file="missing_one.safetensors")
+    status, body = comfy_server.post_prompt(_score_prompt(reference_file="missing_one.safetensors"))
+    assert status == 400 and "reference_file='missing_one.safetensors' is not one of: (none)" in str(body), (
+        body
     )
-    assert status == 400 and "reference_file='missing_one.safetensors' is not one of: (none)" in str(body), body
 
 
 def test_foreign_file_needs_overwrite(comfy_server):

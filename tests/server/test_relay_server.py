@@ -65,8 +65,12 @@ def test_bad_relay_settings_are_refused_at_queue_time(comfy_server):
     # NaN / inf pass ComfyUI's own min/max check (NaN < min is False); ours name the input. (json.dumps
     # writes NaN / Infinity, which the server's JSON parser accepts, as from a hand-edited prompt.)
     upscale = _ids(prompt, "UltraResRelayUpscale")[0]
-    for node, name, bad in ((sampler, "blur_sigma_max", float("nan")), (sampler, "s_churn", float("inf")),
-                            (upscale, "cfg", float("nan")), (upscale, "truncation_sigma", float("-inf"))):
+    for node, name, bad in (
+        (sampler, "blur_sigma_max", float("nan")),
+        (sampler, "s_churn", float("inf")),
+        (upscale, "cfg", float("nan")),
+        (upscale, "truncation_sigma", float("-inf")),
+    ):
         prompt = load_api("relay_sd15_hires")
         prompt[node]["inputs"][name] = bad
         status, body = comfy_server.post_prompt(prompt)
@@ -83,34 +87,85 @@ def test_video_latent_and_bad_block_size_fail_with_clear_errors(comfy_server):
 
     def prompt_for(latent_node):
         return {
-            "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
+            "1": {
+                "class_type": "UltraResTestCheckpointLoader",
+                "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0},
+            },
             "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
             "4": latent_node,
-            "5": {"class_type": "UltraResRelayUpscale", "inputs": {
-                "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0], "latent": ["4", 0], "factor": 2,
-                "seed": 0, "steps": 4, "truncation_sigma": 0.9, "rho": 7.0, "cfg": 1.0, "blur_sigma_max": 0.0,
-                "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 1000.0,
-                "s_churn_noise": 1.0}},
+            "5": {
+                "class_type": "UltraResRelayUpscale",
+                "inputs": {
+                    "model": ["1", 0],
+                    "positive": ["3", 0],
+                    "negative": ["3", 0],
+                    "latent": ["4", 0],
+                    "factor": 2,
+                    "seed": 0,
+                    "steps": 4,
+                    "truncation_sigma": 0.9,
+                    "rho": 7.0,
+                    "cfg": 1.0,
+                    "blur_sigma_max": 0.0,
+                    "prob_length": 0.93,
+                    "s_block": 0.15,
+                    "s_noise": 0.2,
+                    "s_churn": 0.0,
+                    "s_tmin": 0.0,
+                    "s_tmax": 1000.0,
+                    "s_churn_noise": 1.0,
+                },
+            },
             "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
         }
 
-    video = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}}
+    video = {
+        "class_type": "EmptyHunyuanLatentVideo",
+        "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1},
+    }
     with pytest.raises(PromptFailed, match="video"):
         comfy_server.run_prompt(prompt_for(video), timeout=300)
     # a block size that does not divide the latent, through SamplerCustomAdvanced
     prompt = {
-        "1": {"class_type": "UltraResTestCheckpointLoader", "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0}},
+        "1": {
+            "class_type": "UltraResTestCheckpointLoader",
+            "inputs": {"ckpt_name": "v1-5.safetensors", "seed": 0},
+        },
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 72, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "UltraResBlockNoise", "inputs": {"noise_seed": 0, "block_size": 2, "s_block": 0.15}},
+        "5": {
+            "class_type": "UltraResBlockNoise",
+            "inputs": {"noise_seed": 0, "block_size": 2, "s_block": 0.15},
+        },
         "6": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["3", 0]}},
-        "7": {"class_type": "UltraResRelaySampler", "inputs": {
-            "block_size": 2, "blur_sigma_max": 0.0, "prob_length": 0.93, "s_block": 0.15, "s_noise": 0.2,
-            "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 1000.0, "s_churn_noise": 1.0}},
-        "8": {"class_type": "UltraResRelaySigmas", "inputs": {"model": ["1", 0], "steps": 4, "truncation_sigma": 0.9,
-                                                              "rho": 7.0}},
-        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["5", 0], "guider": ["6", 0],
-              "sampler": ["7", 0], "sigmas": ["8", 0], "latent_image": ["4", 0]}},
+        "7": {
+            "class_type": "UltraResRelaySampler",
+            "inputs": {
+                "block_size": 2,
+                "blur_sigma_max": 0.0,
+                "prob_length": 0.93,
+                "s_block": 0.15,
+                "s_noise": 0.2,
+                "s_churn": 0.0,
+                "s_tmin": 0.0,
+                "s_tmax": 1000.0,
+                "s_churn_noise": 1.0,
+            },
+        },
+        "8": {
+            "class_type": "UltraResRelaySigmas",
+            "inputs": {"model": ["1", 0], "steps": 4, "truncation_sigma": 0.9, "rho": 7.0},
+        },
+        "9": {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["5", 0],
+                "guider": ["6", 0],
+                "sampler": ["7", 0],
+                "sigmas": ["8", 0],
+                "latent_image": ["4", 0],
+            },
+        },
         "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 0]}},
     }
     with pytest.raises(PromptFailed, match="block size 2 does not divide"):

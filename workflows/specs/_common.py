@@ -12,7 +12,14 @@ def text_encoders(g, clip, positive, negative=NEGATIVE):
 
 
 def decode_and_save(g, samples, vae, prefix, tile_size=512):
-    image = g.node("VAEDecodeTiled", samples=samples, vae=vae, tile_size=tile_size, overlap=64,
-                   temporal_size=64, temporal_overlap=8)
+    image = g.node(
+        "VAEDecodeTiled",
+        samples=samples,
+        vae=vae,
+        tile_size=tile_size,
+        overlap=64,
+        temporal_size=64,
+        temporal_overlap=8,
+    )
     g.node("SaveImage", images=image[0], filename_prefix=prefix)
     return image

@@ -32,12 +32,18 @@ class UltraResTestCheckpointLoader(io.ComfyNode):
             category="_for_testing/ultrares",
             description="Reduced-width SD1.5/SDXL-architecture models with seeded random weights.",
             inputs=[
-                io.String.Input("ckpt_name", default="v1-5-pruned-emaonly.safetensors",
-                                tooltip="Name of the checkpoint this stands in for; picks the family."),
+                io.String.Input(
+                    "ckpt_name",
+                    default="v1-5-pruned-emaonly.safetensors",
+                    tooltip="Name of the checkpoint this stands in for; picks the family.",
+                ),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed."),
             ],
-            outputs=[io.Model.Output(tooltip="tiny diffusion model"), io.Clip.Output(tooltip="tiny text encoder"),
-                     io.Vae.Output(tooltip="tiny VAE")],
+            outputs=[
+                io.Model.Output(tooltip="tiny diffusion model"),
+                io.Clip.Output(tooltip="tiny text encoder"),
+                io.Vae.Output(tooltip="tiny VAE"),
+            ],
         )
 
     @classmethod
@@ -55,8 +61,11 @@ class UltraResTestControlNetLoader(io.ComfyNode):
             category="_for_testing/ultrares",
             description="A real comfy.controlnet.ControlNet with the reduced SD1.5/SDXL UNet config and seeded weights.",
             inputs=[
-                io.String.Input("control_net_name", default="control_v11p_sd15_canny.safetensors",
-                                tooltip="Name of the ControlNet this stands in for; picks the family (xl -> SDXL)."),
+                io.String.Input(
+                    "control_net_name",
+                    default="control_v11p_sd15_canny.safetensors",
+                    tooltip="Name of the ControlNet this stands in for; picks the family (xl -> SDXL).",
+                ),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Weight seed."),
             ],
             outputs=[io.ControlNet.Output(tooltip="tiny ControlNet")],

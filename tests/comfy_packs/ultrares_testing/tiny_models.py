@@ -25,34 +25,80 @@ import comfy.sd
 import comfy.supported_models
 import torch
 
-CLIP_L = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3,
-          "projection_dim": 64}
-CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3,
-          "projection_dim": 64}
+CLIP_L = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 3,
+    "projection_dim": 64,
+}
+CLIP_G = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 3,
+    "projection_dim": 64,
+}
 
 UNETS = {
     # SD1.5 block layout (model_detection's SD15 dict) with model_channels 320 -> 32, context 768 -> 64.
-    "sd15": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
-             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-             "context_dim": CLIP_L["hidden_size"], "num_heads": 8,
-             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-             "use_temporal_attention": False, "use_temporal_resblock": False},
+    "sd15": {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 32,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": CLIP_L["hidden_size"],
+        "num_heads": 8,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
     # SDXL block layout with model_channels 320 -> 64 (head width stays 64), transformer depths
     # [0,0,2,2,10,10] -> [0,0,1,1,2,2], context 2048 -> 128, pooled 1280 -> 64 (adm 2816 -> 1600).
-    "sdxl": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "num_classes": "sequential",
-             "adm_in_channels": CLIP_G["projection_dim"] + 6 * 256, "in_channels": 4, "model_channels": 64,
-             "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2], "channel_mult": [1, 2, 4],
-             "transformer_depth_middle": 1, "use_linear_in_transformer": True,
-             "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "num_head_channels": 64,
-             "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-             "use_temporal_attention": False, "use_temporal_resblock": False},
+    "sdxl": {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": CLIP_G["projection_dim"] + 6 * 256,
+        "in_channels": 4,
+        "model_channels": 64,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 1, 1, 2, 2],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True,
+        "context_dim": CLIP_L["hidden_size"] + CLIP_G["hidden_size"],
+        "num_head_channels": 64,
+        "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
 }
 
-VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
-              "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+VAE_CONFIG = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -80,18 +126,41 @@ UNETS["sd15_inpaint"] = {**UNETS["sd15"], "in_channels": 9}
 # DiTs. SD3: depth 2 -> hidden 128, 2 heads (model_detection: hidden = 64 * depth); the context
 # embedder maps the tiny SDXL CLIP's 128-wide context, the y embedder its 64-wide pooled output.
 DITS = {
-    "sd3": {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
-            "adm_in_channels": CLIP_G["projection_dim"], "pos_embed_max_size": 96, "num_patches": 96 * 96,
-            "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
-            "context_embedder_config": {"target": "torch.nn.Linear",
-                                        "params": {"in_features": CLIP_L["hidden_size"] + CLIP_G["hidden_size"],
-                                                   "out_features": 128}}},
+    "sd3": {
+        "in_channels": 16,
+        "out_channels": 16,
+        "patch_size": 2,
+        "depth": 2,
+        "input_size": None,
+        "adm_in_channels": CLIP_G["projection_dim"],
+        "pos_embed_max_size": 96,
+        "num_patches": 96 * 96,
+        "pos_embed_scaling_factor": None,
+        "x_block_self_attn_layers": [],
+        "context_embedder_config": {
+            "target": "torch.nn.Linear",
+            "params": {"in_features": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "out_features": 128},
+        },
+    },
     # Flux: hidden 64, 2 heads of 32 (axes 4/14/14 in Flux's 16/56/56 proportion), one double and one
     # single block; text = tiny CLIP-L (context 64, pooled 64).
-    "flux": {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": CLIP_L["hidden_size"],
-             "context_in_dim": CLIP_L["hidden_size"], "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2,
-             "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000, "patch_size": 2,
-             "qkv_bias": True, "guidance_embed": True},
+    "flux": {
+        "image_model": "flux",
+        "in_channels": 16,
+        "out_channels": 16,
+        "vec_in_dim": CLIP_L["hidden_size"],
+        "context_in_dim": CLIP_L["hidden_size"],
+        "hidden_size": 64,
+        "mlp_ratio": 4.0,
+        "num_heads": 2,
+        "depth": 1,
+        "depth_single_blocks": 1,
+        "axes_dim": [4, 14, 14],
+        "theta": 10000,
+        "patch_size": 2,
+        "qkv_bias": True,
+        "guidance_embed": True,
+    },
 }
 CONFIG_CLASSES = {"sd15": "SD15", "sd15_inpaint": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
 CLIP_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sdxl": "sdxl", "sd3": "sdxl", "flux": "sd15"}
@@ -118,10 +187,15 @@ def _calibrate_output(model, family: str, seed: int) -> None:
     x_in = model.model_sampling.calculate_input(sigma, x)
     if family == "flux":
         ctx = torch.randn(2, 77, DITS[family]["context_in_dim"], generator=gen)
-        kwargs = {"y": torch.randn(2, DITS[family]["vec_in_dim"], generator=gen), "guidance": torch.full((2,), 3.5)}
+        kwargs = {
+            "y": torch.randn(2, DITS[family]["vec_in_dim"], generator=gen),
+            "guidance": torch.full((2,), 3.5),
+        }
         last = net.final_layer.linear
     elif family == "sd3":
-        ctx = torch.randn(2, 77, DITS[family]["context_embedder_config"]["params"]["in_features"], generator=gen)
+        ctx = torch.randn(
+            2, 77, DITS[family]["context_embedder_config"]["params"]["in_features"], generator=gen
+        )
         kwargs = {"y": torch.randn(2, DITS[family]["adm_in_channels"], generator=gen)}
         last = net.final_layer.linear
     else:
@@ -130,7 +204,9 @@ def _calibrate_output(model, family: str, seed: int) -> None:
         if UNETS[family].get("adm_in_channels"):
             kwargs["y"] = torch.randn(2, UNETS[family]["adm_in_channels"], generator=gen)
         if UNETS[family]["in_channels"] != channels:  # inpaint: noise + mask + masked image
-            x_in = torch.cat([x_in, torch.randn(2, UNETS[family]["in_channels"] - channels, 16, 16, generator=gen)], 1)
+            x_in = torch.cat(
+                [x_in, torch.randn(2, UNETS[family]["in_channels"] - channels, 16, 16, generator=gen)], 1
+            )
         last = net.out[2]
     with torch.no_grad():
         out = net(x_in, model.model_sampling.timestep(sigma), context=ctx, **kwargs)
@@ -144,15 +220,19 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     model = config.get_model({}, "", device=torch.device("cpu"))
     model.diffusion_model.load_state_dict(seeded_state_dict(model.diffusion_model, seed), strict=True)
     _calibrate_output(model, family, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def build_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
     family = CLIP_FAMILY[family]
     target = _model_config(family).clip_target(state_dict={})
-    options = {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G),
-               "dtype": torch.float32}
+    options = {
+        "clip_l_model_config": dict(CLIP_L),
+        "clip_g_model_config": dict(CLIP_G),
+        "dtype": torch.float32,
+    }
     clip = comfy.sd.CLIP(target, model_options=options)
     stage = clip.cond_stage_model
     stage.load_state_dict(seeded_state_dict(stage, seed + 1), strict=True)
@@ -173,7 +253,11 @@ def build_vae(seed: int = 0, channels: int = 4) -> comfy.sd.VAE:
 
 @functools.lru_cache(maxsize=8)
 def _cached(family: str, seed: int):
-    return build_model(family, seed), build_clip(family, seed), build_vae(seed, LATENT_CHANNELS.get(family, 4))
+    return (
+        build_model(family, seed),
+        build_clip(family, seed),
+        build_vae(seed, LATENT_CHANNELS.get(family, 4)),
+    )
 
 
 def build(family: str, seed: int = 0):
@@ -194,15 +278,21 @@ def build_controlnet(family: str = "sd15", seed: int = 0):
 
     config = dict(UNETS[family])
     config.pop("out_channels")
-    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init,
-                                     dtype=torch.float32, device=torch.device("cpu"))
+    net = comfy.cldm.cldm.ControlNet(
+        **config,
+        hint_channels=3,
+        operations=comfy.ops.disable_weight_init,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
     sd = seeded_state_dict(net, seed + 11)
     for name in sd:  # zero convs start at 0 in training; a small random value makes the control matter
         if name.startswith(("zero_convs", "middle_block_out")) and name.endswith("weight"):
             sd[name] = sd[name] * 0.1
     net.load_state_dict(sd, strict=True)
-    return comfy.controlnet.ControlNet(net, global_average_pooling=False, load_device=mm.get_torch_device(),
-                                       manual_cast_dtype=None)
+    return comfy.controlnet.ControlNet(
+        net, global_average_pooling=False, load_device=mm.get_torch_device(), manual_cast_dtype=None
+    )
 
 
 def build_t2i_adapter(seed: int = 0):
@@ -212,7 +302,16 @@ def build_t2i_adapter(seed: int = 0):
     import comfy.t2i_adapter.adapter
 
     ch = UNETS["sd15"]["model_channels"]
-    net = comfy.t2i_adapter.adapter.Adapter(cin=3 * 64, channels=[ch, ch * 2, ch * 4, ch * 4], nums_rb=2, ksize=1,
-                                            sk=True, use_conv=False, xl=False)
+    net = comfy.t2i_adapter.adapter.Adapter(
+        cin=3 * 64,
+        channels=[ch, ch * 2, ch * 4, ch * 4],
+        nums_rb=2,
+        ksize=1,
+        sk=True,
+        use_conv=False,
+        xl=False,
+    )
     net.load_state_dict(seeded_state_dict(net, seed + 13), strict=True)
-    return comfy.controlnet.T2IAdapter(net, net.input_channels, 8, "nearest-exact", device=torch.device("cpu"))
+    return comfy.controlnet.T2IAdapter(
+        net, net.input_channels, 8, "nearest-exact", device=torch.device("cpu")
+    )
