@@ -283,7 +283,8 @@ def test_controls_take_their_ranges_from_the_node_schemas(S, T):
     seeds = [
         (p.get("minimum"), p.get("maximum")) for p in props if str(p.get("label", "")).startswith("Seed")
     ]
-    assert len(seeds) == 5 and set(seeds) == {(0, seed_max)}
+    # one seed box per tab that samples (the relay emoji tab added the sixth)
+    assert len(seeds) == 6 and set(seeds) == {(0, seed_max)}
     # the any-size grid is drawn with the node's own defaults (tile batch, FSTD reset interval)
     settings = T.tiling.tile_settings("FSTD", 64, 16, 0)
     defaults = S.node_defaults("UltraResTiledDiffusion")
