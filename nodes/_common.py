@@ -13,6 +13,15 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 copied from a stock node is accepted unchanged by ours."""
 
 
+def seed_input(tooltip: str, name: str = "seed", control_after_generate: bool = True):
+    """The one seed widget of every UltraRes node: INT 0..:data:`SEED_MAX`, default 0, with ComfyUI's
+    control-after-generate menu unless ``control_after_generate`` is False."""
+    from comfy_api.latest import io
+
+    extra = {"control_after_generate": True} if control_after_generate else {}
+    return io.Int.Input(name, default=0, min=0, max=SEED_MAX, tooltip=tooltip, **extra)
+
+
 def latent_downscale_ratio(model) -> int:
     """Pixels per latent pixel for a ComfyUI BaseModel (or ModelPatcher).
 

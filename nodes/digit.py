@@ -29,7 +29,7 @@ from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
-from ._common import SEED_MAX, check_choice, check_inputs, show_value
+from ._common import check_choice, check_inputs, seed_input, show_value
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -439,9 +439,7 @@ class DiGITFitCodebook(io.ComfyNode):
                     max=1000,
                     tooltip="Lloyd iterations (DiGIT used 20 with faiss).",
                 ),
-                io.Int.Input(
-                    "seed", default=0, min=0, max=SEED_MAX, tooltip="Seed of the k-means++ initialisation."
-                ),
+                seed_input("Seed of the k-means++ initialisation.", control_after_generate=False),
                 _image_size_input(),
                 _fit_input(),
                 io.String.Input(

@@ -28,7 +28,7 @@ from ..kernels import inversion as kinv
 from ..kernels import inversion_format as kfmt
 from ..kernels import inversion_report as kreport
 from . import _files
-from ._common import SEED_MAX, check_inputs
+from ._common import check_inputs, seed_input
 from ._sampling import LoopRun, check_channels, guided_sample, loop_sampler, model_family
 
 CATEGORY = "UltraRes/inversion"
@@ -425,14 +425,7 @@ class LatentSlerp(io.ComfyNode):
                     tooltip="Number of points: count = 1 gives the point at t; more gives count points "
                     "evenly spaced in (0, t], as a batch (point-major).",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=True,
-                    tooltip="Seed of the Gaussian sample used when latent_b is not connected.",
-                ),
+                seed_input("Seed of the Gaussian sample used when latent_b is not connected."),
                 io.Latent.Input(
                     "latent_b",
                     optional=True,
@@ -709,13 +702,8 @@ class DomainGaussian(io.ComfyNode):
                     max=256,
                     tooltip="How many new latents to draw (the output batch).",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=True,
-                    tooltip="Seed of the draw: the same seed and latents give the same samples on any device.",
+                seed_input(
+                    "Seed of the draw: the same seed and latents give the same samples on any device."
                 ),
                 io.Combo.Input(
                     "spread",

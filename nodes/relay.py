@@ -30,7 +30,13 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels import relay as R
-from ._common import SEED_MAX, available_memory, check_inputs, frugal_activation_bytes, latent_downscale_ratio
+from ._common import (
+    available_memory,
+    check_inputs,
+    frugal_activation_bytes,
+    latent_downscale_ratio,
+    seed_input,
+)
 from ._sampling import LoopRun, check_channels, check_image_tensor, guided_sample, image_samples, loop_sampler
 
 CATEGORY = "UltraRes/relay"
@@ -322,13 +328,9 @@ class UltraResBlockNoise(io.ComfyNode):
             "block_size x block_size box-sum of i.i.d. noise / block_size, unit variance per pixel), which "
             "matches the low-frequency noise of the up-sampled image. With s_block = 0 it equals RandomNoise.",
             inputs=[
-                io.Int.Input(
-                    "noise_seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=True,
-                    tooltip="Seed of the noise (the i.i.d. part is the same as RandomNoise with this seed).",
+                seed_input(
+                    "Seed of the noise (the i.i.d. part is the same as RandomNoise with this seed).",
+                    name="noise_seed",
                 ),
                 _block_size_input(),
                 _s_block_input(),
@@ -728,14 +730,7 @@ class UltraResRelayUpscale(io.ComfyNode):
                     max=8,
                     tooltip="Integer up-scale factor; also the block size of the noise and of the DCT blur.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=SEED_MAX,
-                    control_after_generate=True,
-                    tooltip="Seed of the stage-two noise.",
-                ),
+                seed_input("Seed of the stage-two noise."),
                 *_relay_schedule_inputs(),
                 io.Float.Input(
                     "cfg",

@@ -34,12 +34,12 @@ from ..kernels.tiling import (
     step_of,
 )
 from ._common import (
-    SEED_MAX,
     available_memory,
     check_inputs,
     frugal_activation_bytes,
     latent_downscale_ratio,
     require_image_latent,
+    seed_input,
 )
 
 log = logging.getLogger("ultrares")
@@ -349,14 +349,7 @@ def _inputs():
             tooltip="FSTD: every this many steps the grid offset returns to (0, 0). 1 makes every "
             "step a reset step: the grid never moves and seams come back. 4 is the official code's default.",
         ),
-        io.Int.Input(
-            "seed",
-            default=0,
-            min=0,
-            max=SEED_MAX,
-            control_after_generate=True,
-            tooltip="Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion).",
-        ),
+        seed_input("Seed of the per-step grid offsets (FSTD) or shifts (SpotDiffusion)."),
     ]
 
 
