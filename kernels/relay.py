@@ -617,12 +617,8 @@ def relay_config(raw: dict) -> dict | None:
         )
     for k, v in sec.items():
         kind = RELAY_CONFIG_KEYS[k]
-        ok = (
-            isinstance(v, kind) or (kind is float and isinstance(v, int))
-            if not isinstance(v, bool)
-            else False
-        )
-        if not ok:
+        ok = isinstance(v, kind) or (kind is float and isinstance(v, int))
+        if isinstance(v, bool) or not ok:
             raise ValueError(f"config relay.{k} must be {kind.__name__}, got {v!r}")
         if kind in (int, float) and not math.isfinite(v):
             raise ValueError(f"config relay.{k} must be finite, got {v!r}")
@@ -646,6 +642,9 @@ def relay_config(raw: dict) -> dict | None:
     bad = set(train) - {"block_scale", "truncate_sigma", "max_weight"}
     if bad:
         raise ValueError(f"config relay.train has unknown keys {sorted(bad)}")
+    for k, v in train.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"config relay.train.{k} must be a finite number, got {v!r}")
     return {
         "settings": settings,
         "truncation_sigma": trunc,

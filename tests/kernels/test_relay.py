@@ -661,6 +661,7 @@ def test_relay_config_reads_and_checks_the_stored_settings():
         ({"low_res": [64]}, "low_res"),
         ({"train": {"lr": 1}}, "unknown keys"),
         ({"steps": 1}, "steps"),
+        ({"train": {"block_scale": "0.15"}}, "finite number"),
     ]
     for sec, msg in bad:
         with pytest.raises(ValueError, match=msg):
