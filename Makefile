@@ -6,7 +6,11 @@ export PYTHONUNBUFFERED := 1
 # process side by side on 2 cores, where spinning threads starve the one doing the work.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-fast bench bench-gpu lint format embedded-models quality
+.PHONY: setup demo test test-floor test-fast bench bench-gpu lint format embedded-models quality
+
+# ComfyUI: the default version (0.30.0), `COMFYUI_VERSION=0.3.75 make ...` for the floor, or your own
+# with `COMFYUI_PATH=/path/to/ComfyUI make ...` (see docs/testing.md).
+FLOOR_VERSION := 0.3.75
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +23,12 @@ demo: setup
 test:
 	SETUP_BROWSER=1 bash scripts/setup.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The floor run on the oldest tested ComfyUI: the compatibility matrix, each workflow once on a real
+## server, the browser tests (marker "floor"). CI runs it after `make test`.
+test-floor:
+	COMFYUI_VERSION=$(FLOOR_VERSION) SETUP_BROWSER=1 bash scripts/setup.sh
+	COMFYUI_VERSION=$(FLOOR_VERSION) $(PY) -m pytest -m floor $(PYTEST_ARGS)
 
 ## Kernel and in-process tests only (no server, no browser).
 test-fast: setup

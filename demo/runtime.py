@@ -33,24 +33,50 @@ class ComfyNotFound(RuntimeError):
     pass
 
 
+DEFAULT_COMFYUI_VERSION = "0.30.0"
+TESTED_COMFYUI_VERSIONS = ("0.30.0", "0.3.75")  # make setup unpacks either into .comfyui/<version>/
+
+
 def comfy_root() -> Path:
-    """``COMFYUI_PATH``, else the ComfyUI that ``make setup`` unpacked (recorded in ``.comfyui/path``)."""
+    """The ComfyUI to boot: ``COMFYUI_PATH``, else ``COMFYUI_VERSION`` (one ``make setup`` unpacked),
+    else the path an earlier ``COMFYUI_PATH`` set-up recorded in ``.comfyui/path``, else the default
+    version."""
     env = os.environ.get("COMFYUI_PATH")
+    version = os.environ.get("COMFYUI_VERSION")
+    recorded = ROOT / ".comfyui" / "path"
     if env:
         path = Path(env).expanduser().resolve()
-    else:
-        recorded = ROOT / ".comfyui" / "path"
-        if not recorded.exists():
+    elif version:
+        if version not in TESTED_COMFYUI_VERSIONS:
             raise ComfyNotFound(
-                "ComfyUI not found: run `make setup` (it unpacks ComfyUI into .comfyui/) or set "
-                "COMFYUI_PATH=/path/to/ComfyUI."
+                f"COMFYUI_VERSION={version} is not a tested version: use one of "
+                f"{', '.join(TESTED_COMFYUI_VERSIONS)} or set COMFYUI_PATH=/path/to/ComfyUI."
             )
+        path = ROOT / ".comfyui" / version / "ComfyUI"
+    elif recorded.exists():
         path = Path(recorded.read_text().strip())
+    else:
+        path = ROOT / ".comfyui" / DEFAULT_COMFYUI_VERSION / "ComfyUI"
     if not (path / "nodes.py").exists() or not (path / "comfy").is_dir():
         raise ComfyNotFound(
-            f"{path} is not a ComfyUI checkout (no nodes.py / comfy/): fix COMFYUI_PATH or run `make setup`."
+            f"ComfyUI not found at {path.name if not env else path}: run `make setup` (it unpacks ComfyUI "
+            "into .comfyui/<version>/) or set COMFYUI_PATH=/path/to/ComfyUI."
         )
     return path
+
+
+def comfy_site(root: Path | None = None) -> Path | None:
+    """The folder of a non-default version's own pinned packages (its frontend), which ``make setup``
+    installs beside its tree and which goes in front of the venv's on ``sys.path``; None if absent."""
+    site = (root or comfy_root()).parent / "site"
+    return site if site.is_dir() else None
+
+
+def put_comfy_on_path(root: Path) -> None:
+    """ComfyUI's folder (and its version's own packages, if any) first on ``sys.path``."""
+    for entry in (comfy_site(root), root):
+        if entry is not None and str(entry) not in sys.path:
+            sys.path.insert(0, str(entry))
 
 
 def _has_gpu() -> bool:
@@ -161,8 +187,7 @@ class Runtime:
 def configure_args(cpu: bool | None = None) -> Path:
     """Put ComfyUI on sys.path and set its CLI args; must run before comfy.model_management is imported."""
     root = comfy_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    put_comfy_on_path(root)
     # As main.py does: claim the name "utils" for ComfyUI's package before anything puts comfy/ on
     # sys.path and shadows it with comfy/utils.py.
     import utils.extra_config  # noqa: F401

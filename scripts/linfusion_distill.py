@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from ultrares.kernels.linfusion_distill import (
@@ -37,15 +38,15 @@ PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16"
 
 
 def _boot_comfyui(comfyui: str | None, device: str) -> None:
-    root = comfyui or os.environ.get("COMFYUI_PATH")
-    if not root:
-        recorded = os.path.join(ROOT, ".comfyui", "path")
-        if os.path.isfile(recorded):
-            root = open(recorded).read().strip()
-    if not root or not os.path.isfile(os.path.join(root, "comfy", "sd.py")):
+    from ultrares.demo.runtime import ComfyNotFound, comfy_root, put_comfy_on_path
+
+    try:
+        root = comfyui or str(comfy_root())
+    except ComfyNotFound as e:
+        raise SystemExit(f"{e} (or pass --comfyui /path/to/ComfyUI)") from None
+    if not os.path.isfile(os.path.join(root, "comfy", "sd.py")):
         raise SystemExit("ComfyUI not found: pass --comfyui /path/to/ComfyUI or set COMFYUI_PATH")
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    put_comfy_on_path(Path(root))
     from comfy.cli_args import args
 
     args.cpu = device == "cpu"

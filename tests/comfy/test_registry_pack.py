@@ -5,7 +5,7 @@
   changed tooltip fails here until `scripts/node_help.py` is re-run), and whose prose has a wiring graph
   and a paper link; no page documents a node that does not exist;
 - every workflows/<name>.json has the workflows/<name>.jpg thumbnail the template browser shows;
-- pyproject.toml's requires-comfyui admits the ComfyUI the suite runs and nothing newer; .comfyignore
+- pyproject.toml's requires-comfyui admits the tested versions and nothing outside their range; .comfyignore
   keeps development files out of the registry zip and the runtime files in.
 """
 
@@ -166,15 +166,22 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def test_requires_comfyui_is_the_tested_version(comfy):
+def test_requires_comfyui_is_the_tested_range(comfy):
+    """requires-comfyui admits exactly the tested range: the running ComfyUI, both tested versions, the
+    releases between them, and nothing older than the floor or at/after the next untested minor."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
+    from ultrares.demo.runtime import TESTED_COMFYUI_VERSIONS
 
     spec = SpecifierSet(_pyproject()["tool"]["comfy"]["requires-comfyui"])
     running = (Path(comfy.comfy_path) / "comfyui_version.py").read_text()
     version = Version(re.search(r"__version__\s*=\s*['\"]([^'\"]+)", running).group(1))
     assert version in spec, f"requires-comfyui {spec} excludes the ComfyUI the suite runs ({version})"
-    assert Version(f"{version.major}.{version.minor}.{version.micro + 1}") not in spec, "upper bound missing"
+    tested = sorted(Version(v) for v in TESTED_COMFYUI_VERSIONS)
+    assert all(v in spec for v in tested), f"requires-comfyui {spec} excludes a tested version"
+    newest, floor = tested[-1], tested[0]
+    assert Version(f"{newest.major}.{newest.minor + 1}.0") not in spec, "upper bound missing"
+    assert Version(f"{floor.major}.{floor.minor}.{floor.micro - 1}") not in spec, "lower bound missing"
     assert Version("0.3.48") not in spec
 
 
@@ -205,7 +212,7 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
         "web/docs/UltraResTiledDiffusion.md",
         "workflows/fstd_any_size.jpg",
         ".venv/bin/python",
-        ".comfyui/ComfyUI/main.py",
+        ".comfyui/0.30.0/ComfyUI/main.py",
         "bench_results/x.json",
         ".ci/run",
     ]

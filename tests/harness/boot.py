@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ultrares.demo.runtime import Runtime as DemoRuntime
+from ultrares.demo.runtime import put_comfy_on_path
 
 from .paths import ROOT, TEST_PACKS, comfy_root  # noqa: F401  (TEST_PACKS re-exported)
 
@@ -20,9 +21,7 @@ _RUNTIME: Runtime | None = None
 
 def configure_args() -> None:
     """Set ComfyUI's CLI args for tests (before comfy.model_management is imported)."""
-    root = str(comfy_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    put_comfy_on_path(comfy_root())
     # As main.py does: claim the name "utils" for ComfyUI's package before anything can put
     # comfy/ on sys.path and shadow it with comfy/utils.py (app.frontend_management needs it).
     import utils.extra_config  # noqa: F401

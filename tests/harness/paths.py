@@ -14,3 +14,10 @@ def comfy_root() -> Path:
     from ultrares.demo.runtime import comfy_root as demo_comfy_root
 
     return demo_comfy_root()
+
+
+def comfy_site(root: Path) -> Path | None:
+    """The version's own pinned packages folder beside its tree, if ``make setup`` made one."""
+    from ultrares.demo.runtime import comfy_site as demo_comfy_site
+
+    return demo_comfy_site(root)

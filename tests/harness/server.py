@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import ROOT, TEST_PACKS, comfy_root
+from .paths import ROOT, TEST_PACKS, comfy_root, comfy_site
 
 STARTUP_TIMEOUT_S = 180
 
@@ -91,6 +91,9 @@ class ComfyServer:
             *(extra_args or []),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        site = comfy_site(comfy_root())
+        if site is not None:  # a non-default version's own frontend packages, in front of the venv's
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH", "")]))
         log = open(log_path, "w")
         proc = subprocess.Popen(cmd, cwd=str(comfy_root()), stdout=log, stderr=subprocess.STDOUT, env=env)
         server = cls(base, port, proc, log_path)
