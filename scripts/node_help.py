@@ -1,14 +1,19 @@
 """Node help pages: web/docs/<NodeId>.md, shown by ComfyUI's frontend in its node help panel.
 
 Each page is hand-written prose (what the node does, how to wire it, the paper) around one generated
-block, the Inputs and Outputs tables, rendered from the node's schema exactly as the server returns it
-at /object_info, so names, defaults, ranges and tooltips cannot drift from the code:
+block, the Inputs and Outputs tables, rendered from the node's schema as the server returns it at
+/object_info, so names, defaults, ranges and tooltips cannot drift from the code:
 
     .venv/bin/python scripts/node_help.py            # rewrite the generated blocks (new pages get a stub)
     .venv/bin/python scripts/node_help.py --check    # exit 1 when a page is missing or its block differs
 
 The test suite (tests/comfy/test_registry_pack.py) renders the blocks with this module's
-``render_block`` and compares them with the committed pages.
+``render_block`` and compares them with the committed pages, on both tested ComfyUI versions. The pages
+are generated on the default version (0.30.0); the block holds only what comes from our own schema
+fields, so it is the same on the floor (0.3.75). The one field ComfyUI serves differently is the name of
+an output the schema names by id only: 0.30 serves the id (``latent``), 0.3.75 the type (``LATENT``).
+``schema_info`` takes that name from the schema itself (display name, else id, else type: what 0.30
+serves and the graph editor shows), so the block does not depend on the version.
 """
 
 from __future__ import annotations
@@ -113,6 +118,22 @@ def render_block(node_id: str, info: dict) -> str:
     return "\n".join(lines)
 
 
+def output_names(cls: type) -> list[str] | None:
+    """A V3 node's output names from its own schema (display name, else the id it was given, else the
+    type), as ComfyUI 0.30 serves them; None for a V1 node (RETURN_NAMES are served as written). The
+    schema is read before ComfyUI finalizes it, which gives unnamed outputs ids like ``_0_MODEL_``."""
+    if getattr(cls, "GET_SCHEMA", None) is None:
+        return None
+    return [o.display_name or o.id or o.io_type for o in cls.define_schema().outputs or []]
+
+
+def schema_info(cls: type, info: dict) -> dict:
+    """``info`` (the node's /object_info entry) with the output names from our schema: the same on every
+    ComfyUI version (0.3.75 serves the type where the schema gives only an id)."""
+    names = output_names(cls)
+    return info if names is None else {**info, "output_name": names}
+
+
 def page_path(node_id: str) -> Path:
     return DOCS / f"{node_id}.md"
 
@@ -126,7 +147,11 @@ def pack_infos() -> dict[str, dict]:
     from ultrares.demo.runtime import boot  # "ultrares" is this checkout (make setup links it)
 
     runtime = boot(cpu=True)
-    return {node_id: runtime.node_class(node_id).GET_NODE_INFO_V1() for node_id in runtime.pack_nodes}
+    infos = {}
+    for node_id in runtime.pack_nodes:
+        cls = runtime.node_class(node_id)
+        infos[node_id] = schema_info(cls, cls.GET_NODE_INFO_V1())
+    return infos
 
 
 def update(infos: dict[str, dict], check: bool) -> list[str]:

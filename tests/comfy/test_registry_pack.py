@@ -58,7 +58,7 @@ def test_every_node_has_a_help_page_matching_its_schema(comfy):
             )
             continue
         text = path.read_text()
-        info = comfy.object_info(node_id)
+        info = node_help.schema_info(comfy.node_class(node_id), comfy.object_info(node_id))
         blocks = node_help.BLOCK_RE.findall(text)
         if blocks != [node_help.render_block(node_id, info)]:
             problems.append(
@@ -76,6 +76,35 @@ def test_every_node_has_a_help_page_matching_its_schema(comfy):
         if not re.search(r"\(https://arxiv\.org/abs/\d{4}\.\d{4,5}\)", prose):
             problems.append(f"{node_id}: no paper link (https://arxiv.org/abs/...)")
     assert not problems, "\n".join(problems)
+
+
+def _running_version(comfy) -> str:
+    text = (Path(comfy.comfy_path) / "comfyui_version.py").read_text()
+    return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
+
+
+def test_help_block_is_what_the_default_version_serves(comfy):
+    """The pages are generated on the default ComfyUI (0.30.0) and checked on the floor too: the block's
+    input comes from the live /object_info entry, with only the output names taken from our schema. On
+    the default version that is exactly what the server serves; on the floor (0.3.75) the served names
+    differ only where the schema names an output by id alone (0.3.75 serves its type there)."""
+    from ultrares.demo.runtime import DEFAULT_COMFYUI_VERSION
+
+    default = _running_version(comfy) == DEFAULT_COMFYUI_VERSION
+    for node_id in comfy.pack_nodes:
+        cls, info = comfy.node_class(node_id), comfy.object_info(node_id)
+        fixed = node_help.schema_info(cls, info)
+        assert [k for k in fixed if fixed[k] != info[k]] in ([], ["output_name"]), node_id
+        if default:
+            assert fixed == info, f"{node_id}: its help block would differ from /object_info"
+            continue
+        outputs = cls.define_schema().outputs
+        for served, ours, out in zip(info["output_name"], fixed["output_name"], outputs):
+            if served != ours:
+                assert out.display_name is None and out.id == ours and served == out.io_type, (
+                    node_id,
+                    served,
+                )
 
 
 def test_help_page_images_exist_and_are_small():
