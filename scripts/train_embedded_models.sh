@@ -23,7 +23,7 @@ EXTRA=()
 if [[ -n "${MAX_MINUTES:-}" ]]; then EXTRA+=(--max-minutes "$MAX_MINUTES"); fi
 train() {  # name steps batch
   mkdir -p "runs/$1"
-  "$PY" -m ultrares.kernels.hdit_train \
+  "$PY" scripts/hdit_train.py \
     --config "models/hdit/$1.json" --out "runs/$1" --steps "$2" --batch-size "$3" --seed 0 \
     --threads "${THREADS:-1}" --resume --ckpt-every 250 --export-every 500 \
     --device "${DEVICE:-auto}" --mixed-precision "${MIXED_PRECISION:-auto}" \
