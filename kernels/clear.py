@@ -1,0 +1,440 @@
+"""CLEAR: FLUX.1 attention restricted to a circular window on the token grid (linear cost).
+
+CLEAR (Liu, Tan, Wang, arXiv 2412.16112) fine-tunes FLUX.1's attention projections so that every
+image query attends only to the image tokens inside a circle around it, plus all text tokens.
+The ``down`` variants add key/value tokens pooled ``df x df`` by a learned per-layer weight, so a
+query still sees a coarse summary of the whole image. Cost per image query is
+``T + pi window^2 + N / df^2`` keys instead of ``T + N``.
+
+Sequence layout, as in FLUX (ComfyUI and diffusers alike)::
+
+    [ text (T tokens) | image grid (h rows x w columns, row-major) | tail (E tokens) ]
+
+The tail holds the tokens some FLUX models append after the image (Kontext's reference images).
+The official code knows no tail (E = 0); here tail tokens are treated like text ("global"): every
+query sees them and they see every token of the sequence.
+
+Mask (``True`` = may attend), for a query ``q`` and a key ``k`` (keys = sequence + ``(h/df)(w/df)``
+downsampled tokens when ``df > 1``)::
+
+    q text or tail  -> every sequence token (text, image, tail), no downsampled token
+    q image (y, x)  -> every text and tail token, every downsampled token, and the image tokens
+                       (y', x') with (y - y')^2 + (x - x')^2 < window^2
+
+which is the official ``local_mask`` / ``local_dwonsample_mask`` pair for E = 0 and any text length
+(the official code hard-codes T = 512).
+
+Downsampled tokens: the image part of the (rotary-embedded) keys and values is viewed as
+``[h/df, df, w/df, df]``, multiplied by ``spatial_weight`` ``(df, df)`` and summed over the two ``df``
+axes, giving ``(h/df) * (w/df)`` tokens in row-major order; ``h`` and ``w`` must be divisible by df.
+
+Scale: ``head_dim ** -0.5``, or with proportional attention ``sqrt(log_4608(n) / head_dim)`` where
+``n`` is the sequence length (``10 n`` in the down variants, as in the official down processor);
+4608 = 64^2 + 512 is the training sequence (1024 px + 512 text tokens). NTK: RoPE's theta is
+multiplied by ``ntk_factor`` (the official high-resolution notebook uses 10), see :func:`ntk_theta`.
+
+Three implementations of :func:`clear_attention`, same results:
+
+* ``"flex"``: ``torch.nn.attention.flex_attention`` with a block-sparse mask built once per
+  (grid, text length, tail, window, df, device) and cached; the fast path on CUDA.
+* ``"blocked"``: plain PyTorch whose memory grows linearly with the image tokens (the CPU and
+  low-memory path). Text and tail queries run full attention (``T + E`` rows); image queries are
+  split into two key sets whose softmaxes are merged exactly through their log-sum-exp: the global
+  keys (text, tail, downsampled; one fused attention call) and the local keys, taken tile by tile:
+  a ``t x t`` tile of queries sees the ``(t + 2 window - 2)^2`` rectangle around it, masked to each
+  query's circle. No ``N x N`` mask or score matrix exists at any point.
+* ``"dense"``: the full boolean mask and one ``scaled_dot_product_attention`` (O(N^2) memory; tests).
+
+``"auto"`` picks flex on CUDA (when this torch has it) and blocked elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = [
+    "TRAIN_SEQ_LEN",
+    "IMPLEMENTATIONS",
+    "Layout",
+    "ClearGridError",
+    "check_grid",
+    "nearest_divisible",
+    "attention_scale",
+    "ntk_theta",
+    "downsample_tokens",
+    "clear_mask_mod",
+    "clear_mask",
+    "clear_block_mask",
+    "clear_attention",
+    "flex_available",
+    "choose_impl",
+]
+
+TRAIN_SEQ_LEN = 64**2 + 512
+"""The sequence length CLEAR was distilled at (a 1024 px image + 512 text tokens): the base of the
+proportional-attention logarithm."""
+
+IMPLEMENTATIONS = ("auto", "flex", "blocked", "dense")
+DEFAULT_TILE = 8
+DEFAULT_BUDGET = 128 << 20  # bytes of scores + gathered keys/values per blocked step
+
+
+class ClearGridError(ValueError):
+    """The token grid does not fit the CLEAR settings (e.g. a side not divisible by the down factor)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the tokens are: ``txt`` text tokens, an ``height x width`` image grid, ``tail`` extra."""
+
+    txt: int
+    height: int
+    width: int
+    tail: int = 0
+
+    @property
+    def image(self) -> int:
+        return self.height * self.width
+
+    @property
+    def seq(self) -> int:
+        return self.txt + self.image + self.tail
+
+    def down_tokens(self, down_factor: int) -> int:
+        """Number of downsampled tokens (0 without downsampling)."""
+        if down_factor <= 1:
+            return 0
+        return (self.height // down_factor) * (self.width // down_factor)
+
+    @classmethod
+    def from_seq(cls, seq_len: int, txt: int, height: int, width: int) -> Layout:
+        """The layout of a ``seq_len``-token sequence with this text and grid; the rest is the tail."""
+        tail = seq_len - txt - height * width
+        if tail < 0:
+            raise ClearGridError(
+                f"a {seq_len}-token sequence cannot hold {txt} text tokens and a {height}x{width} grid"
+            )
+        return cls(txt, height, width, tail)
+
+
+def nearest_divisible(n: int, m: int) -> int:
+    """The multiple of ``m`` nearest to ``n`` (ties go up), at least ``m``."""
+    lo = (n // m) * m
+    hi = lo + m
+    return max(m, lo if n - lo < hi - n else hi)
+
+
+def check_grid(layout: Layout, window: int, down_factor: int) -> None:
+    """Raise :class:`ClearGridError` when the settings cannot run on ``layout``."""
+    if window < 1:
+        raise ClearGridError(f"window must be >= 1 token; got {window}")
+    if down_factor < 1:
+        raise ClearGridError(f"down factor must be >= 1; got {down_factor}")
+    if layout.height < 1 or layout.width < 1:
+        raise ClearGridError(f"empty image grid {layout.height}x{layout.width}")
+    if down_factor > 1 and (layout.height % down_factor or layout.width % down_factor):
+        raise ClearGridError(
+            f"the image grid of {layout.height}x{layout.width} tokens is not divisible by the down factor "
+            f"{down_factor}; the nearest grid that works is "
+            f"{nearest_divisible(layout.height, down_factor)}x{nearest_divisible(layout.width, down_factor)}"
+        )
+
+
+def attention_scale(head_dim: int, seq_len: int, proportional: bool = False, down: bool = False) -> float:
+    """Softmax scale: ``head_dim ** -0.5``, or proportional attention's
+    ``sqrt(log_4608(n) / head_dim)`` with ``n = seq_len`` (``10 * seq_len`` for the down variants).
+    ``seq_len`` counts text, image and tail tokens (not the downsampled ones), as the official code."""
+    if not proportional:
+        return head_dim**-0.5
+    n = seq_len * (10 if down else 1)
+    return math.sqrt(math.log(n, TRAIN_SEQ_LEN) / head_dim)
+
+
+def ntk_theta(theta: float, ntk_factor: float) -> float:
+    """RoPE base after the NTK factor (``theta * ntk_factor``, as diffusers' ``get_1d_rotary_pos_embed``)."""
+    return float(theta) * float(ntk_factor)
+
+
+def downsample_tokens(x: torch.Tensor, height: int, width: int, weight: torch.Tensor) -> torch.Tensor:
+    """Pool image tokens ``df x df`` with a learned weight.
+
+    Args:
+        x: ``[B, heads, height * width, D]`` image tokens (row-major), any float dtype.
+        weight: ``spatial_weight`` of ``df * df`` elements (the official ``(1,1,1,df,1,df,1)`` or ``(df, df)``),
+            indexed (row offset, column offset).
+    Returns: ``[B, heads, (height/df) * (width/df), D]`` in ``x.dtype``, row-major.
+    """
+    df = math.isqrt(weight.numel())
+    grid = rearrange(x, "b n (y i x j) d -> b n y x i j d", y=height // df, i=df, x=width // df, j=df)
+    w = weight.reshape(df, df).to(device=x.device, dtype=x.dtype)
+    return rearrange((grid * w[:, :, None]).sum(dim=(-3, -2)), "b n y x d -> b n (y x) d")
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+
+def clear_mask_mod(layout: Layout, window: int, down_factor: int = 1):
+    """FlexAttention ``mask_mod(b, head, q_idx, kv_idx) -> bool`` for ``layout`` (see the module doc)."""
+    t, w, end = layout.txt, layout.width, layout.txt + layout.image
+    seq, r2 = layout.seq, window * window
+
+    def mask_mod(b, head, q_idx, kv_idx):
+        q_img = (q_idx >= t) & (q_idx < end)
+        kv_img = (kv_idx >= t) & (kv_idx < end)
+        kv_down = kv_idx >= seq
+        qi, ki = q_idx - t, kv_idx - t
+        dy = qi // w - ki // w
+        dx = qi % w - ki % w
+        near = dy * dy + dx * dx < r2
+        return (q_img & (~kv_img | near)) | (~q_img & ~kv_down)
+
+    return mask_mod
+
+
+def clear_mask(layout: Layout, window: int, down_factor: int = 1, device=None) -> torch.Tensor:
+    """The mask evaluated on every pair: boolean ``[seq, seq + down tokens]`` (tests, dense path)."""
+    kv_len = layout.seq + layout.down_tokens(down_factor)
+    qi = torch.arange(layout.seq, device=device)[:, None]
+    ki = torch.arange(kv_len, device=device)[None, :]
+    return clear_mask_mod(layout, window, down_factor)(None, None, qi, ki)
+
+
+@functools.lru_cache(maxsize=1)
+def flex_available() -> bool:
+    """Whether this torch has FlexAttention (torch >= 2.5)."""
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=16)
+def _block_mask_cached(layout: Layout, window: int, down_factor: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    kv_len = layout.seq + layout.down_tokens(down_factor)
+    # on CUDA the compiled builder evaluates the mask block by block; eager materialises it (CPU tests)
+    return create_block_mask(
+        clear_mask_mod(layout, window, down_factor),
+        None,
+        None,
+        layout.seq,
+        kv_len,
+        device=device,
+        _compile=device.startswith("cuda"),
+    )
+
+
+def clear_block_mask(layout: Layout, window: int, down_factor: int = 1, device="cpu"):
+    """The block-sparse FlexAttention mask, cached per (layout, window, df, device)."""
+    check_grid(layout, window, down_factor)
+    return _block_mask_cached(layout, int(window), int(down_factor), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def choose_impl(q: torch.Tensor, impl: str = "auto") -> str:
+    """The implementation ``impl="auto"`` resolves to for ``q``: flex on CUDA, blocked elsewhere."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}; got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "flex" if q.is_cuda and flex_available() else "blocked"
+
+
+# ------------------------------------------------------------------------------ implementations
+
+
+def _with_down(k, v, layout: Layout, down_factor: int, spatial_weight):
+    if down_factor <= 1:
+        return k, v
+    img = slice(layout.txt, layout.txt + layout.image)
+    kd = downsample_tokens(k[:, :, img], layout.height, layout.width, spatial_weight)
+    vd = downsample_tokens(v[:, :, img], layout.height, layout.width, spatial_weight)
+    return torch.cat([k, kd], dim=2), torch.cat([v, vd], dim=2)
+
+
+def _dense(q, k, v, layout, window, down_factor, spatial_weight, scale):
+    kk, vv = _with_down(k, v, layout, down_factor, spatial_weight)
+    mask = clear_mask(layout, window, down_factor, device=q.device)
+    return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scale)
+
+
+def _flex(q, k, v, layout, window, down_factor, spatial_weight, scale):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    kk, vv = _with_down(k, v, layout, down_factor, spatial_weight)
+    mask = clear_block_mask(layout, window, down_factor, q.device)
+    run = _compiled_flex() if q.is_cuda else flex_attention
+    return run(q.contiguous(), kk.contiguous(), vv.contiguous(), block_mask=mask, scale=scale)
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attend_lse(q, k, v, scale: float, budget: int, bias: torch.Tensor | None = None):
+    """Softmax attention with its log-sum-exp: ``(out [B,H,L,D] fp32, lse [B,H,L] fp32)``.
+
+    ``q, k, v`` fp32 ``[B, H, L|M, D]``; ``bias`` an additive fp32 mask broadcastable to
+    ``[B, H, L, M]``. On the CPU through the fused flash kernel (tiled: no score matrix, one pass of
+    exponentials); elsewhere in query chunks of at most ``budget`` bytes of scores."""
+    if q.device.type == "cpu" and _FLASH_CPU is not None:
+        try:
+            out, lse = _FLASH_CPU(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
+            return out, lse.float()
+        except RuntimeError:  # an unsupported shape or build: the chunked path below
+            pass
+    b, h, n, _ = q.shape
+    step = max(1, budget // max(1, b * h * k.shape[2] * 4))
+    outs, lses = [], []
+    for s in range(0, n, step):
+        scores = torch.matmul(q[:, :, s : s + step], k.transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + (bias if bias.shape[-2] == 1 else bias[..., s : s + step, :])
+        lse = torch.logsumexp(scores, dim=-1)
+        outs.append(torch.matmul(torch.exp(scores - lse[..., None]), v))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+@functools.lru_cache(maxsize=32)
+def _tile_window(tile: int, window: int, device: str) -> torch.Tensor:
+    """``[tile*tile, R*R]`` bool: query (i, j) of a tile (row-major) sees key (a, c) of its rectangle
+    (keys column-major: index ``c * R + a``; ``R = tile + 2 (window - 1)``, the rectangle starting
+    ``window - 1`` tokens above and left of the tile)."""
+    p = window - 1
+    r = tile + 2 * p
+    i = torch.arange(tile, device=device)
+    a = torch.arange(r, device=device)
+    dy = a[None, :] - p - i[:, None]  # [query row or column, key row or column]
+    near = dy[:, None, None, :] ** 2 + dy[None, :, :, None] ** 2 < window * window  # [i, j, c, a]
+    return rearrange(near, "i j c a -> (i j) (c a)")
+
+
+def _bias(allowed: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+
+
+def _local(q, k, v, height, width, window, scale, tile, budget):
+    """Attention of image queries over the image keys in their window: ``(out, lse)`` fp32.
+
+    ``q, k, v``: ``[B, H, height*width, D]`` fp32. A ``tile x tile`` block of queries attends to the
+    ``R x R`` rectangle of keys (``R = tile + 2 (window - 1)``) masked to each query's circle. The
+    keys of one row of tiles are stored column-major once, so each tile's rectangle is a contiguous
+    view (no per-tile gather). Memory: the padded grids and one strip of ``R`` rows (linear in tokens)."""
+    b, nh, _, d = q.shape
+    p = window - 1
+    hp, wp = -(-height // tile) * tile, -(-width // tile) * tile
+    rect = tile + 2 * p
+    dev = q.device
+    qg = F.pad(q.reshape(b, nh, height, width, d), (0, 0, 0, wp - width, 0, hp - height))
+    kg = F.pad(k.reshape(b, nh, height, width, d), (0, 0, p, p + wp - width, p, p + hp - height))
+    vg = F.pad(v.reshape(b, nh, height, width, d), (0, 0, p, p + wp - width, p, p + hp - height))
+    valid = torch.zeros(hp + 2 * p, wp + 2 * p, dtype=torch.bool, device=dev)
+    valid[p : p + height, p : p + width] = True
+    near = _tile_window(tile, window, str(dev))
+    inner = _bias(near)[None, None]
+    out = torch.empty(b, nh, hp, wp, d, dtype=torch.float32, device=dev)
+    lse = torch.empty(b, nh, hp, wp, dtype=torch.float32, device=dev)
+    for y0 in range(0, hp, tile):
+        ks = kg[:, :, y0 : y0 + rect].transpose(2, 3).contiguous()  # [b n W' R d], column-major strip
+        vs = vg[:, :, y0 : y0 + rect].transpose(2, 3).contiguous()
+        ok_strip = valid[y0 : y0 + rect].t()  # [W', R]
+        for x0 in range(0, wp, tile):
+            qt = qg[:, :, y0 : y0 + tile, x0 : x0 + tile].reshape(b, nh, tile * tile, d)
+            kt = ks[:, :, x0 : x0 + rect].reshape(b, nh, rect * rect, d)
+            vt = vs[:, :, x0 : x0 + rect].reshape(b, nh, rect * rect, d)
+            ok = ok_strip[x0 : x0 + rect].reshape(-1)
+            bias = inner if bool(ok.all()) else _bias(near & ok[None])[None, None]
+            o, ls = _attend_lse(qt, kt, vt, scale, budget, bias)
+            out[:, :, y0 : y0 + tile, x0 : x0 + tile] = o.reshape(b, nh, tile, tile, d)
+            lse[:, :, y0 : y0 + tile, x0 : x0 + tile] = ls.reshape(b, nh, tile, tile)
+    out = out[:, :, :height, :width].reshape(b, nh, height * width, d)
+    return out, lse[:, :, :height, :width].reshape(b, nh, height * width)
+
+
+def _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, tile, budget):
+    t, n = layout.txt, layout.image
+    img = slice(t, t + n)
+    out = torch.empty_like(q)
+    if t or layout.tail:  # text and tail queries: every sequence token
+        qg = torch.cat([q[:, :, :t], q[:, :, t + n :]], dim=2)
+        og = F.scaled_dot_product_attention(qg, k, v, scale=scale)
+        out[:, :, :t] = og[:, :, :t]
+        out[:, :, t + n :] = og[:, :, t:]
+    f32 = torch.float32
+    qi, ki, vi = q[:, :, img].to(f32), k[:, :, img].to(f32), v[:, :, img].to(f32)
+    o, lse = _local(qi, ki, vi, layout.height, layout.width, window, scale, tile, budget)
+    kg = [k[:, :, :t].to(f32), k[:, :, t + n :].to(f32)]
+    vg = [v[:, :, :t].to(f32), v[:, :, t + n :].to(f32)]
+    if down_factor > 1:
+        kg.append(downsample_tokens(ki, layout.height, layout.width, spatial_weight.to(f32)))
+        vg.append(downsample_tokens(vi, layout.height, layout.width, spatial_weight.to(f32)))
+    kg, vg = torch.cat(kg, dim=2), torch.cat(vg, dim=2)
+    if kg.shape[2]:  # merge the global keys' softmax with the local one through the log-sum-exps
+        og, lg = _attend_lse(qi, kg, vg, scale, budget)
+        m = torch.maximum(lse, lg)
+        wl, wg = torch.exp(lse - m), torch.exp(lg - m)
+        o = (o * wl[..., None] + og * wg[..., None]) / (wl + wg)[..., None]
+    out[:, :, img] = o.to(q.dtype)
+    return out
+
+
+def clear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    window: int,
+    down_factor: int = 1,
+    spatial_weight: torch.Tensor | None = None,
+    scale: float | None = None,
+    impl: str = "auto",
+    tile: int = DEFAULT_TILE,
+    budget: int = DEFAULT_BUDGET,
+) -> torch.Tensor:
+    """CLEAR attention over a ``[text | image grid | tail]`` sequence.
+
+    Args:
+        q, k, v: ``[B, heads, layout.seq, D]`` (any float dtype; rotary embedding already applied).
+        layout: token counts (:class:`Layout`); ``layout.seq`` must equal the sequence length.
+        window: circle radius in tokens (``dy^2 + dx^2 < window^2``), >= 1.
+        down_factor: 1 (no downsampled tokens) or ``df`` dividing both grid sides.
+        spatial_weight: the layer's ``df * df`` pooling weight (required when ``down_factor > 1``).
+        scale: softmax scale; ``None`` = ``D ** -0.5`` (see :func:`attention_scale`).
+        impl: ``"auto"`` | ``"flex"`` | ``"blocked"`` | ``"dense"`` (see the module doc).
+        tile, budget: the blocked path's query tile side (tokens) and bytes per step.
+    Returns: ``[B, heads, layout.seq, D]`` in ``q.dtype``.
+    """
+    if q.ndim != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(
+            f"q, k, v must be [B, heads, seq, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[2] != layout.seq:
+        raise ClearGridError(f"sequence of {q.shape[2]} tokens, but the layout {layout} has {layout.seq}")
+    check_grid(layout, window, down_factor)
+    if down_factor > 1 and (spatial_weight is None or spatial_weight.numel() != down_factor**2):
+        raise ValueError(f"down_factor {down_factor} needs a spatial_weight of {down_factor**2} elements")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    which = choose_impl(q, impl)
+    if which == "dense":
+        return _dense(q, k, v, layout, window, down_factor, spatial_weight, scale)
+    if which == "flex":
+        if not flex_available():
+            raise RuntimeError("impl='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
+        return _flex(q, k, v, layout, window, down_factor, spatial_weight, scale)
+    return _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, int(tile), int(budget))
