@@ -18,6 +18,12 @@ order, ``control_after_generate`` and upload widgets follow what the graph edito
     .venv/bin/python scripts/workflow_builder.py fstd_sd15   # one spec
     .venv/bin/python scripts/workflow_builder.py --check     # exit 1 if a committed JSON differs
 Writes ``workflows/<name>.json`` (UI graph, shown as a template) and ``workflows/api/<name>.json``.
+
+The files are written on the default ComfyUI version (0.30.0; writing on another one is refused). On
+another tested version ``--check`` compares only what is meant to be the same on every version, the
+graph (``graph_of``: nodes, their widget values and links, the prompt's inputs), not what ComfyUI
+itself names differently (core display names in ``_meta.title``, output slot names, the IMAGE output
+0.30 gives SaveImage/PreviewImage).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +242,31 @@ def in_process_object_info() -> dict:
     return {name: boot.node_info(cls, name) for name, cls in runtime.nodes.items()}
 
 
+def running_version() -> str:
+    """The version of the ComfyUI this process boots (``COMFYUI_VERSION`` / ``COMFYUI_PATH``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from harness.paths import comfy_root
+
+    text = (comfy_root() / "comfyui_version.py").read_text()
+    return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
+
+
+def graph_of(ui: dict, api: dict) -> dict:
+    """What a workflow is on every ComfyUI version: the prompt's nodes and inputs, and the UI graph's
+    nodes (type, title, place, mode, widget values, linked inputs, linked outputs) and links; without
+    ComfyUI's own names (``_meta.title`` of core nodes, output slot names) and unlinked output slots."""
+    nodes = []
+    for n in ui["nodes"]:
+        outputs = [(o["slot_index"], o["type"], o["links"]) for o in n["outputs"] if o["links"]]
+        keep = {k: v for k, v in n.items() if k not in ("outputs", "inputs")}
+        inputs = [(i["name"], i["type"], i["link"], "widget" in i) for i in n["inputs"]]
+        nodes.append({**keep, "inputs": inputs, "outputs": outputs})
+    return {
+        "ui": {**{k: v for k, v in ui.items() if k != "nodes"}, "nodes": nodes},
+        "api": {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()},
+    }
+
+
 def dump(obj: dict) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
@@ -249,15 +281,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = args.names or sorted(p.stem for p in SPECS.glob("*.py") if not p.stem.startswith("_"))
+    from ultrares.demo.runtime import DEFAULT_COMFYUI_VERSION  # "ultrares" is this checkout
+
+    version = running_version()
+    default = version == DEFAULT_COMFYUI_VERSION
+    if not args.check and not default:
+        print(
+            f"the workflows are written on ComfyUI {DEFAULT_COMFYUI_VERSION} (this is {version}): run "
+            "without COMFYUI_VERSION / COMFYUI_PATH, or use --check to compare the graphs here"
+        )
+        return 2
     object_info = in_process_object_info()
     stale = []
     for name in names:
         ui, api = build_spec(name, object_info)
-        targets = {
-            ROOT / "workflows" / f"{name}.json": dump(ui),
-            ROOT / "workflows" / "api" / f"{name}.json": dump(api),
-        }
-        for path, text in targets.items():
+        ui_path = ROOT / "workflows" / f"{name}.json"
+        api_path = ROOT / "workflows" / "api" / f"{name}.json"
+        if args.check and not default:
+            if not (ui_path.exists() and api_path.exists()) or graph_of(
+                json.loads(ui_path.read_text()), json.loads(api_path.read_text())
+            ) != graph_of(ui, api):
+                stale.append(f"workflows/{name}.json, workflows/api/{name}.json (graph differs on {version})")
+            continue
+        for path, text in {ui_path: dump(ui), api_path: dump(api)}.items():
             if args.check:
                 if not path.exists() or path.read_text() != text:
                     stale.append(str(path.relative_to(ROOT)))

@@ -60,3 +60,45 @@ def test_every_workflow_validates_at_full_size(comfy):
     finally:
         for path in reversed(made):  # files, then the folders made for them
             os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+
+
+def test_floor_check_compares_the_graph_not_comfyuis_names():
+    """Control for the floor's --check (graph_of): ComfyUI's own names (a core node's title, an output
+    slot's name, an unlinked output slot) do not count; a widget value, a link or a node type does."""
+    import copy
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("_wf_builder", ROOT / "scripts" / "workflow_builder.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # its dataclass looks its module up
+    spec.loader.exec_module(builder)
+    ui = json.loads((WORKFLOWS / "fstd_sd15_2048.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / "fstd_sd15_2048.json").read_text())
+    base = builder.graph_of(ui, api)
+
+    def changed(edit):
+        u, a = copy.deepcopy(ui), copy.deepcopy(api)
+        edit(u, a)
+        return builder.graph_of(u, a) != base
+
+    save = next(n for n in ui["nodes"] if n["type"] == "SaveImage")
+    tiled = next(n for n in ui["nodes"] if n["type"] == "UltraResTiledDiffusion")
+    tiled_api = next(k for k, v in api.items() if v["class_type"] == "UltraResTiledDiffusion")
+    renamed = [
+        lambda u, a: a[tiled_api]["_meta"].update(title="Another title"),
+        lambda u, a: next(n for n in u["nodes"] if n["id"] == tiled["id"])["outputs"][0].update(name="x"),
+        lambda u, a: next(n for n in u["nodes"] if n["id"] == save["id"])["outputs"].append(
+            {"name": "images", "type": "IMAGE", "slot_index": 0, "links": []}
+        ),
+    ]
+    assert not any(changed(edit) for edit in renamed)
+    real = [
+        lambda u, a: next(n for n in u["nodes"] if n["id"] == tiled["id"])["widgets_values"].__setitem__(
+            1, 8
+        ),
+        lambda u, a: a[tiled_api]["inputs"].update(tile_width=8),
+        lambda u, a: u["links"][0].__setitem__(4, 7),
+        lambda u, a: next(n for n in u["nodes"] if n["id"] == save["id"]).update(type="PreviewImage"),
+    ]
+    assert all(changed(edit) for edit in real)
