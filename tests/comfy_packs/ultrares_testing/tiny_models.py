@@ -1,24 +1,60 @@
-"""Reduced-width but real-architecture SD1.5-, SDXL-, SD3- and Flux-family models for tests.
+"""Reduced-width but real-architecture test models of every image family, built by the running ComfyUI.
 
-Everything is built from ComfyUI's own classes (``comfy.supported_models.SD15`` / ``SDXL``,
-``model_base``, ``sd1_clip``/``sdxl_clip`` text encoders, ``AutoencoderKL``) with the real block
-layout (same number of input/middle/output blocks, the same attention placement, so module paths
-such as ``input_blocks.1.1.transformer_blocks.0.attn1`` match the full-size models) and only the
-widths (and SDXL's transformer depths) reduced. Weights are seeded random values, so every build
-with the same seed is bit-identical.
+How a model is built (the same path as ``comfy.sd.load_diffusion_model_state_dict``): a *skeleton*
+state dict in the family's official checkpoint key layout (the keys and shapes real files have, the
+stable contract between checkpoints and ComfyUI; shapes at the reduced widths where detection reads a
+width from a shape, zero-memory ``expand``-ed tensors) goes through the running version's
+``comfy.model_detection.detect_unet_config``; the detected config picks the version's
+``supported_models`` class (``model_config_from_unet_config``); where detection hard-codes full-size
+widths (Flux's heads and rope axes, Qwen-Image's head count...) only those width fields are overridden
+(``WIDTH_OVERRIDES``) before the class builds the model. Every other constructor field (0.30's
+``txt_ids_dims``, ...) comes from the version. Weights are seeded random values (bit-identical per
+seed), and the output layer is scaled so the raw prediction has unit std (``_calibrate_output``).
+The UNet families ("sd15", "sdxl", "sd15_inpaint") use ``UNETS``: configs in exactly the form (and with
+the values) the version's detection returns for those layouts, checked by ``tests/comfy/test_harness.py``
+by running detection on the built model's full state dict.
 
-``build(family)`` -> ``(MODEL: ModelPatcher, CLIP: comfy.sd.CLIP, VAE: comfy.sd.VAE)`` for family in
-``FAMILIES``: "sd15", "sdxl", "sd15_inpaint" (9-channel UNet), "sd3" (MMDiT, 16-channel latent, SDXL's
-tiny CLIP as text encoder), "flux" (guidance-embedded Flux, 16-channel latent, SD1.5's tiny CLIP-L as
-text encoder: context width = pooled width = 64).
-``build_controlnet(family)``: a real ``comfy.controlnet.ControlNet`` (``comfy.cldm.cldm.ControlNet`` with
-the family's reduced UNet config), ``build_t2i_adapter()``: a real SD1.5 ``comfy.controlnet.T2IAdapter``.
+Public API (stable, used across the suite):
+- ``build(family, seed=0) -> (MODEL: ModelPatcher, CLIP | None, VAE | None)``, cached per
+  (family, seed): ``clone()`` before patching.
+- ``FAMILIES``: the families the running ComfyUI has (``ALL_FAMILIES``: every family known here).
+  "sd15", "sdxl", "sd15_inpaint" (9-channel UNet), "sd3" (tiny SDXL CLIP), "flux" (tiny CLIP-L:
+  context = pooled width = 64), "flux_fill" (Flux Fill: 96 input channels = 16 latent + 16 masked
+  image + 64 packed mask; tiny CLIP-L), "flux2", "qwen_image", "zimage", "chroma",
+  "chroma_radiance" (pixel space), "hidream", "hunyuan_image21".
+- ``FAMILY_INFO[family]``: ``{"latent_channels", "pixels_per_latent" (the version's latent format's
+  ``spacial_downscale_ratio`` where it states one, else the family's real ratio), "latent_ndim"
+  (4, or 5 for Qwen-Image's [B, C, 1, H, W]), "versions" (ComfyUI versions having the family),
+  "model_class" (``comfy.model_base`` class name), "clip" (True when build() returns a CLIP)}``.
+  ``latent_shape(family, batch, height_px, width_px)`` gives a latent's shape for an image size.
+- CLIP: real tiny ComfyUI text encoders for sd15/sdxl/sd3/flux/flux_fill. The 2026 families' real
+  encoders (Qwen2.5-VL, Mistral, T5-XXL, Llama...) are large: ``build()`` returns ``clip=None`` for
+  them, and ``family_conditioning(family, batch=1, seed=0)`` returns ComfyUI conditioning
+  ``[[cross_attn[B, T, C], {extras}]]`` with the family's keys (``pooled_output``, ``guidance``,
+  ``attention_mask``, HiDream's ``conditioning_llama3``...) at the tiny widths; it works for every
+  family.
+- VAE: a tiny ``AutoencoderKL`` (8x) with 4 or 16 channels for sd15/sdxl/sd3/flux/flux_fill and the
+  8x 16-channel families (zimage, chroma, hidream); ``None`` where the family's VAE is another kind
+  (Qwen-Image's Wan VAE, Flux.2's, HunyuanImage 2.1's 32x, Chroma Radiance has none).
+- ``build_model(family, seed)``, ``build_clip(family, seed)``, ``build_vae(seed, channels)``,
+  ``model_config(family)`` (the version's configured ``supported_models`` instance),
+  ``skeleton_state_dict(family)``, ``family_conditioning``.
+- ``build_controlnet(family="sd15")``: a real ``comfy.controlnet.ControlNet`` (``cldm.ControlNet``
+  with the family's reduced UNet config); ``build_t2i_adapter()``: a real SD1.5 ``T2IAdapter``;
+  ``build_flux_controlnet(kind="xlabs"|"instantx")``: a real Flux ControlNet as
+  ``load_controlnet_flux_xlabs_mistoline`` / ``load_controlnet_flux_instantx`` build it (InstantX
+  takes a VAE-encoded hint: pass ``vae=`` to ``set_cond_hint``); ``build_control_lora()``: a real
+  ``comfy.controlnet.ControlLora`` for the tiny SDXL.
+- ``seeded_state_dict``, ``UNETS``, ``DITS`` (the resolved DiT configs), ``LATENT_CHANNELS``,
+  ``CONFIG_CLASSES``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
+import comfy.model_detection
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -86,6 +122,7 @@ UNETS = {
         "use_temporal_resblock": False,
     },
 }
+UNETS["sd15_inpaint"] = {**UNETS["sd15"], "in_channels": 9}
 
 VAE_CONFIG = {
     "double_z": True,
@@ -99,6 +136,254 @@ VAE_CONFIG = {
     "attn_resolutions": [],
     "dropout": 0.0,
 }
+
+# Tiny DiT widths: hidden 64 with 2 heads of 32 everywhere (rope axes summing to 32 in each family's
+# own proportions), one block of each kind, text width 64.
+HIDDEN = 64
+HEAD = 32
+TEXT = 64
+
+
+def _t(*shape: int) -> torch.Tensor:
+    """A zero-memory stand-in tensor: detection reads only shapes (and key names)."""
+    return torch.zeros(()).expand(*shape)
+
+
+def _flux_like(prefix_keys: dict, in_features: int | None, *, guidance: bool, vector: bool) -> dict:
+    sd = {
+        "double_blocks.0.img_attn.norm.key_norm.scale": _t(HEAD),
+        "double_blocks.0.img_attn.qkv.weight": _t(3 * HIDDEN, HIDDEN),
+        "single_blocks.0.norm.key_norm.scale": _t(HEAD),
+        "single_blocks.0.linear1.weight": _t(3 * HIDDEN + 4 * HIDDEN, HIDDEN),
+        "txt_in.weight": _t(HIDDEN, TEXT),
+        "final_layer.linear.weight": _t(64, HIDDEN),
+    }
+    if in_features is not None:
+        sd["img_in.weight"] = _t(HIDDEN, in_features)
+    if guidance:
+        sd["guidance_in.in_layer.weight"] = _t(HIDDEN, 256)
+    if vector:
+        sd["vector_in.in_layer.weight"] = _t(HIDDEN, CLIP_L["hidden_size"])
+    sd.update(prefix_keys)
+    return sd
+
+
+def _skel_sd3() -> dict:
+    # SD3 MMDiT: detection reads hidden = 64 * depth from x_embedder; depth 2 -> hidden 128, 2 heads.
+    return {
+        "joint_blocks.0.context_block.attn.qkv.weight": _t(384, 128),
+        "joint_blocks.1.context_block.attn.qkv.weight": _t(384, 128),
+        "x_embedder.proj.weight": _t(128, 16, 2, 2),
+        "final_layer.linear.weight": _t(2 * 2 * 16, 128),
+        "y_embedder.mlp.0.weight": _t(128, CLIP_G["projection_dim"]),
+        "context_embedder.weight": _t(128, CLIP_L["hidden_size"] + CLIP_G["hidden_size"]),
+        "pos_embed": _t(1, 96 * 96, 128),
+    }
+
+
+def _skel_flux() -> dict:
+    return _flux_like({}, 16 * 4, guidance=True, vector=True)
+
+
+def _skel_flux_fill() -> dict:
+    # Flux Fill: img_in takes 16 noise + 16 masked-image + 64 packed-mask channels per 2x2 patch.
+    return _flux_like({}, 96 * 4, guidance=True, vector=True)
+
+
+def _skel_flux2() -> dict:
+    # Flux.2: 128-channel latents (32 x 2x2 patchified by the VAE), patch 1, global modulation.
+    return _flux_like(
+        {
+            "double_stream_modulation_img.lin.weight": _t(6 * HIDDEN, HIDDEN),
+            "double_stream_modulation_txt.lin.weight": _t(6 * HIDDEN, HIDDEN),
+            "single_stream_modulation.lin.weight": _t(3 * HIDDEN, HIDDEN),
+        },
+        128,
+        guidance=True,
+        vector=False,
+    )
+
+
+def _skel_chroma() -> dict:
+    return _flux_like(
+        {
+            "distilled_guidance_layer.in_proj.weight": _t(HIDDEN, 64),
+            "distilled_guidance_layer.norms.0.scale": _t(HIDDEN),
+        },
+        16 * 4,
+        guidance=False,
+        vector=False,
+    )
+
+
+def _skel_chroma_radiance() -> dict:
+    sd = _skel_chroma()
+    del sd["img_in.weight"]  # pixel space: a 16x16 patch conv instead
+    sd.update(
+        {
+            "img_in_patch.weight": _t(HIDDEN, 3, 16, 16),
+            "nerf_blocks.0.norm.scale": _t(16),
+            "nerf_final_layer_conv.norm.scale": _t(16),
+        }
+    )
+    return sd
+
+
+def _skel_qwen_image() -> dict:
+    return {
+        "txt_norm.weight": _t(TEXT),
+        "img_in.weight": _t(HIDDEN, 16 * 4),
+        "transformer_blocks.0.attn.to_q.weight": _t(HIDDEN, HIDDEN),
+        "proj_out.weight": _t(16 * 4, HIDDEN),
+    }
+
+
+def _skel_zimage() -> dict:
+    # Detection recognises Z-Image by its full width (cap_embedder 2560 -> 3840); the width fields
+    # are then reduced by WIDTH_OVERRIDES.
+    return {
+        "cap_embedder.1.weight": _t(3840, TEXT),
+        "cap_pad_token": _t(1, 3840),
+        "x_pad_token": _t(1, 3840),
+        "noise_refiner.0.attention.k_norm.weight": _t(128),
+        "context_refiner.0.attention.k_norm.weight": _t(128),
+        "layers.0.attention.qkv.weight": _t(3 * 3840, 3840),
+    }
+
+
+def _skel_hidream() -> dict:
+    return {
+        "caption_projection.0.linear.weight": _t(HIDDEN, TEXT),
+        "double_stream_blocks.0.block.ff_i.gate.weight": _t(4, HIDDEN),
+        "single_stream_blocks.0.block.ff_i.gate.weight": _t(4, HIDDEN),
+    }
+
+
+def _skel_hunyuan_image21() -> dict:
+    # HunyuanImage 2.1: 64-channel latents at 32x, patch 1x1 (2-D), Qwen2.5-VL text (3584 -> 64).
+    return {
+        "txt_in.individual_token_refiner.blocks.0.norm1.weight": _t(HIDDEN),
+        "txt_in.input_embedder.weight": _t(HIDDEN, TEXT),
+        "img_in.proj.weight": _t(HIDDEN, 64, 1, 1),
+        "final_layer.linear.weight": _t(64, HIDDEN),
+        "double_blocks.0.img_attn_q_norm.weight": _t(HEAD),
+        "single_blocks.0.q_norm.weight": _t(HEAD),
+    }
+
+
+SKELETONS = {
+    "sd3": _skel_sd3,
+    "flux": _skel_flux,
+    "flux_fill": _skel_flux_fill,
+    "flux2": _skel_flux2,
+    "qwen_image": _skel_qwen_image,
+    "zimage": _skel_zimage,
+    "chroma": _skel_chroma,
+    "chroma_radiance": _skel_chroma_radiance,
+    "hidream": _skel_hidream,
+    "hunyuan_image21": _skel_hunyuan_image21,
+}
+
+# Only the width fields that the versions' detection hard-codes at full size.
+_FLUX_AXES = {"axes_dim": [4, 14, 14], "num_heads": HIDDEN // HEAD}  # Flux's 16/56/56 proportion
+WIDTH_OVERRIDES = {
+    "flux": _FLUX_AXES,
+    "flux_fill": _FLUX_AXES,
+    "flux2": {"axes_dim": [8, 8, 8, 8], "num_heads": HIDDEN // HEAD},  # Flux.2: 32/32/32/32
+    "chroma": {**_FLUX_AXES, "out_dim": HIDDEN, "hidden_dim": HIDDEN, "n_layers": 1},
+    "chroma_radiance": {
+        **_FLUX_AXES,
+        "out_dim": HIDDEN,
+        "hidden_dim": HIDDEN,
+        "n_layers": 1,
+        "nerf_hidden_size": 16,
+        "nerf_depth": 1,
+    },
+    "qwen_image": {
+        "num_attention_heads": HIDDEN // HEAD,
+        "attention_head_dim": HEAD,
+        "joint_attention_dim": TEXT,
+        "axes_dims_rope": [4, 14, 14],  # Qwen-Image's 16/56/56
+    },
+    # Z-Image's modulation is min(dim, 256) wide but its timestep embedder always 256: dim >= 256.
+    "zimage": {
+        "dim": 256,
+        "n_heads": 256 // HEAD,
+        "n_kv_heads": 256 // HEAD,
+        "axes_dims": [8, 12, 12],  # Z-Image's 32/48/48
+    },
+    "hidream": {
+        "attention_head_dim": HEAD,
+        "num_attention_heads": HIDDEN // HEAD,
+        "axes_dims_rope": [16, 8, 8],  # HiDream's 64/32/32
+        "caption_channels": [TEXT, TEXT],
+        "text_emb_dim": TEXT,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "llama_layers": [0, 1],
+    },
+    "hunyuan_image21": {"num_heads": HIDDEN // HEAD, "axes_dim": [16, 16]},  # HunyuanImage's 64/64
+}
+
+# Where the family exists: (model_base class, ComfyUI versions). Every family is in both trees.
+FAMILY_CLASSES = {
+    "sd15": "BaseModel",
+    "sd15_inpaint": "BaseModel",
+    "sdxl": "SDXL",
+    "sd3": "SD3",
+    "flux": "Flux",
+    "flux_fill": "Flux",
+    "flux2": "Flux2",
+    "qwen_image": "QwenImage",
+    "zimage": "Lumina2",
+    "chroma": "Chroma",
+    "chroma_radiance": "ChromaRadiance",
+    "hidream": "HiDream",
+    "hunyuan_image21": "HunyuanImage21",
+}
+# The family's supported_models class (what detection must pick).
+CONFIG_CLASSES = {
+    "sd15": "SD15",
+    "sd15_inpaint": "SD15",
+    "sdxl": "SDXL",
+    "sd3": "SD3",
+    "flux": "Flux",
+    "flux_fill": "FluxInpaint",
+    "flux2": "Flux2",
+    "qwen_image": "QwenImage",
+    "zimage": "ZImage",
+    "chroma": "Chroma",
+    "chroma_radiance": "ChromaRadiance",
+    "hidream": "HiDream",
+    "hunyuan_image21": "HunyuanImage21",
+}
+CLIP_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sdxl": "sdxl", "sd3": "sdxl", "flux": "sd15"}
+CLIP_FAMILY["flux_fill"] = "sd15"
+ALL_FAMILIES = tuple(CONFIG_CLASSES)
+# Real pixels per latent pixel, for versions whose latent formats do not state it (0.3.75).
+_RATIO = {"flux2": 16, "hunyuan_image21": 32, "chroma_radiance": 1}
+_VAE_CHANNELS = {"sd15": 4, "sd15_inpaint": 4, "sdxl": 4, "sd3": 16, "flux": 16, "flux_fill": 16}
+_VAE_CHANNELS.update({"zimage": 16, "chroma": 16, "hidream": 16})
+
+
+def _version() -> str:
+    try:
+        import comfyui_version
+
+        return comfyui_version.__version__
+    except ImportError:  # pragma: no cover - every supported tree has it
+        return "unknown"
+
+
+def _exists(family: str) -> bool:
+    import comfy.model_base
+
+    return hasattr(comfy.supported_models, CONFIG_CLASSES[family]) and hasattr(
+        comfy.model_base, FAMILY_CLASSES[family]
+    )
+
+
+FAMILIES = tuple(f for f in ALL_FAMILIES if _exists(f))
 
 
 def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -114,65 +399,141 @@ def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Ten
             out[name] = torch.randn(t.shape, generator=gen) / fan_in**0.5
         elif name.endswith("bias"):
             out[name] = torch.zeros(t.shape)
-        elif t.ndim == 1:
-            out[name] = torch.ones(t.shape)
         else:
             out[name] = torch.ones(t.shape)
     return out
 
 
-UNETS["sd15_inpaint"] = {**UNETS["sd15"], "in_channels": 9}
-
-# DiTs. SD3: depth 2 -> hidden 128, 2 heads (model_detection: hidden = 64 * depth); the context
-# embedder maps the tiny SDXL CLIP's 128-wide context, the y embedder its 64-wide pooled output.
-DITS = {
-    "sd3": {
-        "in_channels": 16,
-        "out_channels": 16,
-        "patch_size": 2,
-        "depth": 2,
-        "input_size": None,
-        "adm_in_channels": CLIP_G["projection_dim"],
-        "pos_embed_max_size": 96,
-        "num_patches": 96 * 96,
-        "pos_embed_scaling_factor": None,
-        "x_block_self_attn_layers": [],
-        "context_embedder_config": {
-            "target": "torch.nn.Linear",
-            "params": {"in_features": CLIP_L["hidden_size"] + CLIP_G["hidden_size"], "out_features": 128},
-        },
-    },
-    # Flux: hidden 64, 2 heads of 32 (axes 4/14/14 in Flux's 16/56/56 proportion), one double and one
-    # single block; text = tiny CLIP-L (context 64, pooled 64).
-    "flux": {
-        "image_model": "flux",
-        "in_channels": 16,
-        "out_channels": 16,
-        "vec_in_dim": CLIP_L["hidden_size"],
-        "context_in_dim": CLIP_L["hidden_size"],
-        "hidden_size": 64,
-        "mlp_ratio": 4.0,
-        "num_heads": 2,
-        "depth": 1,
-        "depth_single_blocks": 1,
-        "axes_dim": [4, 14, 14],
-        "theta": 10000,
-        "patch_size": 2,
-        "qkv_bias": True,
-        "guidance_embed": True,
-    },
-}
-CONFIG_CLASSES = {"sd15": "SD15", "sd15_inpaint": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
-CLIP_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sdxl": "sdxl", "sd3": "sdxl", "flux": "sd15"}
-FAMILIES = tuple(CONFIG_CLASSES)
-LATENT_CHANNELS = {"sd3": 16, "flux": 16}
+def skeleton_state_dict(family: str) -> dict[str, torch.Tensor]:
+    """The family's detection skeleton: official checkpoint keys, zero-memory tensors."""
+    return SKELETONS[family]()
 
 
-def _model_config(family: str):
-    cls = getattr(comfy.supported_models, CONFIG_CLASSES[family])
-    config = cls(dict(UNETS.get(family) or DITS[family]))
+def _detected_config(family: str):
+    """(supported_models class, unet config) as the running version detects the family's skeleton,
+    with the full-size width fields reduced."""
+    sd = skeleton_state_dict(family)
+    detected = comfy.model_detection.detect_unet_config(sd, "")
+    if detected is None:
+        raise RuntimeError(f"ComfyUI {_version()} does not detect the {family} layout")
+    matched = comfy.model_detection.model_config_from_unet_config(dict(detected), sd)
+    if matched is None:
+        raise RuntimeError(f"ComfyUI {_version()} has no model config for {detected}")
+    return type(matched), {**detected, **WIDTH_OVERRIDES.get(family, {})}
+
+
+def model_config(family: str):
+    """The running version's ``supported_models`` instance for the tiny ``family`` (float32)."""
+    if family in UNETS:
+        cls, unet_config = getattr(comfy.supported_models, CONFIG_CLASSES[family]), dict(UNETS[family])
+    else:
+        cls, unet_config = _detected_config(family)
+    config = cls(unet_config)
     config.set_inference_dtype(torch.float32, None)
     return config
+
+
+_model_config = model_config  # old private name
+
+
+class _ResolvedDits(dict):
+    """``DITS[family]``: the resolved unet config of a DiT family (detected on first use)."""
+
+    def __missing__(self, family):
+        if family not in SKELETONS:
+            raise KeyError(family)
+        self[family] = dict(model_config(family).unet_config)
+        return self[family]
+
+
+DITS = _ResolvedDits()
+
+
+def _latent_format(family: str):
+    return getattr(comfy.supported_models, CONFIG_CLASSES[family]).latent_format
+
+
+def _ratio(family: str) -> int:
+    fmt = _latent_format(family)
+    stated = getattr(fmt, "spacial_downscale_ratio", None)
+    return int(stated) if stated is not None else _RATIO.get(family, 8)
+
+
+def _family_info(family: str) -> dict:
+    fmt = _latent_format(family)
+    return {
+        "latent_channels": fmt.latent_channels,
+        "pixels_per_latent": _ratio(family),
+        "latent_ndim": 2 + getattr(fmt, "latent_dimensions", 2) if family == "qwen_image" else 4,
+        "versions": ("0.3.75", "0.30.0"),
+        "model_class": FAMILY_CLASSES[family],
+        "clip": family in CLIP_FAMILY,
+    }
+
+
+FAMILY_INFO = {f: _family_info(f) for f in FAMILIES}
+LATENT_CHANNELS = {f: FAMILY_INFO[f]["latent_channels"] for f in FAMILIES}
+
+
+def latent_shape(family: str, batch: int, height: int, width: int) -> tuple[int, ...]:
+    """Shape of the family's latent for an image of ``height`` x ``width`` pixels."""
+    info = FAMILY_INFO[family]
+    r = info["pixels_per_latent"]
+    hw = (height // r, width // r)
+    if info["latent_ndim"] == 5:
+        return (batch, info["latent_channels"], 1, *hw)
+    return (batch, info["latent_channels"], *hw)
+
+
+def family_conditioning(family: str, batch: int = 1, seed: int = 0, tokens: int = 8) -> list:
+    """ComfyUI conditioning ``[[cross_attn, extras]]`` of the family's shapes at the tiny widths."""
+    gen = torch.Generator().manual_seed(seed + 21)
+    cfg = {} if family in UNETS else DITS[family]
+
+    def rnd(*shape):
+        return torch.randn(shape, generator=gen)
+
+    if family in UNETS:
+        width = UNETS[family]["context_dim"]
+        extras = {}
+        if family == "sdxl":
+            extras["pooled_output"] = rnd(batch, CLIP_G["projection_dim"])
+        return [[rnd(batch, tokens, width), extras]]
+    if family == "sd3":
+        ctx = cfg["context_embedder_config"]["params"]["in_features"]
+        return [[rnd(batch, tokens, ctx), {"pooled_output": rnd(batch, cfg["adm_in_channels"])}]]
+    if family == "hidream":
+        # t5 context + the Llama hidden states of the layers the blocks read + CLIP-L/G pooled.
+        n_llama = max(cfg["llama_layers"]) + 1
+        extras = {
+            "pooled_output": rnd(batch, cfg["text_emb_dim"]),
+            "conditioning_llama3": rnd(batch, n_llama, tokens, cfg["caption_channels"][0]),
+        }
+        return [[rnd(batch, tokens, cfg["caption_channels"][1]), extras]]
+    width = {
+        "qwen_image": cfg.get("joint_attention_dim"),
+        "zimage": cfg.get("cap_feat_dim"),
+        "hunyuan_image21": cfg.get("context_in_dim"),
+    }.get(family) or cfg.get("context_in_dim", TEXT)
+    # Text encoders without a pooled output still give the key (None), as CLIPTextEncode does.
+    extras = {"pooled_output": rnd(batch, cfg["vec_in_dim"]) if cfg.get("vec_in_dim") else None}
+    if cfg.get("guidance_embed") or family in ("chroma", "chroma_radiance"):
+        extras["guidance"] = 3.5
+    if family in ("qwen_image", "hunyuan_image21", "zimage"):
+        extras["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)
+    return [[rnd(batch, tokens, width), extras]]
+
+
+def denoiser_kwargs(model, family: str, x: torch.Tensor, cond: list | None = None, **more) -> dict:
+    """What the sampler passes to ``model.apply_model`` for ``cond`` (default: family_conditioning):
+    the model's own ``extra_conds`` of the conditioning, as ``comfy.samplers`` encodes it."""
+    cond = cond or family_conditioning(family, x.shape[0])
+    ctx, extras = cond[0]
+    kwargs = {"cross_attn": ctx, "noise": x, "device": x.device, "latent_image": x, **extras, **more}
+    if "guidance" in extras:
+        kwargs["guidance"] = extras["guidance"]
+    out = model.extra_conds(**kwargs)
+    return {k: v.process_cond(batch_size=x.shape[0], device=x.device, area=None).cond for k, v in out.items()}
 
 
 def _calibrate_output(model, family: str, seed: int) -> None:
@@ -181,42 +542,76 @@ def _calibrate_output(model, family: str, seed: int) -> None:
     ~100, and sampled latents blow up)."""
     gen = torch.Generator().manual_seed(seed + 3)
     net = model.diffusion_model
-    channels = LATENT_CHANNELS.get(family, 4)
-    x = torch.randn(2, channels, 16, 16, generator=gen)
-    sigma = torch.tensor([0.5, 0.5]) if family in DITS else torch.tensor([5.0, 5.0])
-    x_in = model.model_sampling.calculate_input(sigma, x)
-    if family == "flux":
-        ctx = torch.randn(2, 77, DITS[family]["context_in_dim"], generator=gen)
-        kwargs = {
-            "y": torch.randn(2, DITS[family]["vec_in_dim"], generator=gen),
-            "guidance": torch.full((2,), 3.5),
-        }
-        last = net.final_layer.linear
-    elif family == "sd3":
-        ctx = torch.randn(
-            2, 77, DITS[family]["context_embedder_config"]["params"]["in_features"], generator=gen
-        )
-        kwargs = {"y": torch.randn(2, DITS[family]["adm_in_channels"], generator=gen)}
-        last = net.final_layer.linear
+    cfg = model.model_config.unet_config
+    if family in ("sd15", "sd15_inpaint", "sdxl", "sd3", "flux"):
+        # The original probe (unchanged numbers): the net called directly.
+        channels = 16 if family in ("sd3", "flux") else 4
+        x = torch.randn(2, channels, 16, 16, generator=gen)
+        sigma = torch.tensor([0.5, 0.5]) if family in SKELETONS else torch.tensor([5.0, 5.0])
+        x_in = model.model_sampling.calculate_input(sigma, x)
+        if family == "flux":
+            ctx = torch.randn(2, 77, cfg["context_in_dim"], generator=gen)
+            kwargs = {
+                "y": torch.randn(2, cfg["vec_in_dim"], generator=gen),
+                "guidance": torch.full((2,), 3.5),
+            }
+            last = net.final_layer.linear
+        elif family == "sd3":
+            ctx = torch.randn(2, 77, cfg["context_embedder_config"]["params"]["in_features"], generator=gen)
+            kwargs = {"y": torch.randn(2, cfg["adm_in_channels"], generator=gen)}
+            last = net.final_layer.linear
+        else:
+            ctx = torch.randn(2, 77, cfg["context_dim"], generator=gen)
+            kwargs = {}
+            if cfg.get("adm_in_channels"):
+                kwargs["y"] = torch.randn(2, cfg["adm_in_channels"], generator=gen)
+            if cfg["in_channels"] != channels:  # inpaint: noise + mask + masked image
+                x_in = torch.cat(
+                    [x_in, torch.randn(2, cfg["in_channels"] - channels, 16, 16, generator=gen)], 1
+                )
+            last = net.out[2]
+        with torch.no_grad():
+            out = net(x_in, model.model_sampling.timestep(sigma), context=ctx, **kwargs)
     else:
-        ctx = torch.randn(2, 77, UNETS[family]["context_dim"], generator=gen)
-        kwargs = {}
-        if UNETS[family].get("adm_in_channels"):
-            kwargs["y"] = torch.randn(2, UNETS[family]["adm_in_channels"], generator=gen)
-        if UNETS[family]["in_channels"] != channels:  # inpaint: noise + mask + masked image
-            x_in = torch.cat(
-                [x_in, torch.randn(2, UNETS[family]["in_channels"] - channels, 16, 16, generator=gen)], 1
-            )
-        last = net.out[2]
+        shape = latent_shape(family, 2, 16 * _ratio(family), 16 * _ratio(family))
+        if family == "chroma_radiance":
+            shape = latent_shape(family, 2, 32, 32)
+        x = torch.randn(shape, generator=gen)
+        sigma = torch.tensor([0.5, 0.5])
+        extra = {}
+        if family == "flux_fill":
+            extra["concat_latent_image"] = torch.randn(shape, generator=gen)
+            extra["concat_mask"] = torch.ones(2, 1, shape[-2] * 8, shape[-1] * 8)
+        kwargs = denoiser_kwargs(model, family, x, family_conditioning(family, 2, seed), **extra)
+        captured = []
+        hook = net.register_forward_hook(lambda _m, _i, o: captured.append(o))
+        try:
+            with torch.no_grad():
+                model.apply_model(x, sigma, **kwargs)
+        finally:
+            hook.remove()
+        out = captured[-1]
+        last = _last_layer(net, family)
     with torch.no_grad():
-        out = net(x_in, model.model_sampling.timestep(sigma), context=ctx, **kwargs)
         scale = 1.0 / float(out.std())
         last.weight.mul_(scale)
-        last.bias.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)
+
+
+def _last_layer(net, family: str):
+    if family == "qwen_image":
+        return net.proj_out
+    if family == "chroma_radiance":
+        final = getattr(net, "nerf_final_layer_conv", None) or net.nerf_final_layer
+        return getattr(final, "conv", None) or final.linear
+    if family == "zimage":
+        return net.final_layer.linear
+    return net.final_layer.linear
 
 
 def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    config = _model_config(family)
+    config = model_config(family)
     model = config.get_model({}, "", device=torch.device("cpu"))
     model.diffusion_model.load_state_dict(seeded_state_dict(model.diffusion_model, seed), strict=True)
     _calibrate_output(model, family, seed)
@@ -225,9 +620,13 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     )
 
 
-def build_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
+def build_clip(family: str, seed: int = 0) -> comfy.sd.CLIP | None:
+    """The tiny real CLIP text encoder of ``family``; ``None`` for the families whose real encoders
+    are large LLMs/T5 (use ``family_conditioning``)."""
+    if family not in CLIP_FAMILY:
+        return None
     family = CLIP_FAMILY[family]
-    target = _model_config(family).clip_target(state_dict={})
+    target = model_config(family).clip_target(state_dict={})
     options = {
         "clip_l_model_config": dict(CLIP_L),
         "clip_g_model_config": dict(CLIP_G),
@@ -251,18 +650,20 @@ def build_vae(seed: int = 0, channels: int = 4) -> comfy.sd.VAE:
     return vae
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _cached(family: str, seed: int):
+    channels = _VAE_CHANNELS.get(family)
     return (
         build_model(family, seed),
         build_clip(family, seed),
-        build_vae(seed, LATENT_CHANNELS.get(family, 4)),
+        build_vae(seed, channels) if channels else None,
     )
 
 
 def build(family: str, seed: int = 0):
     """(MODEL, CLIP, VAE) for ``family`` in ``FAMILIES``; cached per (family, seed), so callers
-    must ``clone()`` before patching (as every ComfyUI node does)."""
+    must ``clone()`` before patching (as every ComfyUI node does). CLIP / VAE are None where the
+    module docstring says so."""
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; expected one of {sorted(FAMILIES)}")
     return _cached(family, seed)
@@ -315,3 +716,6 @@ def build_t2i_adapter(seed: int = 0):
     return comfy.controlnet.T2IAdapter(
         net, net.input_channels, 8, "nearest-exact", device=torch.device("cpu")
     )
+
+
+_ = math  # used by callers' shape helpers
