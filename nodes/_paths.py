@@ -12,6 +12,7 @@ MODEL_FOLDERS: dict[str, set[str]] = {
     "hdit": {".safetensors", ".pth", ".pt", ".ckpt", ".json"},
     "linfusion": {".safetensors", ".json"},
     "digit": {".npy", ".safetensors", ".pth", ".pt"},
+    "clear": {".safetensors"},
 }
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")

@@ -155,7 +155,9 @@ def _heads(x, heads):
     return x.view(b, s, heads, c // heads).transpose(1, 2)
 
 
-def _rms(x, scale):
+def _rms(x, norm):
+    """RMSNorm with eps 1e-6 (BFL's); the module's scale is ``scale`` (ComfyUI 0.3.x) or ``weight`` (later)."""
+    scale = norm.scale if hasattr(norm, "scale") else norm.weight
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * scale
 
 
@@ -222,12 +224,12 @@ def flux_forward(
         t_sh, t_sc, t_g, t_sh2, t_sc2, t_g2 = _mod(blk.txt_mod.lin, vec, 6)
         n_img = F.layer_norm(hs, (hs.shape[-1],), eps=1e-6) * (1 + i_sc) + i_sh
         n_txt = F.layer_norm(enc, (enc.shape[-1],), eps=1e-6) * (1 + t_sc) + t_sh
-        q = _rms(_heads(_lin(n_img, clear_sd, f"{p}.attn.to_q"), heads), blk.img_attn.norm.query_norm.scale)
-        k = _rms(_heads(_lin(n_img, clear_sd, f"{p}.attn.to_k"), heads), blk.img_attn.norm.key_norm.scale)
+        q = _rms(_heads(_lin(n_img, clear_sd, f"{p}.attn.to_q"), heads), blk.img_attn.norm.query_norm)
+        k = _rms(_heads(_lin(n_img, clear_sd, f"{p}.attn.to_k"), heads), blk.img_attn.norm.key_norm)
         v = _heads(_lin(n_img, clear_sd, f"{p}.attn.to_v"), heads)
         tq, tk, tv = blk.txt_attn.qkv(n_txt).chunk(3, dim=-1)
-        tq = _rms(_heads(tq, heads), blk.txt_attn.norm.query_norm.scale)
-        tk = _rms(_heads(tk, heads), blk.txt_attn.norm.key_norm.scale)
+        tq = _rms(_heads(tq, heads), blk.txt_attn.norm.query_norm)
+        tk = _rms(_heads(tk, heads), blk.txt_attn.norm.key_norm)
         out = attend(
             torch.cat([tq, q], 2), torch.cat([tk, k], 2), torch.cat([_heads(tv, heads), v], 2), clear_sd, p
         )
@@ -244,8 +246,8 @@ def flux_forward(
         sh, sc, g = _mod(blk.modulation.lin, vec, 3)
         normed = F.layer_norm(hs, (hidden,), eps=1e-6) * (1 + sc) + sh
         mlp = F.linear(normed, blk.linear1.weight[3 * hidden :], blk.linear1.bias[3 * hidden :])
-        q = _rms(_heads(_lin(normed, clear_sd, f"{p}.attn.to_q"), heads), blk.norm.query_norm.scale)
-        k = _rms(_heads(_lin(normed, clear_sd, f"{p}.attn.to_k"), heads), blk.norm.key_norm.scale)
+        q = _rms(_heads(_lin(normed, clear_sd, f"{p}.attn.to_q"), heads), blk.norm.query_norm)
+        k = _rms(_heads(_lin(normed, clear_sd, f"{p}.attn.to_k"), heads), blk.norm.key_norm)
         v = _heads(_lin(normed, clear_sd, f"{p}.attn.to_v"), heads)
         out = attend(q, k, v, clear_sd, p)
         hs = hs + g * blk.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], dim=2))
