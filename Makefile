@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 # process side by side on 2 cores, where spinning threads starve the one doing the work.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-floor test-fast bench bench-gpu lint format embedded-models quality
+.PHONY: setup demo test test-floor test-fast bench bench-gpu gpu-check lint format embedded-models quality
 
 # ComfyUI: the default version (0.30.0), `COMFYUI_VERSION=0.3.75 make ...` for the floor, or your own
 # with `COMFYUI_PATH=/path/to/ComfyUI make ...` (see docs/testing.md).
@@ -41,6 +41,12 @@ bench: setup
 ## GPU bench (one CUDA device, < 10 min): bench_results/gpu.json and the README's GPU table.
 bench-gpu: setup
 	$(PY) tests/bench/bench_gpu.py $(BENCH_ARGS)
+
+## The prepared GPU run (CUDA tests, bench smoke, full bench on both ComfyUI versions, dynamic VRAM on and
+## off) into GPU_OUT; `make gpu-check GPU_ARGS=--smoke` rehearses it on the CPU (docs/gpu.md).
+GPU_OUT ?= runs/gpu_check
+gpu-check: setup
+	bash scripts/gpu_check.sh $(GPU_OUT) $(GPU_ARGS)
 
 ## Lint and format check (ruff; CI runs it before the suite). `make format` rewrites the files.
 lint: setup

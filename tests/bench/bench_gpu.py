@@ -106,9 +106,10 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # ComfyUI as a library (on the requested device) and models
 
 
-def boot(device: str) -> None:
-    """Put ComfyUI on sys.path and set its CLI args for ``device`` -- unless it is already imported
-    (inside the test session, which booted it on the CPU)."""
+def boot(device: str, comfy_args: tuple[str, ...] = ()) -> None:
+    """Put ComfyUI on sys.path and set its CLI args for ``device`` (plus ``comfy_args``, ComfyUI's own
+    flags such as ``--disable-dynamic-vram``) -- unless it is already imported (inside the test session,
+    which booted it on the CPU)."""
     if "comfy.model_management" in sys.modules:
         return
     if TESTS not in sys.path:
@@ -124,6 +125,35 @@ def boot(device: str) -> None:
     args.cpu = device == "cpu"
     args.use_pytorch_cross_attention = True  # "ComfyUI attention" = torch SDPA (flash on CUDA)
     args.disable_all_custom_nodes = True
+    for flag in comfy_args:
+        name = flag.lstrip("-").replace("-", "_")
+        if not hasattr(args, name):
+            raise SystemExit(f"--comfy-arg {flag}: this ComfyUI has no such flag")
+        setattr(args, name, True)
+
+
+def versions() -> dict:
+    """What every figure was measured with: ComfyUI's version and path, the driver, torch and CUDA."""
+    import re
+    import subprocess
+
+    from harness.paths import comfy_root
+
+    root = comfy_root()
+    text = (root / "comfyui_version.py").read_text(encoding="utf-8")
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    out = {"comfyui": found.group(1) if found else "unknown", "torch": torch.__version__}
+    out["cuda"] = torch.version.cuda
+    try:
+        smi = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        out["nvidia_smi"] = subprocess.run(smi, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out["nvidia_smi"] = None
+    import comfy.cli_args
+
+    dynamic = getattr(comfy.cli_args, "enables_dynamic_vram", None)  # 0.30+; 0.3.75 has no dynamic VRAM
+    out["dynamic_vram"] = bool(dynamic()) if dynamic else False
+    return out
 
 
 def tiny_sdxl_config() -> dict:
@@ -493,17 +523,24 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=540.0, help="stop starting new measurements after this"
     )
     parser.add_argument("--only", default="", help="comma-separated sections (op,unet,hdit,tiling)")
+    parser.add_argument(
+        "--comfy-arg",
+        action="append",
+        default=[],
+        help="a ComfyUI boolean flag to set, e.g. --comfy-arg=--disable-dynamic-vram (repeatable)",
+    )
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not args.smoke and not device.startswith("cuda"):
         parser.error("the full bench needs a CUDA device; use --smoke to check it runs on the CPU")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {device}: torch sees no CUDA device")
-    boot(device)
+    boot(device, tuple(args.comfy_arg))
     warnings.filterwarnings("ignore", message=".*flex_attention.*")
     config = dict(SMOKE if args.smoke else FULL)
     dtype = DTYPES[config["dtype"]]
     b = Bench(torch.device(device), args.out, args.budget_s, config, "smoke" if args.smoke else "full")
+    b.results["versions"] = {**versions(), "comfy_args": list(args.comfy_arg)}
     only = set(filter(None, args.only.split(",")))
 
     def want(section: str) -> bool:
