@@ -718,4 +718,73 @@ def build_t2i_adapter(seed: int = 0):
     )
 
 
-_ = math  # used by callers' shape helpers
+def build_flux_controlnet(kind: str = "instantx", seed: int = 0):
+    """A real Flux ControlNet for the tiny "flux" model, built as the running ComfyUI's
+    ``load_controlnet_flux_instantx`` (``kind="instantx"``: the hint is VAE-encoded into 16-channel
+    latents, compression 1, Flux latent format; give ``set_cond_hint(..., vae=vae)``) or
+    ``load_controlnet_flux_xlabs_mistoline`` (``kind="xlabs"``: a pixel hint, 3 channels) builds one:
+    ``comfy.ldm.flux.controlnet.ControlNetFlux`` on the tiny Flux config (one double block), seeded
+    weights with the zero-initialised output projections at a small random value."""
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+
+    unet_config = dict(model_config("flux").unet_config)
+    unet_config.pop("dtype", None)  # set_inference_dtype's entry; the loaders pass dtype apart
+    common = {
+        "operations": comfy.ops.disable_weight_init,
+        "device": torch.device("cpu"),
+        "dtype": torch.float32,
+    }
+    if kind == "instantx":
+        net = comfy.ldm.flux.controlnet.ControlNetFlux(
+            latent_input=True, num_union_modes=0, control_latent_channels=16, **common, **unet_config
+        )
+    elif kind == "xlabs":
+        net = comfy.ldm.flux.controlnet.ControlNetFlux(mistoline=False, **common, **unet_config)
+    else:
+        raise ValueError(f"kind must be 'instantx' or 'xlabs', not {kind!r}")
+    sd = seeded_state_dict(net, seed + 17)
+    for name in sd:
+        if name.startswith(("controlnet_blocks", "controlnet_single_blocks", "pos_embed_input")):
+            sd[name] = sd[name] * 0.1
+    net.load_state_dict(sd, strict=True)
+    extra_conds = ["y", "guidance"]
+    load = {"load_device": mm.get_torch_device(), "manual_cast_dtype": None, "extra_conds": extra_conds}
+    if kind == "instantx":
+        return comfy.controlnet.ControlNet(
+            net, compression_ratio=1, latent_format=comfy.latent_formats.Flux(), concat_mask=False, **load
+        )
+    return comfy.controlnet.ControlNet(net, **load)
+
+
+def build_control_lora(seed: int = 0, rank: int = 4):
+    """A real ``comfy.controlnet.ControlLora`` for the tiny "sdxl" model (as ``load_controlnet`` makes
+    one from a file with ``lora_controlnet``): the ControlNet-only weights (hint block, zero convs,
+    middle out) seeded, and rank-``rank`` LoRA up/down pairs on the attention projections; the rest
+    comes from the model it is applied to, as with real ControlLoRA files."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    config = dict(UNETS["sdxl"])
+    config.pop("out_channels")
+    template = comfy.cldm.cldm.ControlNet(
+        **config, hint_channels=3, operations=comfy.ops.disable_weight_init, device=torch.device("meta")
+    )
+    shapes = {k: v.shape for k, v in template.state_dict().items()}
+    gen = torch.Generator().manual_seed(seed + 19)
+    weights = {"lora_controlnet": torch.tensor([])}
+    for name, shape in shapes.items():
+        if name.startswith(("input_hint_block", "zero_convs", "middle_block_out")):
+            if name.endswith("bias") or len(shape) < 2:
+                weights[name] = torch.zeros(shape)
+            else:
+                scale = 0.1 if not name.startswith("input_hint_block") else 1.0
+                weights[name] = torch.randn(shape, generator=gen) * scale / math.prod(shape[1:]) ** 0.5
+        elif name.endswith(("to_q.weight", "to_k.weight", "to_v.weight")) and len(shape) == 2:
+            base = name[: -len(".weight")]
+            weights[base + ".up"] = torch.randn(shape[0], rank, generator=gen) * 0.1
+            weights[base + ".down"] = torch.randn(rank, shape[1], generator=gen) / shape[1] ** 0.5
+    return comfy.controlnet.ControlLora(weights, global_average_pooling=False)
