@@ -30,6 +30,7 @@ from comfy_api.latest import io
 from ..kernels import digit as D
 from ..kernels import dinov2
 from ._common import check_choice, check_inputs, seed_input, show_value
+from ._compat import schema_extras
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -226,6 +227,7 @@ class DiGITEncoderLoader(io.ComfyNode):
         files = _encoder_files()
         return io.Schema(
             node_id="UltraResDiGITEncoderLoader",
+            **schema_extras(search_aliases=["digit", "image tokenizer", "dinov2 tokenizer"]),
             display_name="DiGIT Encoder Loader (UltraRes)",
             category=CATEGORY,
             description=(
@@ -292,6 +294,7 @@ class DiGITCodebookLoader(io.ComfyNode):
         files = _codebook_files()
         return io.Schema(
             node_id="UltraResDiGITCodebookLoader",
+            **schema_extras(search_aliases=["digit", "codebook", "k-means"]),
             display_name="DiGIT Codebook Loader (UltraRes)",
             category=CATEGORY,
             description=(
@@ -350,6 +353,7 @@ class DiGITTokenize(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDiGITTokenize",
+            **schema_extras(search_aliases=["digit", "image tokens", "discrete tokens", "tokenizer"]),
             display_name="DiGIT Tokenize (UltraRes)",
             category=CATEGORY,
             description=(
@@ -409,6 +413,7 @@ class DiGITFitCodebook(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDiGITFitCodebook",
+            **schema_extras(search_aliases=["digit", "k-means", "train codebook"]),
             display_name="DiGIT Fit Codebook (UltraRes)",
             category=CATEGORY,
             description=(
@@ -547,6 +552,7 @@ class DiGITDecode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDiGITDecode",
+            **schema_extras(search_aliases=["digit", "tokens to image", "detokenize"]),
             display_name="DiGIT Tokens to Image (UltraRes)",
             category=CATEGORY,
             description=(

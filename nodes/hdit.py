@@ -32,6 +32,7 @@ from comfy_api.latest import io
 from ..kernels import hdit as H
 from ..kernels import hdit_format
 from ._common import check_inputs
+from ._compat import schema_extras
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
@@ -250,6 +251,9 @@ class UltraResHDiTLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResHDiTLoader",
+            **schema_extras(
+                search_aliases=["hdit", "hourglass diffusion transformer", "pixel space", "high resolution"]
+            ),
             display_name="Load HDiT Model (UltraRes)",
             category=CATEGORY,
             description="Load an Hourglass Diffusion Transformer (k-diffusion image_transformer_v2) from the hdit "
@@ -318,6 +322,7 @@ class UltraResHDiTClass(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResHDiTClass",
+            **schema_extras(search_aliases=["hdit", "class label", "class conditioning"]),
             display_name="HDiT Class (UltraRes)",
             category=CATEGORY,
             description="Class conditioning for a class-conditional HDiT: 'positive' asks for class_id, "

@@ -29,6 +29,7 @@ from ..kernels import inversion_format as kfmt
 from ..kernels import inversion_report as kreport
 from . import _files
 from ._common import check_inputs, seed_input
+from ._compat import schema_extras
 from ._sampling import LoopRun, check_channels, guided_sample, loop_sampler, model_family
 
 CATEGORY = "UltraRes/inversion"
@@ -265,6 +266,9 @@ class DDIMInvert(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDDIMInvert",
+            **schema_extras(
+                search_aliases=["inversion", "ddim inversion", "image to noise", "unseen diffusion"]
+            ),
             display_name="DDIM Invert (UltraRes)",
             category=CATEGORY,
             description="Deterministic (eta = 0) DDIM inversion: walks a clean latent up the model's own noise "
@@ -342,6 +346,7 @@ class DDIMGenerate(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDDIMGenerate",
+            **schema_extras(search_aliases=["inversion", "ddim", "noise to image", "reconstruct"]),
             display_name="DDIM Generate (UltraRes)",
             category=CATEGORY,
             description="Deterministic (eta = 0) DDIM generation from a noise latent made by UltraResDDIMInvert "
@@ -402,6 +407,7 @@ class LatentSlerp(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResLatentSlerp",
+            **schema_extras(search_aliases=["slerp", "interpolate latents", "inversion"]),
             display_name="Latent Slerp (UltraRes)",
             category=CATEGORY,
             description="Spherical interpolation between two noise latents (the paper moves from an inverted "
@@ -521,6 +527,7 @@ class DomainScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDomainScore",
+            **schema_extras(search_aliases=["inversion", "domain score", "out of domain"]),
             display_name="Domain Score (UltraRes)",
             category=CATEGORY,
             description="How in-domain a set of inverted latents looks: fits the paper's Gaussian (per-dim mean, "
@@ -684,6 +691,7 @@ class DomainGaussian(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResDomainGaussian",
+            **schema_extras(search_aliases=["inversion", "gaussian latents", "sample latents"]),
             display_name="Fit & Sample Domain Gaussian (UltraRes)",
             category=CATEGORY,
             description="The paper's unseen-domain sampling: fits a Gaussian to a batch of inverted latents of "

@@ -24,6 +24,7 @@ from torch import nn
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
 from ._common import check_inputs
+from ._compat import guard_multigpu, refuse_multigpu, schema_extras
 from ._sampling import model_family
 
 CATEGORY = "UltraRes/linfusion"
@@ -245,6 +246,7 @@ class LinFusionLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResLinFusionLoader",
+            **schema_extras(search_aliases=["linfusion", "linear attention", "high resolution"]),
             display_name="LinFusion Loader (UltraRes)",
             category=CATEGORY,
             description=(
@@ -286,11 +288,26 @@ class LinFusionLoader(io.ComfyNode):
         return io.NodeOutput(load_weights(path, lf_name))
 
 
+MULTIGPU_REASON = (
+    "its layers are object patches holding this model's own attention modules, and the per-device clones "
+    "ComfyUI makes at every sampling run (match_multigpu_clones) would share those modules across devices"
+)
+
+
 class LinFusionApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="UltraResLinFusionApply",
+            **schema_extras(
+                search_aliases=[
+                    "linfusion",
+                    "linear attention",
+                    "high resolution",
+                    "4k",
+                    "efficient attention",
+                ]
+            ),
             display_name="Apply LinFusion (UltraRes)",
             category=CATEGORY,
             description=(
@@ -358,9 +375,10 @@ class LinFusionApply(io.ComfyNode):
     ) -> io.NodeOutput:
         if not isinstance(linfusion, LinFusionWeights):
             raise ValueError("linfusion: connect the output of LinFusion Loader (UltraRes).")
-        return io.NodeOutput(
-            patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision)
-        )
+        refuse_multigpu(model, "Apply LinFusion (UltraRes)", MULTIGPU_REASON)
+        m = patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision)
+        guard_multigpu(m, "Apply LinFusion (UltraRes)", MULTIGPU_REASON)
+        return io.NodeOutput(m)
 
 
 NODES = [LinFusionLoader, LinFusionApply]

@@ -37,6 +37,7 @@ from ._common import (
     latent_downscale_ratio,
     seed_input,
 )
+from ._compat import schema_extras
 from ._sampling import LoopRun, check_channels, check_image_tensor, guided_sample, image_samples, loop_sampler
 
 CATEGORY = "UltraRes/relay"
@@ -322,6 +323,7 @@ class UltraResBlockNoise(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResBlockNoise",
+            **schema_extras(search_aliases=["relay", "relay diffusion", "block noise"]),
             display_name="Relay Block Noise (UltraRes)",
             category=CATEGORY,
             description="Noise for relay stage two: ComfyUI's seeded noise plus s_block times block noise (a circular "
@@ -393,6 +395,7 @@ class UltraResRelaySigmas(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResRelaySigmas",
+            **schema_extras(search_aliases=["relay", "relay diffusion", "truncated schedule"]),
             display_name="Relay Sigmas (UltraRes)",
             category=CATEGORY,
             description="Relay stage-two schedule: the Karras grid of `steps` levels over the model's own sigma range, "
@@ -504,6 +507,7 @@ class UltraResRelaySampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResRelaySampler",
+            **schema_extras(search_aliases=["relay", "relay diffusion", "upscale", "super resolution"]),
             display_name="Relay Sampler (UltraRes)",
             category=CATEGORY,
             description="Relay Diffusion's stage-two sampler for SamplerCustom/SamplerCustomAdvanced: stochastic Heun in "
@@ -706,6 +710,17 @@ class UltraResRelayUpscale(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResRelayUpscale",
+            **schema_extras(
+                search_aliases=[
+                    "relay",
+                    "relay diffusion",
+                    "upscale",
+                    "high resolution",
+                    "4k",
+                    "super resolution",
+                    "hires fix",
+                ]
+            ),
             display_name="Relay Upscale (UltraRes)",
             category=CATEGORY,
             description="Relay Diffusion stage two in one node: nearest-upsample the low-res latent by `factor`, add "
