@@ -236,8 +236,10 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
     matcher applies the file the same way here."""
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
+    ).stdout.splitlines()  # lines: blueprint file names hold spaces
     probe = tracked + [
+        "subgraphs/Relay Upscale x4.json",
+        "subgraphs/_build.py",
         "web/docs/UltraResTiledDiffusion.md",
         "workflows/fstd_any_size.jpg",
         ".venv/bin/python",
@@ -252,12 +254,13 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
         capture_output=True,
         text=True,
     )
-    ignored = set(out.stdout.split())
+    ignored = set(out.stdout.splitlines())
     must_ship = [
         p
         for p in probe
         if p.split("/")[0] in ("nodes", "kernels", "models", "web")
         or re.fullmatch(r"workflows/[^/]+\.(json|jpg)", p)
+        or re.fullmatch(r"subgraphs/[^/_][^/]*\.json", p)
         or p
         in (
             "__init__.py",
@@ -273,7 +276,7 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
         for p in probe
         if p.split("/")[0] in ("tests", "docs", "demo", "bench_results", ".ci", ".venv", ".comfyui")
         or p.startswith(("workflows/specs/", "scripts/assets/"))
-        or p == "scripts/setup.sh"
+        or p in ("scripts/setup.sh", "subgraphs/_build.py")
     ]
     assert must_ship and must_drop
     assert [p for p in must_ship if p in ignored] == [], "runtime files left out of the registry zip"
