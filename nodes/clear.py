@@ -157,8 +157,9 @@ def patch_model(
     runner = ClearRunner(window or clear.window, clear.down_factor, spatial, proportional)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, runner)
     if ntk_factor != 1.0:
-        embedder = copy.copy(net.pe_embedder)
-        embedder.theta = K.ntk_theta(net.pe_embedder.theta, ntk_factor)
+        original = model.get_model_object("diffusion_model.pe_embedder")  # not a loaded clone's patch
+        embedder = copy.copy(original)
+        embedder.theta = K.ntk_theta(original.theta, ntk_factor)
         m.add_object_patch("diffusion_model.pe_embedder", embedder)
     return m
 

@@ -34,6 +34,15 @@ NODE_ROWS: dict[str, dict[str, str]] = {
     },
 }
 
+# CLEAR Apply: FLUX.1-architecture models (model_base.Flux: dev, schnell, Krea, Kontext, Fill) only.
+CLEAR_REFUSAL = "CLEAR weights exist only for FLUX.1"
+CLEAR_FAMILIES = ("flux", "flux_fill")
+NODE_ROWS["CLEAR Apply"] = {
+    f: "works" if f in CLEAR_FAMILIES else f"refused: {CLEAR_REFUSAL}" for f in FAMILIES
+}
+# What CLEAR Apply is run with in tests/comfy/test_compat_matrix.py (on the tiny FLUX, cfg 1 and 4):
+CLEAR_ADDONS = (*TILING_METHODS, "Relay Upscale", "LoRA", "ControlNet", "batch size 2")
+
 # Add-ons users wire around Tiled Diffusion -> (the families each is run on, the tiling methods).
 # Each cell checks that a single tile covering the image equals untiled sampling with the add-on.
 # Guidance add-ons and controls (which re-evaluate the model inside a step or carry per-tile hints)

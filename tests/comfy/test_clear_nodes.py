@@ -186,6 +186,11 @@ def test_patches_replace_the_attention_rows_only(comfy, tiny_flux, clear_dir):
         m.get_model_object("diffusion_model.pe_embedder").theta
         == 10 * model.get_model_object("diffusion_model.pe_embedder").theta
     )
+    again = _apply(comfy, model, "clear_local_8_down_4.safetensors")  # while m is loaded
+    assert (
+        again.get_model_object("diffusion_model.pe_embedder").theta
+        == m.get_model_object("diffusion_model.pe_embedder").theta
+    )
     mm.load_models_gpu([model])  # the base model gets its own weights back
     torch.testing.assert_close(
         model.model.diffusion_model.state_dict()["single_blocks.0.linear1.weight"],

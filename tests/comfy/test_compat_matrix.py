@@ -485,3 +485,145 @@ def test_readme_table_matches_the_matrix():
     assert m.group(1).strip() == M.markdown_table().strip(), (
         "README matrix is stale: run scripts/compat_table.py --write"
     )
+
+
+# ---------------------------------------------------------------- CLEAR Apply (FLUX.1 only)
+
+
+@functools.cache
+def _clear_weights(down_factor: int = 4):
+    """A CLEAR file sized for the tiny FLUX (window 8, official layout) in a temporary "clear" folder,
+    loaded with UltraResCLEARLoader; once per session."""
+    import tempfile
+
+    import folder_paths
+    from harness import boot
+    from test_clear_nodes import write_clear_file
+
+    folder = tempfile.mkdtemp(prefix="ultrares-clear-")
+    name = f"clear_local_8{'_down_4' if down_factor == 4 else ''}.safetensors"
+    write_clear_file(os.path.join(folder, name), down_factor=down_factor, dtype=torch.bfloat16)
+    folder_paths.add_model_folder_path("clear", folder)
+    return boot.boot().run_node("UltraResCLEARLoader", clear_name=name)[0]
+
+
+@functools.cache
+def _flux_lora_name():
+    """A real LoRA on the tiny FLUX's fused attention projections (img_attn.qkv, linear1), in a
+    temporary folder added to ComfyUI's "loras" paths."""
+    import tempfile
+
+    import comfy.lora as comfy_lora
+    import folder_paths
+
+    model = family_parts("flux")[0]
+    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
+    g = torch.Generator().manual_seed(6)
+    lora = {}
+    for lora_key, weight_key in comfy_lora.model_lora_keys_unet(model.model, {}).items():
+        if (
+            isinstance(lora_key, str)
+            and lora_key.startswith("lora_unet_")
+            and lora_key.endswith(("img_attn_qkv", "linear1"))
+        ):
+            out_f, in_f = shapes[weight_key][:2]
+            lora[f"{lora_key}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.2
+            lora[f"{lora_key}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.2
+    assert lora, "no FLUX attention keys found for the LoRA"
+    folder = tempfile.mkdtemp(prefix="ultrares-loras-")
+    folder_paths.add_model_folder_path("loras", folder)
+    name = f"ultrares_clear_{uuid.uuid4().hex[:8]}.safetensors"
+    save_file(lora, os.path.join(folder, name))
+    return name
+
+
+def _clear(comfy, model):
+    return comfy.run_node("UltraResCLEARApply", model=model, clear=_clear_weights())[0]
+
+
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_clear_apply_on_every_family(comfy, family):
+    """CLEAR patches FLUX.1 and samples at cfg 1 and 4; every other family is refused by name."""
+    expected = M.status("CLEAR Apply", family)
+    model, clip, _ = family_parts(family)
+    if expected != "works":
+        with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
+            _clear(comfy, model)
+        return
+    patched = _clear(comfy, model)
+    if family != "flux":  # e.g. FLUX.1 Fill: patched, sampled by its own graphs
+        return
+    pos, neg = conds(comfy, family, model, clip)
+    for cfg in (1.0, 4.0):
+        out = ksample(comfy, patched, pos, neg, latent(family), cfg=cfg)
+        plain = ksample(comfy, model, pos, neg, latent(family), cfg=cfg)
+        assert torch.isfinite(out).all() and float((out - plain).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
+@pytest.mark.parametrize("addon", M.CLEAR_ADDONS)
+def test_clear_composes(comfy, addon, cfg):
+    """CLEAR Apply (window 8, down 4) on the tiny FLUX with each tiling method (each tile's token
+    grid is what CLEAR masks: one tile covering the image equals untiled CLEAR sampling), Relay
+    Upscale, a LoRA loaded after it, a Flux ControlNet and batch 2, at cfg 1 and 4 (FluxGuidance)."""
+    import tiny_models
+
+    model, clip, vae = family_parts("flux")
+    pos, neg = conds(comfy, "flux", model, clip)
+    lat = latent("flux")
+    clear = _clear(comfy, model)
+    if addon in M.TILING_METHODS:
+        check_cell(
+            comfy,
+            "flux",
+            addon,
+            lambda m: ksample(comfy, m, pos, neg, lat, cfg=cfg),
+            clear,
+            key=("clear", cfg),
+        )
+        return
+    if addon == "Relay Upscale":
+        first = ksample(comfy, clear, pos, neg, latent("flux", px=(128, 128)), cfg=cfg)
+        (out,) = comfy.run_node(
+            "UltraResRelayUpscale",
+            model=clear,
+            positive=pos,
+            negative=neg,
+            latent={"samples": first},
+            factor=2,
+            seed=4,
+            steps=3,
+            truncation_sigma=0.6,
+            rho=1.0,
+            cfg=cfg,
+            blur_sigma_max=0.0,
+            prob_length=0.93,
+            s_block=0.15,
+            s_noise=0.2,
+            s_churn=0.0,
+            s_tmin=0.0,
+            s_tmax=1000.0,
+            s_churn_noise=1.0,
+        )
+        samples = out["samples"]
+        assert samples.shape[-2:] == (first.shape[-2] * 2, first.shape[-1] * 2)
+    elif addon == "LoRA":
+        (with_lora,) = comfy.run_node(
+            "LoraLoaderModelOnly", model=clear, lora_name=_flux_lora_name(), strength_model=1.0
+        )
+        samples = ksample(comfy, with_lora, pos, neg, lat, cfg=cfg)
+        assert float((samples - ksample(comfy, clear, pos, neg, lat, cfg=cfg)).abs().max()) > 1e-4
+    elif addon == "ControlNet":
+        build = getattr(tiny_models, "build_flux_controlnet", None)
+        if build is None:
+            pytest.skip("this tiny_models has no Flux ControlNet builder")
+        pos_c, neg_c = _apply_control(comfy, pos, neg, build(kind="xlabs"), _image("flux"))
+        samples = ksample(comfy, clear, pos_c, neg_c, lat, cfg=cfg)
+        assert float((samples - ksample(comfy, clear, pos, neg, lat, cfg=cfg)).abs().max()) > 1e-4
+    else:  # batch size 2: each item as when sampled alone
+        two = latent("flux", batch=2, noise=True)
+        samples = ksample(comfy, clear, pos, neg, two, cfg=cfg, denoise=0.8)
+        one = ksample(comfy, clear, pos, neg, {"samples": two["samples"][:1]}, cfg=cfg, denoise=0.8)
+        assert samples.shape[0] == 2
+        torch.testing.assert_close(samples[:1], one, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(samples).all()
