@@ -84,6 +84,26 @@ def tiny_sd15_inpaint(comfy):
 
 
 @pytest.fixture(scope="session")
+def tiny_family(comfy):
+    """``tiny_family(name, seed=0) -> (MODEL, CLIP | None, VAE | None)``: any family of the test pack's
+    ``tiny_models.FAMILIES`` (the 2026 families too: "flux2", "qwen_image", "zimage", "chroma",
+    "chroma_radiance", "hidream", "hunyuan_image21", "flux_fill"), built through the running
+    ComfyUI's own detection; cached, so clone() before patching. Families without a tiny text
+    encoder give CLIP None: use ``tiny_models.family_conditioning``. ``tiny_family.tm`` is the module
+    (FAMILY_INFO, latent_shape, family_conditioning, build_flux_controlnet, build_control_lora...)."""
+
+    tm = _boot.tiny_models_module()
+
+    def build(name: str, seed: int = 0):
+        if name not in tm.FAMILIES:
+            pytest.skip(f"ComfyUI {comfy.comfy_path.parent.name} has no {name} family")
+        return tm.build(name, seed)
+
+    build.tm = tm
+    return build
+
+
+@pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A real `main.py --cpu` subprocess with UltraRes and the test pack installed (harness.server)."""
     from harness.server import ComfyServer
