@@ -218,8 +218,13 @@ def boot(cpu: bool | None = None) -> Runtime:
             if "SamplerCustomAdvanced" not in nodes.NODE_CLASS_MAPPINGS:
                 # ComfyUI logs a traceback for each optional core module whose dependency is absent
                 # (torchaudio...): not the demo's business.
+                # 0.30's nodes_replacements.py needs a running PromptServer (it registers node-id
+                # replacements for the graph editor; no node of its own): irrelevant in-process.
                 logging.getLogger().setLevel(logging.ERROR)
-                asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+                failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+                failed = [f for f in failed or [] if f != "nodes_replacements.py"]
+                if failed:
+                    LOG.info("ComfyUI core node modules not loaded: %s", ", ".join(failed))
             logging.getLogger().setLevel(logging.WARNING)
             if not any(
                 n.startswith("UltraRes") and not n.startswith("UltraResTest")
