@@ -15,8 +15,8 @@ import json
 import subprocess
 import sys
 
-import pytest
 import numpy as np
+import pytest
 from harness.paths import ROOT, comfy_root
 
 pytestmark = [
@@ -78,7 +78,11 @@ def expand(blueprint: dict, object_info, host_id: str, sockets: dict, widgets: d
             link = links[entry["link"]]
             if link["origin_id"] == -10:
                 name = names[link["origin_slot"]]
-                inputs[entry["name"]] = sockets[name] if name in sockets else promoted[name]
+                if name in sockets:
+                    inputs[entry["name"]] = sockets[name]
+                elif name in promoted:
+                    inputs[entry["name"]] = promoted[name]
+                # else: a socket left unconnected (the input stays missing, as the editor leaves it)
             else:
                 inputs[entry["name"]] = [f"{host_id}:{link['origin_id']}", link["origin_slot"]]
         nodes[f"{host_id}:{node['id']}"] = {"class_type": node["type"], "inputs": inputs}
