@@ -81,7 +81,7 @@ TRAIN_SEQ_LEN = 64**2 + 512
 proportional-attention logarithm."""
 
 IMPLEMENTATIONS = ("auto", "flex", "blocked", "dense")
-DEFAULT_TILE = 8
+DEFAULT_TILE = 16
 DEFAULT_BUDGET = 128 << 20  # bytes of scores + gathered keys/values per blocked step
 
 
@@ -309,88 +309,97 @@ def _attend_lse(q, k, v, scale: float, budget: int, bias: torch.Tensor | None = 
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
-@functools.lru_cache(maxsize=32)
-def _tile_window(tile: int, window: int, device: str) -> torch.Tensor:
-    """``[tile*tile, R*R]`` bool: query (i, j) of a tile (row-major) sees key (a, c) of its rectangle
-    (keys column-major: index ``c * R + a``; ``R = tile + 2 (window - 1)``, the rectangle starting
-    ``window - 1`` tokens above and left of the tile)."""
-    p = window - 1
-    r = tile + 2 * p
-    i = torch.arange(tile, device=device)
-    a = torch.arange(r, device=device)
-    dy = a[None, :] - p - i[:, None]  # [query row or column, key row or column]
-    near = dy[:, None, None, :] ** 2 + dy[None, :, :, None] ** 2 < window * window  # [i, j, c, a]
-    return rearrange(near, "i j c a -> (i j) (c a)")
+def _window_bias(
+    window: int, oy: int, th: int, rows: int, ox: int, tw: int, cols: int, device
+) -> torch.Tensor:
+    """Additive fp32 mask ``[th*tw, cols*rows]`` for a ``th x tw`` query tile whose key rectangle is
+    ``rows x cols`` tokens, stored column-major (key index ``c * rows + a``); the tile starts ``oy``
+    rows and ``ox`` columns into the rectangle. 0 where ``dy^2 + dx^2 < window^2``, else the most
+    negative float (never -inf: a row cannot turn into NaN)."""
+    i = torch.arange(th, device=device)[:, None, None, None] + oy
+    j = torch.arange(tw, device=device)[None, :, None, None] + ox
+    c = torch.arange(cols, device=device)[None, None, :, None]
+    a = torch.arange(rows, device=device)[None, None, None, :]
+    near = (a - i) ** 2 + (c - j) ** 2 < window * window  # [i, j, c, a]
+    bias = torch.zeros(near.shape, device=device).masked_fill_(~near, torch.finfo(torch.float32).min)
+    return rearrange(bias, "i j c a -> (i j) (c a)")
 
 
-def _bias(allowed: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(torch.float32).min
-    )
+def _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget):
+    """Image queries, one row of ``tile x tile`` query tiles at a time, written into ``out``.
 
-
-def _local(q, k, v, height, width, window, scale, tile, budget):
-    """Attention of image queries over the image keys in their window: ``(out, lse)`` fp32.
-
-    ``q, k, v``: ``[B, H, height*width, D]`` fp32. A ``tile x tile`` block of queries attends to the
-    ``R x R`` rectangle of keys (``R = tile + 2 (window - 1)``) masked to each query's circle. The
-    keys of one row of tiles are stored column-major once, so each tile's rectangle is a contiguous
-    view (no per-tile gather). Memory: the padded grids and one strip of ``R`` rows (linear in tokens)."""
+    ``q, k, v, out``: ``[B, H, seq, D]``; ``kg, vg``: the global keys/values (text, tail,
+    downsampled; fp32, possibly empty). Per row of tiles: the local part tile by tile over the key
+    rectangle within ``window - 1`` tokens (clipped at the borders; stored column-major once per
+    chunk of columns, so each tile's rectangle is a contiguous view), then the global part for the
+    whole row (one fused call) and the merge of the two softmaxes through their log-sum-exps, on
+    the whole row at once. Memory: the output plus O(budget) per step, linear in tokens."""
     b, nh, _, d = q.shape
-    p = window - 1
-    hp, wp = -(-height // tile) * tile, -(-width // tile) * tile
-    rect = tile + 2 * p
-    dev = q.device
-    qg = F.pad(q.reshape(b, nh, height, width, d), (0, 0, 0, wp - width, 0, hp - height))
-    kg = F.pad(k.reshape(b, nh, height, width, d), (0, 0, p, p + wp - width, p, p + hp - height))
-    vg = F.pad(v.reshape(b, nh, height, width, d), (0, 0, p, p + wp - width, p, p + hp - height))
-    valid = torch.zeros(hp + 2 * p, wp + 2 * p, dtype=torch.bool, device=dev)
-    valid[p : p + height, p : p + width] = True
-    near = _tile_window(tile, window, str(dev))
-    inner = _bias(near)[None, None]
-    out = torch.empty(b, nh, hp, wp, d, dtype=torch.float32, device=dev)
-    lse = torch.empty(b, nh, hp, wp, dtype=torch.float32, device=dev)
-    for y0 in range(0, hp, tile):
-        ks = kg[:, :, y0 : y0 + rect].transpose(2, 3).contiguous()  # [b n W' R d], column-major strip
-        vs = vg[:, :, y0 : y0 + rect].transpose(2, 3).contiguous()
-        ok_strip = valid[y0 : y0 + rect].t()  # [W', R]
-        for x0 in range(0, wp, tile):
-            qt = qg[:, :, y0 : y0 + tile, x0 : x0 + tile].reshape(b, nh, tile * tile, d)
-            kt = ks[:, :, x0 : x0 + rect].reshape(b, nh, rect * rect, d)
-            vt = vs[:, :, x0 : x0 + rect].reshape(b, nh, rect * rect, d)
-            ok = ok_strip[x0 : x0 + rect].reshape(-1)
-            bias = inner if bool(ok.all()) else _bias(near & ok[None])[None, None]
-            o, ls = _attend_lse(qt, kt, vt, scale, budget, bias)
-            out[:, :, y0 : y0 + tile, x0 : x0 + tile] = o.reshape(b, nh, tile, tile, d)
-            lse[:, :, y0 : y0 + tile, x0 : x0 + tile] = ls.reshape(b, nh, tile, tile)
-    out = out[:, :, :height, :width].reshape(b, nh, height * width, d)
-    return out, lse[:, :, :height, :width].reshape(b, nh, height * width)
+    t0, h, w = layout.txt, layout.height, layout.width
+    grid = lambda x: x[:, :, t0 : t0 + h * w].unflatten(2, (h, w))  # noqa: E731 (views)
+    qi, ki, vi, oi = grid(q), grid(k), grid(v), grid(out)
+    p, f32 = window - 1, torch.float32
+    per_col = 2 * b * nh * (min(h, tile + 2 * p)) * d * 4
+    chunk = max(tile, (max(1, budget // per_col) - 2 * p) // tile * tile)
+    spans = [(x0, min(w, x0 + tile)) for x0 in range(0, w, tile)]
+    biases: dict[tuple, torch.Tensor] = {}
+    for y0 in range(0, h, tile):
+        y1 = min(h, y0 + tile)
+        th = y1 - y0
+        ya, yb = max(0, y0 - p), min(h, y1 + p)
+        # the row's queries in tile order: [b n (tile i j) d]
+        q_row = rearrange(qi[:, :, y0:y1].to(f32), "b n i x d -> b n x i d")
+        outs, lses = [], []
+        strip = None
+        for x0, x1 in spans:
+            if strip is None or x1 + p > strip[1]:  # the next chunk of columns, column-major
+                xa, xb = max(0, x0 - p), min(w, x0 + chunk + p)
+                ks = ki[:, :, ya:yb, xa:xb].transpose(2, 3).to(f32).contiguous()  # [b n cols rows d]
+                vs = vi[:, :, ya:yb, xa:xb].transpose(2, 3).to(f32).contiguous()
+                strip = (xa, xb)
+            kxa, kxb = max(0, x0 - p), min(w, x1 + p)
+            rows, cols = yb - ya, kxb - kxa
+            kt = ks[:, :, kxa - strip[0] : kxb - strip[0]].reshape(b, nh, cols * rows, d)
+            vt = vs[:, :, kxa - strip[0] : kxb - strip[0]].reshape(b, nh, cols * rows, d)
+            qt = q_row[:, :, x0:x1].transpose(2, 3).reshape(b, nh, th * (x1 - x0), d)
+            key = (y0 - ya, th, rows, x0 - kxa, x1 - x0, cols)
+            if key not in biases:
+                biases[key] = _window_bias(window, *key, device=q.device)[None, None]
+            o, ls = _attend_lse(qt, kt, vt, scale, budget, biases[key])
+            outs.append(o.reshape(b, nh, th, x1 - x0, d))
+            lses.append(ls.reshape(b, nh, th, x1 - x0))
+        o, ls = torch.cat(outs, dim=3), torch.cat(lses, dim=3)  # [b n th w (d)], image order
+        if kg.shape[2]:  # merge with the global keys' softmax, for the whole row
+            og, lg = _attend_lse(qi[:, :, y0:y1].reshape(b, nh, th * w, d).to(f32), kg, vg, scale, budget)
+            og, lg = og.reshape(o.shape), lg.reshape(ls.shape)
+            m = torch.maximum(ls, lg)
+            wl, wg = torch.exp(ls - m), torch.exp(lg - m)
+            o = (o * wl[..., None] + og * wg[..., None]) / (wl + wg)[..., None]
+        oi[:, :, y0:y1] = o.to(out.dtype)
 
 
 def _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, tile, budget):
     t, n = layout.txt, layout.image
-    img = slice(t, t + n)
     out = torch.empty_like(q)
-    if t or layout.tail:  # text and tail queries: every sequence token
+    if t or layout.tail:  # text and tail queries: every sequence token (fused SDPA, linear memory)
         qg = torch.cat([q[:, :, :t], q[:, :, t + n :]], dim=2)
         og = F.scaled_dot_product_attention(qg, k, v, scale=scale)
         out[:, :, :t] = og[:, :, :t]
         out[:, :, t + n :] = og[:, :, t:]
     f32 = torch.float32
-    qi, ki, vi = q[:, :, img].to(f32), k[:, :, img].to(f32), v[:, :, img].to(f32)
-    o, lse = _local(qi, ki, vi, layout.height, layout.width, window, scale, tile, budget)
-    kg = [k[:, :, :t].to(f32), k[:, :, t + n :].to(f32)]
-    vg = [v[:, :, :t].to(f32), v[:, :, t + n :].to(f32)]
+    kg = [k[:, :, :t], k[:, :, t + n :]]
+    vg = [v[:, :, :t], v[:, :, t + n :]]
     if down_factor > 1:
-        kg.append(downsample_tokens(ki, layout.height, layout.width, spatial_weight.to(f32)))
-        vg.append(downsample_tokens(vi, layout.height, layout.width, spatial_weight.to(f32)))
-    kg, vg = torch.cat(kg, dim=2), torch.cat(vg, dim=2)
-    if kg.shape[2]:  # merge the global keys' softmax with the local one through the log-sum-exps
-        og, lg = _attend_lse(qi, kg, vg, scale, budget)
-        m = torch.maximum(lse, lg)
-        wl, wg = torch.exp(lse - m), torch.exp(lg - m)
-        o = (o * wl[..., None] + og * wg[..., None]) / (wl + wg)[..., None]
-    out[:, :, img] = o.to(q.dtype)
+        img = slice(t, t + n)
+        kg.append(
+            downsample_tokens(k[:, :, img].to(f32), layout.height, layout.width, spatial_weight.to(f32))
+        )
+        vg.append(
+            downsample_tokens(v[:, :, img].to(f32), layout.height, layout.width, spatial_weight.to(f32))
+        )
+    kg = torch.cat([x.to(f32) for x in kg], dim=2).contiguous()
+    vg = torch.cat([x.to(f32) for x in vg], dim=2).contiguous()
+    _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget)
     return out
 
 

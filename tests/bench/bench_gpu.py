@@ -19,6 +19,8 @@ budget is recorded as skipped, and the JSON is rewritten after every measurement
    (overlap 32 latent px).
 5. ``sdxl_linfusion_fstd_16k``: SDXL + LinFusion + FSTD at 16384^2 px (2048 px tiles) for a few
    steps; ``extrapolated_20_steps_s`` is labelled as an extrapolation (mean step x 20).
+6. ``flux_clear``: one FLUX.1 attention (24 x 128 heads, +512 text) at 2K/4K/8K px: full SDPA vs
+   CLEAR window 16 + down 4 (FlexAttention, cached block mask), seconds, peak memory, speed-up.
 
 ``--smoke`` uses the test pack's tiny SDXL layout and tiny sizes so the whole script runs on a CPU
 in well under a minute (tests/cuda/test_bench_gpu_smoke.py runs it).
@@ -79,6 +81,9 @@ FULL = {
     "big_steps": 2,
     "dtype": "fp16",
     "repeats": 3,
+    "clear_px": [2048, 4096, 8192],  # FLUX attention (section flux_clear): 16k, 65k, 262k image tokens
+    "clear_heads": 24,
+    "clear_dim": 128,
 }
 SMOKE = {
     "op_tokens": [256, 1024],
@@ -98,6 +103,9 @@ SMOKE = {
     "big_steps": 1,
     "dtype": "fp32",
     "repeats": 1,
+    "clear_px": [128, 256],
+    "clear_heads": 2,
+    "clear_dim": 16,
 }
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -381,6 +389,50 @@ def bench_hdit_neighborhood(b: Bench, dtype):
             b.record("hdit_neighborhood", f"{px}px_flex_speedup_over_blocked", r)
 
 
+def bench_flux_clear(b: Bench, dtype):
+    """FLUX.1 attention (24 heads x 128, 512 text tokens, batch 1) at 2K/4K/8K px (16k/65k/262k image
+    tokens): full SDPA (ComfyUI's FLUX attention) vs CLEAR window 16 + down 4 with proportional
+    attention (kernels/clear.py: FlexAttention with the cached block mask on CUDA; the blocked path
+    elsewhere). The first CLEAR call per size compiles the block mask (the warm-up)."""
+    import torch.nn.functional as F
+    from ultrares.kernels import clear as C
+
+    heads, d, text = b.config.get("clear_heads", 24), b.config.get("clear_dim", 128), 512
+    for px in b.config.get("clear_px", [2048, 4096, 8192]):
+        side = px // 16  # 8x VAE, 2x2 patches
+        lay = C.Layout(text, side, side)
+        gen = torch.Generator(device=b.device).manual_seed(px)
+        q, k, v = (
+            torch.randn(1, heads, lay.seq, d, generator=gen, device=b.device, dtype=dtype) for _ in range(3)
+        )
+        sw = torch.full((16,), 1.0 / 16, device=b.device)
+        scale = C.attention_scale(d, lay.seq, True, True)
+        extra = {"full": {"impl": "sdpa"}, "clear": {"impl": C.choose_impl(q)}}
+
+        def full(q=q, k=k, v=v, scale=scale):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+        def clear(q=q, k=k, v=v, lay=lay, sw=sw, scale=scale):
+            return C.clear_attention(q, k, v, lay, 16, 4, sw, scale=scale)
+
+        with torch.no_grad():
+            for name, fn in (("full", full), ("clear", clear)):
+                info = {**extra[name], "image_tokens": side * side}
+                b.guarded(
+                    "flux_clear",
+                    f"{px}px_{name}",
+                    90 if name == "clear" else 30,
+                    lambda fn=fn, info=info: {**b.measure(fn), **info},
+                )
+        sec = b.results["sections"].get("flux_clear", {})
+        r = _ratio(sec.get(f"{px}px_full", {}), sec.get(f"{px}px_clear", {}))
+        if r is not None:
+            b.record("flux_clear", f"{px}px_speedup", r)
+        del q, k, v
+        if b.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _tiled_steps(
     b: Bench, model, method: str, image_px: int, tile_px: int, overlap: int, steps: int, batch: int
 ) -> dict:
@@ -573,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         mm.soft_empty_cache()
     if want("hdit"):  # last: one FlexAttention compilation per size
         bench_hdit_neighborhood(b, dtype)
+    if want("clear"):  # FLUX attention, CLEAR (FlexAttention block masks compiled per size)
+        bench_flux_clear(b, dtype)
     b.record("done", "elapsed_s", round(time.perf_counter() - b.start, 1))
     print(f"wrote {args.out}")
     return 0
