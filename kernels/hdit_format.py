@@ -1,7 +1,8 @@
 """HDiT configs and checkpoints in k-diffusion's formats (the model itself is :mod:`ultrares.kernels.hdit`).
 
 - Config: k-diffusion's ``image_transformer_v2`` config JSON, parsed with the same defaults into an
-  :class:`HDiTConfig`; every size is type-checked and bounded (:data:`LIMITS`) before anything is
+  :class:`HDiTConfig` (with the ``"relay"`` section of a relay-trained model as a
+  :class:`ultrares.kernels.relay.TrainedRelay`, parsed here once); every size is type-checked and bounded (:data:`LIMITS`) before anything is
   built, and :func:`activation_bytes_per_pixel` estimates the forward's peak memory from it.
 - Checkpoints: the training ``.pth`` (``model_ema`` preferred, read with ``weights_only=True``) and
   the safetensors inference format with ``{"config": json}`` metadata; the state-dict layout
@@ -30,6 +31,7 @@ from .hdit import (
     NoAttentionSpec,
     ShiftedWindowAttentionSpec,
 )
+from .relay import TrainedRelay, relay_config
 
 __all__ = [
     "HDiTConfig",
@@ -70,6 +72,7 @@ class HDiTConfig:
     loss_weighting: str = "karras"
     sigma_sample_density: dict = field(default_factory=lambda: {"type": "cosine-interpolated"})
     raw: dict = field(default_factory=dict)  # the full config dict with defaults applied
+    relay: TrainedRelay | None = None  # the "relay" section (a relay-trained stage two), parsed and checked
 
 
 # sane bounds for sizes declared in a config (checked before anything is built; the largest
@@ -266,6 +269,10 @@ def parse_config(config: dict | str) -> HDiTConfig:
     levels = [
         LevelSpec(dp, w, ff, sa, do) for dp, w, ff, sa, do in zip(depths, widths, d_ffs, attns, dropouts)
     ]
+    try:
+        relay = relay_config(raw)
+    except ValueError as e:
+        raise HDiTLoadError(f"{e}: fix the config's 'relay' section or remove it") from None
     return HDiTConfig(
         levels=levels,
         mapping=mapping,
@@ -280,6 +287,7 @@ def parse_config(config: dict | str) -> HDiTConfig:
         loss_weighting=str(model["loss_weighting"]),
         sigma_sample_density=dict(model["sigma_sample_density"]),
         raw=raw,
+        relay=relay,
     )
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,12 @@ from einops import rearrange, repeat
 from . import schedules
 
 __all__ = [
+    "BLOCK_SIZES",
+    "RELAY_STATE_TENSORS",
     "RelaySettings",
+    "STEPS",
+    "TrainedRelay",
+    "UPSCALE_FACTORS",
     "alpha_for_sigma",
     "alpha_table",
     "blocks_to_image",
@@ -70,7 +75,10 @@ __all__ = [
     "dct_matrix",
     "image_to_blocks",
     "relay_config",
+    "relay_memory_bytes",
+    "relay_noise",
     "relay_sample",
+    "relay_schedule",
     "relay_sigmas",
     "relay_start",
     "relay_training_loss",
@@ -83,6 +91,15 @@ __all__ = [
 # EDM training distribution of log-sigma; the relay schedule coupling is defined through it.
 P_MEAN = -1.2
 P_STD = 1.2
+
+# The ranges of the relay's quantities (the nodes' schemas read them; nowhere else types them):
+BLOCK_SIZES = (1, 16)
+"""Block size p (``RelaySettings.patch``; the nodes' ``block_size``): 1 is no block structure (plain Heun)."""
+UPSCALE_FACTORS = (2, 8)
+"""The up-scale factor of a relay up-scale: the block size p of its stage two, restricted to an actual
+up-scale (>= 2) whose output size stays within memory reach (<= 8)."""
+STEPS = (2, 10000)
+"""Nominal steps of the stage-two Karras grid (before truncation)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +205,16 @@ def block_noise(eps: torch.Tensor, p: int) -> torch.Tensor:
     padded = F.pad(flat, (p - 1, 0, p - 1, 0), mode="circular")
     summed = F.avg_pool2d(padded, kernel_size=p, stride=1) * (p * p)
     return summed.reshape(*lead, *eps.shape[-2:]) / p
+
+
+def relay_noise(eps: torch.Tensor, eps_block: torch.Tensor | None, p: int, s_block: float) -> torch.Tensor:
+    """The relay's noise ``eps + s_block * block_noise(eps_block, p)`` (``eps`` itself when s_block is 0;
+    ``eps_block`` is then not needed and may be None). ``eps``, ``eps_block``: i.i.d. unit noise
+    (..., H, W) with H, W multiples of ``p`` (refused otherwise). Shape and dtype of ``eps``."""
+    check_block_divisible(eps.shape, p, "the noise")
+    if s_block > 0:
+        return eps + s_block * block_noise(eps_block, p)
+    return eps
 
 
 def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -341,6 +368,100 @@ def relay_sigmas(
     return torch.cat([kept, kept.new_zeros(1)])
 
 
+def relay_schedule(
+    steps: int,
+    truncation_sigma: float,
+    rho: float,
+    model_range: tuple[float, float],
+    sigma_min: float = 0.0,
+    sigma_max: float = 0.0,
+) -> torch.Tensor:
+    """:func:`relay_sigmas` over a model's noise range ``model_range = (sigma_min, sigma_max)``, or over
+    the ``sigma_min`` / ``sigma_max`` given (0: the model's own), which must lie inside it; float32.
+    Raises ``ValueError`` saying which value to change."""
+    lo, hi = float(model_range[0]), float(model_range[1])
+    s_min = sigma_min if sigma_min > 0 else lo
+    s_max = sigma_max if sigma_max > 0 else hi
+    if s_min < lo * 0.999 or s_max > hi * 1.001:
+        raise ValueError(
+            f"sigma range [{s_min:g}, {s_max:g}] is outside this model's range [{lo:g}, {hi:g}]. "
+            "Set sigma_min/sigma_max to 0 to use the model's own range."
+        )
+    if not s_min < truncation_sigma:
+        raise ValueError(
+            f"truncation_sigma {truncation_sigma:g} must be above the lowest sigma {s_min:g} "
+            "(this model's sigma_min unless overridden)."
+        )
+    if truncation_sigma > s_max:
+        raise ValueError(
+            f"truncation_sigma {truncation_sigma:g} is above the model's sigma_max {s_max:g}: "
+            "nothing would be truncated (that is generation from noise). Lower it below sigma_max."
+        )
+    return relay_sigmas(int(steps), s_min, s_max, float(rho), float(truncation_sigma)).to(torch.float32)
+
+
+def check_schedule_in_range(sigmas: torch.Tensor, model_range: tuple[float, float]) -> None:
+    """Refuse a schedule (1-D, >= 2 entries) that leaves a model's noise range ``(sigma_min, sigma_max)``
+    (a trailing 0 aside), with a message saying how to fix it."""
+    lo, hi = float(model_range[0]), float(model_range[1])
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D schedule with at least 2 entries, got shape {tuple(sigmas.shape)}."
+        )
+    top = float(sigmas[0])
+    if top > hi * 1.001:
+        raise ValueError(
+            f"the schedule starts at sigma {top:g}, above this model's sigma_max {hi:g}. "
+            "Use UltraResRelaySigmas (it reads the model's range) or lower the first sigma."
+        )
+    positive = sigmas[sigmas > 0]
+    if positive.numel() and float(positive.min()) < lo * 0.999:
+        raise ValueError(
+            f"the schedule goes down to sigma {float(positive.min()):g}, below this model's "
+            f"sigma_min {lo:g}. End the schedule at sigma_min (then 0)."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+RELAY_STATE_TENSORS = 16
+"""Latent-sized float32 tensors alive at the peak of a relay step: the sampler's state, DCT
+coefficients, both slopes, the proposal, two denoised outputs and the noise (:func:`relay_sample`,
+about 10), plus the sampling host's copies around the sampler (the up-sampled latent, the noise,
+the noised input, the output and the denoise mask: about 6)."""
+
+
+def relay_memory_bytes(out_shape, activation_bytes: int) -> tuple[int, int]:
+    """(model activation bytes, relay state bytes) of relay stage two on a latent of ``out_shape``
+    (B, C, H, W): ``activation_bytes`` as given (the host's estimate for the model; 0 = unknown) and
+    :data:`RELAY_STATE_TENSORS` float32 tensors of ``out_shape``."""
+    b, c, h, w = (int(v) for v in out_shape)
+    return int(activation_bytes), RELAY_STATE_TENSORS * b * c * h * w * 4
+
+
+def memory_refusal(
+    in_shape, factor: int, activations: int, state: int, have: int, device: str, ratio: int
+) -> str:
+    """The message refusing a x``factor`` relay up-scale of a latent of ``in_shape`` (B, C, H, W) whose
+    estimate (``activations + state`` bytes) exceeds the ``have`` bytes of ``device``; ``ratio``:
+    pixels per latent pixel."""
+    b, c, h, w = (int(v) for v in in_shape)
+    oh, ow = h * factor, w * factor
+    gib = 1024**3
+    parts = (
+        f"model activations {activations / gib:.1f} GiB by ComfyUI's own estimate + " if activations else ""
+    )
+    return (
+        f"up-scaling a {w}x{h} latent (batch {b}) by {factor} to {ow}x{oh} ({ow * ratio}x"
+        f"{oh * ratio} px) needs at least {(activations + state) / gib:.1f} GiB ({parts}relay sampler state "
+        f"{state / gib:.1f} GiB), but {device} has about {have / gib:.1f} GiB available. Use a smaller factor "
+        "or batch, relay in two smaller steps, or patch the model with Tiled Diffusion (UltraResTiledDiffusion) "
+        "so it samples in tiles."
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Sampler
 
@@ -389,11 +510,9 @@ def relay_start(
     draws i.i.d. unit noise of a given shape (default: a CPU generator seeded with ``seed``, see
     :func:`cpu_randn`). Returns the dtype of x_up. eps is drawn first, then eps' (only when s_block > 0).
     """
-    check_block_divisible(x_up.shape, p, "the up-sampled image")
     randn = randn or _seeded(seed)
-    noise = randn(x_up.shape).to(x_up)
-    if s_block > 0:
-        noise = noise + s_block * block_noise(randn(x_up.shape).to(x_up), p)
+    eps = randn(x_up.shape).to(x_up)
+    noise = relay_noise(eps, randn(x_up.shape).to(x_up) if s_block > 0 else None, p, s_block)
     scale = 1.0 - float(sigma) if flow else 1.0
     return scale * x_up + float(sigma) * noise
 
@@ -460,10 +579,8 @@ def relay_sample(
         return randn(x.shape).to(device=dev, dtype=work)
 
     def fresh_noise() -> torch.Tensor:
-        n = draw()
-        if settings.s_block > 0:
-            n = n + settings.s_block * block_noise(draw(), p)
-        return n
+        eps = draw()
+        return relay_noise(eps, draw() if settings.s_block > 0 else None, p, settings.s_block)
 
     def scale(t: float) -> float:  # c_t: signal scale of the noising
         return 1.0 - t if flow else 1.0
@@ -601,10 +718,46 @@ the stage-one size ``low_res`` [H, W], and the training objective's ``train`` ke
 :func:`relay_training_loss` (``block_scale``, ``truncate_sigma``, ``max_weight``)."""
 
 
-def relay_config(raw: dict) -> dict | None:
-    """The validated ``"relay"`` section of a model config (``None`` when there is none):
-    ``{"settings": RelaySettings, "truncation_sigma", "rho", "steps", "low_res": (H, W) | None,
-    "train": dict}``. Raises ``ValueError`` naming the bad key."""
+@dataclass(frozen=True)
+class TrainedRelay:
+    """The relay settings a model was trained for (its config's ``"relay"`` section, :func:`relay_config`):
+    the sampler ``settings`` (its ``patch``, ``blur_sigma_max``, ``prob_length``, ``s_block``, ``s_noise``;
+    the rest at :class:`RelaySettings`' defaults), the sampling defaults ``truncation_sigma``, ``rho``,
+    nominal ``steps``, the stage-one size ``low_res`` (H, W) or None, and the training keywords ``train``."""
+
+    settings: RelaySettings
+    truncation_sigma: float = 0.9
+    rho: float = 7.0
+    steps: int = 40
+    low_res: tuple[int, int] | None = None
+    train: dict = field(default_factory=dict)
+
+    def __getitem__(self, key: str):
+        """Transitional: ``trained["settings"]`` as :func:`relay_config` returned a dict before."""
+        return getattr(self, key)
+
+    def apply(self, settings: RelaySettings) -> RelaySettings:
+        """``settings`` with the trained blur and noise settings (``blur_sigma_max``, ``prob_length``,
+        ``s_block``, ``s_noise``). A model trained with blurring (B_max > 0) only works at its trained
+        block size: another ``settings.patch`` raises ``ValueError`` saying which to set."""
+        t = self.settings
+        if t.blur_sigma_max > 0 and settings.patch != t.patch:
+            raise ValueError(
+                f"this model was trained for relay stage two with block size {t.patch} (a x{t.patch} up-scale), "
+                f"but the factor / block size here is {settings.patch}. Set it to {t.patch}"
+            )
+        return replace(
+            settings,
+            blur_sigma_max=t.blur_sigma_max,
+            prob_length=t.prob_length,
+            s_block=t.s_block,
+            s_noise=t.s_noise,
+        )
+
+
+def relay_config(raw: dict) -> TrainedRelay | None:
+    """The validated ``"relay"`` section of a model config (``None`` when there is none) as a
+    :class:`TrainedRelay`. Raises ``ValueError`` naming the bad key."""
     sec = raw.get("relay") if isinstance(raw, dict) else None
     if sec is None:
         return None
@@ -629,9 +782,9 @@ def relay_config(raw: dict) -> dict | None:
         float(sec.get("rho", 7.0)),
         int(sec.get("steps", 40)),
     )
-    if not 0 < trunc or rho <= 0 or not 2 <= steps <= 10000:
+    if not 0 < trunc or rho <= 0 or not STEPS[0] <= steps <= STEPS[1]:
         raise ValueError(
-            f"config relay: truncation_sigma {trunc} must be > 0, rho {rho} > 0, steps {steps} in 2..10000"
+            f"config relay: truncation_sigma {trunc} must be > 0, rho {rho} > 0, steps {steps} in {STEPS[0]}..{STEPS[1]}"
         )
     low = sec.get("low_res")
     if low is not None:
@@ -645,11 +798,4 @@ def relay_config(raw: dict) -> dict | None:
     for k, v in train.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"config relay.train.{k} must be a finite number, got {v!r}")
-    return {
-        "settings": settings,
-        "truncation_sigma": trunc,
-        "rho": rho,
-        "steps": steps,
-        "low_res": low,
-        "train": {k: float(v) for k, v in train.items()},
-    }
+    return TrainedRelay(settings, trunc, rho, steps, low, {k: float(v) for k, v in train.items()})

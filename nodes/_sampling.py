@@ -12,7 +12,9 @@ A technique whose sampler is a plain loop over a denoiser ``D(x, sigma) -> x0`` 
   with ComfyUI's preview callback and progress bar, and returns the result on the intermediate device.
 
 Also here, once for every node file: the latent checks (:func:`image_samples`, :func:`check_image_tensor`,
-:func:`check_channels`) and :func:`model_family`.
+:func:`check_channels`), :func:`model_family`, the model's noise space (:func:`check_sigma_space`), whether
+a wrapper decides what the model sees (:func:`model_sees_full_latent`), and the one reader of the relay
+settings a model was trained with (:func:`trained_relay`, parsed once when the model was loaded).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
 
+from ..kernels import hdit_format
+from ..kernels import relay as R
 from ._common import require_image_latent
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +94,69 @@ def check_channels(
             f"{prefix}{name} has {samples.shape[1]} channels but this model ({model_family(model, exact=True)}) works "
             f"on {want}-channel latents: it comes from another model or VAE. {fix}"
         )
+
+
+def check_sigma_space(model_sampling, who: str) -> bool:
+    """The model's noise space: False for ``x0 + sigma * noise`` (EPS, V_PREDICTION, EDM), True for flow
+    matching ``(1 - t) x0 + t * noise`` (CONST: SD3, Flux); refuses any other noising with a message.
+
+    Read from the model's own ``noise_scaling`` (x0 = 2, noise = 1, sigma = 0.5 gives 2.5 or 1.5)."""
+    probe = model_sampling.noise_scaling(
+        torch.tensor(0.5), torch.ones(1), torch.full((1,), 2.0), max_denoise=False
+    )
+    if torch.allclose(probe.float().cpu(), torch.tensor([2.5])):
+        return False
+    if torch.allclose(probe.float().cpu(), torch.tensor([1.5])):
+        return True
+    raise ValueError(
+        f"{who}: this model ({type(model_sampling).__name__}) noises neither as x0 + sigma * noise (SD1.x/SD2.x/SDXL, "
+        "EDM models such as HDiT) nor as (1 - t) x0 + t * noise (flow matching: SD3, Flux), the two noisings the relay "
+        "sampler supports. Use one of those models for relay stage two."
+    )
+
+
+_SIZE_CHANGING_WRAPPERS = (
+    comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
+    comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
+    comfy.patcher_extension.WrappersMP.PREDICT_NOISE,
+    comfy.patcher_extension.WrappersMP.CALC_COND_BATCH,
+    comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+    comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+)
+
+
+def model_sees_full_latent(model) -> bool:
+    """False when a wrapper decides what the model (a ModelPatcher) evaluates (e.g. Tiled Diffusion
+    runs it on tiles): then an estimate from the latent's size does not apply."""
+    if model.model_options.get("model_function_wrapper") is not None:
+        return False
+    wrappers = dict(getattr(model, "wrappers", {}) or {})
+    nested = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    return not any(
+        any(wrappers.get(k, {}).values()) or any(nested.get(k, {}).values()) for k in _SIZE_CHANGING_WRAPPERS
+    )
+
+
+def trained_relay(model) -> R.TrainedRelay | None:
+    """The relay settings ``model`` (a ModelPatcher or BaseModel; None allowed) was trained for: the
+    HDiT config's ``relay`` section, parsed and checked once when the file was loaded
+    (``kernels.hdit_format.HDiTConfig.relay``); None for every other model."""
+    cfg = getattr(getattr(model, "model", model), "hdit_config", None)
+    return cfg.relay if isinstance(cfg, hdit_format.HDiTConfig) else None
+
+
+def with_trained_relay(settings: R.RelaySettings, model, who: str) -> R.RelaySettings:
+    """``settings`` with the trained blur/noise settings of a relay-trained ``model`` (unchanged for
+    others); a model trained with blurring refuses another block size, naming the node ``who``."""
+    trained = trained_relay(model)
+    if trained is None:
+        return settings
+    try:
+        return trained.apply(settings)
+    except ValueError as e:
+        raise ValueError(
+            f"{who}: {e}, or set relay_settings to 'inputs' to run with the values set on the node."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

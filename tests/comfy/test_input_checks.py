@@ -163,13 +163,17 @@ def _widgets(node_cls) -> dict:
 
 
 def _named(node_cls) -> list[str]:
-    """The inputs the node's validate_inputs names (those ComfyUI leaves unchecked for it)."""
+    """The inputs the node's validate_inputs names (those ComfyUI leaves unchecked for it): with a
+    ``**kwargs`` signature every declared input (ComfyUI's ``validate_has_kwargs``)."""
     from comfy_api.internal import first_real_override  # what ComfyUI's executor uses to find it
 
     check = first_real_override(node_cls, "validate_inputs")
     if check is None:
         return []
-    return [p for p in inspect.signature(check).parameters if p not in ("cls", "input_types")]
+    params = inspect.signature(check).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return [i.id for i in node_cls.define_schema().inputs]
+    return [p for p in params if p not in ("cls", "input_types")]
 
 
 def test_every_float_input_is_checked_at_queue_time(comfy):
@@ -236,3 +240,99 @@ def test_every_named_input_refuses_bad_values_with_a_message(comfy):
                 _clean(msg, f"{name}=")
                 checked += 1
     assert checked > 150  # every node with a validate_inputs took part
+
+
+# ---------------------------------------------------------------------------------------------
+# nodes._inputs.CheckedNode: each input once, checked at queue time and again at run time
+
+
+SAMPLER = dict(
+    block_size=2,
+    blur_sigma_max=0.0,
+    prob_length=0.93,
+    s_block=0.15,
+    s_noise=0.2,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=1000.0,
+    s_churn_noise=1.0,
+)
+
+
+def _queue(comfy, prompt: dict, node: str):
+    """ComfyUI's own queue-time validation of node ``node`` of an API ``prompt`` (execution.py's
+    ``validate_inputs``, as the server runs it on POST /prompt): (ok, [error details])."""
+    import asyncio
+
+    import execution
+
+    ok, errors, _ = asyncio.run(execution.validate_inputs("test", prompt, node, {}))
+    return ok, [e.get("details", "") for e in errors]
+
+
+def test_checked_node_takes_its_inputs_once(comfy):
+    """The relay nodes declare their inputs only in the schema: validate_inputs and execute take
+    ``**inputs`` (so ComfyUI passes every input to validate_inputs and leaves every check to it)."""
+    from comfy_api.internal import first_real_override
+
+    for node_id in (
+        "UltraResBlockNoise",
+        "UltraResRelaySigmas",
+        "UltraResRelaySampler",
+        "UltraResRelayUpscale",
+    ):
+        cls = comfy.node_class(node_id)
+        # ComfyUI loads the pack under a path-derived module name: compare the class by name
+        assert "CheckedNode" in [c.__name__ for c in cls.__mro__], node_id
+        for name in ("validate_inputs", "execute"):
+            spec = inspect.getfullargspec(first_real_override(cls, name))
+            assert spec.args == ["cls"] and spec.varkw == "inputs", (node_id, name, spec)
+
+
+def test_queue_time_through_comfyuis_validator(comfy):
+    """ComfyUI's own validate_inputs on a prompt: a widget value out of range is refused with our
+    message; the same input linked (its value unknown at queue time) is accepted; a bad optional
+    combo value and the cross-input rule are refused."""
+    base = {"1": {"class_type": "UltraResRelaySampler", "inputs": dict(SAMPLER)}}
+    assert _queue(comfy, base, "1") == (True, [])
+    bad = {"1": {"class_type": "UltraResRelaySampler", "inputs": {**SAMPLER, "s_noise": 5.0}}}
+    ok, details = _queue(comfy, bad, "1")
+    assert not ok and any("s_noise=5.0 is above the maximum 1.0" in d for d in details), details
+    linked = {
+        "1": {"class_type": "UltraResRelaySampler", "inputs": {**SAMPLER, "s_noise": ["2", 0]}},
+        "2": {"class_type": "PrimitiveFloat", "inputs": {"value": 5.0}},
+    }
+    assert _queue(comfy, linked, "1") == (True, [])
+    for change, words in (
+        ({"relay_settings": "nope"}, "relay_settings='nope' is not one of: model, inputs"),
+        ({"s_tmin": 5.0, "s_tmax": 1.0}, "s_tmin (5.0) must not exceed s_tmax (1.0)"),
+        ({"block_size": 17}, "block_size=17 is above the maximum 16"),
+    ):
+        prompt = {"1": {"class_type": "UltraResRelaySampler", "inputs": {**SAMPLER, **change}}}
+        ok, details = _queue(comfy, prompt, "1")
+        assert not ok and any(words in d for d in details), (change, details)
+
+
+def test_run_time_checks_what_the_queue_could_not(comfy):
+    """execute re-checks every input with the same rules: a linked value now known is refused by
+    name, an optional widget left out takes its schema default, a missing required input or an
+    unknown name is a TypeError, a required widget without a value is refused."""
+    cls = comfy.node_class("UltraResRelaySampler")
+    with pytest.raises(ValueError, match=r"s_noise=5.0 is above the maximum 1.0"):
+        comfy.run_node("UltraResRelaySampler", **{**SAMPLER, "s_noise": 5.0})
+    with pytest.raises(ValueError, match="s_tmin"):
+        comfy.run_node("UltraResRelaySampler", **{**SAMPLER, "s_tmin": 5.0, "s_tmax": 1.0})
+    v = cls.checked(dict(SAMPLER))
+    assert v.relay_settings == "model" and type(v.block_size) is int and v.s_noise == 0.2
+    assert cls.checked({**SAMPLER, "block_size": "4", "s_noise": 1}).block_size == 4
+    with pytest.raises(TypeError, match="missing its required input 's_churn'"):
+        cls.checked({k: x for k, x in SAMPLER.items() if k != "s_churn"})
+    with pytest.raises(TypeError, match="no input 'steps'"):
+        cls.checked({**SAMPLER, "steps": 3})
+    with pytest.raises(ValueError, match="s_block=None is not a value"):
+        cls.checked({**SAMPLER, "s_block": None})
+    # queue time: absent and linked values are not known, so nothing is refused for them
+    assert comfy.validate("UltraResRelaySampler", block_size=None, s_noise=["7", 0]) is True
+    # an optional socket left out is None at run time; an optional widget its default
+    up = comfy.node_class("UltraResRelayUpscale")
+    assert up.validate_inputs(relay_settings=None) is True

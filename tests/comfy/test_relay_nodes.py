@@ -187,6 +187,8 @@ def test_relay_upscale_starts_at_truncation_and_doubles(comfy, tiny_sd15, conds)
 
 
 def test_relay_upscale_blur_and_no_negative(comfy, tiny_sd15, conds):
+    """The blur is applied (blur_sigma_max 2 differs from 0, and equals the modular graph with the same
+    blur: block noise + relay sigmas + relay sampler), and without a negative the cfg is ignored."""
     model, _, _ = tiny_sd15
     pos, _ = conds
     low = _latent(4, 4, seed=4)
@@ -194,20 +196,28 @@ def test_relay_upscale_blur_and_no_negative(comfy, tiny_sd15, conds):
         "blur_sigma_max": 2.0,
         "s_block": 0.15,
     }
-    (out,) = comfy.run_node(
-        "UltraResRelayUpscale",
-        model=model,
-        positive=pos,
-        latent=low,
-        factor=4,
-        seed=0,
-        steps=6,
-        truncation_sigma=0.9,
-        rho=7.0,
-        cfg=5.0,
-        **kw,
+    schedule = dict(steps=6, truncation_sigma=0.9, rho=7.0)
+
+    def upscale(**change):
+        inputs = dict(model=model, positive=pos, latent=low, factor=4, seed=0, cfg=5.0, **schedule, **kw)
+        (out,) = comfy.run_node("UltraResRelayUpscale", **(inputs | change))
+        return out["samples"]
+
+    blurred = upscale()
+    assert blurred.shape == (1, 4, 16, 16) and torch.isfinite(blurred).all()
+    no_blur = upscale(blur_sigma_max=0.0)
+    assert (blurred - no_blur).abs().mean() > 1e-3  # ignoring the blur would make them equal
+    torch.testing.assert_close(upscale(cfg=1.0), blurred, rtol=0, atol=0)  # no negative: cfg unused
+    # the same stage two built from the modular nodes, blur included
+    (noise,) = comfy.run_node("UltraResBlockNoise", noise_seed=0, block_size=4, s_block=0.15)
+    (sigmas,) = comfy.run_node("UltraResRelaySigmas", model=model, **schedule)
+    (sampler,) = comfy.run_node("UltraResRelaySampler", block_size=4, **kw)
+    (guider,) = comfy.run_node("BasicGuider", model=model, conditioning=pos)
+    up = {"samples": R.upsample_nearest(low["samples"], 4)}
+    out, _ = comfy.run_node(
+        "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas, latent_image=up
     )
-    assert out["samples"].shape == (1, 4, 16, 16) and torch.isfinite(out["samples"]).all()
+    torch.testing.assert_close(out["samples"], blurred, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -59,10 +59,8 @@ def relay(comfy):
 
 
 def test_relay_model_stores_the_trained_blur_settings(relay):
-    from ultrares.kernels import relay as R
-
     model, _ = relay
-    trained = R.relay_config(model.model.hdit_config.raw)["settings"]
+    trained = model.model.hdit_config.relay.settings  # parsed once, when the file was loaded
     assert (trained.patch, trained.blur_sigma_max, trained.prob_length, trained.s_block, trained.s_noise) == (
         4,
         3.0,

@@ -453,3 +453,18 @@ def test_config_sizes_checked_against_header_before_loading(tmp_path, monkeypatc
             e.value
         )
     assert hdit_format.expected_shapes(SMALL)["class_emb.weight"] == (6, 32)
+
+
+def test_relay_section_is_parsed_once_at_load():
+    """A relay-trained model's "relay" section becomes ``HDiTConfig.relay`` (a TrainedRelay) when the
+    config is parsed; a model without one has None; a bad section is refused at load by name."""
+    from ultrares.kernels import relay
+
+    assert hdit_format.parse_config(SMALL).relay is None
+    sec = {"patch": 4, "blur_sigma_max": 3.0, "steps": 30, "low_res": [16, 16]}
+    cfg = hdit_format.parse_config({**SMALL, "relay": sec})
+    assert cfg.relay == relay.relay_config({"relay": sec})
+    assert (cfg.relay.settings.patch, cfg.relay.settings.blur_sigma_max, cfg.relay.steps) == (4, 3.0, 30)
+    assert cfg.relay.low_res == (16, 16) and cfg.raw["relay"] == sec  # the raw section is kept for saving
+    with pytest.raises(HDiTLoadError, match=r"relay.blur_sigma_max must be float.*'relay' section"):
+        hdit_format.parse_config({**SMALL, "relay": {"blur_sigma_max": "3"}})

@@ -471,11 +471,28 @@ def test_sampler_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_step_seed_is_a_distinct_stream():
-    for seed in [0, 1, 5, 2**32, 2**64 - 1]:
-        st = R.step_seed(seed)
-        assert 0 <= st < 2**64 and st not in (seed, (seed + 1) % 2**64)
-        assert st == (seed * 6364136223846793005 + 1442695040888963407) % 2**64
-    assert len({R.step_seed(i) for i in range(1000)}) == 1000
+    """What step_seed must satisfy, stated without its formula: fixed values (a change would change
+    every seeded relay result), a bijection (tested exhaustively on the low 16 bits, where an affine
+    map with an odd multiplier must be a permutation, and by distinct outputs on a sample), and never
+    the seed itself or seed + 1 (the starting noise's streams)."""
+    pinned = {
+        0: 1442695040888963407,
+        1: 7806831264735756412,
+        5: 14816632086413376816,
+        2**32: 6961151790551630159,
+        2**64 - 1: 13525302890751722018,
+    }
+    assert {s: R.step_seed(s) for s in pinned} == pinned
+    assert {R.step_seed(i) % 2**16 for i in range(2**16)} == set(range(2**16))
+    g = torch.Generator().manual_seed(0)
+    seeds = [int(v) % 2**64 for v in torch.randint(-(2**63), 2**63 - 1, (20000,), generator=g).tolist()]
+    seeds += [0, 1, 2**63, 2**64 - 2, 2**64 - 1]
+    outs = [R.step_seed(s) for s in seeds]
+    assert len(set(outs)) == len(set(seeds)) and all(0 <= o < 2**64 for o in outs)
+    # step_seed(s) - s is the same residue mod 4 for every seed, and that residue is neither 0 nor 1:
+    # so no seed maps to itself or to seed + 1 (checked directly on the sample too)
+    assert {(o - s) % 4 for s, o in zip(seeds, outs)} == {3}
+    assert all(o not in (s, (s + 1) % 2**64) for s, o in zip(seeds, outs))
 
 
 def test_relay_start_flow_and_edm():
@@ -646,11 +663,25 @@ def test_relay_config_reads_and_checks_the_stored_settings():
         }
     }
     rc = R.relay_config(raw)
-    assert rc["settings"] == R.RelaySettings(
-        patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2
+    assert rc == R.TrainedRelay(
+        settings=R.RelaySettings(patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2),
+        truncation_sigma=0.9,
+        rho=7.0,
+        steps=40,
+        low_res=(64, 64),
+        train={"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5},
     )
-    assert (rc["truncation_sigma"], rc["rho"], rc["steps"], rc["low_res"]) == (0.9, 7.0, 40, (64, 64))
-    assert rc["train"] == {"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5}
+    assert rc["settings"] is rc.settings  # the dict-style reading of older callers still works
+    # the trained blur and noise settings replace a run's; another block size is refused by name
+    run = R.RelaySettings(patch=4, blur_sigma_max=0.0, prob_length=0.5, s_block=0.0, s_noise=0.0, s_churn=1.0)
+    assert rc.apply(run) == R.RelaySettings(
+        patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2, s_churn=1.0
+    )
+    with pytest.raises(ValueError, match="block size 4 .* here is 2. Set it to 4"):
+        rc.apply(R.RelaySettings(patch=2))
+    # a model trained without blurring runs at any block size
+    plain = R.relay_config({"relay": {"patch": 4, "blur_sigma_max": 0.0}})
+    assert plain.apply(R.RelaySettings(patch=2)).patch == 2
     assert R.relay_config({"model": {}}) is None
     bad = [
         ({"blur": 3.0}, "unknown keys"),
@@ -666,3 +697,53 @@ def test_relay_config_reads_and_checks_the_stored_settings():
     for sec, msg in bad:
         with pytest.raises(ValueError, match=msg):
             R.relay_config({"relay": sec})
+
+
+def test_relay_noise_and_the_one_divisibility_check():
+    g = torch.Generator().manual_seed(3)
+    eps, eps2 = torch.randn(1, 2, 8, 12, generator=g), torch.randn(1, 2, 8, 12, generator=g)
+    torch.testing.assert_close(R.relay_noise(eps, eps2, 4, 0.15), eps + 0.15 * official_block_noise(eps2, 4))
+    assert R.relay_noise(eps, None, 4, 0.0) is eps  # s_block 0: the i.i.d. noise, no second draw needed
+    for s_block in (0.0, 0.15):  # the size is refused either way: the blocks must tile the latent
+        with pytest.raises(ValueError, match="8x12, which the block size 8 does not divide"):
+            R.relay_noise(eps, eps2, 8, s_block)
+
+
+def test_relay_schedule_over_a_model_range():
+    full = R.relay_schedule(10, 0.9, 7.0, (0.03, 14.6))
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(full, R.relay_sigmas(10, 0.03, 14.6, 7.0, 0.9).float())
+    own = R.relay_schedule(10, 0.9, 7.0, (0.03, 14.6), sigma_min=0.1, sigma_max=5.0)
+    torch.testing.assert_close(own, R.relay_sigmas(10, 0.1, 5.0, 7.0, 0.9).float())
+    for kw, msg in (
+        ({"sigma_max": 20.0}, "outside this model's range"),
+        ({"sigma_min": 0.95}, "must be above the lowest sigma 0.95"),
+        ({"sigma_max": 0.5}, "above the model's sigma_max 0.5"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            R.relay_schedule(10, 0.9, 7.0, (0.03, 14.6), **kw)
+    R.check_schedule_in_range(full, (0.03, 14.6))
+    with pytest.raises(ValueError, match="above this model.s sigma_max 0.4"):
+        R.check_schedule_in_range(full, (0.03, 0.4))
+    with pytest.raises(ValueError, match="below this model's sigma_min 0.5"):
+        R.check_schedule_in_range(full, (0.5, 14.6))
+    with pytest.raises(ValueError, match="at least 2 entries"):
+        R.check_schedule_in_range(full[:1], (0.03, 14.6))
+
+
+def test_relay_memory_arithmetic():
+    act, state = R.relay_memory_bytes((2, 4, 64, 32), 1000)
+    assert act == 1000 and state == R.RELAY_STATE_TENSORS * 2 * 4 * 64 * 32 * 4
+    gib = 1024**3
+    msg = R.memory_refusal((1, 4, 128, 64), 8, 3 * gib, gib, 2 * gib, "cuda:0", 8)
+    assert "up-scaling a 64x128 latent (batch 1) by 8 to 512x1024 (4096x8192 px)" in msg
+    assert "needs at least 4.0 GiB (model activations 3.0 GiB" in msg and "cuda:0 has about 2.0 GiB" in msg
+    assert "model activations" not in R.memory_refusal((1, 4, 8, 8), 2, 0, gib, 0, "cpu", 8)
+
+
+def test_the_ranges_are_stated_once():
+    assert R.BLOCK_SIZES[0] == 1 and R.UPSCALE_FACTORS[0] == 2  # an up-scale factor is a block size >= 2
+    assert R.BLOCK_SIZES[0] <= R.UPSCALE_FACTORS[0] <= R.UPSCALE_FACTORS[1] <= R.BLOCK_SIZES[1]
+    with pytest.raises(ValueError, match=f"steps 1 in {R.STEPS[0]}..{R.STEPS[1]}"):
+        R.relay_config({"relay": {"steps": R.STEPS[0] - 1}})
+    assert R.relay_config({"relay": {"steps": R.STEPS[1]}}).steps == R.STEPS[1]
