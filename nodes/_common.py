@@ -22,24 +22,69 @@ def seed_input(tooltip: str, name: str = "seed", control_after_generate: bool = 
     return io.Int.Input(name, default=0, min=0, max=SEED_MAX, tooltip=tooltip, **extra)
 
 
-def latent_downscale_ratio(model) -> int:
-    """Pixels per latent pixel for a ComfyUI BaseModel (or ModelPatcher).
+# Pixels per latent pixel of the ComfyUI latent formats whose ratio is not 8, as ComfyUI 0.30 states
+# them (``LatentFormat.spacial_downscale_ratio``). ComfyUI 0.3.75's formats do not state a ratio; its
+# classes of the same names are the same latents (Flux.2's 16x VAE, HunyuanImage 2.1's 32x VAE,
+# Chroma Radiance's pixel space...), so the ratio is read from this table by class there.
+STATED_DOWNSCALE = {
+    "ChromaRadiance": 1,  # pixel space (and 0.30's ZImagePixelSpace, HiDreamO1Pixel... subclasses)
+    "SC_B": 4,
+    "Flux2": 16,
+    "Wan22": 16,
+    "HunyuanVideo15": 16,
+    "HunyuanImage21": 32,
+    "LTXV": 32,
+    "SC_Prior": 42,
+}
 
-    ComfyUI's latent formats do not state it; pixel-space formats of this pack set
-    ``spacial_downscale_ratio = 1`` and everything else is taken to be an 8x VAE."""
+
+def latent_downscale_ratio(model) -> int:
+    """Pixels per latent pixel (per side) of a ComfyUI BaseModel (or ModelPatcher), from its latent format.
+
+    The ratio the format states (``spacial_downscale_ratio``: every format of ComfyUI >= 0.30, and this
+    pack's pixel-space format) wins; on older ComfyUI, whose formats state none, the format's class (or
+    the nearest base class) named in :data:`STATED_DOWNSCALE`; else 8, the ratio of the SD/SDXL/SD3/Flux
+    VAEs that ComfyUI itself assumes when a format states nothing."""
     base = getattr(model, "model", model)
     fmt = getattr(base, "latent_format", None)
-    return int(getattr(fmt, "spacial_downscale_ratio", DEFAULT_DOWNSCALE))
+    if fmt is None and hasattr(model, "get_model_object"):
+        fmt = model.get_model_object("latent_format")
+    stated = getattr(fmt, "spacial_downscale_ratio", None)
+    if stated is not None:
+        return int(stated)
+    for cls in type(fmt).__mro__:
+        if cls.__name__ in STATED_DOWNSCALE:
+            return STATED_DOWNSCALE[cls.__name__]
+    return DEFAULT_DOWNSCALE
 
 
-def require_image_latent(samples: torch.Tensor, node: str) -> None:
-    """Refuse video/audio/other non-image latents with a message that says what was received."""
-    if samples.ndim != 4:
-        kind = {3: "an audio or sequence latent", 5: "a video latent"}.get(samples.ndim, "a non-image latent")
+def require_image_latent(samples: torch.Tensor, node: str, frame_axis: bool = False) -> None:
+    """Refuse video/audio/other non-image latents with a message that says what was received.
+
+    frame_axis: also accept a single image with a singleton frame axis ``[batch, channels, 1, height,
+    width]``, the shape ComfyUI gives every latent of a model with a video VAE (Qwen-Image, whose latent
+    format is Wan 2.1's). Without it, such a latent is refused with a message that says so."""
+    if samples.ndim == 4:
+        return
+    shape = tuple(samples.shape)
+    if samples.ndim == 5 and samples.shape[2] == 1:
+        if frame_axis:
+            return
         raise ValueError(
-            f"{node} works on image latents [batch, channels, height, width]; it received {kind} "
-            f"of shape {tuple(samples.shape)}. Use it with image models only."
+            f"{node} works on image latents [batch, channels, height, width]; it received a single-frame "
+            f"latent with a frame axis, shape {shape}, as ComfyUI makes for models with a video VAE "
+            "(Qwen-Image and its edit models). This node does not support those models yet."
         )
+    if samples.ndim == 5:
+        raise ValueError(
+            f"{node} works on images; it received a video latent of {shape[2]} frames, shape {shape} "
+            "[batch, channels, frames, height, width]. Use it with image models (one frame) only."
+        )
+    kind = {3: "an audio or sequence latent"}.get(samples.ndim, "a non-image latent")
+    raise ValueError(
+        f"{node} works on image latents [batch, channels, height, width]; it received {kind} "
+        f"of shape {shape}. Use it with image models only."
+    )
 
 
 def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:

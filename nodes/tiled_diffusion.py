@@ -1,12 +1,15 @@
 """Tiled Diffusion (UltraRes): FSTD and the overlap baselines as a MODEL -> MODEL patch.
 
 The patch uses ComfyUI's wrapper API only (no monkey-patching):
-- ``OUTER_SAMPLE``: checks the latent before any work (image latent, tile vs image size) and
-  starts a fresh per-run state;
+- ``OUTER_SAMPLE``: checks the latent before any work (image latent, or one image with a singleton
+  frame axis as ComfyUI makes for Qwen-Image; tile vs image size) and starts a fresh per-run state,
+  with the tile size converted to latent pixels by the model's own latent ratio (8 for SD/Flux, 16 for
+  Flux.2, 32 for HunyuanImage 2.1, 1 in pixel space);
 - ``CALC_COND_BATCH``: for each model evaluation, runs the step's tile plan
   (``kernels.tiling``), calling the wrapped ``calc_cond_batch`` once per batch of tiles with the
   conditioning cropped to those tiles (area/mask conds, latent-shaped model conds such as inpaint
-  concat, ControlNet/T2I-Adapter hints), and blends the denoised predictions.
+  concat, ControlNet/T2I-Adapter hints; reference latents such as Kontext's or Qwen-Image-Edit's
+  ``ref_latents`` are passed whole to every tile), and blends the denoised predictions.
 So stock samplers, schedulers, CFG, img2img (denoise < 1) and ControlNet work unchanged.
 """
 
@@ -41,6 +44,7 @@ from ._common import (
     require_image_latent,
     seed_input,
 )
+from ._compat import schema_extras
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
@@ -202,7 +206,7 @@ def check_tiled_memory(model, shape, run: _Run, settings: TileSettings) -> None:
     device has: the latent-sized state (:data:`TILED_STATE_TENSORS`) plus ComfyUI's own activation
     estimate for one batch of ``tile_batch_size`` tiles with cond and uncond together. The message
     gives the estimate and the largest tile batch that fits (or says the image itself is too large)."""
-    b, c, h, w = (int(v) for v in shape)
+    b, c, h, w = (int(v) for v in (shape[0], shape[1], shape[-2], shape[-1]))  # a frame axis holds one frame
     th, tw = run.tiles.planner.tile_h, run.tiles.planner.tile_w
     state = TILED_STATE_TENSORS * b * c * h * w * 4
     per_tile = frugal_activation_bytes(model, (2 * b, c, th, tw))
@@ -237,13 +241,24 @@ class _TiledDiffusionPatch:
         self.settings = settings
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        require_image_latent(noise, "Tiled Diffusion (UltraRes)")
+        require_image_latent(noise, "Tiled Diffusion (UltraRes)", frame_axis=True)
         guider = executor.class_obj
         model = guider.model_patcher.model
         ratio = latent_downscale_ratio(model)
         H, W = noise.shape[-2:]
         run = _Run(self.settings, H, W, ratio)
         check_tiled_memory(guider.model_patcher, noise.shape, run, self.settings)
+        tile_h, tile_w, _ = self.settings.latent_tile(ratio)
+        if (tile_h * ratio, tile_w * ratio) != (self.settings.tile_height, self.settings.tile_width):
+            log.warning(
+                "UltraRes Tiled Diffusion: this model's latent pixel is %d px, so the %dx%d px tile is "
+                "rounded down to %dx%d px.",
+                ratio,
+                self.settings.tile_width,
+                self.settings.tile_height,
+                tile_w * ratio,
+                tile_h * ratio,
+            )
         if run.tiles.clamped:
             log.warning(
                 "UltraRes Tiled Diffusion: tile %dx%d px is larger than the %dx%d px image; "
@@ -263,11 +278,14 @@ class _TiledDiffusionPatch:
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         run: _Run | None = model_options.get("transformer_options", {}).get(RUN_KEY)
-        if run is None or x_in.ndim != 4 or tuple(x_in.shape[-2:]) != run.tiles.shape:
+        framed = x_in.ndim == 5 and x_in.shape[2] == 1  # [B, C, 1, H, W]: Qwen-Image's single frame
+        if run is None or not (x_in.ndim == 4 or framed) or tuple(x_in.shape[-2:]) != run.tiles.shape:
             # not inside our sampling run (e.g. a nested sampler on another latent): untiled
             return executor(model, conds, x_in, timestep, model_options)
         step = _step_index(timestep, model_options)
         B = x_in.shape[0]
+        # The kernel tiles [B, C, H, W]; the model gets its tiles with the frame axis back in place.
+        x = x_in[:, :, 0] if framed else x_in
         has_area = any("area" in c for group in conds if group for c in group)
 
         def predict(tiles_x, tiles, active):
@@ -276,12 +294,14 @@ class _TiledDiffusionPatch:
                 None if group is None else run.conds.crop(group, list(tiles), B, x_in, made)
                 for group in conds
             ]
+            if framed:
+                tiles_x = tiles_x.unsqueeze(2)
             outs = executor(model, tile_conds, tiles_x, timestep.repeat(n), model_options)
-            return [outs[i] for i in active]
+            return [outs[i][:, :, 0] if framed else outs[i] for i in active]
 
         groups = [None if group is None else id(group) for group in conds]
         outs = run.tiles.denoise(
-            x_in,
+            x,
             timestep,
             step,
             groups,
@@ -290,7 +310,7 @@ class _TiledDiffusionPatch:
             between_batches=comfy.model_management.throw_exception_if_processing_interrupted,
         )
         # an absent group gets what ComfyUI's own calc_cond_batch returns for it: zeros
-        return [torch.zeros_like(x_in) if o is None else o for o in outs]
+        return [torch.zeros_like(x_in) if o is None else (o.unsqueeze(2) if framed else o) for o in outs]
 
 
 def _inputs():
@@ -358,6 +378,16 @@ class UltraResTiledDiffusion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResTiledDiffusion",
+            **schema_extras(
+                search_aliases=[
+                    "tiled diffusion",
+                    "upscale",
+                    "high resolution",
+                    "4k",
+                    "fstd",
+                    "multidiffusion",
+                ]
+            ),
             display_name="Tiled Diffusion (UltraRes)",
             category="UltraRes/tiling",
             description="Sample images larger than the model's native size in tiles. FSTD (Any-Size-Diffusion) "
@@ -482,6 +512,7 @@ class UltraResAnySizePlan(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="UltraResAnySizePlan",
+            **schema_extras(search_aliases=["any size", "upscale", "high resolution", "4k", "aspect ratio"]),
             display_name="Any-Size Plan (UltraRes)",
             category="UltraRes/tiling",
             description="Any-Size-Diffusion's first stage: pick the size to generate at natively (the target's "

@@ -305,3 +305,244 @@ def test_a_nested_run_with_the_same_patch_neither_tiles_nor_clears_the_outer_run
     out = sample(comfy, spied, clip, {"samples": torch.zeros(1, 4, 32, 48)}, steps=3)
     assert nested and torch.isfinite(nested[0]).all() and torch.isfinite(out).all()
     assert len(outer_shapes) > 3 and all(s == (16, 16) for s in outer_shapes)  # tiled before and after
+
+
+# ------------------------------------------------------------------ the 2026 families (issue 20)
+# Tiles are checked in each family's own units: the model's input size in latent pixels times the
+# family's pixels per latent pixel (the harness's FAMILY_INFO, which takes it from the version's latent
+# format where it states one and from the family's real VAE otherwise) is the tile size asked for.
+
+NEW_FAMILIES = ("flux2", "qwen_image", "zimage", "chroma", "chroma_radiance", "hidream", "hunyuan_image21")
+
+
+def family_or_skip(family):
+    """(tiny_models, FAMILY_INFO[family]); skips when the running ComfyUI has no such family."""
+    import comfyui_version
+    from harness.boot import tiny_models_module
+
+    tm = tiny_models_module()
+    if family not in tm.FAMILIES:
+        pytest.skip(f"{family} is not in ComfyUI {comfyui_version.__version__}")
+    return tm, tm.FAMILY_INFO[family]
+
+
+def tile_px_for(ratio):
+    """A tile of 8 latent pixels (64 px in pixel space: the node's smallest tile)."""
+    return max(64, 8 * ratio)
+
+
+def record_model_inputs(model):
+    """A clone whose model calls (``BaseModel.apply_model``, through ComfyUI's APPLY_MODEL wrapper) are
+    recorded: (input shape, {c_concat and the model's keyword conds}, input) per call."""
+    import comfy.patcher_extension as pe
+
+    calls = []
+
+    def spy(executor, x, t, c_concat=None, *args, **kwargs):
+        calls.append((tuple(x.shape), {"c_concat": c_concat, **kwargs}, x.detach().clone()))
+        return executor(x, t, c_concat, *args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test_spy", spy)
+    return m, calls
+
+
+def ksample_family(comfy, tm, family, model, latent, pos=None, steps=1, cfg=1.0):
+    pos = pos or tm.family_conditioning(family, 1, seed=1)
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=model,
+        seed=3,
+        steps=steps,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="simple",
+        positive=pos,
+        negative=tm.family_conditioning(family, 1, seed=2),
+        latent_image=latent,
+        denoise=1.0,
+    )
+    return out["samples"]
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_every_family_is_tiled_at_the_requested_pixels(comfy, family):
+    """2x3 tiles of the requested pixel size reach the model on every family: 16x (Flux.2) and 32x
+    (HunyuanImage 2.1) latents and pixel space (Chroma Radiance) included, and Qwen-Image's
+    [B, C, 1, H, W] latents keep their frame axis in every tile."""
+    from ultrares.nodes._common import latent_downscale_ratio
+
+    tm, info = family_or_skip(family)
+    model = tm.build(family)[0]
+    ratio = info["pixels_per_latent"]
+    assert latent_downscale_ratio(model) == ratio
+    tile = tile_px_for(ratio)
+    spied, calls = record_model_inputs(
+        tiled(comfy, model, tile_width=tile, tile_height=tile, tile_batch_size=2)
+    )
+    shape = tm.latent_shape(family, 1, 2 * tile, 3 * tile)
+    out = ksample_family(comfy, tm, family, spied, {"samples": torch.zeros(shape)})
+    assert out.shape == shape and torch.isfinite(out).all()
+    # one step at cfg 1 on FSTD's unshifted first grid: 6 tiles, 2 per call
+    assert [c[0][0] for c in calls] == [2, 2, 2]
+    for s, _, _ in calls:
+        assert (s[-2] * ratio, s[-1] * ratio) == (tile, tile), f"{family}: model got {s}, ratio {ratio}"
+        assert len(s) == info["latent_ndim"]
+        if len(s) == 5:
+            assert s[2] == 1  # the frame axis is handed on intact
+
+
+def test_a_real_video_latent_is_refused_by_frame_count(comfy):
+    tm, _ = family_or_skip("qwen_image")
+    model = tm.build("qwen_image")[0]
+    with pytest.raises(ValueError, match="video latent of 3 frames"):
+        ksample_family(
+            comfy, tm, "qwen_image", tiled(comfy, model), {"samples": torch.zeros(1, 16, 3, 32, 32)}
+        )
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_reference_latents_reach_every_tile_whole(comfy, family):
+    """FLUX.1 Kontext / Qwen-Image-Edit: a reference latent added with the stock ReferenceLatent node is
+    never cut into tiles: every tile's model call receives the whole reference (repeated to the call's
+    tile batch), next to a tile-sized input."""
+    tm, info = family_or_skip(family)
+    model = tm.build(family)[0]
+    ratio = info["pixels_per_latent"]
+    ref = torch.randn(tm.latent_shape(family, 1, 192, 128), generator=torch.Generator().manual_seed(4))
+    (pos,) = comfy.run_node(
+        "ReferenceLatent", conditioning=tm.family_conditioning(family, 1, seed=1), latent={"samples": ref}
+    )
+    spied, calls = record_model_inputs(tiled(comfy, model, tile_width=64, tile_height=64, tile_batch_size=2))
+    out = ksample_family(
+        comfy, tm, family, spied, {"samples": torch.zeros(tm.latent_shape(family, 1, 128, 192))}, pos=pos
+    )
+    assert torch.isfinite(out).all() and len(calls) == 3
+    for s, kwargs, _ in calls:
+        assert (s[-2] * ratio, s[-1] * ratio) == (64, 64)
+        refs = kwargs.get("ref_latents")
+        assert refs is not None and len(refs) == 1
+        assert refs[0].shape[0] == s[0] and tuple(refs[0].shape[-2:]) == tuple(ref.shape[-2:])  # whole
+
+
+def test_flux_fill_inpaint_concat_is_cropped_with_its_tile(comfy):
+    """Flux Fill: InpaintModelConditioning's mask + masked-image concat reaches each tile cropped to that
+    tile's box. The mask encodes each pixel's position, so the packed mask channels a call receives
+    tell which box they were cut from; it must be the box of the tile the call evaluates."""
+    from ultrares.kernels.tiling import TilePlanner
+
+    tm, _ = family_or_skip("flux_fill")
+    model, clip, vae = tm.build("flux_fill")
+    h, w = 128, 192
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    mask = ((ys * w + xs).float() / (h * w)).unsqueeze(0)  # unique per pixel, in [0, 1)
+    pixels = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(5))
+    pos, neg, lat = comfy.run_node(
+        "InpaintModelConditioning",
+        positive=tm.family_conditioning("flux_fill", 1, seed=1),
+        negative=tm.family_conditioning("flux_fill", 1, seed=2),
+        vae=vae,
+        pixels=pixels,
+        mask=mask,
+        noise_mask=False,
+    )
+    spied, calls = record_model_inputs(
+        tiled(
+            comfy,
+            model,
+            method="MultiDiffusion",
+            tile_width=64,
+            tile_height=64,
+            overlap=16,
+            tile_batch_size=1,
+        )
+    )
+    (out,) = comfy.run_node(
+        "KSampler",
+        model=spied,
+        seed=3,
+        steps=1,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        positive=pos,
+        negative=neg,
+        latent_image=lat,
+        denoise=1.0,
+    )
+    assert torch.isfinite(out["samples"]).all()
+    plan = TilePlanner("multidiffusion", h // 8, w // 8, 8, 8, overlap=2).plan(0)
+    assert len(calls) == len(plan.tiles) > 1
+    for tile, (s, kwargs, _) in zip(plan.tiles, calls):
+        concat = kwargs["c_concat"]
+        assert s[-2:] == (8, 8) and tuple(concat.shape) == (1, 16 + 64, 8, 8)  # masked image + packed mask
+        first = float(concat[0, 16, 0, 0])  # packed mask channel 0 at the tile's first latent pixel
+        at = round(first * h * w)
+        assert (at // w, at % w) == (tile.y * 8, tile.x * 8), f"concat cut at {divmod(at, w)}, tile {tile}"
+
+
+def test_flux_controlnet_vae_hint_is_encoded_once_per_run_and_cropped_per_tile(comfy, monkeypatch):
+    """A Flux ControlNet whose hint is VAE-encoded (InstantX, stock ControlNetApplyAdvanced with a VAE):
+    the hint image is encoded once for the whole run (two steps, six tiles), and each tile's control
+    call receives exactly that encoding cut to the tile's box."""
+    from ultrares.kernels.tiling import TilePlanner
+
+    tm, _ = family_or_skip("flux")
+    model, _, vae = tm.build("flux")
+    control = tm.build_flux_controlnet("instantx")
+    image = torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(6))
+    pos, neg = comfy.run_node(
+        "ControlNetApplyAdvanced",
+        positive=tm.family_conditioning("flux", 1, seed=1),
+        negative=tm.family_conditioning("flux", 1, seed=2),
+        control_net=control,
+        image=image,
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=1.0,
+        vae=vae,
+    )
+    encoded = []
+    encode = vae.encode
+
+    def counting_encode(pixels, *args, **kwargs):
+        encoded.append(encode(pixels, *args, **kwargs))
+        return encoded[-1]
+
+    monkeypatch.setattr(vae, "encode", counting_encode)  # this VAE object only: counts its encodes
+    hints = []
+    hook = control.control_model.register_forward_pre_hook(
+        lambda module, args, kwargs: hints.append(kwargs["hint"].detach().clone()), with_kwargs=True
+    )
+    try:
+        m = tiled(
+            comfy,
+            model,
+            method="MultiDiffusion",
+            tile_width=64,
+            tile_height=64,
+            overlap=16,
+            tile_batch_size=1,
+        )
+        (out,) = comfy.run_node(
+            "KSampler",
+            model=m,
+            seed=3,
+            steps=2,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="simple",
+            positive=pos,
+            negative=neg,
+            latent_image={"samples": torch.zeros(1, 16, 16, 24)},
+            denoise=1.0,
+        )
+    finally:
+        hook.remove()
+    assert torch.isfinite(out["samples"]).all()
+    assert len(encoded) == 1 and tuple(encoded[0].shape[-2:]) == (16, 24)  # the whole hint, once
+    full = control.latent_format.process_in(encoded[0])
+    tiles = TilePlanner("multidiffusion", 16, 24, 8, 8, overlap=2).plan(0).tiles
+    assert len(hints) == 2 * len(tiles)
+    for tile, hint in zip(tiles * 2, hints):
+        torch.testing.assert_close(hint, full[(..., *tile.slices())])
