@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import math
@@ -92,7 +93,29 @@ _RUN_LOCK = threading.Lock()
 def exclusive(fn):
     """One run at a time in this process, whatever the web server does: a cancelled run's thread
     finishes its current step before the next run starts. The next run then clears the Cancel flag
-    (a Cancel pressed while nothing was running must not stop it)."""
+    (a Cancel pressed while nothing was running must not stop it). A generator handler (one that
+    yields each stage's outputs as it finishes) holds the lock while it computes, not while it waits
+    to be resumed, so a page that stops reading it cannot block the next run."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stages(*args, **kwargs):
+            import comfy.model_management
+
+            it = fn(*args, **kwargs)
+            first = True
+            while True:
+                with _RUN_LOCK:
+                    if first:
+                        comfy.model_management.interrupt_current_processing(False)
+                        first = False
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        return
+                yield item
+
+        return stages
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -103,6 +126,14 @@ def exclusive(fn):
             return fn(*args, **kwargs)
 
     return run
+
+
+def last(stages):
+    """The final outputs of a generator handler (what a caller that needs no streaming wants)."""
+    out = None
+    for out in stages:  # noqa: B007
+        pass
+    return out
 
 
 def cancel() -> None:
@@ -401,8 +432,9 @@ def to_pil(images: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.concatenate(list(arr[..., :3]), axis=1))
 
 
-def from_pil(image, what: str = "image") -> torch.Tensor:
-    """PIL / numpy image (any mode; alpha over white) -> ComfyUI IMAGE [1, H, W, 3] float32 in [0, 1]."""
+def from_pil(image, what: str = "image", background=(255, 255, 255)) -> torch.Tensor:
+    """PIL / numpy image (any mode; alpha over ``background``, RGB 0..255, white by default) -> ComfyUI
+    IMAGE [1, H, W, 3] float32 in [0, 1]."""
     if image is None:
         raise UserError(f"{what}: upload an image first (or click one of the examples).")
     if isinstance(image, (str, Path)):
@@ -411,8 +443,8 @@ def from_pil(image, what: str = "image") -> torch.Tensor:
         image = Image.fromarray(image)
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
+        canvas = Image.new("RGBA", image.size, (*(int(c) for c in background), 255))
+        image = Image.alpha_composite(canvas, image)
     image = image.convert("RGB")
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 

@@ -8,20 +8,23 @@ import time
 import gradio as gr
 from PIL import Image
 
+from .. import defaults as D
 from .. import session as S
 from . import _ui
 
 TITLE, ID = "HDiT", "hdit"
-DEMO_CFG = 3.0  # the embedded model's guidance (KSampler's default of 8 is tuned for SD)
-DEMO_BATCH = 4
+# cfg 3: the embedded model's guidance (KSampler's default of 8 is tuned for SD); the seed and class are
+# picked by scripts/pick_demo_seeds.py (demo/defaults.json)
+DEFAULTS = D.of("hdit", dict(label="Smileys & Emotion", steps=20, seed=0, cfg=3.0, batch=4))
+DEMO_CFG, DEMO_BATCH = DEFAULTS["cfg"], DEFAULTS["batch"]
 
 
 @S.exclusive
 def generate(
     source: str | None,
     label: str | None = None,
-    steps: int = 20,
-    seed: int = 0,
+    steps: int = DEFAULTS["steps"],
+    seed: int = DEFAULTS["seed"],
     cfg: float = DEMO_CFG,
     batch: int = DEMO_BATCH,
     sampler: str = "dpmpp_2m",
@@ -31,6 +34,7 @@ def generate(
 ) -> tuple[Image.Image, str]:
     """Sample ``batch`` images at the model's native size; returns (row of images, description)."""
     steps = S.check("steps", steps, S.input_range("KSampler", "steps"))
+    seed = S.check("Seed", seed, S.input_range("KSampler", "seed"))
     batch = S.check("batch", batch, S.input_range("EmptyLatentImage", "batch_size").narrowed(hi=S.MAX_BATCH))
     bundle = S.load(source)
     pos, neg = S.conditioning(bundle, label, prompt)
@@ -48,13 +52,15 @@ def generate(
 
 
 def ui_generate(source, label, prompt, steps, seed, cfg, batch, sampler, scheduler, progress=gr.Progress()):
-    return _ui.call(
+    yield from _ui.stream(
         generate,
         progress,
+        2,
+        ID,
         source,
         label,
         int(steps),
-        int(seed),
+        seed,
         float(cfg),
         int(batch),
         sampler,
@@ -66,12 +72,15 @@ def ui_generate(source, label, prompt, steps, seed, cfg, batch, sampler, schedul
 def build(shared: _ui.Shared) -> None:
     gr.Markdown(
         "Class-conditional generation with the embedded Hourglass Diffusion Transformer "
-        "(64x64 emoji, pixel space): `UltraResHDiTLoader` + `UltraResHDiTClass` + `KSampler` + `VAEDecode`."
+        "(64x64 emoji, pixel space): `UltraResHDiTLoader` + `UltraResHDiTClass` + `KSampler` + `VAEDecode`. "
+        "The default seed was picked by `scripts/pick_demo_seeds.py` (the lowest DINOv2 distance of the worst "
+        "of its images to the class's training emoji)."
     )
-    source, label, prompt = _ui.model_controls(shared)
+    time_box = _ui.time_note(ID)
+    source, label, prompt = _ui.model_controls(shared, DEFAULTS["label"])
     with gr.Row():
-        steps = _ui.slider(S.input_range("KSampler", "steps"), "Steps")
-        seed = _ui.number(S.input_range("KSampler", "seed"), "Seed")
+        steps = _ui.slider(S.input_range("KSampler", "steps"), "Steps", value=DEFAULTS["steps"])
+        seed = _ui.number(S.input_range("KSampler", "seed"), "Seed", value=DEFAULTS["seed"])
         cfg = _ui.slider(S.input_range("KSampler", "cfg"), "CFG", value=DEMO_CFG)
         batch = _ui.slider(
             S.input_range("EmptyLatentImage", "batch_size").narrowed(hi=S.MAX_BATCH),
@@ -91,12 +100,13 @@ def build(shared: _ui.Shared) -> None:
         [source, label, prompt, steps, seed, cfg, batch, sampler, scheduler],
         [out, info],
         "generate",
+        time_box,
     )
     labels = S.labels_of(shared.default)
     if labels:
         gr.Examples(
             [
-                [shared.default, c, 20, s, DEMO_CFG, DEMO_BATCH]
+                [shared.default, c, DEFAULTS["steps"], s, DEMO_CFG, DEMO_BATCH]
                 for c, s in (("Food & Drink", 1), ("Animals & Nature", 2), ("Smileys & Emotion", 3))
                 if c in labels
             ],

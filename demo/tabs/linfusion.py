@@ -37,15 +37,24 @@ def linfusion_timing(
     (softmax image, LinFusion image, timing table in Markdown)."""
     if not source or not source.startswith(S.CKPT_PREFIX):
         raise S.UserError(
-            "LinFusion replaces the self-attention of SD1.x/SD2.x/SDXL UNets: pick a Stable Diffusion "
-            "checkpoint (put one in ComfyUI/models/checkpoints). The embedded HDiT has no UNet."
+            "LinFusion needs a Stable Diffusion checkpoint (SD1.x/SD2.x/SDXL: LinFusion replaces its UNet's "
+            "self-attention) and none is chosen in Checkpoint"
+            + (
+                ""
+                if S.checkpoint_files()
+                else ": none was found. Put one in ComfyUI/models/checkpoints and restart the demo"
+            )
+            + "."
         )
     if not lf_name:
         raise S.UserError(
-            "No LinFusion weights: put the official release (Yuanshi/LinFusion-1-5 etc.: config.json + "
-            "diffusion_pytorch_model.safetensors) in ComfyUI/models/linfusion, or distil your own with "
-            f"{DISTILL}."
+            "LinFusion needs weights made for this checkpoint and none is chosen in LinFusion weights"
+            + ("" if linfusion_files() else ": none was found")
+            + ". Put the official release (Yuanshi/LinFusion-1-5 etc.: config.json + "
+            "diffusion_pytorch_model.safetensors) in ComfyUI/models/linfusion and restart the demo, or distil "
+            f"your own with {DISTILL}."
         )
+    seed = S.check("Seed", seed, S.input_range("KSampler", "seed"))
     bundle = S.load(source)
     width, height = (
         S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
@@ -78,16 +87,18 @@ def linfusion_timing(
 
 
 def ui_linfusion(source, lf_name, prompt, width, height, steps, seed, cfg, progress=gr.Progress()):
-    return _ui.call(
+    yield from _ui.stream(
         linfusion_timing,
         progress,
+        3,
+        ID,
         source,
         lf_name,
         prompt or "",
         int(width),
         int(height),
         int(steps),
-        int(seed),
+        seed,
         float(cfg),
     )
 
@@ -113,10 +124,11 @@ def build(shared: _ui.Shared) -> None:
         ),
         elem_id="linfusion-note",
     )
+    time_box = _ui.time_note(ID)
     size = S.size_range("checkpoint", "width")
     with gr.Row():
-        source = _ui.dropdown(ckpts, "Checkpoint")
-        lf_name = _ui.dropdown(lf_files, "LinFusion weights")
+        source = _ui.dropdown(ckpts, "Checkpoint", elem_id="linfusion-checkpoint")
+        lf_name = _ui.dropdown(lf_files, "LinFusion weights", elem_id="linfusion-weights")
         prompt = gr.Textbox(value="a photo of a cat", label="Prompt")
     with gr.Row():
         width = _ui.slider(size, "Width")
@@ -128,7 +140,7 @@ def build(shared: _ui.Shared) -> None:
     with gr.Row():
         base = gr.Image(label="Softmax attention", type="pil", interactive=False, format="png")
         lin = gr.Image(label="LinFusion", type="pil", interactive=False, format="png")
-    info = gr.Markdown()
+    info = gr.Markdown(elem_id="linfusion-info")
     _ui.wire(
         run,
         stop,
@@ -136,4 +148,5 @@ def build(shared: _ui.Shared) -> None:
         [source, lf_name, prompt, width, height, steps, seed, cfg],
         [base, lin, info],
         "linfusion",
+        time_box,
     )

@@ -15,6 +15,7 @@ import gradio as gr
 import torch
 from PIL import Image, ImageDraw
 
+from .. import defaults as D
 from .. import session as S
 from . import _ui
 from .tiling import tile_settings
@@ -27,7 +28,9 @@ BASE_STEPS, BASE_CFG = 30, 2.0  # stage one: DPM++ 2M / Karras, as the figures i
 TILE = 256  # px: the relay model's native size
 SIZES = (256, 1024)
 LAST_STEPS = 3  # the steps whose tile edges are drawn and scored (their seams would survive into the output)
-DEMO_SEED = 4  # with the first class (Smileys & Emotion): the workflow's own class and seed
+# the workflow's own class and seed (scripts/pick_demo_seeds.py scores its 64 px stage for the record)
+DEFAULTS = D.of("relay_emoji", dict(label="Smileys & Emotion", seed=4, size=1024))
+DEMO_SEED = DEFAULTS["seed"]
 GRID_COLOURS = [(0, 160, 255), (255, 140, 0), (200, 0, 200), (0, 200, 90)]
 
 
@@ -103,18 +106,19 @@ def chw(image: torch.Tensor) -> torch.Tensor:
 
 
 @S.exclusive
-def relay_emoji(
+def relay_emoji_stages(
     label: str | None = None, seed: int = 0, size: int = 1024, report: S.Report | None = None
-) -> tuple[Image.Image, Image.Image, Image.Image | None, Image.Image | None, str]:
-    """Class -> 64 px -> relay to 256 px (-> FSTD relay to 1024 px when ``size`` is 1024).
-    Returns (64 px, 256 px, final 1024 px or None, the 1024 px image with the last steps' tile edges
-    drawn or None, description); the smaller stages are enlarged (nearest) to the final size."""
+):
+    """Class -> 64 px -> relay to 256 px (-> FSTD relay to 1024 px when ``size`` is 1024), yielding
+    the outputs after each stage: (64 px, 256 px or None, final 1024 px or None, the 1024 px image
+    with the last steps' tile edges drawn or None, description); the smaller stages are enlarged
+    (nearest) to the final size."""
     from ultrares.kernels.quality import seam_score, tile_boundaries
     from ultrares.kernels.tiling import METHOD_LABELS, TiledRun, TileSettings
 
-    seed = S.check("seed", seed, S.input_range("KSampler", "seed"))
+    seed = S.check("Seed", seed, S.input_range("KSampler", "seed"))
     if int(size) not in SIZES:
-        raise S.UserError(f"final size {size!r} must be one of {list(SIZES)}.")
+        raise S.UserError(f"Final size (px) {size!r} must be one of {list(SIZES)}.")
     size = int(size)
     if missing := models_missing():
         raise S.UserError(
@@ -142,6 +146,14 @@ def relay_emoji(
             BASE_CFG,
         )
     times.append(time.perf_counter() - t0)
+    view = S.to_pil(S.decode(base, low)).resize((size, size), Image.NEAREST)
+    yield (
+        view,
+        None,
+        None,
+        None,
+        f"**{label}**, seed {seed}: 64 px ready ({times[0]:.0f} s); relaying to 256 px...",
+    )
     t0 = time.perf_counter()
     with S.tracked(report, f"2/{2 if size == 256 else 3}: relay 64 -> 256 px"):
         (mid,) = S.run_node(NODE, model=relay.model, positive=relay_pos, latent=low, **inputs)
@@ -156,6 +168,8 @@ def relay_emoji(
         f"truncated at sigma {t['truncation_sigma']:g}) ({times[1]:.0f} s)."
     )
     if size == 1024:
+        mid_view = S.to_pil(images[1]).resize((size, size), Image.NEAREST)
+        yield view, mid_view, None, None, info + " Relaying to 1024 px in tiles..."
         settings = tile_settings("FSTD", TILE, 0, seed)
         S.validate("UltraResTiledDiffusion", **settings)
         (tiled,) = S.run_node("UltraResTiledDiffusion", model=relay.model, **settings)
@@ -185,11 +199,16 @@ def relay_emoji(
         )
     views = [S.to_pil(im).resize((size, size), Image.NEAREST) for im in images[:2]]
     info += f" Total {sum(times):.0f} s on {S.runtime().device}."
-    return views[0], views[1], final, grid, info
+    yield views[0], views[1], final, grid, info
+
+
+def relay_emoji(label: str | None = None, seed: int = 0, size: int = 1024, report: S.Report | None = None):
+    """:func:`relay_emoji_stages`' final outputs."""
+    return S.last(relay_emoji_stages(label, seed, size, report=report))
 
 
 def ui_relay_emoji(label, seed, size, progress=gr.Progress()):
-    return _ui.call(relay_emoji, progress, label, int(seed), int(size))
+    yield from _ui.stream(relay_emoji_stages, progress, 5, ID, label, seed, int(size))
 
 
 def show_grid(on: bool):
@@ -201,9 +220,10 @@ def build(shared: _ui.Shared) -> None:
     gr.Markdown(
         "The strongest result first: a class-conditional **64 px** emoji, relayed to **256 px** by a model "
         "trained with Relay Diffusion's blurring objective, then relayed again to **1024 px** by the same model "
-        "in shifting 256 px tiles (FSTD). The graph is `workflows/relay_emoji_1024.json`. On a CPU the 1024 px "
-        "stage takes a few minutes (256 px: about half a minute)."
+        "in shifting 256 px tiles (FSTD). The graph is `workflows/relay_emoji_1024.json`. Each stage shows as "
+        "soon as it is done."
     )
+    time_box = _ui.time_note(ID)
     missing = models_missing()
     if missing:
         gr.Markdown(
@@ -214,12 +234,14 @@ def build(shared: _ui.Shared) -> None:
     with gr.Row():
         label = gr.Dropdown(
             labels,
-            value=labels[0] if labels else None,
+            value=DEFAULTS["label"] if DEFAULTS["label"] in labels else (labels[0] if labels else None),
             label="Class",
             info="What the 64 px model draws ('unconditional' = any).",
         )
         seed = _ui.number(S.input_range("KSampler", "seed"), "Seed", value=DEMO_SEED)
-        size = gr.Radio(list(SIZES), value=SIZES[-1], label="Final size (px)")
+        size = gr.Radio(
+            list(SIZES), value=DEFAULTS["size"], label="Final size (px)", elem_id="relay-emoji-size"
+        )
         grid_on = gr.Checkbox(value=False, label="Show the FSTD tile edges of the last steps")
     run, stop = _ui.buttons("Run")
     with gr.Row():
@@ -242,4 +264,6 @@ def build(shared: _ui.Shared) -> None:
         )
     info = gr.Markdown(elem_id="relay-emoji-info")
     grid_on.change(show_grid, grid_on, [final, grid], queue=False, api_visibility="undocumented")
-    _ui.wire(run, stop, ui_relay_emoji, [label, seed, size], [low, mid, final, grid, info], "relay_emoji")
+    _ui.wire(
+        run, stop, ui_relay_emoji, [label, seed, size], [low, mid, final, grid, info], "relay_emoji", time_box
+    )

@@ -10,13 +10,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 from ultrares.kernels.tiling import METHOD_LABELS, StepPlan, TiledRun, TileSettings
 
+from .. import defaults as D
 from .. import session as S
 from . import _ui
 
 TITLE, ID = "Any size (FSTD)", "fstd"
 NODE = "UltraResTiledDiffusion"
-DEMO_CFG = 3.0  # the embedded model's guidance
-DEMO_OVERLAP = 16  # px: below the embedded model's 64 px tiles (the node's 64 suits 512 px tiles)
+# cfg 3: the embedded model's guidance; overlap 16 px: below the embedded model's 64 px tiles (the node's
+# 64 suits 512 px tiles); 12 steps keep the default run short on a CPU; the seed is picked by
+# scripts/pick_demo_seeds.py (demo/defaults.json)
+DEFAULTS = D.of(
+    "fstd",
+    dict(
+        label="Smileys & Emotion", width=192, height=128, method="FSTD", overlap=16, steps=12, seed=0, cfg=3.0
+    ),
+)
+DEMO_CFG, DEMO_OVERLAP = DEFAULTS["cfg"], DEFAULTS["overlap"]
 
 
 def tiled_methods() -> list[str]:
@@ -62,35 +71,42 @@ def draw_tiles(image: Image.Image, plan: StepPlan, ratio: int) -> Image.Image:
 
 
 @S.exclusive
-def any_size(
+def any_size_stages(
     source: str | None,
     label: str | None = None,
-    width: int = 192,
-    height: int = 128,
-    method: str = "FSTD",
+    width: int = DEFAULTS["width"],
+    height: int = DEFAULTS["height"],
+    method: str = DEFAULTS["method"],
     tile: int = 0,
     overlap: int = DEMO_OVERLAP,
-    steps: int = 20,
-    seed: int = 0,
+    steps: int = DEFAULTS["steps"],
+    seed: int = DEFAULTS["seed"],
     cfg: float = DEMO_CFG,
     show_step: int = 1,
     compare: bool = False,
     prompt: str = "",
     report: S.Report | None = None,
-) -> tuple[Image.Image, Image.Image, Image.Image | None, str]:
+):
     """Sample at any width x height with UltraResTiledDiffusion (tiles at the model's native size
-    unless ``tile`` is set). Returns (image, the tile grid of ``show_step`` drawn on it, the untiled
-    image when ``compare``, description)."""
+    unless ``tile`` is set). Yields (image, the tile grid of ``show_step`` drawn on it, the untiled
+    image when ``compare`` or None, description): once after the tiled run, again after the
+    untiled one. Every value is checked before any work: out-of-range values are refused with a
+    message naming the control (nothing is clamped)."""
     bundle = S.load(source)
     width, height = (
-        S.check(name, value, S.size_range(bundle.kind, name), S.size_range(bundle.kind, name).step or 1)
-        for name, value in (("width", width), ("height", height))
+        S.check(name, value, S.size_range(bundle.kind, key), S.size_range(bundle.kind, key).step or 1)
+        for name, key, value in (("Width (px)", "width", width), ("Height (px)", "height", height))
     )
-    steps = S.check("steps", steps, S.input_range("KSampler", "steps"))
+    steps = S.check("Steps", steps, S.input_range("KSampler", "steps"))
+    seed = S.check("Seed", seed, S.input_range(NODE, "seed"))
     tile = int(tile) or bundle.native
     if method not in tiled_methods():
-        raise S.UserError(f"method {method!r} is not one of {tiled_methods()}.")
-    show_step = S.check("show step", show_step, S.InputRange("INT", 0, steps - 1, 1, 1))
+        raise S.UserError(f"Tiling method {method!r} is not one of {tiled_methods()}.")
+    show_step = S.check(
+        f"Show the tile grid of step (0..{steps - 1} for {steps} steps)",
+        show_step,
+        S.InputRange("INT", 0, steps - 1, 1, 1),
+    )
     settings = tile_settings(method, tile, overlap, seed)
     S.validate(NODE, **settings)
     (tiled,) = S.run_node(NODE, model=bundle.model, **settings)
@@ -106,20 +122,27 @@ def any_size(
     plan = tile_plan(settings, latent, ratio, show_step)
     grid = draw_tiles(image, plan, ratio * scale)
     info = (
-        f"{width}x{height} px with {method} tiles of {tile} px: {t_tiled:.1f} s. Step {show_step}: "
-        f"{len(plan.tiles)} tiles, grid offset {tuple(v * ratio for v in plan.offset)} px, evaluated area "
-        f"{plan.tile_area_ratio:.2f}x the image"
+        f"{width}x{height} px with {method} tiles of {tile} px, {steps} steps, seed {seed}: {t_tiled:.1f} s. "
+        f"Step {show_step}: {len(plan.tiles)} tiles, grid offset {tuple(v * ratio for v in plan.offset)} px, "
+        f"evaluated area {plan.tile_area_ratio:.2f}x the image"
         + (", red = strips filled from the previous step's prediction" if plan.uncovered is not None else "")
         + "."
     )
-    plain = None
-    if compare:
-        t0 = time.perf_counter()
-        with S.tracked(report, f"untiled: {width}x{height}"):
-            plain_out = S.sample(bundle, bundle.model, pos, neg, latent, steps, seed, cfg)
-        plain = S.enlarge(S.to_pil(S.decode(bundle, plain_out)))
-        info += f" Untiled (same seed): {time.perf_counter() - t0:.1f} s."
-    return image, grid, plain, info
+    if not compare:
+        yield image, grid, None, info
+        return
+    yield image, grid, None, info + " Sampling without tiling..."
+    t0 = time.perf_counter()
+    with S.tracked(report, f"untiled: {width}x{height}"):
+        plain_out = S.sample(bundle, bundle.model, pos, neg, latent, steps, seed, cfg)
+    plain = S.enlarge(S.to_pil(S.decode(bundle, plain_out)))
+    info += f" Untiled (same seed): {time.perf_counter() - t0:.1f} s."
+    yield image, grid, plain, info
+
+
+def any_size(*args, **kwargs) -> tuple[Image.Image, Image.Image, Image.Image | None, str]:
+    """:func:`any_size_stages`' final outputs: (image, tile grid, untiled image or None, description)."""
+    return S.last(any_size_stages(*args, **kwargs))
 
 
 def ui_any_size(
@@ -138,23 +161,31 @@ def ui_any_size(
     compare,
     progress=gr.Progress(),
 ):
-    return _ui.call(
-        any_size,
+    yield from _ui.stream(
+        any_size_stages,
         progress,
+        4,
+        ID,
         source,
         label,
-        int(width),
-        int(height),
+        width,
+        height,
         method,
-        int(tile),
+        int(tile or 0),
         int(overlap),
         int(steps),
-        int(seed),
+        seed,
         float(cfg),
         int(show_step),
         bool(compare),
         prompt=prompt or "",
     )
+
+
+def step_range(steps):
+    """The grid-step slider follows the steps: 0..steps-1 (what the run accepts)."""
+    last = max(0, int(steps or 1) - 1)
+    return gr.update(maximum=last, info=f"0..{last} for {int(steps or 1)} steps")
 
 
 def build(shared: _ui.Shared) -> None:
@@ -163,14 +194,26 @@ def build(shared: _ui.Shared) -> None:
         "FSTD shifts a non-overlapping grid every step so seams never settle. The tile grid of the "
         "chosen step is drawn on the result."
     )
-    source, label, prompt = _ui.model_controls(shared)
+    time_box = _ui.time_note(ID)
+    source, label, prompt = _ui.model_controls(shared, DEFAULTS["label"])
     size = S.size_range(S.source_kind(shared.default), "width")  # the default model's sizes
     tile_rng = S.input_range(NODE, "tile_width")
     steps_rng = S.input_range("KSampler", "steps")
     with gr.Row():
-        width = _ui.slider(size, "Width (px)", value=192)
-        height = _ui.slider(size, "Height (px)", value=128)
-        method = _ui.dropdown(tiled_methods(), "Tiling method", S.node_defaults(NODE).get("method"))
+        width = _ui.number(
+            size,
+            "Width (px)",
+            elem_id="fstd-width",
+            value=DEFAULTS["width"],
+            info=f"{size.min:g}..{size.max:g}, multiple of {size.step:g}",
+        )
+        height = _ui.number(
+            size,
+            "Height (px)",
+            value=DEFAULTS["height"],
+            info=f"{size.min:g}..{size.max:g}, multiple of {size.step:g}",
+        )
+        method = _ui.dropdown(tiled_methods(), "Tiling method", DEFAULTS["method"])
     with gr.Row():
         tile = gr.Number(
             value=0,
@@ -183,17 +226,27 @@ def build(shared: _ui.Shared) -> None:
         overlap = _ui.slider(
             S.input_range(NODE, "overlap"), "Overlap (MultiDiffusion / Mixture)", value=DEMO_OVERLAP
         )
-        steps = _ui.slider(steps_rng, "Steps")
-        seed = _ui.number(S.input_range(NODE, "seed"), "Seed")
+        steps = _ui.slider(steps_rng, "Steps", value=DEFAULTS["steps"], elem_id="fstd-steps")
+        seed = _ui.number(S.input_range(NODE, "seed"), "Seed", value=DEFAULTS["seed"])
         cfg = _ui.slider(S.input_range("KSampler", "cfg"), "CFG", value=DEMO_CFG)
     with gr.Row():
-        show_step = _ui.slider(S.InputRange("INT", 0, steps_rng.max - 1, 1, 1), "Show the tile grid of step")
+        show_step = _ui.slider(
+            S.InputRange("INT", 0, DEFAULTS["steps"] - 1, 1, 1),
+            "Show the tile grid of step",
+            elem_id="fstd-show-step",
+            info=f"0..{DEFAULTS['steps'] - 1} for {DEFAULTS['steps']} steps",
+        )
         compare = gr.Checkbox(value=False, label="Also sample without tiling (same seed)")
+    steps.change(step_range, steps, show_step, queue=False, api_visibility="undocumented")
     run, stop = _ui.buttons("Generate any size")
     with gr.Row():
-        out = gr.Image(label="Result", type="pil", interactive=False, format="png")
-        grid = gr.Image(label="Tile grid", type="pil", interactive=False, format="png", elem_id="fstd-grid")
-        plain = gr.Image(label="Untiled", type="pil", interactive=False, format="png")
+        out = gr.Image(
+            label="Result", type="pil", interactive=False, format="png", height=320, elem_id="fstd-output"
+        )
+        grid = gr.Image(
+            label="Tile grid", type="pil", interactive=False, format="png", height=320, elem_id="fstd-grid"
+        )
+        plain = gr.Image(label="Untiled", type="pil", interactive=False, format="png", height=320)
     info = gr.Markdown(elem_id="fstd-info")
     _ui.wire(
         run,
@@ -202,6 +255,7 @@ def build(shared: _ui.Shared) -> None:
         [source, label, prompt, width, height, method, tile, overlap, steps, seed, cfg, show_step, compare],
         [out, grid, plain, info],
         "any_size",
+        time_box,
     )
     gr.Examples(
         [[256, 96, "FSTD", 1], [192, 192, "MultiDiffusion", 2], [320, 64, "SpotDiffusion", 3]],

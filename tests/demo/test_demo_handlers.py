@@ -125,7 +125,9 @@ def test_any_size_draws_the_tile_grid_of_the_chosen_step(S, T, src):
         (dict(width=100), "multiple of 16"),
         (dict(method="Tiles"), "not one of"),
         (dict(method="MultiDiffusion", tile=64, overlap=64), "overlap"),
-        (dict(show_step=3), "show step"),
+        (dict(show_step=3), "Show the tile grid of step"),
+        (dict(width=5000), r"Width \(px\)=5000 is outside 16..2048"),  # refused, not clamped
+        (dict(seed=-1), "Seed=-1 is outside"),
     ],
 )
 def test_any_size_refuses_bad_settings(S, T, src, kwargs, match):
@@ -133,6 +135,42 @@ def test_any_size_refuses_bad_settings(S, T, src, kwargs, match):
     settings.update(kwargs)
     with pytest.raises(S.UserError, match=match):
         T.tiling.any_size(src, "stars", **settings)
+
+
+def test_ui_handlers_stream_stages_and_refusals_are_status_messages(S, T, src):
+    """The Run handlers yield each stage as it finishes, then the result with the updated time note;
+    a refusal leaves the images as they were and puts the message in the status box (no exception,
+    so no red error badge and no stack trace)."""
+    import gradio as gr
+
+    outs = list(T.tiling.ui_any_size(src, "stars", "", 64, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, True))
+    assert len(outs) == 3  # the tiled image, then the untiled one, then the time note
+    assert outs[0][2] is None and outs[1][2] is not None
+    assert "Last run here" in outs[-1][-1]
+    refused = list(T.tiling.ui_any_size(src, "stars", "", 5000, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, False))
+    assert len(refused) == 1
+    *images, message, time_note = refused[0]
+    assert all(isinstance(v, type(gr.skip())) for v in (*images, time_note))
+    assert message.startswith("**Not run:**") and "Width (px)=5000" in message
+    seeds = list(T.hdit.ui_generate(src, "stars", "", 1, -1, 2.0, 1, "euler", "normal"))
+    assert "Seed=-1" in seeds[0][-2]
+
+
+def test_defaults_file_states_how_seeds_were_picked(S, T):
+    """demo/defaults.json (scripts/pick_demo_seeds.py): the tabs open on its seeds, each the best-scored
+    of its candidates, and every tab that runs on the embedded models has a measured time."""
+    from ultrares.demo import defaults
+
+    data = defaults.load()
+    for tab in ("hdit", "fstd"):
+        entry = data[tab]
+        best = min(entry["candidates"], key=lambda c: (c["worst"], c["seed"]))
+        assert entry["seed"] == best["seed"] and entry["score"] == best["worst"]
+    assert (
+        T.hdit.DEFAULTS["seed"] == data["hdit"]["seed"] and T.tiling.DEFAULTS["seed"] == data["fstd"]["seed"]
+    )
+    for tab in ("hdit", "fstd"):
+        assert defaults.seconds(tab) > 0
 
 
 def test_relay_upscales_generated_and_uploaded_images(S, T, src):
@@ -224,6 +262,17 @@ def test_errors_say_what_to_do(S, T, src):
         T.inversion.invert(src, "squares", None, steps=2, level=1.5)
     with pytest.raises(S.UserError, match="steps=0"):
         T.hdit.generate(src, "circles", steps=0)
+    with pytest.raises(S.UserError, match="Seed=-1 is outside"):
+        T.hdit.generate(src, "circles", steps=1, seed=-1)
+    # DDIM level 0 and a level the schedule cannot resolve: refused before any work, in the tab's terms
+    for level in (0, 0.01):
+        with pytest.raises(S.UserError, match=r"Level \(fraction of the schedule\)") as err:
+            T.inversion.invert(src, "squares", None, steps=25, level=level)
+        assert "sigma" not in str(err.value)
+    # LinFusion speaks of LinFusion and of this tab's controls, not of the HDiT
+    with pytest.raises(S.UserError, match="Checkpoint") as err:
+        T.linfusion.linfusion_timing(src, "x.safetensors")
+    assert "HDiT" not in str(err.value)
 
 
 def test_demo_imports_no_test_code():
@@ -259,7 +308,7 @@ def test_command_line_defaults_and_bad_comfyui_path(monkeypatch, tmp_path):
     assert (args.host, args.port, args.share, args.cpu) == ("127.0.0.1", 7860, False, False)
     assert app.parse_args(["--port", "7999", "--share"]).port == 7999
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
-    with pytest.raises(runtime.ComfyNotFound, match="not a ComfyUI checkout.*COMFYUI_PATH"):
+    with pytest.raises(runtime.ComfyNotFound, match=f"{tmp_path}.*COMFYUI_PATH"):
         runtime.comfy_root()
 
 
