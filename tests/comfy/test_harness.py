@@ -240,3 +240,17 @@ def test_control_lora_changes_the_sdxl_sample(comfy, tiny_sdxl):
     controlled = _sample(comfy, model, cpos, cneg, latent, steps=1)
     assert torch.isfinite(controlled).all()
     assert (controlled - plain).abs().max() > 1e-3
+
+
+def test_qwen_image_vae_gives_a_frame_axis_and_round_trips(comfy):
+    """The tiny Qwen-Image VAE is a real Wan 2.1 VAE: VAEEncode gives [B, 16, 1, H/8, W/8], the model
+    samples it, VAEDecode gives the image back at full size."""
+    model, _, vae = TM.build("qwen_image")
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    (latent,) = comfy.run_node("VAEEncode", pixels=image, vae=vae)
+    assert latent["samples"].shape == (1, 16, 1, 8, 8)
+    cond = TM.family_conditioning("qwen_image")
+    samples = _sample(comfy, model, cond, cond, latent["samples"], steps=1)
+    (decoded,) = comfy.run_node("VAEDecode", samples={"samples": samples}, vae=vae)
+    assert decoded.shape[-3:] == (64, 64, 3) and decoded.numel() == 64 * 64 * 3
+    assert torch.isfinite(decoded).all()

@@ -34,8 +34,9 @@ Public API (stable, used across the suite):
   ``attention_mask``, HiDream's ``conditioning_llama3``...) at the tiny widths; it works for every
   family.
 - VAE: a tiny ``AutoencoderKL`` (8x) with 4 or 16 channels for sd15/sdxl/sd3/flux/flux_fill and the
-  8x 16-channel families (zimage, chroma, hidream); ``None`` where the family's VAE is another kind
-  (Qwen-Image's Wan VAE, Flux.2's, HunyuanImage 2.1's 32x, Chroma Radiance has none).
+  8x 16-channel families (zimage, chroma, hidream); for "qwen_image" a tiny real Wan 2.1 VAE
+  (``build_wan_vae``: images -> [B, 16, 1, H/8, W/8]); ``None`` for Flux.2 and HunyuanImage 2.1
+  (ComfyUI's detection of their VAEs hard-codes full-size encoders) and Chroma Radiance (pixel space).
 - ``build_model(family, seed)``, ``build_clip(family, seed)``, ``build_vae(seed, channels)``,
   ``model_config(family)`` (the version's configured ``supported_models`` instance),
   ``skeleton_state_dict(family)``, ``family_conditioning``.
@@ -650,14 +651,32 @@ def build_vae(seed: int = 0, channels: int = 4) -> comfy.sd.VAE:
     return vae
 
 
+def build_wan_vae(seed: int = 0) -> comfy.sd.VAE:
+    """Qwen-Image's VAE kind: a tiny Wan 2.1 VAE (``comfy.ldm.wan.vae.WanVAE``, dim 16, 16 latent
+    channels, 8x, one latent frame per image) whose seeded state dict goes through ``comfy.sd.VAE``'s
+    own detection, so it encodes images to [B, 16, 1, H/8, W/8] as the real one does."""
+    from comfy.ldm.wan.vae import WanVAE
+
+    template = WanVAE(
+        dim=16,
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+    )
+    return comfy.sd.VAE(sd=seeded_state_dict(template, seed + 2))
+
+
 @functools.lru_cache(maxsize=16)
 def _cached(family: str, seed: int):
     channels = _VAE_CHANNELS.get(family)
-    return (
-        build_model(family, seed),
-        build_clip(family, seed),
-        build_vae(seed, channels) if channels else None,
-    )
+    if family == "qwen_image":
+        vae = build_wan_vae(seed)
+    else:
+        vae = build_vae(seed, channels) if channels else None
+    return build_model(family, seed), build_clip(family, seed), vae
 
 
 def build(family: str, seed: int = 0):
