@@ -15,7 +15,18 @@ FAMILIES = {
     "sd3": "SD3 (MMDiT, flow)",
     "flux": "Flux (flow, guidance-distilled)",
     "pixel": "HDiT (pixel space, EDM)",
+    # the 2026 image families (reduced models from the running ComfyUI's own classes; a family's cells
+    # are skipped on a ComfyUI that does not have it)
+    "qwen_image": "Qwen-Image (latent with a frame axis)",
+    "flux2": "Flux.2 (16x latent)",
+    "zimage": "Z-Image",
+    "chroma": "Chroma",
+    "chroma_radiance": "Chroma Radiance (pixel space)",
+    "hidream": "HiDream",
+    "hunyuan_image21": "HunyuanImage 2.1 (32x latent)",
 }
+NEW_FAMILIES = ("qwen_image", "flux2", "zimage", "chroma", "chroma_radiance", "hidream", "hunyuan_image21")
+FRAME_AXIS_REFUSAL = "single-frame latent with a frame axis"
 TILING_METHODS = ["FSTD", "FSTD (full coverage)", "MultiDiffusion", "Mixture of Diffusers", "SpotDiffusion"]
 
 LINFUSION_REFUSAL = "LinFusion weights exist only for SD-family UNets"
@@ -23,14 +34,13 @@ LINFUSION_REFUSAL = "LinFusion weights exist only for SD-family UNets"
 # node row -> family -> "works" | "refused: <text the refusal contains>"
 NODE_ROWS: dict[str, dict[str, str]] = {
     **{f"Tiled Diffusion: {m}": dict.fromkeys(FAMILIES, "works") for m in TILING_METHODS},
-    "Relay Upscale": dict.fromkeys(FAMILIES, "works"),
+    # Relay needs [B, C, H, W]; Qwen-Image's latents carry a frame axis: refused by name of the shape
+    "Relay Upscale": {**dict.fromkeys(FAMILIES, "works"), "qwen_image": f"refused: {FRAME_AXIS_REFUSAL}"},
     "DDIM Invert + Generate": {**dict.fromkeys(FAMILIES, "works")},
     "LinFusion Apply": {
+        **dict.fromkeys(FAMILIES, f"refused: {LINFUSION_REFUSAL}"),
         "sd15": "works",
         "sdxl": "works",
-        "sd3": f"refused: {LINFUSION_REFUSAL}",
-        "flux": f"refused: {LINFUSION_REFUSAL}",
-        "pixel": f"refused: {LINFUSION_REFUSAL}",
     },
 }
 
@@ -68,8 +78,15 @@ ADDONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "batch size 2": (("sd15", "flux"), PLANS),
     "img2img (denoise 0.5)": (("sd15", "sd3"), PLANS),
     "9-channel inpaint model": (("sd15_inpaint",), PLANS),
+    # reference latents are handed whole to every tile; the inpaint concat and the VAE-encoded hint
+    # are cut to each tile (the hint encoded once per run)
+    "FLUX.1 Kontext reference latent (ReferenceLatent)": (("flux",), PLANS),
+    "Qwen-Image-Edit reference latent (ReferenceLatent)": (("qwen_image",), PLANS),
+    "Flux Fill (InpaintModelConditioning)": (("flux_fill",), PLANS),
+    "Flux ControlNet with a VAE-encoded hint (InstantX)": (("flux",), PLANS),
+    "ControlLoRA": (("sdxl",), PLANS),
 }
-ADDON_FAMILY_NAMES = {**FAMILIES, "sd15_inpaint": "SD1.5 inpaint (9 ch)"}
+ADDON_FAMILY_NAMES = {**FAMILIES, "sd15_inpaint": "SD1.5 inpaint (9 ch)", "flux_fill": "Flux Fill"}
 
 # Sampler families, on SD1.5 and Flux, with the two methods whose plan depends on the step
 # (FSTD's offsets and reference, SpotDiffusion's roll): first/second order, ancestral, SDE,
@@ -84,13 +101,24 @@ def status(row: str, family: str) -> str:
 
 def markdown_table() -> str:
     """The README's compatibility tables (node x family, Tiled Diffusion x add-on)."""
+    reasons: dict[str, int] = {}  # refusal text -> its note number (the table stays narrow)
+
+    def cell(text: str) -> str:
+        if not text.startswith("refused: "):
+            return text
+        n = reasons.setdefault(text.split(": ", 1)[1], len(reasons) + 1)
+        return f"refused ({n})"
+
     lines = ["| node | " + " | ".join(FAMILIES.values()) + " |", "|---" * (len(FAMILIES) + 1) + "|"]
     for row, cells in NODE_ROWS.items():
-        lines.append(f"| {row} | " + " | ".join(cells.values()) + " |")
+        lines.append(f"| {row} | " + " | ".join(cell(cells[f]) for f in FAMILIES) + " |")
     lines += [
         "",
-        "*works*: runs at cfg 1 (Flux with FluxGuidance) and at cfg > 1. *refused*: stops before "
-        "sampling with a message naming the model family and what to use instead.",
+        "*works*: runs at cfg 1 (Flux with FluxGuidance) and at cfg > 1. *refused (n)*: stops before "
+        "sampling with a message naming the model family and what to use instead; the message contains "
+        + "; ".join(f'({n}) "{reason}"' for reason, n in reasons.items())
+        + ". Every cell is a test, on ComfyUI 0.30.0 and on 0.3.75; Tiled Diffusion's cells also check "
+        "that the model receives tiles of the requested pixel size in the family's own latent units.",
         "",
         "| add-on, with Tiled Diffusion | tested on | tiling methods |",
         "|---|---|---|",

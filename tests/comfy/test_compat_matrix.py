@@ -24,15 +24,42 @@ import torch
 from safetensors.torch import save_file
 
 NODE = "UltraResTiledDiffusion"
-IMAGE_PX = {"pixel": (64, 128)}  # (height, width) in pixels; pixel space is small and slow per pixel
+# (height, width) in pixels; pixel space is small and slow per pixel
+IMAGE_PX = {"pixel": (64, 128), "chroma_radiance": (96, 128)}
 DEFAULT_PX = (192, 256)
-TILE_PX = {"pixel": 64}
+TILE_PX = {"pixel": 64, "chroma_radiance": 64}
 DEFAULT_TILE = 128
 CHANNELS = {"sd3": 16, "flux": 16, "pixel": 3}
 RATIO = {"pixel": 1}
+FLOW = {"sd3", "flux", *M.NEW_FAMILIES}  # flow-matching families: sigmas (and relay's t) in (0, 1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+# one_thread: tests/conftest.py; floor: the matrix also runs in the floor run on ComfyUI 0.3.75
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.floor]
+
+
+def _tiny_models():
+    from harness.boot import tiny_models_module
+
+    return tiny_models_module()
+
+
+def require_family(family: str) -> None:
+    """Skip a cell whose family the running ComfyUI does not have (the harness builds only those)."""
+    if family == "pixel":
+        return
+    tm = _tiny_models()
+    if family not in tm.FAMILIES:
+        import comfyui_version
+
+        pytest.skip(f"{family} is not in ComfyUI {comfyui_version.__version__}")
+
+
+def ratio(family: str) -> int:
+    """Pixels per latent pixel: the harness's statement of the family (independent of the node's)."""
+    if family in RATIO:
+        return RATIO[family]
+    return _tiny_models().FAMILY_INFO[family]["pixels_per_latent"]
 
 
 @functools.cache
@@ -50,6 +77,7 @@ def family_parts(family: str):
     """(MODEL, CLIP or None, VAE) for a matrix family."""
     if family == "pixel":
         return _pixel_model()
+    require_family(family)
     from harness import boot
 
     return boot.tiny(family)
@@ -57,8 +85,11 @@ def family_parts(family: str):
 
 def latent(family: str, batch: int = 1, noise: bool = False, px=None) -> dict:
     h, w = px or IMAGE_PX.get(family, DEFAULT_PX)
-    r = RATIO.get(family, 8)
-    shape = (batch, CHANNELS.get(family, 4), h // r, w // r)
+    if family in CHANNELS or family in ("sd15", "sdxl"):
+        r = ratio(family)
+        shape = (batch, CHANNELS.get(family, 4), h // r, w // r)
+    else:  # the family's own latent shape ([B, C, 1, H, W] for Qwen-Image)
+        shape = _tiny_models().latent_shape(family, batch, h, w)
     if noise:
         return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(7))}
     return {"samples": torch.zeros(shape)}
@@ -69,6 +100,9 @@ def conds(comfy, family: str, model, clip, text: str = "a castle on a hill"):
     if family == "pixel":
         pos, neg = comfy.run_node("UltraResHDiTClass", class_id=1, unconditional=False)
         return pos, neg
+    if clip is None:  # the 2026 families' text encoders are large: conditioning of their shapes
+        tm = _tiny_models()
+        return tm.family_conditioning(family, 1, seed=1), tm.family_conditioning(family, 1, seed=2)
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text=text)
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="blurry")
     if family == "flux":
@@ -118,7 +152,7 @@ def spy(model):
     seen = []
 
     def record(executor, *args, **kwargs):
-        seen.append(tuple(args[0].shape[-2:]))
+        seen.append(tuple(args[0].shape))
         return executor(*args, **kwargs)
 
     m = model.clone()
@@ -129,6 +163,10 @@ def spy(model):
 _UNTILED: dict = {}  # cell key -> the untiled result, shared by the five methods of a cell
 
 
+def run_shape(family):
+    return latent(family)["samples"].shape
+
+
 def check_cell(comfy, family, method, run, model=None, key=None):
     """run(model) -> latent: the cell's graph with the model to sample. Checks both properties.
     ``key`` names the graph apart from the method, so its untiled result is computed once."""
@@ -136,11 +174,14 @@ def check_cell(comfy, family, method, run, model=None, key=None):
     spied, seen = spy(tiled(comfy, model, family, method))
     out = run(spied)
     assert torch.isfinite(out).all(), "non-finite latent"
-    r = RATIO.get(family, 8)
-    tile = TILE_PX.get(family, DEFAULT_TILE) // r
-    assert seen and all(s[0] <= tile and s[1] <= tile for s in seen), (
-        f"model saw a non-tile input: {set(seen)}"
+    r = ratio(family)
+    tile = TILE_PX.get(family, DEFAULT_TILE) // r  # the requested pixels in the family's latent units
+    full = tuple(run_shape(family))
+    assert seen and all(s[-2] <= tile and s[-1] <= tile and len(s) == len(full) for s in seen), (
+        f"model saw a non-tile input: {set(seen)} (tile {tile} latent px, latent {full})"
     )
+    if min(full[-2:]) > tile:  # the image spans several tiles on both axes: some are exactly the tile
+        assert any(s[-2:] == (tile, tile) for s in seen), f"no {tile}x{tile} tile among {set(seen)}"
     if key is not None and key in _UNTILED:
         plain = _UNTILED[key]
     else:
@@ -178,7 +219,7 @@ def _image(family, batch=1, px=None):
     return torch.rand(batch, h, w, 3, generator=g)
 
 
-def _apply_control(comfy, pos, neg, control, image, strength=1.0):
+def _apply_control(comfy, pos, neg, control, image, strength=1.0, vae=None):
     return comfy.run_node(
         "ControlNetApplyAdvanced",
         positive=pos,
@@ -188,7 +229,7 @@ def _apply_control(comfy, pos, neg, control, image, strength=1.0):
         strength=strength,
         start_percent=0.0,
         end_percent=1.0,
-        vae=None,
+        vae=vae,
     )
 
 
@@ -320,6 +361,26 @@ def addon_graph(comfy, addon: str, family: str):
         )
     elif addon == "PerpNeg guider":
         return _perpneg(comfy, clip, pos, neg, lat), model
+    elif "reference latent" in addon:  # Kontext / Qwen-Image-Edit: an image latent of another size
+        ref = latent(family, noise=True, px=(128, 192))["samples"]
+        (pos,) = comfy.run_node("ReferenceLatent", conditioning=pos, latent={"samples": ref})
+    elif addon.startswith("Flux Fill"):
+        mask = torch.zeros(1, *DEFAULT_PX)
+        mask[:, 48:160, 64:192] = 1.0
+        pos, neg, lat = comfy.run_node(
+            "InpaintModelConditioning",
+            positive=pos,
+            negative=neg,
+            vae=vae,
+            pixels=_image(family),
+            mask=mask,
+            noise_mask=True,
+        )
+    elif addon.startswith("Flux ControlNet with a VAE"):
+        control = tiny_models.build_flux_controlnet("instantx")
+        pos, neg = _apply_control(comfy, pos, neg, control, _image(family), vae=vae)
+    elif addon == "ControlLoRA":
+        pos, neg = _apply_control(comfy, pos, neg, tiny_models.build_control_lora(), _image(family))
     else:
         raise AssertionError(f"add-on {addon!r} has no graph")
     return _run_with(comfy, model, pos, neg, lat, cfg, patch=patch), model
@@ -393,18 +454,27 @@ def test_tiled_diffusion_with_every_sampler_family(comfy, method, family, sample
 
 # ---------------------------------------------------------------- the other sampler-facing nodes x family
 
-RELAY_TRUNCATION = {"sd3": 0.6, "flux": 0.6}  # flow models: a t in (0, 1); others: a sigma
+RELAY_TRUNCATION = dict.fromkeys(FLOW, 0.6)  # flow models: a t in (0, 1); others: a sigma
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
 @pytest.mark.parametrize("family", list(M.FAMILIES))
 def test_relay_upscale_on_every_family(comfy, family, cfg):
     """Relay Upscale x2 continues a finished low-resolution latent (stage one) on each family."""
-    assert M.status("Relay Upscale", family) == "works"
+    expected = M.status("Relay Upscale", family)
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
     h, w = (128, 128) if family == "pixel" else DEFAULT_PX  # the pixel HDiT's first stage needs >= 64 px
     first = ksample(comfy, model, pos, neg, latent(family, px=(h // 2, w // 2)), cfg=cfg)
+    if expected != "works":
+        with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
+            _relay(comfy, model, pos, neg, first, family, cfg)
+        return
+    samples = _relay(comfy, model, pos, neg, first, family, cfg)
+    assert samples.shape[-2:] == (first.shape[-2] * 2, first.shape[-1] * 2) and torch.isfinite(samples).all()
+
+
+def _relay(comfy, model, pos, neg, first, family, cfg):
     (out,) = comfy.run_node(
         "UltraResRelayUpscale",
         model=model,
@@ -426,8 +496,7 @@ def test_relay_upscale_on_every_family(comfy, family, cfg):
         s_tmax=1000.0,
         s_churn_noise=1.0,
     )
-    samples = out["samples"]
-    assert samples.shape[-2:] == (first.shape[-2] * 2, first.shape[-1] * 2) and torch.isfinite(samples).all()
+    return out["samples"]
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0], ids=["cfg1", "cfg4"])
@@ -435,18 +504,22 @@ def test_relay_upscale_on_every_family(comfy, family, cfg):
 def test_ddim_invert_and_generate_on_every_family(comfy, family, cfg):
     """Deterministic inversion and generation run on each family, and generating from the inverted
     noise moves back towards the input (closer than the noise itself is)."""
-    assert M.status("DDIM Invert + Generate", family) == "works"
+    expected = M.status("DDIM Invert + Generate", family)
     model, clip, _ = family_parts(family)
     pos, neg = conds(comfy, family, model, clip)
     x = latent(family, noise=True)
     kw = dict(
         steps=8,
-        level=0.9 if family in ("sd3", "flux") else 1.0,
+        level=0.9 if family in FLOW else 1.0,
         scheduler="simple",
         positive=pos,
         negative=neg,
         cfg=cfg,
     )
+    if expected != "works":
+        with pytest.raises(ValueError, match=expected.split(": ", 1)[1]):
+            comfy.run_node("UltraResDDIMInvert", model=model, latent=x, refine_iters=0, **kw)
+        return
     (noise,) = comfy.run_node("UltraResDDIMInvert", model=model, latent=x, refine_iters=0, **kw)
     (back,) = comfy.run_node("UltraResDDIMGenerate", model=model, noise=noise, **kw)
     src, inv, rec = x["samples"], noise["samples"], back["samples"]
