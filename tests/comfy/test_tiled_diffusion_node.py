@@ -546,3 +546,24 @@ def test_flux_controlnet_vae_hint_is_encoded_once_per_run_and_cropped_per_tile(c
     assert len(hints) == 2 * len(tiles)
     for tile, hint in zip(tiles * 2, hints):
         torch.testing.assert_close(hint, full[(..., *tile.slices())])
+
+
+def test_the_latent_ratio_table_says_what_newer_comfyui_states(comfy):
+    """0.3.75's latent formats state no ratio, so nodes/_common reads it by format class from a table;
+    every class of the running ComfyUI that states a ratio must agree with that table (on 0.30 this
+    checks the table against ComfyUI itself), and every class the table names exists here."""
+    import inspect
+
+    import comfy.latent_formats as lf
+    from ultrares.nodes._common import STATED_DOWNSCALE
+
+    assert all(hasattr(lf, name) for name in STATED_DOWNSCALE)
+    checked = 0
+    for _, cls in inspect.getmembers(lf, inspect.isclass):
+        stated = getattr(cls, "spacial_downscale_ratio", None)
+        named = [STATED_DOWNSCALE[c.__name__] for c in cls.__mro__ if c.__name__ in STATED_DOWNSCALE]
+        if stated is None or not named or cls.__name__ not in STATED_DOWNSCALE and stated == 8:
+            continue
+        assert named[0] == stated, f"{cls.__name__} states {stated}, the table says {named[0]}"
+        checked += 1
+    assert checked >= len(STATED_DOWNSCALE) or not hasattr(lf.LatentFormat, "spacial_downscale_ratio")
