@@ -20,10 +20,14 @@ def load() -> dict:
     return json.loads(PATH.read_text()) if PATH.is_file() else {}
 
 
-def of(tab: str, fallback: dict) -> dict:
-    """A tab's defaults: ``fallback`` (the tab's constants) updated with what the file chose."""
+PICKED = ("seed",)  # what the script chooses; every other setting is the tab's own constant
+
+
+def of(tab: str, settings: dict) -> dict:
+    """A tab's defaults: its own ``settings`` with the seed the file picked for them (the file also
+    records the settings it scored with; tests/demo checks they are still the tab's)."""
     chosen = load().get(tab, {})
-    return {**fallback, **{k: chosen[k] for k in fallback if k in chosen}}
+    return {**settings, **{k: chosen[k] for k in PICKED if k in chosen and k in settings}}
 
 
 def seconds(tab: str) -> float | None:

@@ -116,6 +116,7 @@ def build(shared: _ui.Shared) -> None:
         label="Image",
         type="pil",
         sources=["upload", "clipboard"],
+        image_mode="RGBA",  # keep the transparency: the handler lays it on the codebook's background
         height=256,
     )
     with gr.Row():

@@ -156,6 +156,7 @@ def build(shared: _ui.Shared) -> None:
         label="Input (optional)",
         type="pil",
         sources=["upload", "clipboard"],
+        image_mode="RGBA",  # keep the transparency: the handler lays it on the right background
         height=256,
     )
     with gr.Row():

@@ -17,12 +17,12 @@ from . import _ui
 TITLE, ID = "Any size (FSTD)", "fstd"
 NODE = "UltraResTiledDiffusion"
 # cfg 3: the embedded model's guidance; overlap 16 px: below the embedded model's 64 px tiles (the node's
-# 64 suits 512 px tiles); 12 steps keep the default run short on a CPU; the seed is picked by
+# 64 suits 512 px tiles); the seed is picked by
 # scripts/pick_demo_seeds.py (demo/defaults.json)
 DEFAULTS = D.of(
     "fstd",
     dict(
-        label="Smileys & Emotion", width=192, height=128, method="FSTD", overlap=16, steps=12, seed=0, cfg=3.0
+        label="Smileys & Emotion", width=192, height=128, method="FSTD", overlap=16, steps=20, seed=0, cfg=3.0
     ),
 )
 DEMO_CFG, DEMO_OVERLAP = DEFAULTS["cfg"], DEFAULTS["overlap"]

@@ -95,9 +95,13 @@ def test_cancel_stops_a_running_job(client, src):
     while not job.status().progress_data and time.monotonic() < deadline:  # sampling has started
         time.sleep(0.2)
     assert job.status().progress_data, "no progress reported by the sampling run"
-    c.predict(api_name="/cancel_any_size")
-    with pytest.raises(Exception):  # noqa: B017 (cancelled jobs raise the client's cancellation error)
-        job.result(timeout=120)
+    assert "Cancelled" in c.predict(api_name="/cancel_any_size")  # Cancel says so
+    try:
+        outputs = job.result(timeout=120)
+    except Exception:  # noqa: BLE001 (the client's cancellation error: the queue dropped the job)
+        outputs = None
+    if outputs is not None:  # or the run stopped at its next step and said so in its status box
+        assert "Cancelled" in outputs[3]
     # the sampling loop really stopped (the demo runs one job at a time, so a still-running
     # sampler would hold this one back for minutes, past the timeout)
     path, _, _ = c.submit(src, "circles", "", 2, 0, 2.0, 1, "euler", "normal", api_name="/generate").result(
