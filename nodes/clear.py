@@ -240,12 +240,14 @@ class CLEARApply(io.ComfyNode):
                     default=0,
                     min=0,
                     max=1024,
+                    optional=True,
                     tooltip="Window radius in tokens (16 px each): image tokens closer than this attend to each "
                     "other. 0 = the file's window (what it was distilled with).",
                 ),
                 io.Boolean.Input(
                     "proportional_attention",
                     default=True,
+                    optional=True,
                     tooltip="Scale attention logits by sqrt(log_4608(tokens)) as the official high-resolution "
                     "notebook does; off = the plain 1/sqrt(head_dim) (the official 1024 px setting).",
                 ),
@@ -255,6 +257,7 @@ class CLEARApply(io.ComfyNode):
                     min=1.0,
                     max=100.0,
                     step=0.5,
+                    optional=True,
                     tooltip="Multiplies RoPE's theta (NTK-style position scaling); the official high-resolution "
                     "notebook uses 10, 1 = FLUX's own positions.",
                 ),

@@ -47,6 +47,10 @@ def test_every_workflow_validates_at_full_size(comfy):
                     placeholder = os.path.join(
                         folder_paths.get_folder_paths("linfusion")[0], node["inputs"]["lf_name"]
                     )
+                elif node["class_type"] == "UltraResCLEARLoader":  # likewise: the name only
+                    placeholder = os.path.join(
+                        folder_paths.get_folder_paths("clear")[0], node["inputs"]["clear_name"]
+                    )
                 if placeholder and not os.path.exists(placeholder):
                     folder = os.path.dirname(placeholder)
                     if not os.path.isdir(folder):
