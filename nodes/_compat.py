@@ -3,6 +3,8 @@
 - :func:`schema_extras`: the V3 ``io.Schema`` keywords newer ComfyUI knows (``search_aliases``,
   ``essentials_category``), passed only where the running ``io.Schema`` has the field, so every
   ``define_schema`` reads ``io.Schema(..., **schema_extras(search_aliases=[...]))`` on both versions.
+- :func:`input_extras`: the same for an input's keywords (0.30: ``advanced``, which folds the widget
+  into the node's "advanced" section), for ``io.Int.Input(..., **input_extras(advanced=True))``.
 - MultiGPU (ComfyUI 0.30: ``comfy/multigpu.py``, node ``MultiGPU_WorkUnits``): :func:`multigpu_in_use`
   tells whether a MODEL carries per-device clones; :func:`refuse_multigpu` refuses such a model with a
   message that says what to do; :func:`guard_multigpu` makes a ``MultiGPU_WorkUnits`` placed *after*
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from functools import cache
 
 MULTIGPU_KEY = "multigpu"
@@ -37,6 +40,21 @@ def schema_extras(
     wanted = {"search_aliases": list(search_aliases or []), "essentials_category": essentials_category}
     fields = schema_fields()
     return {k: v for k, v in wanted.items() if v and k in fields}
+
+
+@cache
+def input_keywords() -> frozenset[str]:
+    """The keyword arguments the running ComfyUI's V3 ``io.Input`` constructor takes."""
+    from comfy_api.latest import io
+
+    return frozenset(inspect.signature(io.Input.__init__).parameters)
+
+
+def input_extras(advanced: bool | None = None) -> dict:
+    """The V3 input keyword arguments among these that the running ComfyUI supports (0.30: ``advanced``;
+    0.3.75: none). None values are left out."""
+    wanted = {"advanced": advanced}
+    return {k: v for k, v in wanted.items() if v is not None and k in input_keywords()}
 
 
 # --------------------------------------------------------------------------------------------- MultiGPU

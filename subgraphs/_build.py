@@ -181,8 +181,18 @@ def build(spec: dict, object_info) -> dict:
     in_links: dict[tuple[int, str], int] = {}
     out_links: dict[tuple[int, int], list[int]] = {}
 
+    linked = {(dst, name) for _, _, dst, name in spec["links"]}
+    linked |= {(key, inp) for _, _, targets, _ in spec["inputs"] for key, inp in targets}
+
+    def is_widget(typ, opts):
+        return typ in WIDGET_TYPES and not opts.get("forceInput")
+
     def slot_of(key, input_name):
-        names = [n for n, *_ in _input_defs(infos[key])]
+        """The input's index in the node's serialized inputs (sockets and linked widgets), as
+        LiteGraph's target_slot counts (frontend 1.32 resolves links by it, not by name)."""
+        names = [
+            n for n, typ, opts, _ in _input_defs(infos[key]) if not is_widget(typ, opts) or (key, n) in linked
+        ]
         if input_name not in names:
             raise ValueError(f"{spec['nodes'][key][0]} has no input {input_name!r}")
         return names.index(input_name)
@@ -251,12 +261,12 @@ def build(spec: dict, object_info) -> dict:
         info, nid = infos[key], ids[key]
         inputs = []
         for name, typ, opts, optional in _input_defs(info):
-            is_widget = typ in WIDGET_TYPES and not opts.get("forceInput")
+            widget = is_widget(typ, opts)
             lid = in_links.get((nid, name))
-            if is_widget and lid is None:
+            if widget and lid is None:
                 continue  # a plain widget (in widgets_values only)
             entry = {"localized_name": name, "name": name, "type": typ, "link": lid}
-            if is_widget:
+            if widget:
                 entry["widget"] = {"name": name}
             if optional:
                 entry["shape"] = 7
@@ -282,13 +292,17 @@ def build(spec: dict, object_info) -> dict:
             node["title"] = title
         nodes.append(node)
 
-    host_inputs, proxy, host_values = [], [], []
-    for name, typ, _, default in spec["inputs"]:
+    host_inputs, proxy = [], []
+    for name, typ, targets, default in spec["inputs"]:
+        for key, inp in targets if typ in WIDGET_TYPES else ():
+            if spec["nodes"][key][1].get(inp) != default:
+                raise ValueError(
+                    f"{spec['name']}: promoted {name}={default!r} but {key}.{inp} holds the value shown"
+                )
         entry = {"localized_name": name, "name": name, "type": typ, "link": None}
         if typ in WIDGET_TYPES:
             entry["widget"] = {"name": name}
             proxy.append(["-1", name])
-            host_values.append(default)
         host_inputs.append(entry)
     last_node = len(keys) + 1
     return {
@@ -310,7 +324,9 @@ def build(spec: dict, object_info) -> dict:
                 ],
                 "title": spec["name"],
                 "properties": {"proxyWidgets": proxy, "cnr_id": "ultrares", "ver": VERSION},
-                "widgets_values": host_values,
+                # promoted widgets show the inner widgets' values: frontend 1.32 (ComfyUI 0.3.75) would write
+                # host values into the wrong inner widgets (it reads proxyWidgets differently)
+                "widgets_values": [],
             }
         ],
         "links": [],

@@ -55,6 +55,10 @@ def test_schema_extras_follow_the_running_schema(comfy):
         assert extras == {}
         assert "search_aliases" not in info
     assert compat.schema_extras() == {}
+    adv = compat.input_extras(advanced=True)
+    assert adv == ({"advanced": True} if "search_aliases" in fields else {})  # both arrived in 0.30's V3 API
+    assert io.Int.Input("x", **adv).as_dict().get("advanced") == adv.get("advanced")
+    assert compat.input_extras() == {}
     # every UltraRes node has aliases on 0.30 (those of the tiled and CLEAR files are their owners' to add)
     if "search_aliases" in fields:
         own = [
