@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -535,3 +536,192 @@ def tokens_from_features(
     side = math.isqrt(n)
     ids, _ = assign(features.reshape(b * n, d), centroids.to(features.device), chunk_size)
     return ids.view(b, side, side)
+
+
+# ----------------------------------------------------------------------------- what the nodes pass around
+
+
+DECODE_MODES = ("nearest_patch", "mean_color", "centroid_pca")
+"""How :func:`decode_image` draws tokens: the atlas' nearest patch or cluster mean colour, or the
+centroid's PCA colour (no atlas needed)."""
+
+
+@dataclass
+class DigitCodebook:
+    """A loaded or fitted codebook: ``centroids`` ``[K, D]`` float32 (CPU), its optional :class:`Atlas`,
+    the centroids' PCA ``palette`` ``[K, 3]`` in ``[0, 1]`` and the ``interpolation`` convention of the
+    features it was fitted on (from the atlas record)."""
+
+    name: str
+    centroids: torch.Tensor
+    atlas: Atlas | None
+    palette: torch.Tensor
+    interpolation: str = DEFAULT_INTERPOLATION
+
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+
+@dataclass
+class DigitTokens:
+    """Token ids ``[B, h, w]`` int64 (CPU), the name and size ``k`` of their codebook, and the square
+    ``image_size`` (pixels) they were made at."""
+
+    ids: torch.Tensor
+    codebook: str
+    k: int
+    image_size: int
+
+
+def to_rgb(images: torch.Tensor, background: float = 1.0) -> torch.Tensor:
+    """Images ``[B, H, W, C]`` (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; ComfyUI's IMAGE layout) ->
+    ``[B, 3, H, W]`` float32 in ``[0, 1]``; alpha is composited over a ``background`` grey level (1 = white)."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"image must be a ComfyUI IMAGE [batch, height, width, channels] with 1-4 channels, got shape {tuple(images.shape)}"
+        )
+    x = images.float().clamp(0, 1)
+    c = x.shape[-1]
+    colour, alpha = (x[..., :3], x[..., 3:]) if c >= 3 else (x[..., :1].expand(*x.shape[:-1], 3), x[..., 1:])
+    if alpha.shape[-1]:
+        colour = colour * alpha + background * (1 - alpha)
+    return colour.permute(0, 3, 1, 2).contiguous()
+
+
+def image_size_problem(image_size: int) -> str | None:
+    """The message for an ``image_size`` (already an int in 16..1024) that is not a multiple of 16, else None."""
+    if image_size % 16:
+        return f"image_size={image_size} must be a multiple of 16 between 16 and 1024 (256 gives DiGIT's 16 x 16 tokens)"
+    return None
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+def codebook_file_name(filename: str) -> str | None:
+    """The ``.npy`` file name a fitted codebook called ``filename`` is saved as (``.npy`` added when
+    missing), or None when ``filename`` is not a plain file name (letters, digits, '.', '_', '-'; no
+    folders, no '..')."""
+    name = filename[:-4] if filename.endswith(".npy") else filename
+    if not _SAFE_NAME.match(name) or ".." in name:
+        return None
+    return name + ".npy"
+
+
+def read_file(filename: str, what: str, load: Callable[[str], object]):
+    """Run a reader ``load(label)`` with a message label naming the input ``what`` and the file (its
+    relative name); any failure becomes a ``ValueError`` with our own text (never a library's, never
+    an absolute path)."""
+    label = f"{what} '{filename}'"
+    try:
+        return load(label)
+    except ValueError:
+        raise
+    except OSError:
+        raise ValueError(
+            f"{label}: the file could not be read (permissions or a disk problem): check the file"
+        ) from None
+    except Exception:
+        raise ValueError(
+            f"{label}: the file could not be read (damaged or not the expected format): replace it"
+        ) from None
+
+
+def open_codebook(path: str, name: str) -> DigitCodebook:
+    """Read the codebook ``.npy`` at ``path`` (shown to the user as ``name``, the ``codebook_name``
+    input) with its atlas when one sits next to it (:func:`atlas_path`), checked to have one entry
+    per centroid."""
+    centroids = read_file(name, "codebook_name", lambda label: load_codebook(path, name=label))
+    atlas_file = atlas_path(path)
+    atlas, meta = None, {}
+    if os.path.exists(atlas_file):
+        atlas_name = os.path.splitext(name)[0] + ".atlas.safetensors"
+        atlas, meta = read_file(
+            atlas_name, "the atlas of codebook_name", lambda label: load_atlas(atlas_file, label)
+        )
+    if atlas is not None and atlas.patches.shape[0] != centroids.shape[0]:
+        raise ValueError(
+            f"atlas {os.path.basename(atlas_file)} has {atlas.patches.shape[0]} entries but codebook "
+            f"'{name}' has {centroids.shape[0]} centroids: delete the stale atlas or refit"
+        )
+    return DigitCodebook(name, centroids, atlas, centroid_colors(centroids), record_interpolation(meta))
+
+
+def check_encoder_fits(model: Dinov2, encoder: str, codebook: DigitCodebook, default_codebook: str) -> None:
+    """Refuse an encoder ``model`` (named ``encoder``) whose feature width or position-embedding
+    convention is not the codebook's; the message suggests ``default_codebook`` for the embedded encoder."""
+    dim = model.cfg.embed_dim
+    if dim != codebook.dim:
+        raise ValueError(
+            f"codebook '{codebook.name}' has dimension {codebook.dim} but encoder '{encoder}' produces "
+            f"{dim}-d features: use a codebook fitted with this encoder (e.g. km_8k.npy for DINOv2-B/14-reg4, "
+            f"{default_codebook} for the embedded ViT-S/14), or fit one with UltraResDiGITFitCodebook."
+        )
+    check_codebook_matches(model, codebook.interpolation, codebook.name, encoder)
+
+
+def check_enough_patches(k: int, n_images: int, image_size: int) -> int:
+    """Tokens per side for ``image_size`` after refusing a ``k`` larger than the patches of ``n_images``."""
+    grid = grid_side(image_size)
+    n = n_images * grid * grid
+    if k > n:
+        raise ValueError(
+            f"k={k} needs at least {k} patches but {n_images} image(s) x {grid * grid} patches = {n}: "
+            "lower k, add images or raise image_size"
+        )
+    return grid
+
+
+def decode_image(tokens: DigitTokens, codebook: DigitCodebook, mode: str) -> torch.Tensor:
+    """Tokens drawn as pixels ``[B, 3, S, S]`` float32 in ``[0, 1]`` (``S`` the tokens' image size), in a
+    :data:`DECODE_MODES` mode; refuses tokens of another codebook and atlas modes without an atlas."""
+    if tokens.k != codebook.k:
+        raise ValueError(
+            f"tokens come from codebook '{tokens.codebook}' (K={tokens.k}) but codebook '{codebook.name}' has "
+            f"K={codebook.k}: decode with the codebook used for tokenizing"
+        )
+    cell = tokens.image_size // tokens.ids.shape[-1]
+    if mode == "centroid_pca":
+        return paint_tokens(tokens.ids, codebook.palette, cell)
+    if codebook.atlas is None:
+        raise ValueError(
+            f"mode '{mode}' needs an atlas but codebook '{codebook.name}' has none "
+            f"({os.path.splitext(codebook.name)[0]}.atlas.safetensors): use mode centroid_pca, or fit a codebook "
+            "with UltraResDiGITFitCodebook (it writes the atlas)"
+        )
+    img = decode_tokens(tokens.ids, codebook.atlas, mode)
+    if img.shape[-1] != tokens.image_size:
+        img = F.interpolate(img, size=(tokens.image_size,) * 2, mode="nearest")
+    return img
+
+
+def fit_codebook(
+    features: torch.Tensor,
+    images: torch.Tensor,
+    k: int,
+    n_iter: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, Atlas]:
+    """K-means centroids ``[K, D]`` of patch ``features`` ``[B, N, D]`` and their :class:`Atlas` built from
+    the prepared ``images`` ``[B, 3, S, S]`` in ``[0, 1]`` that gave them (``N = (S / 16)^2``)."""
+    x = features.reshape(-1, features.shape[-1])
+    res = kmeans(x, k, n_iter=n_iter, seed=seed, progress=progress)
+    grid = math.isqrt(features.shape[1])
+    atlas = build_atlas(x, image_patches(images, grid).to(x.device), res.centroids.to(x.device))
+    return res.centroids, atlas
+
+
+def save_fitted(
+    path: str, centroids: torch.Tensor, atlas: Atlas, record: dict[str, str], overwrite: bool
+) -> None:
+    """Write a fitted codebook to ``path`` (``.npy``, its folder made when missing) and its atlas next to it
+    (:func:`atlas_path`, replaced when present) with the ``record`` of the features it was fitted on."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_codebook(path, centroids, overwrite=overwrite)
+    save_atlas(atlas_path(path), atlas, record, overwrite=True)

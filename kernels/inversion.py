@@ -247,6 +247,118 @@ def schedule_steps_for_level(steps: int, level: float) -> int:
     return steps if level > 0.9999 else max(steps, int(steps / level))
 
 
+def flow_top(levels: torch.Tensor | None) -> float:
+    """Top sigma used instead of 1 on rectified-flow models: the model's last level below 1.
+
+    At sigma 1 a flow point is pure noise and a leftover-noise latent (``x / (1 - sigma)``, what
+    ComfyUI's KSamplerAdvanced returns) cannot hold it; one level lower it can, and generation from
+    there differs from generation from 1 by one of the model's levels.
+
+    Args:
+        levels: the model's discrete sigmas (any shape, any float dtype), or None when it has none.
+    Returns:
+        The largest level below 1, else 0.999.
+    """
+    if isinstance(levels, torch.Tensor):
+        below = levels.float()[levels.float() < 1.0]
+        if below.numel():
+            return float(below.max())
+    return 0.999
+
+
+def schedule_context(
+    steps: int, level: float, scheduler: str, sigma_min: float, sigma_max: float, n_levels: int = 0
+) -> str:
+    """The words that start every schedule error: the settings and the model's sigma range."""
+    return (
+        f"steps={steps}, level={level}, scheduler={scheduler!r} on this model's schedule "
+        f"(sigma {sigma_min:.4g}..{sigma_max:.4g}"
+        + (f", {n_levels} discrete levels" if n_levels else "")
+        + ")"
+    )
+
+
+def inversion_schedule(
+    full: torch.Tensor,
+    steps: int,
+    level: float,
+    parametrisation: str,
+    *,
+    levels: torch.Tensor | None = None,
+    context: str = "the schedule",
+) -> torch.Tensor:
+    """The generation-order sigmas ``[steps + 1]`` of an inversion, from a full schedule.
+
+    Keeps the tail of ``full`` (:func:`level_schedule`), replaces a flow model's top sigma 1 by
+    :func:`flow_top` of its ``levels``, and checks the result (:func:`check_schedule`, ends at 0).
+
+    Args:
+        full: ``[N + 1]`` float, the scheduler's output for :func:`schedule_steps_for_level` steps.
+        steps, level: as :func:`level_schedule`.
+        parametrisation: ``"ve"`` or ``"flow"``.
+        levels: the model's discrete sigmas (for :func:`flow_top`), or None.
+        context: prefix of every error (:func:`schedule_context`).
+    Raises:
+        ValueError: ``"<context>: <what is wrong>"`` when the schedule cannot be inverted.
+    """
+    try:
+        sigmas = level_schedule(full, int(steps), float(level))
+        if parametrisation == "flow" and float(sigmas[0]) >= 1.0:
+            sigmas[0] = flow_top(levels)
+        check_schedule(sigmas, parametrisation)
+    except ValueError as err:
+        raise ValueError(f"{context}: {err}") from None
+    if float(sigmas[-1]) != 0.0:
+        raise ValueError(f"{context}: the schedule does not end at sigma 0; pick another scheduler.")
+    return sigmas
+
+
+def check_guidance(cfg: float, has_positive: bool, has_negative: bool) -> None:
+    """Refuse a cfg other than 1 without both conditionings, saying what to connect."""
+    if math.isclose(cfg, 1.0):
+        return
+    if not has_positive:
+        raise ValueError(
+            f"cfg={cfg} needs a positive and a negative conditioning; connect them or set cfg to 1.0."
+        )
+    if not has_negative:
+        raise ValueError(f"cfg={cfg} needs a negative conditioning; connect one or set cfg to 1.0.")
+
+
+def ddim_loop(
+    run,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    direction: str,
+    refine_iters: int,
+    sigma_floor: float,
+    parametrisation: str,
+) -> torch.Tensor:
+    """:func:`ddim_invert` (``direction="invert"``) or :func:`ddim_generate` as a sampler loop.
+
+    ``run`` has ``denoise(x, sigma) -> x0`` (a :data:`Denoiser`) and ``report(dict)``, called after
+    every model evaluation with ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` (the step callback
+    of k-diffusion samplers). ``sigmas`` is in the order the loop walks: ascending to invert,
+    generation order to generate.
+    """
+
+    def step_done(i, xx, x0, sigma):
+        run.report({"x": xx, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+
+    if direction == "invert":
+        return ddim_invert(
+            run.denoise,
+            x,
+            sigmas.flip(0),
+            sigma_floor=sigma_floor,
+            refine_iters=refine_iters,
+            parametrisation=parametrisation,
+            callback=step_done,
+        )
+    return ddim_generate(run.denoise, x, sigmas, parametrisation=parametrisation, callback=step_done)
+
+
 # ----------------------------------------------------------------------------------------------
 # Geometry and Gaussian statistics of latents
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +406,73 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.T
     out = wa[..., None] * fa[None] + wb[..., None] * fb[None]  # [T, B, D]
     out = out.reshape((len(ts),) + tuple(a.shape)).to(a.dtype)
     return out[0] if scalar else out
+
+
+def slerp_fractions(t: float, count: int) -> list[float]:
+    """The fractions of ``count`` slerp points: ``[t]`` for one, else ``count`` evenly spaced in ``(0, t]``."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}.")
+    return [float(t)] if count == 1 else [float(t) * (k + 1) / count for k in range(count)]
+
+
+def rms_matched_gaussian(a: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded standard-normal draw shaped like ``a`` ``[B, ...]``, each row scaled to the RMS of ``a``'s row.
+
+    The draw comes from a CPU ``torch.Generator`` seeded with ``seed`` (float32), so it does not depend
+    on the device; returns float32 on ``a``'s device."""
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(int(seed))).to(a.device)
+    rms = a.flatten(1).pow(2).mean(dim=1).sqrt() / g.flatten(1).pow(2).mean(dim=1).sqrt()
+    return g * rms.view(-1, *([1] * (a.ndim - 1)))
+
+
+def pair_batches(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` ``[B, ...]`` with equal batches: a batch of 1 is broadcast to the other's.
+
+    Raises:
+        ValueError: the shapes after the batch axis differ, or both batches are above 1 and differ.
+    """
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(
+            f"latent_a {tuple(a.shape)} and latent_b {tuple(b.shape)} differ in shape; slerp needs latents "
+            "of the same model and image size (resize or crop one before inverting)."
+        )
+    if a.shape[0] != b.shape[0]:
+        if b.shape[0] == 1:
+            return a, b.expand_as(a)
+        if a.shape[0] == 1:
+            return a.expand_as(b), b
+        raise ValueError(
+            f"latent_a has batch {a.shape[0]} and latent_b batch {b.shape[0]}; use equal "
+            "batches or a batch of 1 on one side."
+        )
+    return a, b
+
+
+def slerp_path(a: torch.Tensor, b: torch.Tensor | None, t: float, count: int, seed: int) -> torch.Tensor:
+    """The slerp points from ``a`` towards ``b`` as one batch ``[count * B, ...]`` (point-major).
+
+    Args:
+        a: ``[B, ...]`` start latents (t = 0); computed in float32.
+        b: ``[B or 1, ...]`` end latents (t = 1), or None for :func:`rms_matched_gaussian` of ``a``.
+        t, count: :func:`slerp_fractions`.
+        seed: seed of the Gaussian end point when ``b`` is None.
+    """
+    a = a.float()
+    b = rms_matched_gaussian(a, seed) if b is None else b.float().to(a.device)
+    a, b = pair_batches(a, b)
+    path = slerp(a, b, slerp_fractions(t, count))  # [T, B, ...]
+    return path.reshape((-1,) + tuple(a.shape[1:]))
+
+
+def check_domain_latents(latents: torch.Tensor) -> None:
+    """Refuse what a Gaussian cannot be fitted to: a batch below 2, or NaN/inf values."""
+    if latents.shape[0] < 2:
+        raise ValueError(
+            f"latents has a batch of {latents.shape[0]}; fitting a Gaussian needs at least 2 inverted "
+            "latents. Invert several images of the new domain (batch them with ImageBatch first)."
+        )
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents contains NaN or infinite values; invert the images again.")
 
 
 def pairwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -503,6 +682,15 @@ class DomainScore:
     features: dict[str, torch.Tensor]
     p_value: torch.Tensor
     in_domain: torch.Tensor
+
+
+def check_same_shape(latents: torch.Tensor, reference: torch.Tensor) -> None:
+    """Refuse latents ``[M, ...]`` and reference latents ``[N, ...]`` whose shapes after the batch differ."""
+    if tuple(latents.shape[1:]) != tuple(reference.shape[1:]):
+        raise ValueError(
+            f"latents {tuple(latents.shape)} and reference {tuple(reference.shape)} differ in shape; invert "
+            "both sets with the same model at the same image size."
+        )
 
 
 def domain_score(latents: torch.Tensor, reference: DomainReference) -> DomainScore:

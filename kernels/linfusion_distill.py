@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .linfusion import LinFusionAttention
-from .linfusion_format import LayerSpec, ldm_to_diffusers
+from .linfusion_format import LayerSpec, attn1_paths, ldm_to_diffusers
+from .schedules import sd_sigmas
 
 Denoiser = Callable[..., torch.Tensor]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -51,7 +52,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def find_attn1(unet: nn.Module) -> dict[str, nn.Module]:
     """Every self-attention module of ``unet`` (``{path: module}``, paths relative to ``unet``)."""
-    found = {name: m for name, m in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"}
+    modules = dict(unet.named_modules())
+    found = {name: modules[name] for name in attn1_paths(unet)}
     if not found:
         raise ValueError("the UNet has no modules named 'attn1' (not an SD-family UNet?)")
     return found
@@ -161,13 +163,6 @@ def make_student_layers(
 
 # ---------------------------------------------------------------------------------------------
 # the objective
-
-
-def sd_sigmas(timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-    """SD's discrete noise levels (``scaled_linear`` betas): ``[timesteps]`` float32, increasing."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
 
 
 PREDICTIONS = ("eps", "v")

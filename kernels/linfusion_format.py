@@ -250,6 +250,56 @@ def attn1_specs(unet: torch.nn.Module, num_res_blocks, mid_dim_scale: int | None
     return specs
 
 
+def attn1_paths(unet: torch.nn.Module) -> list[str]:
+    """The paths (relative to ``unet``) of every self-attention module: those named ``...attn1``."""
+    return [name for name, _ in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"]
+
+
+def match_layers(
+    specs: list[LayerSpec],
+    layers: list[dict[str, torch.Tensor]],
+    bases: dict[str, torch.nn.Module],
+    num_res_blocks: int | list[int],
+    mismatch: str,
+) -> dict[str, tuple[LayerSpec, dict[str, torch.Tensor]]]:
+    """Each layer of a LinFusion file matched to the attn1 module it replaces.
+
+    Args:
+        specs, layers: what :func:`load_linfusion` returns (diffusers module names).
+        bases: the model's attn1 modules by LDM path (:func:`attn1_paths`), each with ``to_q`` and ``heads``.
+        num_res_blocks: the UNet's residual blocks per level (for :func:`diffusers_to_ldm`).
+        mismatch: the start of every error (which file, which model, what to do).
+    Returns:
+        ``{ldm path: (spec, state dict)}`` covering every path of ``bases``.
+    Raises:
+        ValueError: ``"<mismatch> (<which layer and why>)"`` when a layer has no attn1 of the model, a
+        width or head count differs, or an attn1 of the model has no layer in the file.
+    """
+    mapped = {}
+    for spec, sd in zip(specs, layers):
+        try:
+            target = diffusers_to_ldm(spec.module_name, num_res_blocks)
+        except LinFusionFormatError as exc:
+            raise ValueError(f"{mismatch} ({exc})") from None
+        if target not in bases:
+            raise ValueError(
+                f"{mismatch} (the file's {spec.module_name} -> {target} is not an attn1 of the model)"
+            )
+        base = bases[target]
+        width, heads = base.to_q.weight.shape[1], int(base.heads)
+        if spec.dim_n != width or base.to_q.weight.shape[0] != width:
+            raise ValueError(f"{mismatch} ({target}: file width {spec.dim_n}, model width {width})")
+        if spec.heads != heads:
+            raise ValueError(f"{mismatch} ({target}: file has {spec.heads} heads, model has {heads})")
+        mapped[target] = (spec, sd)
+    missing = [p for p in bases if p not in mapped]
+    if missing:
+        raise ValueError(
+            f"{mismatch} (the file does not cover {len(missing)} attn1 layers of the model, e.g. {missing[0]})"
+        )
+    return mapped
+
+
 def load_linfusion(path: str) -> tuple[list[LayerSpec], list[dict[str, torch.Tensor]]]:
     """Read an official-format LinFusion folder or file.
 

@@ -13,6 +13,8 @@
     ``steps + 1`` entries. Used with the HDiT sampler below.
 
   (The ramps differ in the last bits: ``linspace`` is not ``arange / (steps - 1)``.)
+- :func:`sd_sigmas`: Stable Diffusion's 1000 discrete noise levels (``scaled_linear`` betas), what
+  the LinFusion distillation samples its training noise from.
 - :func:`sample_dpmpp_2m`: DPM-Solver++(2M), deterministic, with optional class-conditional CFG,
   for a denoiser ``D(x, sigma, **kw) -> x0`` (k-diffusion's ``sample_dpmpp_2m``).
 """
@@ -23,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["KARRAS_CONVENTIONS", "karras_sigmas", "sample_dpmpp_2m"]
+__all__ = ["KARRAS_CONVENTIONS", "karras_sigmas", "sample_dpmpp_2m", "sd_sigmas"]
 
 KARRAS_CONVENTIONS = ("edm", "k-diffusion")
 
@@ -104,3 +106,10 @@ def sample_dpmpp_2m(
         x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * d
         old = den
     return x
+
+
+def sd_sigmas(timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SD's discrete noise levels (``scaled_linear`` betas): ``[timesteps]`` float32, increasing."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()

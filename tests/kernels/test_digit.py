@@ -336,3 +336,92 @@ def test_damaged_atlas_is_refused_with_a_named_message(tmp_path):
             digit.load_atlas(str(tmp_path / fname))
         msg = str(err.value)
         assert what in msg and msg.startswith(fname) and str(tmp_path) not in msg, msg
+
+
+# ---------------------------------------------------------------- node logic moved into the kernel
+
+
+def test_to_rgb_composites_alpha_and_expands_grey():
+    grey_alpha = torch.tensor([[[[0.2, 0.5]]]])  # one pixel: grey 0.2 at alpha 0.5, over white
+    torch.testing.assert_close(digit.to_rgb(grey_alpha), torch.full((1, 3, 1, 1), 0.6))
+    rgba = torch.tensor([[[[1.0, 0.0, 0.5, 0.0]]]])  # fully transparent: the background
+    torch.testing.assert_close(digit.to_rgb(rgba, background=0.25), torch.full((1, 3, 1, 1), 0.25))
+    rgb = torch.rand(2, 3, 5, 3)
+    torch.testing.assert_close(digit.to_rgb(rgb), rgb.permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"1-4 channels, got shape \(1, 2, 2, 5\)"):
+        digit.to_rgb(torch.zeros(1, 2, 2, 5))
+
+
+def test_image_size_and_file_name_rules():
+    assert digit.image_size_problem(256) is None
+    assert "image_size=40 must be a multiple of 16" in digit.image_size_problem(40)
+    assert digit.codebook_file_name("mine") == "mine.npy" == digit.codebook_file_name("mine.npy")
+    for bad in ("../x", "a/b", "", ".hidden", "a..b", "x" * 200):
+        assert digit.codebook_file_name(bad) is None, bad
+    assert digit.check_enough_patches(4, 1, 32) == 2
+    with pytest.raises(ValueError, match=r"k=5 needs at least 5 patches but 1 image\(s\) x 4 patches = 4"):
+        digit.check_enough_patches(5, 1, 32)
+
+
+def test_read_file_turns_any_failure_into_a_named_message():
+    assert digit.read_file("a.npy", "codebook_name", lambda label: label) == "codebook_name 'a.npy'"
+
+    def fails(exc):
+        def load(label):
+            raise exc
+
+        return load
+
+    with pytest.raises(ValueError, match="^own words$"):
+        digit.read_file("a.npy", "codebook_name", fails(ValueError("own words")))
+    with pytest.raises(ValueError, match=r"^codebook_name 'a.npy': the file could not be read \(permissions"):
+        digit.read_file("a.npy", "codebook_name", fails(PermissionError("/abs/path/a.npy")))
+    with pytest.raises(ValueError, match=r"^codebook_name 'a.npy': .*\(damaged") as err:
+        digit.read_file("a.npy", "codebook_name", fails(KeyError("/abs/path")))
+    assert "/abs" not in str(err.value)
+
+
+def test_open_codebook_with_and_without_atlas_and_decode_image(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    feats, images = torch.randn(2, 4, 8, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    centroids, atlas = digit.fit_codebook(feats, images, k=3, n_iter=5, seed=0)
+    assert centroids.shape == (3, 8) and atlas.patches.shape == (3, 3, 16, 16)
+    path = str(tmp_path / "cb.npy")
+    digit.save_fitted(path, centroids, atlas, digit.codebook_record("hub-reg", 8, "enc"), overwrite=False)
+    cb = digit.open_codebook(path, "cb.npy")
+    assert cb.k == 3 and cb.dim == 8 and cb.interpolation == "hub-reg" and cb.atlas is not None
+    torch.testing.assert_close(cb.centroids, centroids)
+    tokens = digit.DigitTokens(torch.tensor([[[0, 1], [2, 0]]]), "cb.npy", 3, 64)
+    img = digit.decode_image(tokens, cb, "nearest_patch")  # 2 x 16 px patches, brought to 64 px
+    assert img.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(img[0, :, :32:2, :32:2], cb.atlas.patches[0])
+    pca = digit.decode_image(tokens, cb, "centroid_pca")
+    torch.testing.assert_close(pca[0, :, 40, 10], cb.palette[2])
+    with pytest.raises(ValueError, match=r"tokens come from codebook 'cb.npy' \(K=4\)"):
+        digit.decode_image(digit.DigitTokens(tokens.ids, "cb.npy", 4, 64), cb, "centroid_pca")
+    digit.save_codebook(str(tmp_path / "bare.npy"), centroids)
+    bare = digit.open_codebook(str(tmp_path / "bare.npy"), "bare.npy")
+    assert bare.atlas is None and bare.interpolation == digit.DEFAULT_INTERPOLATION
+    with pytest.raises(ValueError, match="needs an atlas but codebook 'bare.npy' has none"):
+        digit.decode_image(tokens, bare, "mean_color")
+    digit.save_codebook(str(tmp_path / "stale.npy"), torch.randn(5, 8, generator=g))
+    digit.save_atlas(str(tmp_path / "stale.atlas.safetensors"), atlas, digit.codebook_record("digit", 8))
+    with pytest.raises(ValueError, match="has 3 entries but codebook 'stale.npy' has 5 centroids"):
+        digit.open_codebook(str(tmp_path / "stale.npy"), "stale.npy")
+    with pytest.raises(FileExistsError):
+        digit.save_fitted(path, centroids, atlas, digit.codebook_record("digit", 8), overwrite=False)
+
+
+def test_encoder_fits_checks_width_then_convention():
+    model = dinov2.Dinov2(Dinov2Config(embed_dim=32, depth=3, num_heads=2, mlp_hidden=64))
+    cb = digit.DigitCodebook("cb.npy", torch.zeros(4, 16), None, torch.zeros(4, 3))
+    with pytest.raises(
+        ValueError, match=r"dimension 16 but encoder 'enc' produces 32-d.*default.npy for the embedded"
+    ):
+        digit.check_encoder_fits(model, "enc", cb, "default.npy")
+    cb = digit.DigitCodebook("cb.npy", torch.zeros(4, 32), None, torch.zeros(4, 3), interpolation="hub-reg")
+    with pytest.raises(ValueError, match="its tokens would not match the codebook"):
+        digit.check_encoder_fits(model, "enc", cb, "default.npy")
+    digit.check_encoder_fits(
+        model, "enc", digit.DigitCodebook("cb.npy", torch.zeros(4, 32), None, torch.zeros(4, 3)), "x"
+    )

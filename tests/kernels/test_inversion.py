@@ -315,3 +315,141 @@ def test_domain_report_and_plot_show_every_scored_latent():
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     red = (img[0, ..., 0] > 0.7) & (img[0, ..., 1] < 0.3) & (img[0, ..., 2] < 0.3)
     assert red.any()  # the threshold line and the out-of-domain tick
+
+
+# ---------------------------------------------------------------- node facts moved into the kernel
+
+
+def test_flow_top_is_the_last_level_below_one():
+    assert inv.flow_top(torch.tensor([0.001, 0.5, 0.998, 1.0])) == pytest.approx(0.998)
+    assert inv.flow_top(None) == 0.999  # no discrete levels
+    assert inv.flow_top(torch.tensor([1.0, 1.5])) == 0.999  # none below 1
+
+
+def test_inversion_schedule_truncates_replaces_the_flow_top_and_names_the_context():
+    full = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    torch.testing.assert_close(inv.inversion_schedule(full, 2, 0.5, "ve"), torch.tensor([0.5, 0.25, 0.0]))
+    flow = inv.inversion_schedule(full, 4, 1.0, "flow", levels=torch.tensor([0.1, 0.9, 1.0]))
+    torch.testing.assert_close(flow, torch.tensor([0.9, 0.75, 0.5, 0.25, 0.0]))
+    ctx = inv.schedule_context(9, 0.5, "simple", 0.03, 14.6, 1000)
+    assert (
+        ctx
+        == "steps=9, level=0.5, scheduler='simple' on this model's schedule (sigma 0.03..14.6, 1000 discrete levels)"
+    )
+    with pytest.raises(ValueError, match=r"^CTX: the model's schedule has only 4 steps"):
+        inv.inversion_schedule(full, 9, 0.5, "ve", context="CTX")
+    with pytest.raises(ValueError, match=r"^CTX: the schedule does not end at sigma 0"):
+        inv.inversion_schedule(torch.tensor([1.0, 0.5, 0.1]), 2, 1.0, "ve", context="CTX")
+    with pytest.raises(ValueError, match=r"^CTX: .*strictly decreasing"):
+        inv.inversion_schedule(torch.tensor([1.0, 1.0, 0.0]), 2, 1.0, "ve", context="CTX")
+
+
+def test_guidance_needs_both_conditionings_only_away_from_cfg_one():
+    inv.check_guidance(1.0, False, False)
+    inv.check_guidance(3.0, True, True)
+    with pytest.raises(ValueError, match="cfg=3.0 needs a positive and a negative"):
+        inv.check_guidance(3.0, False, True)
+    with pytest.raises(ValueError, match="cfg=3.0 needs a negative conditioning"):
+        inv.check_guidance(3.0, True, False)
+
+
+def test_ddim_loop_is_the_kernel_loop_with_comfy_style_step_reports(data):
+    mu, s, x0 = data
+    d, sigmas = gaussian_denoiser(mu, s), log_schedule(6)
+
+    class Run:
+        def __init__(self):
+            self.denoise, self.reports = d, []
+
+        def report(self, info):
+            self.reports.append(info)
+
+    run, steps = Run(), []
+    up = inv.ddim_loop(
+        run, x0, sigmas.flip(0), direction="invert", refine_iters=1, sigma_floor=0.02, parametrisation="ve"
+    )
+    expect = inv.ddim_invert(
+        d,
+        x0,
+        sigmas,
+        sigma_floor=0.02,
+        refine_iters=1,
+        callback=lambda i, x, x0_, sg: steps.append((i, x, sg)),
+    )
+    torch.testing.assert_close(up, expect)
+    assert [(r["i"], r["sigma"]) for r in run.reports] == [(i, sg) for i, _, sg in steps]
+    assert all(set(r) == {"x", "i", "sigma", "sigma_hat", "denoised"} for r in run.reports)
+    run.reports.clear()
+    down = inv.ddim_loop(
+        run, up, sigmas, direction="generate", refine_iters=0, sigma_floor=0.0, parametrisation="ve"
+    )
+    torch.testing.assert_close(down, inv.ddim_generate(d, up, sigmas))
+    assert len(run.reports) == len(sigmas) - 1
+
+
+def test_slerp_fractions_and_path():
+    assert inv.slerp_fractions(0.6, 1) == [0.6]
+    assert inv.slerp_fractions(0.6, 3) == pytest.approx([0.2, 0.4, 0.6])
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        inv.slerp_fractions(0.5, 0)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 4, generator=g), torch.randn(1, 3, 4, generator=g)
+    path = inv.slerp_path(a, b, 1.0, 2, seed=0)  # point-major: t = 0.5 (both rows), then t = 1
+    assert path.shape == (4, 3, 4)
+    torch.testing.assert_close(
+        path[:2], inv.slerp(a, b.expand_as(a), 0.5).float()
+    )  # float32, as ComfyUI latents
+    torch.testing.assert_close(path[2:], b.expand_as(a).float())
+    with pytest.raises(ValueError, match="differ in shape"):
+        inv.slerp_path(a, torch.zeros(2, 3, 5), 0.5, 1, seed=0)
+    with pytest.raises(ValueError, match="batch 2 and latent_b batch 3"):
+        inv.slerp_path(a, torch.zeros(3, 3, 4), 0.5, 1, seed=0)
+
+
+def test_rms_matched_gaussian_is_seeded_and_matches_each_rows_rms():
+    a = torch.stack([torch.full((2, 3), 2.0), torch.full((2, 3), 0.5)])
+    g = inv.rms_matched_gaussian(a, seed=5)
+    torch.testing.assert_close(g.flatten(1).pow(2).mean(1).sqrt(), torch.tensor([2.0, 0.5]))
+    raw = torch.randn(a.shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(
+        g / g.flatten(1).norm(dim=1).view(-1, 1, 1), raw / raw.flatten(1).norm(dim=1).view(-1, 1, 1)
+    )
+    assert not torch.equal(g, inv.rms_matched_gaussian(a, seed=6))
+    # without latent_b the path ends at this draw
+    torch.testing.assert_close(
+        inv.slerp_path(a, None, 1.0, 1, seed=5), inv.rms_matched_gaussian(a.float(), 5).float()
+    )
+
+
+def test_domain_latent_checks():
+    with pytest.raises(ValueError, match="batch of 1; fitting a Gaussian needs at least 2"):
+        inv.check_domain_latents(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        inv.check_domain_latents(torch.tensor([[0.0], [float("nan")]]))
+    inv.check_domain_latents(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"latents \(2, 4, 2\) and reference \(3, 2, 4\) differ in shape"):
+        inv.check_same_shape(torch.zeros(2, 4, 2), torch.zeros(3, 2, 4))
+
+
+def test_inversion_records():
+    from ultrares.kernels import inversion_format as fmt
+
+    rec = fmt.make_record(torch.tensor(14.6), 9, 0.5, "simple", "SD15", torch.Size([4, 8, 8]))
+    assert rec == {
+        "sigma": pytest.approx(14.6),
+        "steps": 9,
+        "level": 0.5,
+        "scheduler": "simple",
+        "model": "SD15",
+        "shape": [4, 8, 8],
+    }
+    assert fmt.read_record({"samples": 0, fmt.RECORD_KEY: rec}) is rec
+    assert fmt.read_record({"samples": 0, fmt.RECORD_KEY: "junk"}) is None
+    assert fmt.sigmas_differ(rec, {"sigma": 14.7}) and not fmt.sigmas_differ(rec, {"sigma": 14.6001})
+    assert not fmt.sigmas_differ(rec, None)
+    fmt.check_generate_record(rec, "SD15", 14.6, 9, 0.5, "simple")
+    fmt.check_generate_record(None, "SDXL", 1.0, 1, 1.0, "karras")
+    with pytest.raises(ValueError, match="inverted with a SD15 model but this model is SDXL"):
+        fmt.check_generate_record(rec, "SDXL", 14.6, 9, 0.5, "simple")
+    with pytest.raises(ValueError, match=r"sits at sigma 14.6 .*steps=9, level=0.5.*start at sigma 3"):
+        fmt.check_generate_record(rec, "SD15", 3.0, 9, 0.5, "simple")

@@ -362,3 +362,75 @@ def test_compiled_core_matches_reference_on_cpu():
         got = lf.linear_attention(q, k, v, 4, impl="compiled")
         torch.testing.assert_close(got.double(), linear_attention_reference(q, k, v, 4), rtol=1e-5, atol=1e-5)
     assert not lf._compile_failed
+
+
+# ---------------------------------------------------------------- matching a file's layers to a UNet
+
+
+class _Attn(torch.nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.to_q, self.heads = torch.nn.Linear(width, width, bias=False), heads
+
+
+def _unet(widths=(32, 64), heads=4) -> torch.nn.Module:
+    """input_blocks.<1 + 3 i>.1.transformer_blocks.0.attn1 per level (one res block per level), plus
+    an attn2 that is not a self-attention."""
+    root = torch.nn.Module()
+    root.input_blocks = torch.nn.ModuleDict()
+    for i, w in enumerate(widths):
+        block = torch.nn.Module()
+        block.transformer_blocks = torch.nn.ModuleList([torch.nn.Module()])
+        block.transformer_blocks[0].attn1 = _Attn(w, heads)
+        block.transformer_blocks[0].attn2 = _Attn(w, heads)
+        root.input_blocks[str(1 + 2 * i)] = torch.nn.ModuleDict({"1": block})
+    return root
+
+
+def test_attn1_paths_and_layer_matching():
+    unet = _unet()
+    paths = fmt.attn1_paths(unet)
+    assert paths == [
+        "input_blocks.1.1.transformer_blocks.0.attn1",
+        "input_blocks.3.1.transformer_blocks.0.attn1",
+    ]
+    modules = dict(unet.named_modules())
+    bases = {p: modules[p] for p in paths}
+    specs = _specs()
+    layers = [{"w": torch.zeros(1)}, {"w": torch.ones(1)}]
+    mapped = fmt.match_layers(specs, layers, bases, [1, 1], "MISMATCH")
+    assert list(mapped) == paths and mapped[paths[1]] == (specs[1], layers[1])
+    with pytest.raises(
+        ValueError,
+        match=r"^MISMATCH \(input_blocks.3.1.transformer_blocks.0.attn1: file width 48, model width 64\)$",
+    ):
+        fmt.match_layers(_specs(dims=(32, 48)), layers, bases, [1, 1], "MISMATCH")
+    with pytest.raises(ValueError, match=r"^MISMATCH \(.*attn1: file has 2 heads, model has 4\)$"):
+        fmt.match_layers(_specs(heads=2), layers, bases, [1, 1], "MISMATCH")
+    with pytest.raises(
+        ValueError,
+        match=r"^MISMATCH \(the file does not cover 1 attn1 layers of the model, e.g. input_blocks.3",
+    ):
+        fmt.match_layers(specs[:1], layers[:1], bases, [1, 1], "MISMATCH")
+    far = [fmt.LayerSpec("down_blocks.3.attentions.0.transformer_blocks.0.attn1", 32, 4)]
+    with pytest.raises(
+        ValueError, match=r"^MISMATCH \(the file's down_blocks.3.* -> input_blocks.5.1.* is not an attn1"
+    ):
+        fmt.match_layers(far, layers[:1], bases, [1, 1], "MISMATCH")
+    with pytest.raises(ValueError, match=r"^MISMATCH \(.*not a diffusers"):
+        fmt.match_layers([fmt.LayerSpec("conv_in", 32, 4)], layers[:1], bases, [1, 1], "MISMATCH")
+
+
+def test_sd_sigmas_are_sd_noise_levels_and_shared_with_the_distillation():
+    from ultrares.kernels import linfusion_distill as ld
+    from ultrares.kernels import schedules
+
+    assert ld.sd_sigmas is schedules.sd_sigmas
+    s = schedules.sd_sigmas()
+    assert s.shape == (1000,) and s.dtype == torch.float32 and bool((s[1:] > s[:-1]).all())
+    # SD's scaled_linear betas, written out: beta_t = (sqrt(b0) + t (sqrt(b1) - sqrt(b0)) / 999)^2
+    t = torch.arange(1000, dtype=torch.float64)
+    betas = (0.00085**0.5 + t * (0.012**0.5 - 0.00085**0.5) / 999) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    torch.testing.assert_close(s, ((1 - abar) / abar).sqrt().float())
+    assert float(s[0]) == pytest.approx(0.0292, abs=1e-4) and float(s[-1]) == pytest.approx(14.6146, abs=1e-3)
