@@ -88,6 +88,10 @@ class ComfyServer:
             "--use-pytorch-cross-attention",
             "--preview-method",
             "none",
+            # its own database: ComfyUI's default lives in the shared tree, and a second server (another
+            # test session) cannot lock it ("Failed to initialize database")
+            "--database-url",
+            f"sqlite:///{base / 'user' / 'comfyui.db'}",
             *(extra_args or []),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
