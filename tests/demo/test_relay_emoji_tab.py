@@ -63,8 +63,10 @@ def test_relay_runs_the_trained_blur_settings(tab):
 def test_bad_inputs_are_messages(tab):
     from ultrares.demo import session as S
 
-    with pytest.raises(S.UserError, match="final size 512"):
+    with pytest.raises(S.UserError, match=r"Final size \(px\) 512"):  # the control's own label
         tab.relay_emoji("Flags", 0, 512)
+    with pytest.raises(S.UserError, match="Seed=-1 is outside"):
+        tab.relay_emoji("Flags", -1, 256)
     with pytest.raises(S.UserError, match="not one of this model's classes"):
         tab.relay_emoji("no such class", 0, 256)
 
