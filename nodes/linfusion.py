@@ -23,8 +23,8 @@ from torch import nn
 
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
-from ._common import check_inputs
 from ._compat import guard_multigpu, refuse_multigpu, schema_extras
+from ._inputs import CheckedNode, input_specs, is_widget
 from ._sampling import model_family
 
 CATEGORY = "UltraRes/linfusion"
@@ -66,11 +66,6 @@ def require_sd_unet(model) -> None:
 def linfusion_bytes(layers) -> int:
     """Bytes of the LinFusion layers' weights as stored (what ComfyUI must find room for)."""
     return sum(t.nelement() * t.element_size() for layer in layers for t in layer.state_dict().values())
-
-
-def _attn1_paths(model) -> list[str]:
-    unet = model.get_model_object("diffusion_model")
-    return [name for name, _ in unet.named_modules() if name.rsplit(".", 1)[-1] == "attn1"]
 
 
 def _describe_model(model, bases: dict[str, nn.Module]) -> str:
@@ -157,7 +152,7 @@ def patch_model(
     at use in low-VRAM mode, and streamed by the dynamic-VRAM loader of newer ComfyUI.
     """
     require_sd_unet(model)
-    paths = _attn1_paths(model)
+    paths = fmt.attn1_paths(model.get_model_object("diffusion_model"))
     if not paths:
         raise ValueError(
             f"model: {model_family(model)} has no attn1 (self-attention) layers; LinFusion patches "
@@ -180,29 +175,7 @@ def patch_model(
         "this model family (LinFusion-1-5 for SD1.x, -2-1 for SD2.x, -XL for SDXL) or distil your own with "
         "`scripts/linfusion_distill.py`."
     )
-    mapped = {}
-    for spec, sd in zip(weights.specs, weights.layers):
-        try:
-            target = fmt.diffusers_to_ldm(spec.module_name, res_blocks)
-        except fmt.LinFusionFormatError as exc:
-            raise ValueError(f"{mismatch} ({exc})") from None
-        if target not in bases:
-            raise ValueError(
-                f"{mismatch} (the file's {spec.module_name} -> {target} is not an attn1 of the model)"
-            )
-        base = bases[target]
-        width, heads = base.to_q.weight.shape[1], int(base.heads)
-        if spec.dim_n != width or base.to_q.weight.shape[0] != width:
-            raise ValueError(f"{mismatch} ({target}: file width {spec.dim_n}, model width {width})")
-        if spec.heads != heads:
-            raise ValueError(f"{mismatch} ({target}: file has {spec.heads} heads, model has {heads})")
-        mapped[target] = (spec, sd)
-    missing = [p for p in paths if p not in mapped]
-    if missing:
-        raise ValueError(
-            f"{mismatch} (the file does not cover {len(missing)} attn1 layers of the model, "
-            f"e.g. {missing[0]})"
-        )
+    mapped = fmt.match_layers(weights.specs, weights.layers, bases, res_blocks, mismatch)
 
     base_model = model.model
     model_dtype = base_model.manual_cast_dtype or base_model.get_dtype()
@@ -241,7 +214,7 @@ def _lf_files() -> list[str]:
     )
 
 
-class LinFusionLoader(io.ComfyNode):
+class UltraResLinFusionLoader(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -270,16 +243,12 @@ class LinFusionLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lf_name: str | None = None) -> bool | str:
-        v = check_inputs(
-            cls,
-            lf_name=lf_name,
-            combo_hints={"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"},
-        )
-        return v if isinstance(v, str) else True
+    def combo_hints(cls) -> dict[str, str]:
+        return {"lf_name": " (put LinFusion weights into ComfyUI/models/linfusion/)"}
 
     @classmethod
-    def execute(cls, lf_name: str) -> io.NodeOutput:
+    def execute(cls, **inputs) -> io.NodeOutput:
+        lf_name = cls.checked(inputs).lf_name
         path = folder_paths.get_full_path(FOLDER, lf_name)
         if path is None:
             raise ValueError(
@@ -294,7 +263,7 @@ MULTIGPU_REASON = (
 )
 
 
-class LinFusionApply(io.ComfyNode):
+class UltraResLinFusionApply(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -359,26 +328,17 @@ class LinFusionApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, min_tokens=None, chunk_size=None, precision: str = "auto") -> bool | str:
-        v = check_inputs(cls, min_tokens=min_tokens, chunk_size=chunk_size, precision=precision)
-        return v if isinstance(v, str) else True
-
-    @classmethod
-    def execute(
-        cls,
-        model,
-        linfusion: LinFusionWeights,
-        min_tokens: int = 0,
-        keep_base_value_output: bool = False,
-        chunk_size: int = 0,
-        precision: str = "auto",
-    ) -> io.NodeOutput:
+    def execute(cls, **inputs) -> io.NodeOutput:
+        # direct callers (scripts, tests) may leave out the widgets, as before: they take their schema defaults
+        defaults = {k: s.default for k, s in input_specs(cls).items() if is_widget(s)}
+        v = cls.checked({**defaults, **inputs})
+        model, linfusion = v.model, v.linfusion
         if not isinstance(linfusion, LinFusionWeights):
             raise ValueError("linfusion: connect the output of LinFusion Loader (UltraRes).")
         refuse_multigpu(model, "Apply LinFusion (UltraRes)", MULTIGPU_REASON)
-        m = patch_model(model, linfusion, min_tokens, keep_base_value_output, chunk_size, precision)
+        m = patch_model(model, linfusion, v.min_tokens, v.keep_base_value_output, v.chunk_size, v.precision)
         guard_multigpu(m, "Apply LinFusion (UltraRes)", MULTIGPU_REASON)
         return io.NodeOutput(m)
 
 
-NODES = [LinFusionLoader, LinFusionApply]
+NODES = [UltraResLinFusionLoader, UltraResLinFusionApply]

@@ -145,12 +145,7 @@ def test_dimension_mismatch_names_both(comfy, embedded, digit_dir):
 
 def D_tokens(k):
     """A DigitTokens object as the Tokenize node builds it (2 x 2 grid on a 32 px image)."""
-    import sys
-
-    mod = next(
-        m for name, m in sys.modules.items() if name.endswith("nodes.digit") and hasattr(m, "DigitTokens")
-    )
-    return mod.DigitTokens(torch.tensor([[[0, 1], [2, k - 1]]]), "x.npy", k, 32)
+    return D.DigitTokens(torch.tensor([[[0, 1], [2, k - 1]]]), "x.npy", k, 32)
 
 
 def test_official_layout_pth_loads_and_bad_files_are_named(comfy, digit_dir):
