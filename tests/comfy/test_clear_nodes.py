@@ -394,3 +394,29 @@ def test_schema_has_tooltips_and_validates_ranges(comfy):
     assert comfy.validate("UltraResCLEARApply", window=-1, ntk_factor=10.0) is not True
     assert comfy.validate("UltraResCLEARApply", window=8, ntk_factor=0.5) is not True
     assert comfy.validate("UltraResCLEARApply", window=8, ntk_factor=10.0) is True
+
+
+def test_kontext_reference_tokens_are_global(comfy, tiny_flux, clear_dir):
+    """A Kontext-style reference latent appends tokens after the image: CLEAR treats them like text
+    (every query sees them), so the output changes with the reference and stays finite."""
+    write_clear_file(clear_dir / "clear_local_8_down_4.safetensors", down_factor=4)
+    m = _apply(comfy, tiny_flux[0], "clear_local_8_down_4.safetensors")
+    inp = _inputs(8, 8)
+    ref = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(5))
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([m])
+    net = m.get_model_object("diffusion_model")
+    with torch.no_grad():
+        with_ref = net(
+            inp["x"],
+            inp["timestep"],
+            inp["context"],
+            y=inp["y"],
+            guidance=inp["guidance"],
+            ref_latents=[ref],
+            transformer_options={"wrappers": m.wrappers},
+        )
+    plain = _forward(m, inp)
+    assert with_ref.shape == plain.shape and torch.isfinite(with_ref).all()
+    assert float((with_ref - plain).abs().max()) > 1e-4
