@@ -113,8 +113,10 @@ def nn_distances(images: torch.Tensor, class_name: str) -> list[float]:
     """Cosine DINOv2 distance of each image to its nearest training image of the class."""
     from ultrares.kernels.frechet import nearest_neighbour
 
-    d, _ = nearest_neighbour(cls_features(images).numpy(), class_features(class_name).numpy())
-    return [round(float(v), 4) for v in d]
+    n = images.shape[0]
+    feats = cls_features(images if n > 1 else images.repeat(2, 1, 1, 1))  # the feature check wants 2 rows
+    d, _ = nearest_neighbour(feats.numpy(), class_features(class_name).numpy())
+    return [round(float(v), 4) for v in d[:n]]
 
 
 def pick(name: str, run, candidates: list[int], class_name: str, save: str | None = None) -> dict:

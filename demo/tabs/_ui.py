@@ -77,8 +77,8 @@ def expected_time(tab_id: str, last: float | None = None, device: str | None = N
 
     known = D.seconds(tab_id)
     text = (
-        f"Expected time of the default run: **about {known:.0f} s** on one CPU core (as measured by "
-        "`scripts/pick_demo_seeds.py`; less with more cores, seconds on a GPU)."
+        f"Expected time of the default run: **about {known:.0f} s** on a CPU (measured by "
+        "`scripts/pick_demo_seeds.py` on a shared 2-core machine; seconds on a GPU)."
         if known is not None
         else "Expected time of the default run: not measured (it needs files the demo does not ship)."
     )
