@@ -121,6 +121,7 @@ def test_linfusion_size_is_counted_by_comfy_memory_planning(comfy, tiny_sd15, lf
     assert mm.LoadedModel(patched).model_memory() == patched.model_size()
     if hasattr(patched, "is_dynamic"):  # 0.30: dynamic VRAM is never on with --cpu
         assert not patched.is_dynamic()
+    mm.unload_all_models()  # a clean start: nothing of the model loaded by earlier tests
     mm.load_models_gpu([patched], force_full_load=True)
     try:
         assert patched.loaded_size() == patched.model_size()

@@ -30,6 +30,15 @@ multigpu = pytest.importorskip(
 SECOND = torch.device("cpu", 0)
 
 
+@pytest.fixture(autouse=True)
+def unload_afterwards():
+    """ComfyUI keeps sampled models loaded; the clones on the second CPU entry must not outlive a test."""
+    yield
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+
+
 def two_device_model(model):
     """``model`` with a MultiGPU clone on a second CPU device entry (see the module docstring)."""
     m = model.clone()
