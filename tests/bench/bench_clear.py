@@ -69,6 +69,42 @@ def _full(q, k, v):
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, h * d)
 
 
+def _one_size(C, side: int, prev, g, sw):
+    """(row, (seq, full seconds)) for one grid side."""
+    lay = C.Layout(TEXT, side, side)
+    seq = lay.seq
+    q, k, v = (torch.randn(1, HEADS, seq, HEAD_DIM, generator=g) for _ in range(3))
+    scale = C.attention_scale(HEAD_DIM, seq, True, True)
+
+    def clear():
+        out = C.clear_attention(q, k, v, lay, WINDOW, DOWN, sw, scale=scale, impl="blocked")
+        return out.transpose(1, 2).reshape(1, seq, HEADS * HEAD_DIM)
+
+    repeats = 1 if side >= 256 else 2
+    t_clear, m_clear = _timed(clear, repeats)
+    predicted = prev[1] * (seq / prev[0]) ** 2 if prev is not None else 0.0
+    if predicted > FULL_BUDGET_S:
+        n_rows = max(256, int(seq * FULL_BUDGET_S / predicted / 2))
+        t_part, m_part = _timed(lambda: _full(q[:, :, :n_rows], k, v), 1)
+        t_full, m_full = t_part * seq / n_rows, m_part * seq / n_rows
+        how = f"scaled from {n_rows} rows"
+    else:
+        t_full, m_full = _timed(lambda: _full(q, k, v), repeats)
+        how = "measured"
+    row = [
+        side * side,
+        seq,
+        round(t_full, 2),
+        round(t_clear, 2),
+        round(t_full / t_clear, 1),
+        round(m_full, 0),
+        round(m_clear, 0),
+        round(m_clear / max(m_full, 1e-9), 2),
+        how,
+    ]
+    return row, (seq, t_full)
+
+
 def run(quick: bool = False) -> dict:
     from ultrares.kernels import clear as C
 
@@ -78,41 +114,8 @@ def run(quick: bool = False) -> dict:
     sw = torch.full((DOWN * DOWN,), 1.0 / DOWN**2)
     prev = None  # (seq, full seconds) of the previous size
     for side in sides:
-        lay = C.Layout(TEXT, side, side)
-        seq = lay.seq
-        q, k, v = (torch.randn(1, HEADS, seq, HEAD_DIM, generator=g) for _ in range(3))
-        scale = C.attention_scale(HEAD_DIM, seq, True, True)
-
-        def clear():
-            out = C.clear_attention(q, k, v, lay, WINDOW, DOWN, sw, scale=scale, impl="blocked")
-            return out.transpose(1, 2).reshape(1, seq, HEADS * HEAD_DIM)
-
-        repeats = 1 if side >= 256 else 2
-        t_clear, m_clear = _timed(clear, repeats)
-        predicted = prev[1] * (seq / prev[0]) ** 2 if prev is not None else 0.0
-        if predicted > FULL_BUDGET_S:
-            n_rows = max(256, int(seq * FULL_BUDGET_S / predicted / 2))
-            t_part, m_part = _timed(lambda: _full(q[:, :, :n_rows], k, v), 1)
-            t_full, m_full = t_part * seq / n_rows, m_part * seq / n_rows
-            how = f"scaled from {n_rows} rows"
-        else:
-            t_full, m_full = _timed(lambda: _full(q, k, v), repeats)
-            how = "measured"
-        prev = (seq, t_full)
-        rows.append(
-            [
-                side * side,
-                seq,
-                round(t_full, 2),
-                round(t_clear, 2),
-                round(t_full / t_clear, 1),
-                round(m_full, 0),
-                round(m_clear, 0),
-                round(m_clear / max(m_full, 1e-9), 2),
-                how,
-            ]
-        )
-        del q, k, v
+        row, prev = _one_size(C, side, prev, g, sw)
+        rows.append(row)
         gc.collect()
     keys_full = TEXT + sides[-1] ** 2
     keys_clear = TEXT + (sides[-1] // DOWN) ** 2 + 3.14159 * WINDOW**2
