@@ -254,3 +254,13 @@ def test_qwen_image_vae_gives_a_frame_axis_and_round_trips(comfy):
     (decoded,) = comfy.run_node("VAEDecode", samples={"samples": samples}, vae=vae)
     assert decoded.shape[-3:] == (64, 64, 3) and decoded.numel() == 64 * 64 * 3
     assert torch.isfinite(decoded).all()
+
+
+def test_tiny_family_fixture_gives_the_family_and_its_ratio(tiny_family):
+    import comfy.model_base
+
+    model, clip, vae = tiny_family("hunyuan_image21")
+    assert isinstance(model.model, comfy.model_base.HunyuanImage21)
+    assert clip is None and vae is None  # Qwen2.5-VL text side and the 32x VAE are not built
+    assert tiny_family.tm.FAMILY_INFO["hunyuan_image21"]["pixels_per_latent"] == 32
+    assert tiny_family.tm.latent_shape("hunyuan_image21", 1, 512, 256) == (1, 64, 16, 8)

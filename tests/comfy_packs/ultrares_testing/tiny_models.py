@@ -443,7 +443,9 @@ class _ResolvedDits(dict):
     def __missing__(self, family):
         if family not in SKELETONS:
             raise KeyError(family)
-        self[family] = dict(model_config(family).unet_config)
+        config = dict(model_config(family).unet_config)
+        config.pop("dtype", None)  # set_inference_dtype's entry, not part of the architecture
+        self[family] = config
         return self[family]
 
 
