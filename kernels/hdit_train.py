@@ -137,7 +137,7 @@ def relay_objective(raw: dict):
     rc = relay.relay_config(raw)
     if rc is None:
         return None, {}
-    return rc["settings"], rc["train"]
+    return rc.settings, rc.train
 
 
 # ----------------------------------------------------------------------------- recipe pieces

@@ -732,10 +732,6 @@ class TrainedRelay:
     low_res: tuple[int, int] | None = None
     train: dict = field(default_factory=dict)
 
-    def __getitem__(self, key: str):
-        """Transitional: ``trained["settings"]`` as :func:`relay_config` returned a dict before."""
-        return getattr(self, key)
-
     def apply(self, settings: RelaySettings) -> RelaySettings:
         """``settings`` with the trained blur and noise settings (``blur_sigma_max``, ``prob_length``,
         ``s_block``, ``s_noise``). A model trained with blurring (B_max > 0) only works at its trained

@@ -106,10 +106,10 @@ def main():
     torch.save({"images": to_u8(s64), "classes": classes}, os.path.join(OUT, "s64.pt"))
     log("stage one done")
     # stage two (relay) from the 64 px samples, and the same model from pure noise
-    sig2 = R.relay_sigmas(rc["steps"], 0.002, 80.0, rc["rho"], rc["truncation_sigma"])
+    sig2 = R.relay_sigmas(rc.steps, 0.002, 80.0, rc.rho, rc.truncation_sigma)
     full = torch.cat(
         [
-            S.karras_sigmas(rc["steps"], 0.002, 80.0, rc["rho"], convention="edm"),
+            S.karras_sigmas(rc.steps, 0.002, 80.0, rc.rho, convention="edm"),
             torch.zeros(1, dtype=torch.float64),
         ]
     )
@@ -117,8 +117,8 @@ def main():
     B = 250
     for k in range(0, N, B):
         up = R.upsample_nearest(s64[k : k + B].to(DEV), 4)
-        x = R.relay_start(up, float(sig2[0]), rc["settings"].patch, rc["settings"].s_block, seed=10_000 + k)
-        relay_out.append(to_u8(R.relay_sample(amp(d2), x, sig2, rc["settings"], seed=20_000 + k)))
+        x = R.relay_start(up, float(sig2[0]), rc.settings.patch, rc.settings.s_block, seed=10_000 + k)
+        relay_out.append(to_u8(R.relay_sample(amp(d2), x, sig2, rc.settings, seed=20_000 + k)))
         log(f"relay {k + B}")
     save_jpegs("relay256", torch.cat(relay_out))
     for k in range(0, N, B):
@@ -128,7 +128,7 @@ def main():
         x = float(full[0]) * torch.randn(
             min(B, N - k), 3, 256, 256, generator=torch.Generator().manual_seed(30_000 + k)
         ).to(DEV)
-        noise_out.append(to_u8(R.relay_sample(amp(d2), x, full, rc["settings"], seed=40_000 + k)))
+        noise_out.append(to_u8(R.relay_sample(amp(d2), x, full, rc.settings, seed=40_000 + k)))
         log(f"noise {k + B}")
     if noise_out:
         save_jpegs("noise256", torch.cat(noise_out))

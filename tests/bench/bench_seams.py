@@ -107,8 +107,8 @@ def run(quick: bool) -> dict:
     low = held_out_images(conf["images"], side // FACTOR)
     model, vae, _ = rt.run_node("UltraResHDiTLoader", model_name=MODEL, weight_dtype="float32")
     pos, _ = rt.run_node("UltraResHDiTClass", class_id=0, unconditional=True)
-    trained = relay.relay_config(model.model.hdit_config.raw)
-    levels = len(relay.relay_sigmas(steps, 0.002, 80.0, trained["rho"], trained["truncation_sigma"])) - 1
+    trained = model.model.hdit_config.relay
+    levels = len(relay.relay_sigmas(steps, 0.002, 80.0, trained.rho, trained.truncation_sigma)) - 1
 
     seen = {"px": 0}
 
@@ -168,8 +168,8 @@ def run(quick: bool) -> dict:
                     factor=FACTOR,
                     seed=seed,
                     steps=steps,
-                    truncation_sigma=trained["truncation_sigma"],
-                    rho=trained["rho"],
+                    truncation_sigma=trained.truncation_sigma,
+                    rho=trained.rho,
                     cfg=1.0,
                     blur_sigma_max=0.0,
                     prob_length=0.93,
@@ -260,10 +260,10 @@ def run(quick: bool) -> dict:
             "band_px": BAND,
             "relay": {k: trained[k] for k in ("truncation_sigma", "rho", "steps")}
             | {
-                "blur_sigma_max": trained["settings"].blur_sigma_max,
-                "prob_length": trained["settings"].prob_length,
-                "s_block": trained["settings"].s_block,
-                "s_noise": trained["settings"].s_noise,
+                "blur_sigma_max": trained.settings.blur_sigma_max,
+                "prob_length": trained.settings.prob_length,
+                "s_block": trained.settings.s_block,
+                "s_noise": trained.settings.s_noise,
             },
         },
         "notes": [

@@ -488,8 +488,8 @@ def test_relay_objective_trains_resumes_bit_for_bit_and_exports_its_settings(tmp
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     _, cfg = hdit_format.load_checkpoint(str(export))
-    rc = R.relay_config(cfg.raw)
-    assert rc["settings"].blur_sigma_max == 3.0 and rc["settings"].patch == 4 and rc["low_res"] == (4, 4)
+    rc = cfg.relay
+    assert rc.settings.blur_sigma_max == 3.0 and rc.settings.patch == 4 and rc.low_res == (4, 4)
     assert T.relay_objective(RELAY_TINY)[0] == R.RelaySettings(
         patch=4, blur_sigma_max=3.0, prob_length=0.93, s_block=0.15, s_noise=0.2
     )

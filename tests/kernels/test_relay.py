@@ -671,7 +671,6 @@ def test_relay_config_reads_and_checks_the_stored_settings():
         low_res=(64, 64),
         train={"block_scale": 0.15, "truncate_sigma": 0.0075, "max_weight": 1e5},
     )
-    assert rc["settings"] is rc.settings  # the dict-style reading of older callers still works
     # the trained blur and noise settings replace a run's; another block size is refused by name
     run = R.RelaySettings(patch=4, blur_sigma_max=0.0, prob_length=0.5, s_block=0.0, s_noise=0.0, s_churn=1.0)
     assert rc.apply(run) == R.RelaySettings(
