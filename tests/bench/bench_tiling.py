@@ -132,22 +132,12 @@ def run(quick: bool) -> dict:
 # --- Flux (DiT) ------------------------------------------------------------------------------------
 # Flux-dev's layout (guidance embedding, patch 2, 16-channel latent, RoPE axes in 16/56/56 proportion)
 # at reduced width and depth; text side = the tiny CLIP-L of tests/comfy_packs (context = pooled = 64).
-FLUX_CONFIG = {
-    "image_model": "flux",
-    "in_channels": 16,
-    "out_channels": 16,
-    "vec_in_dim": 64,
-    "context_in_dim": 64,
+FLUX_WIDTHS = {  # over the running ComfyUI's own detected FLUX.1 config (tiny_models.DITS["flux"])
     "hidden_size": 384,
-    "mlp_ratio": 4.0,
     "num_heads": 6,
     "depth": 2,
     "depth_single_blocks": 4,
     "axes_dim": [8, 28, 28],
-    "theta": 10000,
-    "patch_size": 2,
-    "qkv_bias": True,
-    "guidance_embed": True,
 }
 FLUX_TILE_PX = 256  # native 1024; reduced so a CPU run fits in minutes
 FLUX_OVERLAP_PX = 24  # 64 * 256 / 768 = 21.3, rounded up to a multiple of 8
@@ -174,7 +164,7 @@ def plan_ratio(method: str, side: int, tile_px: int, overlap_px: int, step: int)
 
 
 def build_flux(seed: int = 0):
-    """A ModelPatcher around ComfyUI's Flux model (FLUX_CONFIG), seeded weights, output calibrated to
+    """A ModelPatcher around ComfyUI's Flux model (the version's FLUX.1 config at FLUX_WIDTHS), seeded weights, output calibrated to
     unit std as the test pack's tiny models are; (model, clip) with the test pack's tiny CLIP-L."""
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -184,7 +174,7 @@ def build_flux(seed: int = 0):
     _, clip, _ = tiny("flux")  # boots ComfyUI and puts the test pack's tiny_models on sys.path
     import tiny_models
 
-    config = comfy.supported_models.Flux(dict(FLUX_CONFIG))
+    config = comfy.supported_models.Flux({**tiny_models.DITS["flux"], **FLUX_WIDTHS})
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "", device=torch.device("cpu"))
     model.diffusion_model.load_state_dict(
@@ -285,8 +275,8 @@ def run_flux(quick: bool) -> dict:
             )
     return {
         "title": (
-            f"Tiled diffusion on a DiT: FSTD vs baselines (Flux architecture, hidden {FLUX_CONFIG['hidden_size']}, "
-            f"{FLUX_CONFIG['depth']}+{FLUX_CONFIG['depth_single_blocks']} blocks, {FLUX_TILE_PX} px tiles, CPU)"
+            f"Tiled diffusion on a DiT: FSTD vs baselines (Flux architecture, hidden {FLUX_WIDTHS['hidden_size']}, "
+            f"{FLUX_WIDTHS['depth']}+{FLUX_WIDTHS['depth_single_blocks']} blocks, {FLUX_TILE_PX} px tiles, CPU)"
         ),
         "columns": [
             "image",
@@ -301,7 +291,7 @@ def run_flux(quick: bool) -> dict:
         "rows": rows,
         "model": {
             "class": "comfy.supported_models.Flux",
-            **FLUX_CONFIG,
+            **FLUX_WIDTHS,
             "parameters_M": round(sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6, 2),
         },
         "sampling": {
