@@ -45,12 +45,14 @@ Three implementations of :func:`clear_attention`, same results:
   query's circle. No ``N x N`` mask or score matrix exists at any point.
 * ``"dense"``: the full boolean mask and one ``scaled_dot_product_attention`` (O(N^2) memory; tests).
 
-``"auto"`` picks flex on CUDA (when this torch has it) and blocked elsewhere.
+``"auto"`` picks flex on CUDA (when this torch has it) and blocked elsewhere; if FlexAttention fails
+there (no Triton, an old driver), one warning is logged and the blocked path is used from then on.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -243,6 +245,19 @@ def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
+
+
+_FLEX_BROKEN = False
+
+
+def _flex_failed(exc: Exception) -> None:
+    global _FLEX_BROKEN
+    _FLEX_BROKEN = True
+    logging.getLogger(__name__).warning(
+        "CLEAR: FlexAttention failed (%s: %s); using the blocked implementation from now on.",
+        type(exc).__name__,
+        str(exc).splitlines()[0][:200] if str(exc) else "",
+    )
 
 
 def choose_impl(q: torch.Tensor, impl: str = "auto") -> str:
@@ -442,8 +457,15 @@ def clear_attention(
     which = choose_impl(q, impl)
     if which == "dense":
         return _dense(q, k, v, layout, window, down_factor, spatial_weight, scale)
-    if which == "flex":
+    if which == "flex" and not _FLEX_BROKEN:
         if not flex_available():
             raise RuntimeError("impl='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
-        return _flex(q, k, v, layout, window, down_factor, spatial_weight, scale)
+        try:
+            return _flex(q, k, v, layout, window, down_factor, spatial_weight, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # no Triton, an old driver...: the blocked path, once and for all
+            if impl == "flex":
+                raise
+            _flex_failed(exc)
     return _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, int(tile), int(budget))

@@ -105,7 +105,7 @@ def conds(comfy, family: str, model, clip, text: str = "a castle on a hill"):
         return tm.family_conditioning(family, 1, seed=1), tm.family_conditioning(family, 1, seed=2)
     (pos,) = comfy.run_node("CLIPTextEncode", clip=clip, text=text)
     (neg,) = comfy.run_node("CLIPTextEncode", clip=clip, text="blurry")
-    if family == "flux":
+    if family in ("flux", "flux_fill"):
         (pos,) = comfy.run_node("FluxGuidance", conditioning=pos, guidance=3.5)
     return pos, neg
 
@@ -570,8 +570,8 @@ def _clear_weights(down_factor: int = 4):
     import tempfile
 
     import folder_paths
+    from clear_support import write_clear_file
     from harness import boot
-    from test_clear_nodes import write_clear_file
 
     folder = tempfile.mkdtemp(prefix="ultrares-clear-")
     name = f"clear_local_8{'_down_4' if down_factor == 4 else ''}.safetensors"
