@@ -60,7 +60,8 @@ def require_flux1(model):
 
 
 class ClearRunner:
-    """The ``DIFFUSION_MODEL`` wrapper: one per patched model, immutable after construction."""
+    """The ``DIFFUSION_MODEL`` wrapper: one per patched model; its settings never change after
+    construction (only a log-once flag does)."""
 
     def __init__(self, window: int, down_factor: int, spatial: dict, proportional: bool):
         self.window, self.down_factor = int(window), int(down_factor)
