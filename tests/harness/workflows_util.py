@@ -44,22 +44,36 @@ def substitute(prompt: dict) -> dict:
 PIXEL_INPUTS = {
     "EmptyLatentImage": ("width", "height"),
     "EmptySD3LatentImage": ("width", "height"),
+    "EmptyChromaRadianceLatentImage": ("width", "height"),
+    "UltraResAnySizePlan": ("target_width", "target_height", "native_size"),
     "UltraResTiledDiffusion": ("tile_width", "tile_height", "overlap"),
     "VAEDecodeTiled": ("tile_size", "overlap"),
 }
+# Inputs counted in latent pixels (tokens), which scale with the square of the factor.
+AREA_INPUTS = {"UltraResLinFusionApply": ("min_tokens",)}
+# The smallest value each scaled input takes (the nodes' minimums).
+LOWEST = {"tile_width": 64, "tile_height": 64, "target_width": 64, "target_height": 64, "native_size": 64}
 
 
 def shrink(prompt: dict, factor: int) -> dict:
-    """The same graph at 1/factor of its pixel sizes (image, tiles, overlaps, VAE tiles), so a
-    full-size workflow keeps its tile layout while running quickly on the tiny test models.
-    Sizes stay multiples of 8; tiles stay at least 64 px (the node's minimum)."""
+    """The same graph at 1/factor of its pixel sizes (image, tiles, overlaps, VAE tiles, an Any-Size
+    plan's target and stated native size) and 1/factor^2 of its token thresholds (LinFusion's
+    min_tokens), so a full-size workflow keeps its tile layout and which layers go linear while running
+    quickly on the tiny test models. Sizes stay multiples of 8 (native_size of 64); tiles stay at least
+    64 px (the node's minimum). An Any-Size plan that reads the native size from the model
+    (native_size 0) should be given one the test can divide (e.g. 512 for the SD1.5 test model)."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
+        inputs = node["inputs"]
         for name in PIXEL_INPUTS.get(node["class_type"], ()):
-            value = node["inputs"].get(name)
+            value = inputs.get(name)
+            if isinstance(value, int) and value:
+                step = 64 if name == "native_size" else 8
+                inputs[name] = max(LOWEST.get(name, 0), value // factor // step * step)
+        for name in AREA_INPUTS.get(node["class_type"], ()):
+            value = inputs.get(name)
             if isinstance(value, int):
-                low = 64 if name.startswith("tile") else 0
-                node["inputs"][name] = max(low, value // factor // 8 * 8)
+                inputs[name] = value // (factor * factor)
     return prompt
 
 

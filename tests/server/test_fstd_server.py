@@ -1,5 +1,6 @@
-"""The FSTD workflows run unchanged (loader substitution only) on a real ComfyUI server and write
-images of the requested size; bad tile settings are refused at queue time."""
+"""The FSTD workflows run on a real ComfyUI server (loader substitution, and shrunk to a fraction of
+their pixel sizes with the same tile layout) and write images of the requested size; bad tile
+settings are refused at queue time."""
 
 import pytest
 from harness.workflows_util import load_api, output_nodes, shrink
@@ -12,19 +13,26 @@ def _size_of(api, node_id):
     return api[node_id]["inputs"]
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize(
     "name,size,shrink_by",
     [
         ("fstd_sd15_2048", (2048, 2048), 4),
         ("fstd_sdxl_4096x2048", (4096, 2048), 4),
-        ("fstd_any_size", (1920, 1080), 1),
+        ("fstd_any_size", (1920, 1080), 4),
     ],
 )
 def test_fstd_workflow_writes_image_of_requested_size(comfy_server, name, size, shrink_by):
-    """fstd_any_size runs at its full size (exactly 1920x1080 out); the two large ones at 1/4 of their
-    pixel sizes with the same tile grids, validated at full size in-process (test_workflows_in_sync)."""
-    prompt = shrink(load_api(name), shrink_by) if shrink_by > 1 else load_api(name)
-    size = (size[0] // shrink_by, size[1] // shrink_by)
+    """Each at 1/4 of its pixel sizes with the same tile grid (and, for the any-size pipeline, the same
+    plan: native pass at 1/4 of SD1.5's 512 px, upscale, exact crop of the target, FSTD refine); the full
+    sizes are validated at queue time in-process (test_workflows_in_sync). The image is exactly the
+    (shrunk) requested size, 8-px rounded like every size the shrink writes."""
+    prompt = load_api(name)
+    for node in prompt.values():
+        if node["class_type"] == "UltraResAnySizePlan" and not node["inputs"]["native_size"]:
+            node["inputs"]["native_size"] = 512  # the SD1.5 test model's native side, stated so it shrinks
+    prompt = shrink(prompt, shrink_by)
+    size = (size[0] // shrink_by // 8 * 8, size[1] // shrink_by // 8 * 8)
     run = comfy_server.run_prompt(prompt, timeout=1500)
     images = run.images()
     assert len(images) == 1, run.outputs
@@ -47,6 +55,7 @@ def _write_guide(comfy_server):
     img.save(comfy_server.input_dir / "ultrares_controlnet_guide.png")
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize(
     "name,size", [("fstd_flux_4096", (4096, 4096)), ("fstd_controlnet_sdxl", (4096, 2048))]
 )

@@ -5,7 +5,7 @@ HDiT workflows run unchanged; broken files fail with a message naming the proble
 import json
 
 import pytest
-from harness.workflows_util import load_api
+from harness.workflows_util import load_api, shrink
 from hdit_layout import SMALL, write_official_safetensors
 
 pytestmark = pytest.mark.server
@@ -74,6 +74,7 @@ def test_broken_checkpoints_fail_with_named_problem(comfy_server):
         comfy_server.run_prompt(_prompt("wrong_config.safetensors"), timeout=300)
 
 
+@pytest.mark.floor
 def test_hdit_txt2img_workflow(comfy_server):
     run = comfy_server.run_prompt(load_api("hdit_txt2img"), timeout=900)
     images = run.images()
@@ -86,12 +87,17 @@ def test_hdit_txt2img_workflow(comfy_server):
     )  # the embedded model draws on a white background (grey = 128 untrained)
 
 
+@pytest.mark.floor
 def test_hdit_tiled_1024_workflow(comfy_server):
-    prompt = load_api("hdit_tiled_1024")
+    """At 1/4 of its size (256 px, a 4x4 grid of the same 64 px tiles instead of 16x16); the full size
+    is validated at queue time in-process (test_workflows_in_sync.py)."""
+    prompt = shrink(load_api("hdit_tiled_1024"), 4)
     run = comfy_server.run_prompt(prompt, timeout=1500)
     images = run.images()
     assert len(images) == 1
-    assert comfy_server.view_pil(images[0]).size == (1024, 1024)
+    assert comfy_server.view_pil(images[0]).size == (256, 256)
+    tiled = next(v for v in prompt.values() if v["class_type"] == "UltraResTiledDiffusion")
+    assert (tiled["inputs"]["tile_width"], tiled["inputs"]["tile_height"]) == (64, 64)
     ks = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
     assert {m for _, m, n in run.progress if n == ks} == {prompt[ks]["inputs"]["steps"]}
 

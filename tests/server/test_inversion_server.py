@@ -24,6 +24,7 @@ def _node(prompt: dict, class_type: str) -> str:
     return next(k for k, n in prompt.items() if n["class_type"] == class_type)
 
 
+@pytest.mark.floor
 def test_inversion_reconstruct_workflow(comfy_server):
     if not os.path.exists(HDIT):
         pytest.skip(f"embedded HDiT model not present yet ({HDIT}); it is trained by the HDiT recipe")
@@ -88,6 +89,7 @@ def _domain_images(n: int = 4, size: int = 96) -> list:
     return out
 
 
+@pytest.mark.floor
 def test_unseen_domain_sampling_workflow(comfy_server):
     prompt = load_api("unseen_domain_sampling")
     loads = [n for n in prompt.values() if n["class_type"] == "LoadImage"]

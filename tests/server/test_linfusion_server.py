@@ -38,14 +38,17 @@ def _lf_name(prompt):
     )
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize(
     "name,family,size,shrink_by",
-    [("linfusion_sd15_2048", "sd15", 2048, 1), ("linfusion_sdxl_tiled_4096", "sdxl", 4096, 4)],
+    [("linfusion_sd15_2048", "sd15", 2048, 4), ("linfusion_sdxl_tiled_4096", "sdxl", 4096, 4)],
 )
 def test_linfusion_workflow_runs(comfy_server, request, name, family, size, shrink_by):
-    """linfusion_sd15_2048 runs at full size; the tiled SDXL one at 1/4 of its pixel sizes (the same
-    2x2 tile grid, LinFusion on every tile since min_tokens is 0), validated at full size in-process."""
-    prompt = shrink(load_api(name), shrink_by) if shrink_by > 1 else load_api(name)
+    """Both at 1/4 of their pixel sizes, validated at full size in-process (test_workflows_in_sync):
+    the SD1.5 one 128 -> 256 -> 512 px with min_tokens 4096 / 16, so the same layers of each pass go
+    linear as at full size (those with at least min_tokens tokens); the tiled SDXL one with the same
+    2x2 tile grid, LinFusion on every tile since min_tokens is 0."""
+    prompt = shrink(load_api(name), shrink_by)
     size //= shrink_by
     model = request.getfixturevalue(f"tiny_{family}")[0]
     folder = comfy_server.models_dir / "linfusion" / _lf_name(prompt).split("/")[0]

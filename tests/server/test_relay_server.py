@@ -1,6 +1,6 @@
-"""The relay workflows run unchanged (loader substitution only) on a real ComfyUI server, with our
-SAMPLER/SIGMAS/NOISE nodes inside SamplerCustomAdvanced; bad relay settings are refused at queue
-time and non-image latents with a clear error."""
+"""The relay workflows run on a real ComfyUI server (loader substitution, a smaller base size or fewer
+steps), with our SAMPLER/SIGMAS/NOISE nodes inside SamplerCustomAdvanced; bad relay settings are
+refused at queue time and non-image latents with a clear error."""
 
 import pytest
 from harness.workflows_util import load_api, output_nodes
@@ -12,39 +12,25 @@ def _ids(prompt, class_type):
     return [k for k, v in prompt.items() if v["class_type"] == class_type]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("relay_sd15_hires", (2048, 2048))])
-def test_relay_workflow_writes_image_of_requested_size(comfy_server, name, size):
-    """One full-size relay run (the brief allows one per technique); relay_tiled_4096 runs at a small
-    size below and is validated at its full size at queue time (test_workflows_in_sync.py)."""
-    prompt = load_api(name)
-    assert _ids(prompt, "UltraResRelaySampler") and _ids(prompt, "SamplerCustomAdvanced")
-    run = comfy_server.run_prompt(prompt, timeout=2400)
-    images = run.images()
-    assert len(images) == 1, run.outputs
-    assert comfy_server.view_pil(images[0]).size == size
-    assert output_nodes(prompt)[0] in run.outputs
-    # each relay stage reports progress over its truncated schedule only (fewer steps than nominal)
-    for node in _ids(prompt, "UltraResRelayUpscale"):
-        maxima = {m for _, m, n in run.progress if n == node}
-        assert len(maxima) == 1 and 1 < maxima.pop() < prompt[node]["inputs"]["steps"], (node, run.progress)
-    for node in _ids(prompt, "SamplerCustomAdvanced"):
-        sig_node = prompt[node]["inputs"]["sigmas"][0]
-        maxima = {m for _, m, n in run.progress if n == node}
-        assert len(maxima) == 1 and maxima.pop() < prompt[sig_node]["inputs"]["steps"], (node, run.progress)
-
-
+@pytest.mark.floor
 @pytest.mark.parametrize("name,scale", [("relay_sd15_hires", 4), ("relay_tiled_4096", 8)])
 def test_relay_workflow_graph_runs_at_small_size(comfy_server, name, scale):
-    """The committed graphs, unchanged except for the base size (64 px instead of 512 px): every node
-    and link runs on the real server in minutes; the full-size run is the slow test above."""
+    """The committed graphs, unchanged except for the base size (64 px instead of 512 px, so the image
+    is 1/8 of its full size): every node and link runs on the real server; the full size is validated
+    at queue time in-process (test_workflows_in_sync.py). Each relay stage reports progress over its
+    truncated schedule only (fewer steps than nominal)."""
     prompt = load_api(name)
+    assert _ids(prompt, "UltraResRelayUpscale") and _ids(prompt, "SamplerCustomAdvanced")
     (empty,) = _ids(prompt, "EmptyLatentImage")
     prompt[empty]["inputs"].update(width=64, height=64)
     run = comfy_server.run_prompt(prompt, timeout=1800)
     images = run.images()
     assert len(images) == 1, run.outputs
     assert comfy_server.view_pil(images[0]).size == (64 * scale, 64 * scale)
+    assert output_nodes(prompt)[0] in run.outputs
+    for node in _ids(prompt, "UltraResRelayUpscale"):
+        maxima = {m for _, m, n in run.progress if n == node}
+        assert len(maxima) == 1 and 1 < maxima.pop() < prompt[node]["inputs"]["steps"], (node, run.progress)
     for node in _ids(prompt, "SamplerCustomAdvanced"):
         sig_node = prompt[node]["inputs"]["sigmas"][0]
         maxima = {m for _, m, n in run.progress if n == node}
@@ -173,6 +159,7 @@ def test_video_latent_and_bad_block_size_fail_with_clear_errors(comfy_server):
     assert comfy_server.get_json("/system_stats")  # the server is still up
 
 
+@pytest.mark.floor
 def test_relay_emoji_1024_workflow_runs_with_fewer_steps(comfy_server):
     """relay_emoji_1024 (class -> 64 px -> trained relay to 256 px -> FSTD relay to 1024 px, the embedded
     models) with its graph, sizes, tiles and x4 factors unchanged and only the step counts lowered (its
