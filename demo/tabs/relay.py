@@ -47,10 +47,10 @@ def model_settings(source: str | None) -> dict:
         t = trained(S.load(source))
         if t is not None:
             out.update(
-                factor=t["settings"].patch,
-                steps=t["steps"],
-                truncation_sigma=t["truncation_sigma"],
-                rho=t["rho"],
+                factor=t.settings.patch,
+                steps=t.steps,
+                truncation_sigma=t.truncation_sigma,
+                rho=t.rho,
                 relay_settings="model",
                 cfg=1.0,
             )
@@ -96,10 +96,10 @@ def relay_stages(
     factor, steps = int(settings["factor"]), int(settings["steps"])
     bundle = S.load(source)
     t = trained(bundle)
-    if t is not None and settings["relay_settings"] == "model" and factor != t["settings"].patch:
+    if t is not None and settings["relay_settings"] == "model" and factor != t.settings.patch:
         raise S.UserError(
-            f"{bundle.source[len(S.HDIT_PREFIX) :]} was trained to relay x{t['settings'].patch}: set Factor to "
-            f"{t['settings'].patch}, or set Relay settings to 'inputs' to use the values set in this tab."
+            f"{bundle.source[len(S.HDIT_PREFIX) :]} was trained to relay x{t.settings.patch}: set Factor to "
+            f"{t.settings.patch}, or set Relay settings to 'inputs' to use the values set in this tab."
         )
     side = bundle.native // factor if t is not None else bundle.native
     if t is not None:  # the relay-trained model is unconditional

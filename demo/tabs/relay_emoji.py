@@ -55,13 +55,13 @@ def relay_inputs(relay: S.Bundle, seed: int) -> dict:
             f"{RELAY_MODEL} has no relay settings in its metadata: it is not a relay-trained model. "
             "Run `make embedded-models` to rebuild it."
         )
-    t = trained["settings"]
+    t = trained.settings
     inputs = S.node_defaults(NODE)
     inputs.update(
         factor=t.patch,
-        steps=trained["steps"],
-        truncation_sigma=trained["truncation_sigma"],
-        rho=trained["rho"],
+        steps=trained.steps,
+        truncation_sigma=trained.truncation_sigma,
+        rho=trained.rho,
         cfg=1.0,
         seed=int(seed),
         relay_settings="model",
