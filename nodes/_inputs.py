@@ -110,11 +110,47 @@ def _check(node_cls, specs: dict, values: dict) -> CheckedInputs | str:
     return CheckedInputs({k: (v[k] if k in v else values[k]) for k in specs})
 
 
-def queue_check(node_cls, inputs: dict) -> bool | str:
+def _links_and_nulls(specs: dict, inputs: dict, linked: dict) -> str | None:
+    """With ComfyUI's ``input_types`` (the type of every linked input): a link of the wrong type (the
+    check ComfyUI skips once ``validate_inputs`` names ``input_types``), or a JSON null for a COMBO
+    (None that is not a link), refused by name; None when there is neither."""
+    from comfy_execution.validation import validate_node_input
+
+    for name, received in linked.items():
+        declared = str(specs[name].get_io_type()) if name in specs else None
+        if declared is not None and not validate_node_input(received, declared):
+            return f"{name}: a {received} output is linked to this {declared} input; link a {declared}."
+    nulls = [
+        n
+        for n, spec in specs.items()
+        if str(spec.get_io_type()) == "COMBO" and n in inputs and inputs[n] is None and n not in linked
+    ]
+    if nulls:
+        return (
+            ". ".join(f"{n}=None (a JSON null) is not a choice; give {n} one of its options" for n in nulls)
+            + "."
+        )
+    return None
+
+
+def links_and_nulls(node_cls, inputs: dict, input_types: dict | None) -> str | None:
+    """For a node that keeps its own keyword-listed ``validate_inputs``: name ``input_types`` in its
+    signature and return this first, so a JSON null for a COMBO is refused by name and a linked input
+    of the wrong type too (the check ComfyUI then leaves to the node). ``None`` (direct callers pass no
+    ``input_types``) or a message."""
+    if input_types is None:
+        return None
+    return _links_and_nulls(input_specs(node_cls), inputs, input_types)
+
+
+def queue_check(node_cls, inputs: dict, linked: dict | None = None) -> bool | str:
     """The queue-time verdict on ``inputs`` as ComfyUI hands them to ``validate_inputs(**kwargs)``:
     True, or one message naming each bad input, its value and the fix; then the node's rules, which
-    see every declared input (None: linked or missing, a socket always)."""
+    see every declared input (None: linked or missing, a socket always). ``linked`` is ComfyUI's
+    ``input_types`` (absent for direct callers: then a None is taken as not known yet)."""
     specs = input_specs(node_cls)
+    if linked is not None and (problem := _links_and_nulls(specs, inputs, linked)):
+        return problem
     values = _filled(node_cls, specs, inputs, run=False)
     for name, spec in specs.items():
         if not is_widget(spec):
@@ -131,8 +167,10 @@ def run_check(node_cls, inputs: dict) -> CheckedInputs:
     v = _check(node_cls, specs, values)
     if isinstance(v, str):
         raise ValueError(v)
-    empty = [
-        k for k, s in specs.items() if is_widget(s) and v[k] is None and not getattr(s, "optional", False)
+    empty = [  # a required widget without a value, or an optional one given as a JSON null
+        k
+        for k, s in specs.items()
+        if is_widget(s) and v[k] is None and (not getattr(s, "optional", False) or k in inputs)
     ]
     if empty:
         raise ValueError(
@@ -161,8 +199,10 @@ class CheckedNode(io.ComfyNode):
         return {}
 
     @classmethod
-    def validate_inputs(cls, **inputs) -> bool | str:
-        return queue_check(cls, inputs)
+    def validate_inputs(cls, input_types: dict | None = None, **inputs) -> bool | str:
+        # naming input_types makes ComfyUI pass the types of the linked inputs (and skip its own
+        # link type check, which queue_check then does): a None that is not linked is a JSON null
+        return queue_check(cls, inputs, linked=input_types)
 
     @classmethod
     def checked(cls, inputs: dict) -> CheckedInputs:

@@ -33,6 +33,7 @@ from ..kernels import hdit as H
 from ..kernels import hdit_format
 from ._common import check_inputs
 from ._compat import schema_extras
+from ._inputs import links_and_nulls
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
@@ -290,7 +291,10 @@ class UltraResHDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None, weight_dtype="float32"):
+    def validate_inputs(cls, model_name=None, weight_dtype="float32", input_types=None):
+        named = {"model_name": model_name, "weight_dtype": weight_dtype}
+        if problem := links_and_nulls(cls, named, input_types):
+            return problem
         v = check_inputs(
             cls,
             model_name=model_name,

@@ -203,8 +203,8 @@ class UltraResDomainScore(CheckedNode):
         return _check_reference_inputs(v.reference_file, v.save_reference_as, bool(v.overwrite))
 
     @classmethod
-    def validate_inputs(cls, **inputs) -> bool | str:
-        return super().validate_inputs(**_old_reference_file(inputs))
+    def validate_inputs(cls, input_types: dict | None = None, **inputs) -> bool | str:
+        return super().validate_inputs(input_types=input_types, **_old_reference_file(inputs))
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:

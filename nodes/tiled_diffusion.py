@@ -45,6 +45,7 @@ from ._common import (
     seed_input,
 )
 from ._compat import schema_extras
+from ._inputs import links_and_nulls
 
 log = logging.getLogger("ultrares")
 WRAPPER_KEY = "ultrares_tiled_diffusion"
@@ -402,8 +403,11 @@ class UltraResTiledDiffusion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls, tile_width=None, tile_height=None, overlap=None, method=None
-    ):  # None: linked or missing
+        cls, tile_width=None, tile_height=None, overlap=None, method=None, input_types=None
+    ):  # None: linked or missing (or a JSON null, told apart by input_types)
+        named = {"tile_width": tile_width, "tile_height": tile_height, "overlap": overlap, "method": method}
+        if problem := links_and_nulls(cls, named, input_types):
+            return problem
         # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
         checked = check_inputs(
             cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method

@@ -284,9 +284,11 @@ def test_checked_node_takes_its_inputs_once(comfy):
         cls = comfy.node_class(node_id)
         # ComfyUI loads the pack under a path-derived module name: compare the class by name
         assert "CheckedNode" in [c.__name__ for c in cls.__mro__], node_id
-        for name in ("validate_inputs", "execute"):
+        # validate_inputs names one more argument, ComfyUI's input_types (which inputs are linked), so
+        # that a JSON null can be told from a link
+        for name, args in (("validate_inputs", ["cls", "input_types"]), ("execute", ["cls"])):
             spec = inspect.getfullargspec(first_real_override(cls, name))
-            assert spec.args == ["cls"] and spec.varkw == "inputs", (node_id, name, spec)
+            assert spec.args == args and spec.varkw == "inputs", (node_id, name, spec)
 
 
 def test_queue_time_through_comfyuis_validator(comfy):

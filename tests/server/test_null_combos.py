@@ -51,21 +51,6 @@ OWNER_FIX = (
     "its owner: refuse a None combo that is not linked, at queue time (CheckedNode with the shared fix)"
 )
 AWAITING = {
-    "UltraResDDIMInvert": SHARED_FIX,
-    "UltraResDDIMGenerate": SHARED_FIX,
-    "UltraResDomainScore": SHARED_FIX,
-    "UltraResDomainGaussian": SHARED_FIX,
-    "UltraResDiGITEncoderLoader": SHARED_FIX,
-    "UltraResDiGITCodebookLoader": SHARED_FIX,
-    "UltraResDiGITTokenize": SHARED_FIX,
-    "UltraResDiGITFitCodebook": SHARED_FIX,
-    "UltraResDiGITDecode": SHARED_FIX,
-    "UltraResLinFusionLoader": SHARED_FIX,
-    "UltraResLinFusionApply": SHARED_FIX,
-    "UltraResHDiTLoader": OWNER_FIX,
-    "UltraResRelaySampler": OWNER_FIX,
-    "UltraResRelayUpscale": OWNER_FIX,
-    "UltraResTiledDiffusion": OWNER_FIX,
     "UltraResCLEARLoader": OWNER_FIX,
 }
 """Nodes whose null combos still pass the queue check, by what has to change."""
