@@ -29,6 +29,7 @@ from comfy_api.latest import io
 from ..kernels import clear as K
 from ..kernels import clear_format as fmt
 from ._common import check_inputs
+from ._inputs import links_and_nulls
 from ._sampling import model_family
 
 CATEGORY = "UltraRes/clear"
@@ -205,7 +206,9 @@ class CLEARLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, clear_name: str | None = None) -> bool | str:
+    def validate_inputs(cls, clear_name: str | None = None, input_types=None) -> bool | str:
+        if problem := links_and_nulls(cls, {"clear_name": clear_name}, input_types):
+            return problem
         v = check_inputs(
             cls,
             clear_name=clear_name,

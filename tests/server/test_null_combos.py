@@ -7,21 +7,16 @@ does not take), it refuses null itself ("Value not in list"); ComfyUI 0.3.75 doe
 and a ``validate_inputs(**kwargs)`` (``nodes/_inputs.py``'s ``CheckedNode``) skips ComfyUI's check and
 sees null as ``None``, the value a linked input has at queue time.
 
-Every COMBO of every pack node is listed in :data:`COMBOS` (the first test keeps the list complete).
-The cases whose node lets null through today are strict xfails (:data:`AWAITING`, with the reason):
-each turns into a failure the day its fix lands, so the mark must then go.
+Every COMBO of every pack node is listed in :data:`COMBOS` (the first test keeps the list complete), and
+each one's null is refused by name on both tested versions (``nodes/_inputs.py``: ``validate_inputs``
+names ComfyUI's ``input_types``, so a None that is not a link is a null).
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-
 import pytest
 
 pytestmark = pytest.mark.server
-
-VERSION = os.environ.get("COMFYUI_VERSION", "0.30.0")
 
 COMBOS = {
     "UltraResDDIMInvert": ["scheduler"],
@@ -42,18 +37,6 @@ COMBOS = {
     "UltraResCLEARLoader": None,
 }
 """Node id -> its COMBO inputs (listed by hand for the nodes of the inversion, DiGIT and LinFusion files)."""
-
-SHARED_FIX = (
-    "nodes/_inputs.py: CheckedNode.validate_inputs(**kwargs) cannot tell a null from a linked input "
-    "(both arrive as None); it needs ComfyUI's input_types argument (linked inputs are named there)"
-)
-OWNER_FIX = (
-    "its owner: refuse a None combo that is not linked, at queue time (CheckedNode with the shared fix)"
-)
-AWAITING = {
-    "UltraResCLEARLoader": OWNER_FIX,
-}
-"""Nodes whose null combos still pass the queue check, by what has to change."""
 
 
 def _is_combo(spec) -> bool:
@@ -77,16 +60,6 @@ def test_every_combo_of_the_pack_is_listed(comfy, comfy_server):
     for node_id, names in COMBOS.items():
         if names is not None:
             assert served[node_id] == names, node_id
-
-
-def _slips_through(comfy, node_id: str, name: str) -> bool:
-    """Whether ComfyUI lets a null for ``name`` reach the node's own validate_inputs unchecked: always on
-    0.3.75 (no V3 combo check); on 0.30 when validate_inputs takes ``**kwargs`` or names the input."""
-    if VERSION != "0.30.0":
-        return True
-    check = getattr(comfy.node_class(node_id), "validate_inputs", None)
-    params = inspect.signature(check).parameters if check else {}
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _cases():
@@ -113,12 +86,10 @@ def _prompt(info: dict, node_id: str, name: str) -> dict:
 
 
 @pytest.mark.parametrize(("node_id", "name"), _cases())
-def test_null_combo_is_refused_at_queue_time_naming_the_input(comfy, comfy_server, request, node_id, name):
+def test_null_combo_is_refused_at_queue_time_naming_the_input(comfy_server, node_id, name):
     info = comfy_server.object_info(node_id)
     names = _served_combos(info) if name == "*" else [name]
     assert names, f"{node_id} serves no COMBO input"
-    if node_id in AWAITING and any(_slips_through(comfy, node_id, n) for n in names):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"null accepted until {AWAITING[node_id]}"))
     for combo in names:
         status, body = comfy_server.post_prompt(_prompt(info, node_id, combo))
         errors = body.get("node_errors", {}).get("1", {}).get("errors", [])
