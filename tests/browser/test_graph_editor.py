@@ -242,7 +242,7 @@ def test_prompt_from_the_editor_completes(editor, name):
             "embedded DiGIT encoder not converted (scripts/assets/digit_encoder.sh, run by make setup)"
         )
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-    from test_digit_server import write_example
+    from node_support import write_example
 
     prompt = substitute(_open(page, name)["output"])
     for node in prompt.values():  # the images the workflow reads, written as the server tests do

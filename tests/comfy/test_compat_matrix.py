@@ -531,7 +531,7 @@ def test_ddim_invert_and_generate_on_every_family(comfy, family, cfg):
 def test_linfusion_apply_on_every_family(comfy, family, lf_dir):
     """LinFusion patches SD1.5 and SDXL (weights sized for the model) and samples; on the DiTs and the
     pixel HDiT it refuses with the family named."""
-    from test_linfusion_nodes import write_lf_file
+    from node_support import write_lf_file
 
     expected = M.status("LinFusion Apply", family)
     model, clip, _ = family_parts(family)

@@ -9,6 +9,7 @@ import sys
 import folder_paths
 import pytest
 import torch
+from node_support import tiny_specs, write_lf_file  # noqa: F401  (re-exported to this file's tests)
 from ultrares.kernels import linfusion as L
 from ultrares.kernels import linfusion_format as fmt
 
@@ -19,38 +20,6 @@ def _lf_module(comfy):
     """The nodes module ComfyUI loaded (same class identities as the node outputs)."""
     cls = comfy.node_class("UltraResLinFusionApply")
     return sys.modules[cls.__module__]
-
-
-def tiny_specs(model, mid_dim_scale=None):
-    """Official-format specs for every attn1 of ``model`` (a ModelPatcher), read through
-    get_model_object so a clone that is currently loaded with object patches does not matter."""
-    unet = model.get_model_object("diffusion_model")
-    res = model.model.model_config.unet_config["num_res_blocks"]
-    specs = {}
-    for path in [n for n, _ in unet.named_modules() if n.rsplit(".", 1)[-1] == "attn1"]:
-        m = model.get_model_object(f"diffusion_model.{path}")
-        dim = m.to_q.weight.shape[1]
-        specs[path] = fmt.LayerSpec(
-            fmt.ldm_to_diffusers(path, res),
-            dim,
-            int(m.heads),
-            None if not mid_dim_scale else dim // mid_dim_scale,
-        )
-    return specs
-
-
-def write_lf_file(model, path, mid_dim_scale=None, heads=None, seed=0, dtype=torch.float16):
-    """Random LinFusion weights in the official layout, sized for ``model`` (a ModelPatcher)."""
-    specs = tiny_specs(model, mid_dim_scale)
-    if heads is not None:
-        specs = {
-            p: fmt.LayerSpec(s.module_name, s.dim_n, heads(s.dim_n), s.projection_mid_dim)
-            for p, s in specs.items()
-        }
-    torch.manual_seed(seed)
-    layers = [fmt.build_layer(s) for s in specs.values()]
-    fmt.save_linfusion(str(path), list(specs.values()), layers, dtype=dtype)
-    return specs
 
 
 def _sample(comfy, model, clip, seed=1, size=16, steps=1):

@@ -109,7 +109,7 @@ def test_linfusion_size_is_counted_by_comfy_memory_planning(comfy, lf_dir):
     clones of it), and a full load really holds that much (loaded_size)."""
     import comfy.model_management as mm
     from harness import boot
-    from test_linfusion_nodes import write_lf_file
+    from node_support import write_lf_file
 
     # a model of its own (seed 20): the shared tiny_sd15 may have been loaded by earlier tests, and
     # loading the LinFusion clone of an already-loaded base leaves loaded_size at the base size (both

@@ -181,7 +181,7 @@ def test_linfusion_refuses_multigpu_in_either_order(comfy, sd15, lf_dir):
     """LinFusion's layers are object patches holding the model's own attention modules: per-device clones
     made after it would share them across devices, clones made before it would run without it (cond
     with LinFusion, uncond without: silently wrong). Both orders refuse, naming the node and the fix."""
-    from test_linfusion_nodes import write_lf_file
+    from node_support import write_lf_file
 
     model = sd15[0]
     write_lf_file(model, lf_dir / "lf.safetensors", dtype=torch.float32)
@@ -202,7 +202,7 @@ def test_linfusion_refuses_multigpu_in_either_order(comfy, sd15, lf_dir):
 def test_relay_upscale_works_with_multigpu(comfy, sd15):
     """Relay stage two samples through ComfyUI's guider (a KSAMPLER loop): cond and uncond go to the two
     devices, its own block noise is drawn once on the main device; same result as on one device."""
-    from test_relay_nodes import SAMPLER_DEFAULTS
+    from node_support import SAMPLER_DEFAULTS
 
     model, pos, neg = sd15
     low = {"samples": torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))}

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from test_relay_nodes import _record_sigmas
+from node_support import record_sigmas as _record_sigmas
 from ultrares.kernels import relay as R
 from ultrares.kernels import schedules
 

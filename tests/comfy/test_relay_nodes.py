@@ -9,6 +9,8 @@ import comfy.samplers as comfy_samplers
 import pytest
 import torch
 from comfy.k_diffusion import sampling as kd
+from node_support import SAMPLER_DEFAULTS
+from node_support import record_sigmas as _record_sigmas
 from ultrares.kernels import relay as R
 from ultrares.kernels import schedules
 
@@ -24,32 +26,6 @@ def conds(comfy, tiny_sd15):
 def _latent(h=16, w=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"samples": torch.randn(1, 4, h, w, generator=g)}
-
-
-def _record_sigmas(model):
-    """A clone whose every model call appends its sigma (first batch entry) to a list."""
-    m = model.clone()
-    seen: list[float] = []
-
-    def wrapper(apply_model, args):
-        seen.append(float(args["timestep"].reshape(-1)[0]))
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    m.set_model_unet_function_wrapper(wrapper)
-    return m, seen
-
-
-SAMPLER_DEFAULTS = dict(
-    block_size=2,
-    blur_sigma_max=0.0,
-    prob_length=0.93,
-    s_block=0.0,
-    s_noise=0.0,
-    s_churn=0.0,
-    s_tmin=0.0,
-    s_tmax=1000.0,
-    s_churn_noise=1.0,
-)
 
 
 def test_block_noise_without_block_component_is_random_noise(comfy):

@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import numpy as np
 import pytest
 from harness.workflows_util import load_api, output_nodes
+from node_support import write_example
 
 pytestmark = pytest.mark.server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENCODER = os.path.join(ROOT, "models", "digit", "ultrares-dinov2-s14-imgfocus.safetensors")
-
-
-def write_example(path) -> np.ndarray:
-    """A Twemoji (fox face) on a grey background, 200 x 240, as the workflow's input PNG."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import digit_assets
-    from PIL import Image
-
-    files = [f for f in digit_assets.twemoji_files() if f.endswith("1f98a.png")]
-    scene = digit_assets.emoji_scene(files[0], np.random.default_rng(0), size=240)
-    arr = (scene.permute(1, 2, 0).numpy()[20:220] * 255).round().astype(np.uint8)  # 200 x 240
-    Image.fromarray(arr).save(path)
-    return arr
 
 
 @pytest.mark.floor
