@@ -114,6 +114,7 @@ def build(shared: _ui.Shared) -> None:
     image = gr.Image(
         value=D.example(DEFAULTS["example"]),
         label="Image",
+        elem_id="digit-input",
         type="pil",
         sources=["upload", "clipboard"],
         image_mode="RGBA",  # keep the transparency: the handler lays it on the codebook's background

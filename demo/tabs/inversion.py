@@ -154,6 +154,7 @@ def build(shared: _ui.Shared) -> None:
     image = gr.Image(
         value=D.example(DEFAULTS["example"]),
         label="Input (optional)",
+        elem_id="inversion-input",
         type="pil",
         sources=["upload", "clipboard"],
         image_mode="RGBA",  # keep the transparency: the handler lays it on the right background

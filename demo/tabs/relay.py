@@ -221,6 +221,7 @@ def build(shared: _ui.Shared) -> None:
     image = gr.Image(
         value=D.example(DEFAULTS["example"]),
         label="Low-resolution input (optional)",
+        elem_id="relay-input",
         type="pil",
         sources=["upload", "clipboard"],
         image_mode="RGBA",  # keep the transparency: the handler lays it on the right background

@@ -135,12 +135,12 @@ def test_every_tab_opens_on_runnable_defaults(page):
     expect(page.locator("[aria-label='Model']:visible")).to_have_value(re.compile("ultrares-emoji-relay256"))
     expect(page.locator("#relay-factor input[type=number]")).to_have_value("4")
     expect(page.locator("[aria-label='Relay settings']:visible")).to_have_value("model")
-    expect(page.get_by_label("Low-resolution input (optional)").locator("img").first).to_be_visible()
+    expect(page.locator("#relay-input img").first).to_be_visible()  # the example image is loaded
     expected_time_shown(page, "relay")
     for tab, tab_id in (("DiGIT tokens", "digit"), ("DDIM inversion", "inversion")):
         open_tab(page, tab)
         expect(page.locator(f"#{tab_id}-time")).to_be_visible()
-        expect(page.locator("img:visible").first).to_be_visible()  # the example image is loaded
+        expect(page.locator(f"#{tab_id}-input img").first).to_be_visible()  # the example image is loaded
         expected_time_shown(page, tab_id)
     no_error_badge(page)
 
