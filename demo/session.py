@@ -327,6 +327,23 @@ def load_all(sources: list[str]) -> list[Bundle]:
     return _SETS[key]
 
 
+def trained_relay(bundle: Bundle):
+    """The relay settings a relay-trained HDiT carries (``kernels.relay.TrainedRelay``, parsed once when
+    the model loaded, ``hdit_config.relay``); None for any other model."""
+    cfg = getattr(bundle.model.model, "hdit_config", None) if bundle.kind == "hdit" else None
+    return cfg.relay if cfg is not None else None
+
+
+def tile_settings(method: str, tile: int, overlap: int, seed: int) -> dict:
+    """UltraResTiledDiffusion's inputs for a run: the node's own defaults (tile batch, reset interval),
+    the tab's choices (method label, square tiles in pixels, overlap, seed)."""
+    settings = {k: v for k, v in node_defaults("UltraResTiledDiffusion").items() if k != "model"}
+    settings.update(
+        method=method, tile_width=int(tile), tile_height=int(tile), overlap=int(overlap), seed=int(seed)
+    )
+    return settings
+
+
 def model_config(bundle: Bundle) -> dict:
     """An HDiT source's whole config (the file's metadata: model, dataset, relay sections); {} otherwise."""
     cfg = getattr(bundle.model.model, "hdit_config", None) if bundle.kind == "hdit" else None

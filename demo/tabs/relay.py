@@ -24,10 +24,8 @@ DEFAULTS = D.of("relay", dict(model=RELAY_MODEL, example="apple.png", seed=0))
 
 
 def trained(bundle: S.Bundle):
-    """The relay settings a relay-trained model carries (kernels.relay.TrainedRelay dict), else None."""
-    from ultrares.kernels.relay import relay_config
-
-    return relay_config(S.model_config(bundle)) if bundle.kind == "hdit" else None
+    """The relay settings a relay-trained model carries (kernels.relay.TrainedRelay), else None."""
+    return S.trained_relay(bundle)
 
 
 def default_source(shared: _ui.Shared) -> str | None:

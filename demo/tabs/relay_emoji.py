@@ -18,7 +18,6 @@ from PIL import Image, ImageDraw
 from .. import defaults as D
 from .. import session as S
 from . import _ui
-from .tiling import tile_settings
 
 TITLE, ID = "Emoji 64 → 1024 (relay + FSTD)", "relay_emoji"
 BASE = "ultrares-emoji64.safetensors"  # class-conditional, 64 px
@@ -47,9 +46,7 @@ def relay_inputs(relay: S.Bundle, seed: int) -> dict:
     """UltraResRelayUpscale's inputs for the relay model: its trained schedule (steps, truncation
     sigma, rho) and x{patch} factor, relay_settings "model" (the trained blur / noise settings; the
     same values are typed into the widgets, as in the workflow), cfg 1 (unconditional model)."""
-    from ultrares.kernels.relay import relay_config
-
-    trained = relay_config(S.model_config(relay))
+    trained = S.trained_relay(relay)
     if trained is None:
         raise S.UserError(
             f"{RELAY_MODEL} has no relay settings in its metadata: it is not a relay-trained model. "
@@ -170,7 +167,7 @@ def relay_emoji_stages(
     if size == 1024:
         mid_view = S.to_pil(images[1]).resize((size, size), Image.NEAREST)
         yield view, mid_view, None, None, info + " Relaying to 1024 px in tiles..."
-        settings = tile_settings("FSTD", TILE, 0, seed)
+        settings = S.tile_settings("FSTD", TILE, 0, seed)
         S.validate("UltraResTiledDiffusion", **settings)
         (tiled,) = S.run_node("UltraResTiledDiffusion", model=relay.model, **settings)
         t0 = time.perf_counter()

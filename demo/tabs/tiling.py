@@ -32,15 +32,6 @@ def tiled_methods() -> list[str]:
     return S.node_options(NODE, "method")
 
 
-def tile_settings(method: str, tile: int, overlap: int, seed: int) -> dict:
-    """The node's inputs for a run: its own defaults (tile batch, reset interval), the user's choices."""
-    settings = {k: v for k, v in S.node_defaults(NODE).items() if k != "model"}
-    settings.update(
-        method=method, tile_width=int(tile), tile_height=int(tile), overlap=int(overlap), seed=int(seed)
-    )
-    return settings
-
-
 def tile_plan(settings: dict, latent: dict, ratio: int, step: int) -> StepPlan:
     """The tiles UltraResTiledDiffusion evaluates at ``step`` on ``latent`` (``ratio`` pixels per
     latent pixel): the kernel's run, built from the node's settings in pixels."""
@@ -107,7 +98,7 @@ def any_size_stages(
         show_step,
         S.InputRange("INT", 0, steps - 1, 1, 1),
     )
-    settings = tile_settings(method, tile, overlap, seed)
+    settings = S.tile_settings(method, tile, overlap, seed)
     S.validate(NODE, **settings)
     (tiled,) = S.run_node(NODE, model=bundle.model, **settings)
     pos, neg = S.conditioning(bundle, label, prompt)
