@@ -26,6 +26,7 @@ def _clear_name(prompt):
     )
 
 
+@pytest.mark.floor
 def test_clear_workflow_runs_shrunk(comfy_server):
     prompt = _steps(shrink(load_api("clear_flux_4096"), 16), 2)
     folder = comfy_server.models_dir / "clear"
