@@ -33,6 +33,7 @@ BLOCK_RE = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
 FILE_INPUTS = {
     "model_name": "a file in models/hdit",
     "lf_name": "a file in models/linfusion",
+    "clear_name": "a file in models/clear",
     "encoder_name": "a file in models/digit",
     "codebook_name": "a .npy in models/digit",
     "reference_file": "(none) or a file in output/ultrares",

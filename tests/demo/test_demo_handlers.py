@@ -335,7 +335,7 @@ def test_controls_take_their_ranges_from_the_node_schemas(S, T):
     # one seed box per tab that samples (the relay emoji tab added the sixth)
     assert len(seeds) == 6 and set(seeds) == {(0, seed_max)}
     # the any-size grid is drawn with the node's own defaults (tile batch, FSTD reset interval)
-    settings = T.tiling.tile_settings("FSTD", 64, 16, 0)
+    settings = S.tile_settings("FSTD", 64, 16, 0)
     defaults = S.node_defaults("UltraResTiledDiffusion")
     assert all(settings[k] == defaults[k] for k in ("tile_batch_size", "reset_interval"))
 
