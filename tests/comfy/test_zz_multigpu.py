@@ -1,5 +1,10 @@
 """ComfyUI 0.30's MultiGPU CFG Split with UltraRes nodes, entered on the CPU (skipped on 0.3.75).
 
+Named ``test_zz_*`` so that it runs after the other in-process tests: after the harness test below
+(which fakes a second device entry) the Flux ControlNet tile-hint test of test_tiled_diffusion_node.py
+sees different hints (reproducible with the two tests alone; its cause is not found yet, see the
+issue notes). Until it is, this module must stay last.
+
 ``MultiGPU_WorkUnits`` makes one deep clone of the model per extra device and registers it under
 ``additional_models["multigpu"]``; at sampling time ``CFGGuider.outer_sample`` finds the loaded clones
 (``is_multigpu_base_clone``), puts ``{device: patcher}`` in the model options as ``multigpu_clones``,
