@@ -116,8 +116,15 @@ class _TileConds:
         probe.model_sampling_current = None
         try:
             probe.get_control(x, torch.zeros(x.shape[0], device=x.device), {"c_crossattn": None}, 1, {})
-        except AttributeError:
-            pass  # stopped at model_sampling_current: the hint is ready
+        except AttributeError as err:
+            # The expected stop is get_control's own use of model_sampling_current, once the hint is
+            # ready; an AttributeError from deeper down (the VAE, the model manager) is a real error,
+            # and its half-made hint must not be used.
+            tb = err.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb.tb_frame.f_code.co_name != "get_control":
+                raise
         full = probe.cond_hint
         if full is None or tuple(full.shape[-2:]) != (H, W):
             return None

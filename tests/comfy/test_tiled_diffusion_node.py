@@ -567,3 +567,53 @@ def test_the_latent_ratio_table_says_what_newer_comfyui_states(comfy):
         assert named[0] == stated, f"{cls.__name__} states {stated}, the table says {named[0]}"
         checked += 1
     assert checked >= len(STATED_DOWNSCALE) or not hasattr(lf.LatentFormat, "spacial_downscale_ratio")
+
+
+def test_a_failure_while_the_control_hint_is_prepared_is_not_swallowed(comfy, monkeypatch):
+    """The full-size hint is prepared by the control's own get_control, stopped on purpose where it
+    first needs the model's sampling; an AttributeError from deeper down (here the model manager while
+    the VAE encodes) is a real failure and must surface, not leave a half-made hint (the VAE latent
+    without the latent format's scaling) to be cropped into every tile."""
+    import comfy.model_management as mm
+
+    tm, _ = family_or_skip("flux")
+    model, _, vae = tm.build("flux")
+    pos, neg = comfy.run_node(
+        "ControlNetApplyAdvanced",
+        positive=tm.family_conditioning("flux", 1, seed=1),
+        negative=tm.family_conditioning("flux", 1, seed=2),
+        control_net=tm.build_flux_controlnet("instantx"),
+        image=torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(6)),
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=1.0,
+        vae=vae,
+    )
+
+    load = mm.load_models_gpu
+
+    def broken(*args, **kwargs):  # fails only where ControlNet.get_control reloads after encoding
+        import sys
+
+        if sys._getframe(1).f_code.co_name == "get_control":
+            raise AttributeError("'NoneType' object has no attribute 'model_patches_models'")
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(mm, "load_models_gpu", broken)
+    m = tiled(
+        comfy, model, method="MultiDiffusion", tile_width=64, tile_height=64, overlap=16, tile_batch_size=1
+    )
+    with pytest.raises(AttributeError, match="model_patches_models"):
+        comfy.run_node(
+            "KSampler",
+            model=m,
+            seed=3,
+            steps=1,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="simple",
+            positive=pos,
+            negative=neg,
+            latent_image={"samples": torch.zeros(1, 16, 16, 24)},
+            denoise=1.0,
+        )
