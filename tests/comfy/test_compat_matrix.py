@@ -347,7 +347,7 @@ def addon_graph(comfy, addon: str, family: str):
         return _run_with(comfy, model, pos, neg, lat, cfg, denoise=0.8), model
     elif addon == "img2img (denoise 0.5)":
         return _run_with(comfy, model, pos, neg, latent(family, noise=True), cfg, denoise=0.5), model
-    elif addon == "9-channel inpaint model":
+    elif addon == "9-channel inpaint model" or addon.startswith("Flux Fill"):  # inpaint concat
         mask = torch.zeros(1, *DEFAULT_PX)
         mask[:, 48:160, 64:192] = 1.0
         pos, neg, lat = comfy.run_node(
@@ -364,18 +364,6 @@ def addon_graph(comfy, addon: str, family: str):
     elif "reference latent" in addon:  # Kontext / Qwen-Image-Edit: an image latent of another size
         ref = latent(family, noise=True, px=(128, 192))["samples"]
         (pos,) = comfy.run_node("ReferenceLatent", conditioning=pos, latent={"samples": ref})
-    elif addon.startswith("Flux Fill"):
-        mask = torch.zeros(1, *DEFAULT_PX)
-        mask[:, 48:160, 64:192] = 1.0
-        pos, neg, lat = comfy.run_node(
-            "InpaintModelConditioning",
-            positive=pos,
-            negative=neg,
-            vae=vae,
-            pixels=_image(family),
-            mask=mask,
-            noise_mask=True,
-        )
     elif addon.startswith("Flux ControlNet with a VAE"):
         control = tiny_models.build_flux_controlnet("instantx")
         pos, neg = _apply_control(comfy, pos, neg, control, _image(family), vae=vae)
