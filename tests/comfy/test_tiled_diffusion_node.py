@@ -481,27 +481,33 @@ def test_flux_fill_inpaint_concat_is_cropped_with_its_tile(comfy):
         assert (at // w, at % w) == (tile.y * 8, tile.x * 8), f"concat cut at {divmod(at, w)}, tile {tile}"
 
 
+def _flux_instantx_graph(comfy):
+    """(model, vae, control, positive, negative): the tiny Flux with an InstantX ControlNet applied by
+    the stock ControlNetApplyAdvanced, its hint a 128x192 px image VAE-encoded by the control."""
+    tm, _ = family_or_skip("flux")
+    model, _, vae = tm.build("flux")
+    control = tm.build_flux_controlnet("instantx")
+    pos, neg = comfy.run_node(
+        "ControlNetApplyAdvanced",
+        positive=tm.family_conditioning("flux", 1, seed=1),
+        negative=tm.family_conditioning("flux", 1, seed=2),
+        control_net=control,
+        image=torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(6)),
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=1.0,
+        vae=vae,
+    )
+    return model, vae, control, pos, neg
+
+
 def test_flux_controlnet_vae_hint_is_encoded_once_per_run_and_cropped_per_tile(comfy, monkeypatch):
     """A Flux ControlNet whose hint is VAE-encoded (InstantX, stock ControlNetApplyAdvanced with a VAE):
     the hint image is encoded once for the whole run (two steps, six tiles), and each tile's control
     call receives exactly that encoding cut to the tile's box."""
     from ultrares.kernels.tiling import TilePlanner
 
-    tm, _ = family_or_skip("flux")
-    model, _, vae = tm.build("flux")
-    control = tm.build_flux_controlnet("instantx")
-    image = torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(6))
-    pos, neg = comfy.run_node(
-        "ControlNetApplyAdvanced",
-        positive=tm.family_conditioning("flux", 1, seed=1),
-        negative=tm.family_conditioning("flux", 1, seed=2),
-        control_net=control,
-        image=image,
-        strength=1.0,
-        start_percent=0.0,
-        end_percent=1.0,
-        vae=vae,
-    )
+    model, vae, control, pos, neg = _flux_instantx_graph(comfy)
     encoded = []
     encode = vae.encode
 
@@ -576,19 +582,7 @@ def test_a_failure_while_the_control_hint_is_prepared_is_not_swallowed(comfy, mo
     without the latent format's scaling) to be cropped into every tile."""
     import comfy.model_management as mm
 
-    tm, _ = family_or_skip("flux")
-    model, _, vae = tm.build("flux")
-    pos, neg = comfy.run_node(
-        "ControlNetApplyAdvanced",
-        positive=tm.family_conditioning("flux", 1, seed=1),
-        negative=tm.family_conditioning("flux", 1, seed=2),
-        control_net=tm.build_flux_controlnet("instantx"),
-        image=torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(6)),
-        strength=1.0,
-        start_percent=0.0,
-        end_percent=1.0,
-        vae=vae,
-    )
+    model, _, _, pos, neg = _flux_instantx_graph(comfy)
 
     load = mm.load_models_gpu
 
