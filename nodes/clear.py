@@ -180,7 +180,7 @@ def load_file(clear_name: str) -> fmt.ClearFile:
         raise ValueError(f"clear_name: {str(exc).replace(os.path.dirname(path) + os.sep, '')}") from None
 
 
-class CLEARLoader(io.ComfyNode):
+class UltraResCLEARLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -221,7 +221,7 @@ class CLEARLoader(io.ComfyNode):
         return io.NodeOutput(load_file(clear_name))
 
 
-class CLEARApply(io.ComfyNode):
+class UltraResCLEARApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -283,4 +283,4 @@ class CLEARApply(io.ComfyNode):
         return io.NodeOutput(patch_model(model, clear, window, proportional_attention, ntk_factor))
 
 
-NODES = [CLEARLoader, CLEARApply]
+NODES = [UltraResCLEARLoader, UltraResCLEARApply]
