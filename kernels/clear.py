@@ -83,7 +83,8 @@ TRAIN_SEQ_LEN = 64**2 + 512
 proportional-attention logarithm."""
 
 IMPLEMENTATIONS = ("auto", "flex", "blocked", "dense")
-DEFAULT_TILE = 16
+DEFAULT_TILE = 16  # grid rows per band of image queries in the blocked path
+TILE_COLS = 8  # grid columns per query tile: each tile sees its (16 + 2 window - 2) x (8 + 2 window - 2) keys
 DEFAULT_BUDGET = 128 << 20  # bytes of scores + gathered keys/values per blocked step
 
 
@@ -324,78 +325,102 @@ def _attend_lse(q, k, v, scale: float, budget: int, bias: torch.Tensor | None = 
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
-def _window_bias(
-    window: int, oy: int, th: int, rows: int, ox: int, tw: int, cols: int, device
+def _band_bias(
+    window: int, oy: int, th: int, rows: int, tw: int, x_first: int, tiles: int, width: int, device
 ) -> torch.Tensor:
-    """Additive fp32 mask ``[th*tw, cols*rows]`` for a ``th x tw`` query tile whose key rectangle is
-    ``rows x cols`` tokens, stored column-major (key index ``c * rows + a``); the tile starts ``oy``
-    rows and ``ox`` columns into the rectangle. 0 where ``dy^2 + dx^2 < window^2``, else the most
-    negative float (never -inf: a row cannot turn into NaN)."""
+    """Additive fp32 mask ``[tiles, 1, th*tw, cols*rows]`` (``cols = tw + 2 (window - 1)``) for a row
+    of ``tiles`` query tiles of ``th x tw`` tokens, the first starting at image column ``x_first``.
+
+    Each tile's keys are the ``rows x cols`` rectangle around it, column-major (key ``c * rows + a``),
+    starting ``oy`` rows above the tile and ``window - 1`` columns to its left; columns outside the
+    image (zero padding) are masked. 0 where ``dy^2 + dx^2 < window^2``, else the most negative float
+    (never -inf: a row cannot turn into NaN)."""
+    p = window - 1
+    cols = tw + 2 * p
     i = torch.arange(th, device=device)[:, None, None, None] + oy
-    j = torch.arange(tw, device=device)[None, :, None, None] + ox
+    j = torch.arange(tw, device=device)[None, :, None, None] + p
     c = torch.arange(cols, device=device)[None, None, :, None]
     a = torch.arange(rows, device=device)[None, None, None, :]
-    near = (a - i) ** 2 + (c - j) ** 2 < window * window  # [i, j, c, a]
-    bias = torch.zeros(near.shape, device=device).masked_fill_(~near, torch.finfo(torch.float32).min)
-    return rearrange(bias, "i j c a -> (i j) (c a)")
+    near = ((a - i) ** 2 + (c - j) ** 2 < window * window).reshape(th * tw, cols, rows)
+    x = x_first - p + tw * torch.arange(tiles, device=device)[:, None] + torch.arange(cols, device=device)
+    inside = (x >= 0) & (x < width)  # [tiles, cols]
+    keep = near[None] & inside[:, None, :, None]
+    bias = torch.zeros(keep.shape, device=device).masked_fill_(~keep, torch.finfo(torch.float32).min)
+    return bias.reshape(tiles, 1, th * tw, cols * rows)
+
+
+def _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases):
+    """Local attention of the image queries ``[y0:y1, x0:x1]`` (one batch item) over their windows.
+
+    ``qi, ki, vi``: ``[heads, h, w, D]`` views of the image grid; ``x1 - x0`` a multiple of ``tw``
+    (or the row's end). The keys of the rows in reach are copied once, column-major and zero-padded
+    by ``window - 1`` columns on each side, into a strip in which every tile's rectangle is a
+    contiguous block at a constant stride: the tiles are one strided batch (no per-tile copy) for
+    one fused attention call. Returns ``(out [heads, th, x1-x0, D], lse [heads, th, x1-x0])`` fp32."""
+    nh, h, w, d = qi.shape
+    p, th = window - 1, y1 - y0
+    ya, yb = max(0, y0 - p), min(h, y1 + p)
+    rows, span = yb - ya, x1 - x0
+    tiles = -(-span // tw)
+    cols = tiles * tw + 2 * p  # the strip: this chunk's columns plus the reach on both sides
+    xa, xb = max(0, x0 - p), min(w, x0 - p + cols)
+    strips = []
+    for src in (ki, vi):
+        strip = torch.zeros(nh, cols, rows, d, device=qi.device)
+        strip[:, xa - (x0 - p) : xb - (x0 - p)] = src[:, ya:yb, xa:xb].transpose(1, 2)
+        shape, stride = (tiles, nh, (tw + 2 * p) * rows, d), (tw * rows * d, cols * rows * d, d, 1)
+        strips.append(strip.as_strided(shape, stride))
+    qt = qi[:, y0:y1, x0:x1].to(torch.float32)
+    if span < tiles * tw:  # the row's last tile is narrower: pad its queries (dropped below)
+        qt = F.pad(qt, (0, 0, 0, tiles * tw - span))
+    qt = rearrange(qt, "n i (t j) d -> t n (i j) d", j=tw)
+    inner = x0 - p >= 0 and x0 - p + cols <= w  # no padding: one bias serves every tile (stays in cache)
+    key = (y0 - ya, th, rows, tw) + (() if inner else (x0, tiles))
+    if key not in biases:
+        biases[key] = _band_bias(window, y0 - ya, th, rows, tw, x0, 1 if inner else tiles, w, qi.device)
+    out, lse = _attend_lse(qt, strips[0], strips[1], scale, budget, biases[key])
+    out = rearrange(out, "t n (i j) d -> n i (t j) d", j=tw)[:, :, :span]
+    lse = rearrange(lse, "t n (i j) -> n i (t j)", j=tw)[:, :, :span]
+    return out, lse
 
 
 def _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget):
-    """Image queries, one row of ``tile x tile`` query tiles at a time, written into ``out``.
+    """Image queries, one band of ``tile`` grid rows at a time, written into ``out``.
 
-    ``q, k, v, out``: ``[B, H, seq, D]``; ``kg, vg``: the global keys/values (text, tail,
-    downsampled; fp32, possibly empty). Per row of tiles: the local part tile by tile over the key
-    rectangle within ``window - 1`` tokens (clipped at the borders; stored column-major once per
-    chunk of columns, so each tile's rectangle is a contiguous view), then the global part for the
-    whole row (one fused call) and the merge of the two softmaxes through their log-sum-exps, on
-    the whole row at once. Memory: the output plus O(budget) per step, linear in tokens."""
+    ``q, k, v``: ``[B, H, seq, D]``; ``out`` the same shape (any strides); ``kg, vg``: the global
+    keys/values (text, tail, downsampled; fp32, possibly empty). Per band: the global part for the
+    whole band (one fused call), then the local part in chunks of columns (:func:`_local_chunk`),
+    each merged into the global result through the two log-sum-exps. Memory: the output plus
+    O(budget) per step, linear in tokens."""
     b, nh, _, d = q.shape
     t0, h, w = layout.txt, layout.height, layout.width
-    grid = lambda x: x[:, :, t0 : t0 + h * w].unflatten(2, (h, w))  # noqa: E731 (views)
-    qi, ki, vi, oi = grid(q), grid(k), grid(v), grid(out)
+    tw = max(1, min(TILE_COLS, w))
     p, f32 = window - 1, torch.float32
-    per_col = 2 * b * nh * (min(h, tile + 2 * p)) * d * 4
-    chunk = max(tile, (max(1, budget // per_col) - 2 * p) // tile * tile)
-    spans = [(x0, min(w, x0 + tile)) for x0 in range(0, w, tile)]
+    per_col = 2 * nh * min(h, tile + 2 * p) * d * 4  # bytes of the key + value strips per column
+    chunk = max(tw, (max(1, budget // per_col) - 2 * p) // tw * tw)
     biases: dict[tuple, torch.Tensor] = {}
-    for y0 in range(0, h, tile):
-        y1 = min(h, y0 + tile)
-        th = y1 - y0
-        ya, yb = max(0, y0 - p), min(h, y1 + p)
-        # the row's queries in tile order: [b n (tile i j) d]
-        q_row = rearrange(qi[:, :, y0:y1].to(f32), "b n i x d -> b n x i d")
-        outs, lses = [], []
-        strip = None
-        for x0, x1 in spans:
-            if strip is None or x1 + p > strip[1]:  # the next chunk of columns, column-major
-                xa, xb = max(0, x0 - p), min(w, x0 + chunk + p)
-                ks = ki[:, :, ya:yb, xa:xb].transpose(2, 3).to(f32).contiguous()  # [b n cols rows d]
-                vs = vi[:, :, ya:yb, xa:xb].transpose(2, 3).to(f32).contiguous()
-                strip = (xa, xb)
-            kxa, kxb = max(0, x0 - p), min(w, x1 + p)
-            rows, cols = yb - ya, kxb - kxa
-            kt = ks[:, :, kxa - strip[0] : kxb - strip[0]].reshape(b, nh, cols * rows, d)
-            vt = vs[:, :, kxa - strip[0] : kxb - strip[0]].reshape(b, nh, cols * rows, d)
-            qt = q_row[:, :, x0:x1].transpose(2, 3).reshape(b, nh, th * (x1 - x0), d)
-            key = (y0 - ya, th, rows, x0 - kxa, x1 - x0, cols)
-            if key not in biases:
-                biases[key] = _window_bias(window, *key, device=q.device)[None, None]
-            o, ls = _attend_lse(qt, kt, vt, scale, budget, biases[key])
-            outs.append(o.reshape(b, nh, th, x1 - x0, d))
-            lses.append(ls.reshape(b, nh, th, x1 - x0))
-        o, ls = torch.cat(outs, dim=3), torch.cat(lses, dim=3)  # [b n th w (d)], image order
-        if kg.shape[2]:  # merge with the global keys' softmax, for the whole row
-            og, lg = _attend_lse(qi[:, :, y0:y1].reshape(b, nh, th * w, d).to(f32), kg, vg, scale, budget)
-            og, lg = og.reshape(o.shape), lg.reshape(ls.shape)
-            m = torch.maximum(ls, lg)
-            wl, wg = torch.exp(ls - m), torch.exp(lg - m)
-            o = (o * wl[..., None] + og * wg[..., None]) / (wl + wg)[..., None]
-        oi[:, :, y0:y1] = o.to(out.dtype)
+    for n in range(b):
+        qi, ki, vi = (x[n, :, t0 : t0 + h * w].unflatten(1, (h, w)) for x in (q, k, v))
+        oi = out[n, :, t0 : t0 + h * w].unflatten(1, (h, w))
+        for y0 in range(0, h, tile):
+            y1 = min(h, y0 + tile)
+            if kg.shape[2]:
+                band = q[n : n + 1, :, t0 + y0 * w : t0 + y1 * w].to(f32)
+                og, lg = _attend_lse(band, kg[n : n + 1], vg[n : n + 1], scale, budget)
+                og, lg = og[0].unflatten(1, (y1 - y0, w)), lg[0].unflatten(1, (y1 - y0, w))
+            for x0 in range(0, w, chunk):
+                x1 = min(w, x0 + chunk)
+                ol, ll = _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases)
+                if kg.shape[2]:  # softmax over both key sets: weights exp(lse) each
+                    ol = og[:, :, x0:x1].lerp_(ol, torch.sigmoid(ll - lg[:, :, x0:x1])[..., None])
+                oi[:, y0:y1, x0:x1] = ol.to(out.dtype)
 
 
 def _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, tile, budget):
+    """The blocked path; returns ``[B, seq, H, D]`` (its ``transpose(1, 2)`` is the usual layout)."""
     t, n = layout.txt, layout.image
-    out = torch.empty_like(q)
+    b, nh, seq, d = q.shape
+    out = torch.empty(b, seq, nh, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     if t or layout.tail:  # text and tail queries: every sequence token (fused SDPA, linear memory)
         qg = torch.cat([q[:, :, :t], q[:, :, t + n :]], dim=2)
         og = F.scaled_dot_product_attention(qg, k, v, scale=scale)
@@ -415,7 +440,7 @@ def _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, tile, 
     kg = torch.cat([x.to(f32) for x in kg], dim=2).contiguous()
     vg = torch.cat([x.to(f32) for x in vg], dim=2).contiguous()
     _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget)
-    return out
+    return out.transpose(1, 2)
 
 
 def clear_attention(
@@ -430,6 +455,7 @@ def clear_attention(
     impl: str = "auto",
     tile: int = DEFAULT_TILE,
     budget: int = DEFAULT_BUDGET,
+    heads_last: bool = False,
 ) -> torch.Tensor:
     """CLEAR attention over a ``[text | image grid | tail]`` sequence.
 
@@ -441,8 +467,10 @@ def clear_attention(
         spatial_weight: the layer's ``df * df`` pooling weight (required when ``down_factor > 1``).
         scale: softmax scale; ``None`` = ``D ** -0.5`` (see :func:`attention_scale`).
         impl: ``"auto"`` | ``"flex"`` | ``"blocked"`` | ``"dense"`` (see the module doc).
-        tile, budget: the blocked path's query tile side (tokens) and bytes per step.
-    Returns: ``[B, heads, layout.seq, D]`` in ``q.dtype``.
+        tile, budget: the blocked path's band height (grid rows) and bytes per step.
+        heads_last: return ``[B, seq, heads, D]`` instead (contiguous, so ``.flatten(2)`` is
+            ComfyUI's ``[B, seq, heads * D]`` without a copy; the blocked path writes it directly).
+    Returns: ``[B, heads, layout.seq, D]`` in ``q.dtype`` (a view of a heads-last buffer on the blocked path).
     """
     if q.ndim != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
         raise ValueError(
@@ -456,16 +484,19 @@ def clear_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     which = choose_impl(q, impl)
     if which == "dense":
-        return _dense(q, k, v, layout, window, down_factor, spatial_weight, scale)
+        out = _dense(q, k, v, layout, window, down_factor, spatial_weight, scale)
+        return out.transpose(1, 2).contiguous() if heads_last else out
     if which == "flex" and not _FLEX_BROKEN:
         if not flex_available():
             raise RuntimeError("impl='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
         try:
-            return _flex(q, k, v, layout, window, down_factor, spatial_weight, scale)
+            out = _flex(q, k, v, layout, window, down_factor, spatial_weight, scale)
+            return out.transpose(1, 2).contiguous() if heads_last else out
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # no Triton, an old driver...: the blocked path, once and for all
             if impl == "flex":
                 raise
             _flex_failed(exc)
-    return _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, int(tile), int(budget))
+    out = _blocked(q, k, v, layout, window, down_factor, spatial_weight, scale, int(tile), int(budget))
+    return out if heads_last else out.transpose(1, 2)

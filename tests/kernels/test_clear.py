@@ -103,6 +103,25 @@ def test_blocked_equals_dense_on_odd_layouts(layout, window, df, tile):
         torch.testing.assert_close(blocked[:, :, img], v[:, :, img])
 
 
+@pytest.mark.parametrize("heads_last", [False, True])
+def test_blocked_equals_dense_across_bands_and_column_chunks(heads_last):
+    """A one-byte budget splits the grid into bands of 4 rows and chunks of one 8-column tile: the
+    inner chunks share one mask, the edge chunks pad and mask the columns outside the grid (42 is not
+    a multiple of 8: the last tile is narrower); batch 2, each item its own strips; ``heads_last`` is
+    the same numbers in ``[B, seq, heads, D]``."""
+    lay = C.Layout(3, 10, 42, tail=1)
+    q, k, v = _qkv(lay, seed=5)
+    sw = torch.rand(4)
+    dense = C.clear_attention(q, k, v, lay, 3, 2, sw, impl="dense")
+    blocked = C.clear_attention(
+        q, k, v, lay, 3, 2, sw, impl="blocked", tile=4, budget=1, heads_last=heads_last
+    )
+    if heads_last:
+        assert blocked.shape == (2, lay.seq, q.shape[1], q.shape[3]) and blocked.is_contiguous()
+        blocked = blocked.transpose(1, 2)
+    torch.testing.assert_close(blocked, dense, rtol=1e-5, atol=1e-5)
+
+
 def test_blocked_keeps_the_dtype_and_matches_in_bfloat16():
     lay = C.Layout(5, 8, 8)
     q, k, v = _qkv(lay, dtype=torch.bfloat16)
