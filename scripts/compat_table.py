@@ -1,4 +1,4 @@
-"""Render the compatibility matrix (tests/compat_matrix.py) into README.md between its markers.
+"""Render the compatibility matrix (devtools/compat_matrix.py) into README.md between its markers.
 
     .venv/bin/python scripts/compat_table.py          # print the table
     .venv/bin/python scripts/compat_table.py --write  # replace the README section
@@ -11,9 +11,9 @@ import os
 import re
 import sys
 
+from ultrares.devtools import compat_matrix as M  # "ultrares" is this checkout (make setup links it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import compat_matrix as M  # noqa: E402
 
 
 def main() -> int:

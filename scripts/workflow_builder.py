@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ultrares.devtools import comfy_host as host  # "ultrares" is this checkout (make setup links it)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "workflows" / "specs"
@@ -235,20 +236,9 @@ def build_spec(name: str, object_info: dict) -> tuple[dict, dict]:
 
 
 def in_process_object_info() -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from harness import boot
-
-    runtime = boot.boot()
-    return {name: boot.node_info(cls, name) for name, cls in runtime.nodes.items()}
-
-
-def running_version() -> str:
-    """The version of the ComfyUI this process boots (``COMFYUI_VERSION`` / ``COMFYUI_PATH``)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from harness.paths import comfy_root
-
-    text = (comfy_root() / "comfyui_version.py").read_text()
-    return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
+    """/object_info of every node of ComfyUI booted in this process on the CPU with the pack."""
+    runtime = host.boot(cpu=True)
+    return {name: host.node_info(cls, name) for name, cls in runtime.nodes.items()}
 
 
 def graph_of(ui: dict, api: dict) -> dict:
@@ -281,13 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = args.names or sorted(p.stem for p in SPECS.glob("*.py") if not p.stem.startswith("_"))
-    from ultrares.demo.runtime import DEFAULT_COMFYUI_VERSION  # "ultrares" is this checkout
-
-    version = running_version()
-    default = version == DEFAULT_COMFYUI_VERSION
+    version = host.comfy_version()  # the ComfyUI this process boots (COMFYUI_VERSION / COMFYUI_PATH)
+    default = version == host.DEFAULT_COMFYUI_VERSION
     if not args.check and not default:
         print(
-            f"the workflows are written on ComfyUI {DEFAULT_COMFYUI_VERSION} (this is {version}): run "
+            f"the workflows are written on ComfyUI {host.DEFAULT_COMFYUI_VERSION} (this is {version}): run "
             "without COMFYUI_VERSION / COMFYUI_PATH, or use --check to compare the graphs here"
         )
         return 2

@@ -1,4 +1,4 @@
-"""The compatibility matrix (tests/compat_matrix.py), cell by cell, on real ComfyUI parts.
+"""The compatibility matrix (devtools/compat_matrix.py), cell by cell, on real ComfyUI parts.
 
 Every model is a reduced-architecture build of ComfyUI's own classes (SD1.5, SDXL, SD3 MMDiT, Flux,
 the 9-channel SD1.5 inpaint UNet) or the pack's shipped pixel-space HDiT; every add-on is the stock
@@ -18,10 +18,10 @@ import os
 import re
 import uuid
 
-import compat_matrix as M
 import pytest
 import torch
 from safetensors.torch import save_file
+from ultrares.devtools import compat_matrix as M
 
 NODE = "UltraResTiledDiffusion"
 # (height, width) in pixels; pixel space is small and slow per pixel
