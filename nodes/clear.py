@@ -125,8 +125,10 @@ class ClearRunner:
         if self.down_factor > 1 and sw is None:
             raise ValueError(f"UltraResCLEARApply: no spatial_weight for {kind} block {index}")
         scale = K.attention_scale(d, seq, self.proportional, self.down_factor > 1)
-        out = K.clear_attention(q, k, v, layout, self.window, self.down_factor, sw, scale=scale)
-        return out.transpose(1, 2).reshape(b, seq, heads * d)
+        out = K.clear_attention(
+            q, k, v, layout, self.window, self.down_factor, sw, scale=scale, heads_last=True
+        )
+        return out.reshape(b, seq, heads * d)
 
 
 def patch_model(
