@@ -71,6 +71,7 @@ __all__ = [
     "block_idct",
     "block_noise",
     "check_block_divisible",
+    "churn_window_problem",
     "dct_blur",
     "dct_matrix",
     "image_to_blocks",
@@ -84,6 +85,7 @@ __all__ = [
     "relay_training_loss",
     "sigma_of_u",
     "step_seed",
+    "truncation_problem",
     "u_of_sigma",
     "upsample_nearest",
 ]
@@ -149,8 +151,11 @@ class RelaySettings:
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if math.isnan(self.s_tmax):
             raise ValueError("s_tmax must be a number (inf allowed), got nan.")
-        if int(self.patch) != self.patch or self.patch < 1:
-            raise ValueError(f"patch must be a positive integer (the up-scale factor), got {self.patch}.")
+        lo, hi = BLOCK_SIZES
+        if int(self.patch) != self.patch or not lo <= self.patch <= hi:
+            raise ValueError(
+                f"patch (the block size, = up-scale factor) must be a positive integer in {lo}..{hi}, got {self.patch}."
+            )
         if not 0.0 <= self.s_noise <= 1.0:
             raise ValueError(
                 f"s_noise must be in [0, 1] (it is the share of fresh noise per step), got {self.s_noise}."
@@ -160,8 +165,16 @@ class RelaySettings:
         for name in ("blur_sigma_max", "s_block", "s_churn", "s_churn_noise", "min_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.s_tmin > self.s_tmax:
-            raise ValueError(f"s_tmin ({self.s_tmin}) must not exceed s_tmax ({self.s_tmax}).")
+        if problem := churn_window_problem(self.s_tmin, self.s_tmax):
+            raise ValueError(problem)
+
+
+def churn_window_problem(s_tmin: float | None, s_tmax: float | None) -> str | None:
+    """The one check of the churn window ``[s_tmin, s_tmax]`` (``None``: not known yet): a message
+    when it is empty, else None."""
+    if s_tmin is not None and s_tmax is not None and s_tmin > s_tmax:
+        return f"s_tmin ({s_tmin}) must not exceed s_tmax ({s_tmax}): churn would never apply."
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,6 +381,29 @@ def relay_sigmas(
     return torch.cat([kept, kept.new_zeros(1)])
 
 
+def truncation_problem(
+    truncation_sigma: float | None, sigma_min: float | None, sigma_max: float | None
+) -> str | None:
+    """The one check of a truncation sigma against a sigma range, at queue time (a node's inputs) and
+    at run time (:func:`relay_schedule`, on the range in use): ``sigma_min < sigma_max`` and
+    ``sigma_min < truncation_sigma <= sigma_max``. ``None`` or 0 is a value not known yet (the model's
+    own, at queue time); a message saying which value to change, else None."""
+    trunc, lo, hi = truncation_sigma, sigma_min, sigma_max
+    if lo and hi and lo >= hi:
+        return f"sigma_min ({lo:g}) must be below sigma_max ({hi:g}) (or 0 for the model's own)."
+    if lo and trunc is not None and not lo < trunc:
+        return (
+            f"truncation_sigma {trunc:g} must be above the lowest sigma {lo:g} "
+            "(this model's sigma_min unless overridden)."
+        )
+    if hi and trunc is not None and trunc > hi:
+        return (
+            f"truncation_sigma {trunc:g} is above the model's sigma_max {hi:g}: "
+            "nothing would be truncated (that is generation from noise). Lower it below sigma_max."
+        )
+    return None
+
+
 def relay_schedule(
     steps: int,
     truncation_sigma: float,
@@ -387,16 +423,8 @@ def relay_schedule(
             f"sigma range [{s_min:g}, {s_max:g}] is outside this model's range [{lo:g}, {hi:g}]. "
             "Set sigma_min/sigma_max to 0 to use the model's own range."
         )
-    if not s_min < truncation_sigma:
-        raise ValueError(
-            f"truncation_sigma {truncation_sigma:g} must be above the lowest sigma {s_min:g} "
-            "(this model's sigma_min unless overridden)."
-        )
-    if truncation_sigma > s_max:
-        raise ValueError(
-            f"truncation_sigma {truncation_sigma:g} is above the model's sigma_max {s_max:g}: "
-            "nothing would be truncated (that is generation from noise). Lower it below sigma_max."
-        )
+    if problem := truncation_problem(truncation_sigma, s_min, s_max):
+        raise ValueError(problem)
     return relay_sigmas(int(steps), s_min, s_max, float(rho), float(truncation_sigma)).to(torch.float32)
 
 

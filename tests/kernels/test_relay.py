@@ -746,3 +746,37 @@ def test_the_ranges_are_stated_once():
     with pytest.raises(ValueError, match=f"steps 1 in {R.STEPS[0]}..{R.STEPS[1]}"):
         R.relay_config({"relay": {"steps": R.STEPS[0] - 1}})
     assert R.relay_config({"relay": {"steps": R.STEPS[1]}}).steps == R.STEPS[1]
+    lo, hi = R.BLOCK_SIZES  # the block size's range holds in the kernel too, not only in the schemas
+    assert R.RelaySettings(patch=lo).patch == lo and R.RelaySettings(patch=hi).patch == hi
+    for bad in (lo - 1, hi + 1, 2.5):
+        with pytest.raises(ValueError, match=f"positive integer in {lo}..{hi}, got {bad}"):
+            R.RelaySettings(patch=bad)
+    with pytest.raises(ValueError, match=f"in {lo}..{hi}, got {hi + 1}"):  # a model file's trained patch
+        R.relay_config({"relay": {"patch": hi + 1}})
+
+
+def test_each_cross_input_rule_is_one_kernel_check():
+    """The truncation and churn-window rules are one function each: the nodes' queue-time rules call
+    them on what is known (None / 0: not yet), and the run-time checks raise the same text."""
+    assert R.truncation_problem(0.9, None, None) is None and R.truncation_problem(None, 0.5, 2.0) is None
+    assert R.truncation_problem(0.9, 0.0, 0.0) is None and R.truncation_problem(2.0, 0.5, 2.0) is None
+    assert R.truncation_problem(0.9, 2.0, 1.0).startswith("sigma_min (2) must be below sigma_max (1)")
+    low = R.truncation_problem(0.9, 0.95, 0.0)
+    assert low.startswith("truncation_sigma 0.9 must be above the lowest sigma 0.95")
+    high = R.truncation_problem(0.9, 0.0, 0.5)
+    assert high.startswith(
+        "truncation_sigma 0.9 is above the model's sigma_max 0.5: nothing would be truncated"
+    )
+    for kw, text in (({"sigma_min": 0.95}, low), ({"sigma_max": 0.5}, high)):
+        with pytest.raises(ValueError) as e:
+            R.relay_schedule(10, 0.9, 7.0, (0.03, 14.6), **kw)
+        assert str(e.value) == text
+    with pytest.raises(ValueError) as e:  # the model's own sigma_min is the lowest sigma when none is given
+        R.relay_schedule(10, 0.02, 7.0, (0.03, 14.6))
+    assert str(e.value) == R.truncation_problem(0.02, 0.03, 14.6)
+    assert R.churn_window_problem(None, 1.0) is None and R.churn_window_problem(1.0, 1.0) is None
+    churn = R.churn_window_problem(5.0, 1.0)
+    assert churn == "s_tmin (5.0) must not exceed s_tmax (1.0): churn would never apply."
+    with pytest.raises(ValueError) as e:
+        R.RelaySettings(s_tmin=5.0, s_tmax=1.0)
+    assert str(e.value) == churn
