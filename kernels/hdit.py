@@ -33,6 +33,7 @@ __all__ = [
     "MappingSpec",
     "HDiT",
     "Denoiser",
+    "UNCOND",
 ]
 
 # ----------------------------------------------------------------------------- specs
@@ -369,6 +370,10 @@ class TokenSplit(TokenSplitWithoutSkip):
 # ----------------------------------------------------------------------------- model
 
 
+UNCOND = -1
+"""The class id meaning "the model's unconditional row" (:meth:`HDiT.forward_any_size`)."""
+
+
 class HDiT(nn.Module):
     """k-diffusion ``ImageTransformerDenoiserModelV2``: the *inner* model (no EDM scalings).
 
@@ -430,6 +435,78 @@ class HDiT(nn.Module):
                 mh = math.lcm(mh, self.patch_size[0] * 2**i * ws)
                 mw = math.lcm(mw, self.patch_size[1] * 2**i * ws)
         return mh, mw
+
+    def min_size(self) -> tuple[int, int]:
+        """Smallest (height, width) in pixels the model samples: every neighborhood-attention level
+        needs ``kernel_size * dilation`` tokens per side; sides are padded to :attr:`size_multiple`."""
+        (mh, mw), (ph, pw) = self.size_multiple, self.patch_size
+        need_h, need_w = mh, mw
+        for i, lv in enumerate(self.levels):
+            sa = lv.self_attn
+            if isinstance(sa, NeighborhoodAttentionSpec):
+                need_h = max(need_h, sa.kernel_size * sa.dilation * ph * 2**i)
+                need_w = max(need_w, sa.kernel_size * sa.dilation * pw * 2**i)
+        return -(-need_h // mh) * mh, -(-need_w // mw) * mw
+
+    def size_problem(self, h: int, w: int) -> str | None:
+        """A message in pixels when an image of ``h`` x ``w`` px is below :meth:`min_size`, else None."""
+        min_h, min_w = self.min_size()
+        if h >= min_h and w >= min_w:
+            return None
+        return (
+            f"HDiT: this model needs images of at least {min_w}x{min_h} px (width x height); got {w}x{h} px, too "
+            f"small for its attention windows. Set width and height to at least {min_w} and {min_h} (e.g. on "
+            f"EmptyChromaRadianceLatentImage; with tiling, the tile size), or sample larger and downscale."
+        )
+
+    def class_problem(self, ids) -> str | None:
+        """A message when a class id (any int tensor or sequence) is not a dataset class
+        ``0..classes-1`` nor :data:`UNCOND` (the model's unconditional row), else None."""
+        ids = torch.as_tensor(ids).reshape(-1).long()
+        if self.class_emb is None:
+            bad = ids[ids != UNCOND]
+            if bad.numel():
+                return (
+                    f"class_id {int(bad[0])} was given, but this HDiT is unconditional "
+                    f"(num_classes 0); turn on 'unconditional' on UltraResHDiTClass."
+                )
+            return None
+        n = self.num_classes - 1  # dataset classes; the last embedding row is the unconditional one
+        bad = ids[(ids < UNCOND) | (ids >= n)]
+        if bad.numel():
+            return (
+                f"class_id {int(bad[0])} is out of range for this HDiT, which has {n} classes "
+                f"(ids 0-{n - 1}); use a smaller id, or turn on 'unconditional' for unconditional sampling."
+            )
+        return None
+
+    def forward_any_size(self, x: torch.Tensor, sigma: torch.Tensor, class_ids=None) -> torch.Tensor:
+        """:meth:`forward` on an image of any size from :meth:`min_size` up, for dataset class ids.
+
+        ``x`` ``[B, C, H, W]``; ``sigma`` raw ``[B]`` > 0; ``class_ids`` ``[B]`` int ids ``0..classes-1``
+        or :data:`UNCOND` (-1) for the unconditional row, None for unconditional sampling (ignored by an
+        unconditional model). Sides that are not multiples of :attr:`size_multiple` are padded (reflect:
+        the pad is always shorter than the side, which is at least one multiple) and the output cropped
+        back to H x W.
+        Raises ``ValueError`` with :meth:`class_problem` or :meth:`size_problem`'s message."""
+        if class_ids is not None and (problem := self.class_problem(class_ids)):
+            raise ValueError(problem)
+        row = None
+        if self.class_emb is not None:
+            uncond_row = self.num_classes - 1
+            if class_ids is None:
+                row = torch.full((x.shape[0],), uncond_row, dtype=torch.long, device=x.device)
+            else:
+                row = torch.as_tensor(class_ids).to(x.device).long().reshape(-1)
+                row = torch.where(row == UNCOND, torch.full_like(row, uncond_row), row)
+        h, w = x.shape[-2:]
+        if problem := self.size_problem(h, w):
+            raise ValueError(problem)
+        mh, mw = self.size_multiple
+        ph, pw = (-h) % mh, (-w) % mw
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        return self(x, sigma, class_cond=row)[..., :h, :w]
 
     def forward(self, x, sigma, class_cond=None, aug_cond=None, mapping_cond=None):
         mh, mw = self.size_multiple

