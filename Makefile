@@ -36,11 +36,11 @@ test-fast: setup
 
 ## Benchmarks: ratios against a baseline run in the same process; tables + bench_results/*.json.
 bench: setup
-	$(PY) tests/bench/run_all.py $(BENCH_ARGS)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 ## GPU bench (one CUDA device, < 10 min): bench_results/gpu.json and the README's GPU table.
 bench-gpu: setup
-	$(PY) tests/bench/bench_gpu.py $(BENCH_ARGS)
+	$(PY) bench/bench_gpu.py $(BENCH_ARGS)
 
 ## The prepared GPU run (CUDA tests, bench smoke, full bench on both ComfyUI versions, dynamic VRAM on and
 ## off) into GPU_OUT; `make gpu-check GPU_ARGS=--smoke` rehearses it on the CPU (docs/gpu.md).

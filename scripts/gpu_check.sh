@@ -48,7 +48,7 @@ else
   DEVICE=()
   BENCH_BUDGET=300
 fi
-BENCH=(tests/bench/bench_gpu.py "${DEVICE[@]}")
+BENCH=(bench/bench_gpu.py "${DEVICE[@]}")
 export PYTHONUNBUFFERED=1
 
 "$PY" - "$OUT/env.json" <<'PYEOF' >> "$LOG" 2>&1
@@ -68,7 +68,7 @@ PYEOF
 # 1. the CUDA tests (fp16 and bf16 cases; on the CPU they are collected and skipped)
 section cuda_tests 60 "$PY" -m pytest -q -m cuda tests/cuda -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml"
 # 2. the bench end to end at tiny sizes (catches a typo before the long run)
-section bench_smoke 60 "$PY" tests/bench/bench_gpu.py --smoke --out "$OUT/gpu_smoke.json" --budget-s 60
+section bench_smoke 60 "$PY" bench/bench_gpu.py --smoke --out "$OUT/gpu_smoke.json" --budget-s 60
 # 3. the full bench on the default ComfyUI, dynamic VRAM as users get it
 section bench_default 120 "$PY" "${BENCH[@]}" --out "$OUT/gpu.json" --budget-s "$BENCH_BUDGET"
 # 4. the model-management sections with dynamic VRAM off

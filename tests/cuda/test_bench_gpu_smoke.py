@@ -1,4 +1,4 @@
-"""tests/bench/bench_gpu.py --smoke runs end to end on the CPU (tiny sizes, the tiny SDXL layout) and
+"""bench/bench_gpu.py --smoke runs end to end on the CPU (tiny sizes, the tiny SDXL layout) and
 writes every section of bench_results/gpu.json, so the GPU run (make bench-gpu) is known to work."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from harness.paths import ROOT
 
 
 def test_bench_gpu_smoke_mode_writes_every_section(comfy, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tests" / "bench" / "bench_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "bench_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "gpu.json"

@@ -3,7 +3,7 @@ high-resolution levels, global at the coarsest) vs the same model with global at
 
 Each (variant, size) runs in a fresh subprocess (1 torch thread, so the numbers do not depend on how
 busy the other core is): time = median of the timed forwards after a warm-up; peak memory = peak resident
-set size sampled every 5 ms during the forwards minus the RSS just before them (tests/bench/_common.PeakRSS),
+set size sampled every 5 ms during the forwards minus the RSS just before them (bench/_common.PeakRSS),
 i.e. the working memory of the forward pass (activations, attention buffers), not the weights.
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)
 
 CHILD = r"""
 import json, statistics, sys, time

@@ -6,7 +6,7 @@ trained on), nearest-upsampled x4 to 1024 px and finished by UltraResRelayUpscal
 own relay settings (``relay_settings="model"``: blur_sigma_max 3, prob_length 0.93, s_block 0.15,
 s_noise 0.2; factor 4, truncation sigma 0.9, rho 7, cfg 1) on the model patched by
 UltraResTiledDiffusion in 256 px tiles (the model's native size), and once untiled as the
-reference. Everything runs through ComfyUI in this process (the tests' harness).
+reference. Everything runs through ComfyUI in this process (the shared dev-tools host, ``ultrares.devtools.comfy_host``).
 
 Per method:
 - seam score (kernels/quality.seam_score): Sobel gradient energy on the tile boundaries / in the
@@ -35,7 +35,7 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "ultrares-emoji-relay256.safetensors"
 METHODS = ["FSTD", "FSTD (full coverage)", "MultiDiffusion", "Mixture of Diffusers", "SpotDiffusion"]
 UNTILED = "untiled"
@@ -58,10 +58,9 @@ MAX_PICTURE_BYTES = 600_000
 
 
 def _boot():
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from harness import boot
+    from ultrares.devtools import comfy_host
 
-    return boot.boot()
+    return comfy_host.boot(cpu=True)
 
 
 def held_out_images(n: int, size: int) -> torch.Tensor:

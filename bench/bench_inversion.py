@@ -8,7 +8,7 @@ unconditional) and generated back with ``UltraResDDIMGenerate``, all six in one 
 them (smallest step count only) by twice one stock ``KSamplerAdvanced`` euler run of the same steps on
 the same batch in the same process (the same number of model evaluations): our loop's overhead.
 
-``python tests/bench/bench_inversion.py --figure docs/images/inversion_ood.png`` also writes the
+``python bench/bench_inversion.py --figure docs/images/inversion_ood.png`` also writes the
 README figure (input | reconstruction per photo, at the largest step count).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "hdit", "ultrares-twemoji64.safetensors")
 PHOTOS = ("astronaut", "coffee", "chelsea")
 EMOJI = ("1f600", "1f98a", "1f355")  # grinning face, fox, pizza
@@ -31,10 +31,9 @@ DOMAIN_STEPS = 10
 
 
 def _boot():
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from harness import boot
+    from ultrares.devtools import comfy_host
 
-    return boot.boot()
+    return comfy_host.boot(cpu=True)
 
 
 def photos(size: int = 64) -> torch.Tensor:

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
 TRUNCATION = 0.9
 DENOISE = 0.55

@@ -1,10 +1,10 @@
-"""Run every ``tests/bench/bench_*.py`` and print its table; save ``bench_results/<name>.json``.
+"""Run every ``bench/bench_*.py`` and print its table; save ``bench_results/<name>.json``.
 
 Each bench module defines ``run(quick: bool) -> dict`` returning
 ``{"title": str, "columns": [str, ...], "rows": [[...], ...], "notes": [str, ...], "targets": {...}}``.
 Times are only ever compared as ratios against a baseline measured in the same process.
 
-Usage: ``python tests/bench/run_all.py [--quick] [--only tiling,hdit]``
+Usage: ``python bench/run_all.py [--quick] [--only tiling,hdit]``
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)  # benches share tests/bench/_common.py
-ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)  # benches share bench/_common.py
+ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(ROOT, "bench_results")
 
 

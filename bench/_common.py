@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.dirname(HERE)
+TESTS = os.path.join(os.path.dirname(HERE), "tests")
 
 
 def boot():

@@ -1,7 +1,7 @@
 """GPU bench (one command, under 10 min on one H100/H200): writes bench_results/gpu.json.
 
-    .venv/bin/python tests/bench/bench_gpu.py            # CUDA, full sizes (make bench-gpu)
-    .venv/bin/python tests/bench/bench_gpu.py --smoke    # any device, tiny sizes (CI check that it runs)
+    .venv/bin/python bench/bench_gpu.py            # CUDA, full sizes (make bench-gpu)
+    .venv/bin/python bench/bench_gpu.py --smoke    # any device, tiny sizes (CI check that it runs)
 
 Sections (each records seconds and peak memory; a section or size that would overrun the time
 budget is recorded as skipped, and the JSON is rewritten after every measurement):
@@ -40,8 +40,8 @@ import warnings
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-TESTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(HERE)
+TESTS = os.path.join(ROOT, "tests")
 
 SDXL_FULL = {
     "use_checkpoint": False,
@@ -120,13 +120,9 @@ def boot(device: str, comfy_args: tuple[str, ...] = ()) -> None:
     which booted it on the CPU)."""
     if "comfy.model_management" in sys.modules:
         return
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    from harness.paths import comfy_root
+    from ultrares.devtools.comfy_host import comfy_root, put_comfy_on_path
 
-    root = str(comfy_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    put_comfy_on_path(comfy_root())
     import utils.extra_config  # noqa: F401  (claim ComfyUI's "utils" package first, as main.py does)
     from comfy.cli_args import args
 
@@ -142,15 +138,11 @@ def boot(device: str, comfy_args: tuple[str, ...] = ()) -> None:
 
 def versions() -> dict:
     """What every figure was measured with: ComfyUI's version and path, the driver, torch and CUDA."""
-    import re
     import subprocess
 
-    from harness.paths import comfy_root
+    from ultrares.devtools.comfy_host import comfy_version
 
-    root = comfy_root()
-    text = (root / "comfyui_version.py").read_text(encoding="utf-8")
-    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
-    out = {"comfyui": found.group(1) if found else "unknown", "torch": torch.__version__}
+    out = {"comfyui": comfy_version(), "torch": torch.__version__}
     out["cuda"] = torch.version.cuda
     try:
         smi = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
@@ -513,7 +505,7 @@ def bench_tiling(b: Bench, softmax_model, lin_model):
 
 
 def table(results: dict) -> dict:
-    """``results`` in tests/bench/run_all.py's table format (title, columns, rows, notes)."""
+    """``results`` in bench/run_all.py's table format (title, columns, rows, notes)."""
     rows = []
     for section, entries in results["sections"].items():
         for key, rec in entries.items():
@@ -549,7 +541,7 @@ def table(results: dict) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    """tests/bench/run_all.py entry: the full bench on CUDA (``quick``: smoke sizes), else the CPU smoke run."""
+    """bench/run_all.py entry: the full bench on CUDA (``quick``: smoke sizes), else the CPU smoke run."""
     import tempfile
 
     smoke = quick or not torch.cuda.is_available()
