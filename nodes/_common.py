@@ -144,35 +144,32 @@ def _range_text(lo, hi) -> str:
     return ""
 
 
+def _number(name: str, value, whole: bool, lo, hi):
+    """(converted value, None) or (None, message) for an INT (``whole``) or FLOAT widget value, converted
+    as ComfyUI's executor does (``int(value)`` / ``float(value)``); NaN and inf are refused."""
+    what = "a whole number" if whole else "a number"
+    give = ("a whole number" if whole else "a finite number") + _range_text(lo, hi)
+    if whole and isinstance(value, float) and not math.isfinite(value):
+        return None, f"{name}={show_value(value)} is not a finite number; give {give}"
+    try:
+        value = int(value) if whole else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None, f"{name}={show_value(value)} is not {what}; give {give}"
+    if not whole and not math.isfinite(value):
+        return None, f"{name}={show_value(value)} is not a finite number; give {give}"
+    return value, None
+
+
 def _check_one(name: str, spec, value):
     """(converted value, None) or (None, message) for one widget value, as ComfyUI would convert it."""
     if isinstance(value, dict) and "__value__" in value:  # ComfyUI's wrapper for list-valued widgets
         value = value["__value__"]
     kind = str(spec.get_io_type())
     lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
-    if kind == "INT":
-        if isinstance(value, float) and not math.isfinite(value):
-            return (
-                None,
-                f"{name}={show_value(value)} is not a finite number; give a whole number{_range_text(lo, hi)}",
-            )
-        try:
-            value = int(value)  # what ComfyUI's executor does with an INT widget value
-        except (TypeError, ValueError, OverflowError):
-            return (
-                None,
-                f"{name}={show_value(value)} is not a whole number; give a whole number{_range_text(lo, hi)}",
-            )
-    elif kind == "FLOAT":
-        try:
-            value = float(value)  # what ComfyUI's executor does with a FLOAT widget value
-        except (TypeError, ValueError, OverflowError):
-            return (
-                None,
-                f"{name}={show_value(value)} is not a number; give a finite number{_range_text(lo, hi)}",
-            )
-        if not math.isfinite(value):
-            return None, f"{name}={value} is not a finite number; give a finite number{_range_text(lo, hi)}"
+    if kind in ("INT", "FLOAT"):
+        value, problem = _number(name, value, kind == "INT", lo, hi)
+        if problem:
+            return None, problem
     elif kind == "BOOLEAN":
         value = bool(
             value
