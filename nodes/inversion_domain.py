@@ -24,6 +24,11 @@ CATEGORY = "UltraRes/inversion"
 META_KEY = kfmt.RECORD_KEY
 
 
+def _latent(samples, record: dict | None) -> dict:
+    """A LATENT of ``samples`` carrying a copy of the inversion ``record`` (none: no record)."""
+    return {"samples": samples, **({META_KEY: dict(record)} if record else {})}
+
+
 class UltraResLatentSlerp(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -80,11 +85,7 @@ class UltraResLatentSlerp(CheckedNode):
                 f"latent_a was inverted to sigma {meta_a['sigma']:.5g} and latent_b to "
                 f"{meta_b['sigma']:.5g}; interpolate latents inverted with the same steps and level."
             )
-        out = {"samples": path}
-        meta = meta_a or meta_b
-        if meta:
-            out[META_KEY] = dict(meta)
-        return io.NodeOutput(out)
+        return io.NodeOutput(_latent(path, meta_a or meta_b))
 
 
 NO_FILE = "(none)"
@@ -248,9 +249,7 @@ class UltraResDomainScore(CheckedNode):
         preview = ui.PreviewImage(plot, cls=cls).as_dict()
         keep = score.in_domain.nonzero().flatten()
         if len(keep):
-            accepted = {"samples": latents["samples"][keep.to(latents["samples"].device)]}
-            if meta_test:
-                accepted[META_KEY] = dict(meta_test)
+            accepted = _latent(latents["samples"][keep.to(latents["samples"].device)], meta_test)
         else:
             accepted = ExecutionBlocker(
                 f"UltraResDomainScore accepted none of the {len(score.in_domain)} latents, so nothing was "
@@ -317,11 +316,8 @@ class UltraResDomainGaussian(CheckedNode):
         out = kinv.sample_domain_gaussian(
             samples.float().cpu(), v.count, v.seed, per_dimension=v.spread == SPREADS[1]
         )
-        result = {"samples": out.to(comfy.model_management.intermediate_device())}
-        meta = kfmt.read_record(latents)
-        if meta:
-            result[META_KEY] = dict(meta)
-        return io.NodeOutput(result)
+        out = out.to(comfy.model_management.intermediate_device())
+        return io.NodeOutput(_latent(out, kfmt.read_record(latents)))
 
 
 NODES = [UltraResLatentSlerp, UltraResDomainScore, UltraResDomainGaussian]
