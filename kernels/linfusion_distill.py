@@ -376,7 +376,6 @@ __all__ = [
     "find_attn1",
     "image_caption_pairs",
     "make_student_layers",
-    "sd_sigmas",
     "specs_for",
     "swapped",
     "teacher_latents",
