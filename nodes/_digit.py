@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
+from ._paths import model_files
 
 CATEGORY = "UltraRes/digit"
 FOLDER = "digit"
@@ -50,15 +50,11 @@ class DigitEncoder:
 
 
 def encoder_files() -> list[str]:
-    return sorted(
-        f
-        for f in folder_paths.get_filename_list(FOLDER)
-        if f.endswith(ENCODER_EXTS) and not f.endswith(".atlas.safetensors")
-    )
+    return [f for f in model_files(FOLDER, ENCODER_EXTS) if not f.endswith(".atlas.safetensors")]
 
 
 def codebook_files() -> list[str]:
-    return sorted(f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".npy"))
+    return model_files(FOLDER, (".npy",))
 
 
 def preferred(options: list[str], name: str) -> str | None:
@@ -78,6 +74,12 @@ def image_size_input() -> io.Int.Input:
         tooltip="Square size the image is brought to before encoding (DiGIT: 256 -> 16 x 16 = 256 tokens). "
         "Multiples of 16; the token grid is image_size / 16 per side.",
     )
+
+
+def image_size_rule(image_size: int | None) -> bool | str:
+    """The ``rules`` check of an image_size input (a multiple of 16): True, or the message; ``None``
+    (linked: known at run time only) passes."""
+    return True if image_size is None else D.image_size_problem(image_size) or True
 
 
 def fit_input() -> io.Combo.Input:

@@ -29,3 +29,18 @@ def register_model_folders() -> None:
             folder_paths.add_model_folder_path(name, embedded)
         paths, old_exts = folder_paths.folder_names_and_paths[name]
         folder_paths.folder_names_and_paths[name] = (paths, set(old_exts) | exts)
+
+
+def model_files(folder: str, endings: tuple[str, ...]) -> list[str]:
+    """The choices of a loader's file combo: the files of ``models/<folder>`` (every search path,
+    subfolders as ``sub/name``) whose names end in one of ``endings``, sorted."""
+    return sorted(f for f in folder_paths.get_filename_list(folder) if f.endswith(endings))
+
+
+def model_file(folder: str, input_name: str, name: str) -> str:
+    """The full path of ``name``, picked in the file combo ``input_name`` of ``models/<folder>``; a
+    ValueError naming the input and the file when it is not there (e.g. removed since the list was read)."""
+    path = folder_paths.get_full_path(folder, name) if isinstance(name, str) else None
+    if path is None:
+        raise ValueError(f"{input_name} '{name}' is not in models/{folder}; put the file there and refresh.")
+    return path

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.model_patcher
-import folder_paths
 from comfy_api.latest import io
 
 from ..kernels import digit as D
 from ..kernels import dinov2
 from ..kernels.digit import to_rgb
-from ._common import check_choice
 from ._compat import schema_extras
 from ._digit import (
     CATEGORY,
@@ -41,9 +39,11 @@ from ._digit import (
     encoder_files,
     fit_input,
     image_size_input,
+    image_size_rule,
     preferred,
 )
 from ._inputs import CheckedNode
+from ._paths import model_file
 
 
 class UltraResDiGITEncoderLoader(CheckedNode):
@@ -92,10 +92,7 @@ class UltraResDiGITEncoderLoader(CheckedNode):
     def execute(cls, **inputs) -> io.NodeOutput:
         v = cls.checked(inputs)
         encoder_name, interpolation = v.encoder_name, v.interpolation
-        ok = check_choice("interpolation", interpolation, INTERPOLATIONS)  # a JSON null reaches here as None
-        if ok is not True:
-            raise ValueError(ok)
-        path = folder_paths.get_full_path_or_raise(FOLDER, encoder_name)
+        path = model_file(FOLDER, "encoder_name", encoder_name)
         model = D.read_file(
             encoder_name,
             "encoder_name",
@@ -144,9 +141,8 @@ class UltraResDiGITCodebookLoader(CheckedNode):
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
-        codebook_name = cls.checked(inputs).codebook_name
-        path = folder_paths.get_full_path_or_raise(FOLDER, codebook_name)
-        return io.NodeOutput(D.open_codebook(path, codebook_name))
+        name = cls.checked(inputs).codebook_name
+        return io.NodeOutput(D.open_codebook(model_file(FOLDER, "codebook_name", name), name))
 
 
 class UltraResDiGITTokenize(CheckedNode):
@@ -191,14 +187,13 @@ class UltraResDiGITTokenize(CheckedNode):
 
     @classmethod
     def rules(cls, v) -> bool | str:
-        return True if v.image_size is None else D.image_size_problem(v.image_size) or True  # None: linked
+        return image_size_rule(v.image_size)
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
         v = cls.checked(inputs)
         encoder, codebook, image_size = v.encoder, v.codebook, v.image_size
         D.check_encoder_fits(encoder.model, encoder.name, codebook, DEFAULT_CODEBOOK)
-        D.grid_side(image_size)
         prepared, feats = encode(encoder, to_rgb(v.image), image_size, v.fit)
         ids = D.tokens_from_features(feats, codebook.centroids.to(feats.device)).cpu()
         token_map = D.paint_tokens(ids, codebook.palette, image_size // ids.shape[-1])

@@ -28,6 +28,7 @@ from ._digit import (
     encode,
     fit_input,
     image_size_input,
+    image_size_rule,
 )
 from ._inputs import CheckedNode
 
@@ -102,7 +103,7 @@ class UltraResDiGITFitCodebook(CheckedNode):
     @classmethod
     def rules(cls, v) -> bool | str:
         # check_inputs did types, ranges and the fit choice; None is a linked value, known only at run time
-        ok = True if v.image_size is None else D.image_size_problem(v.image_size) or True
+        ok = image_size_rule(v.image_size)
         if ok is not True or v.filename is None:
             return ok
         try:
