@@ -80,6 +80,15 @@ def is_widget(spec) -> bool:
     return str(spec.get_io_type()) in WIDGET_TYPES
 
 
+def with_defaults(node_cls, inputs: dict, names: tuple[str, ...] | None = None) -> dict:
+    """``inputs`` with each widget of ``names`` (None: every widget) that is absent set to its schema
+    default: for nodes whose direct callers (scripts, tests) may leave out a required widget, as before
+    their checks came from the schema. ComfyUI's executor always passes every required widget."""
+    specs = input_specs(node_cls)
+    defaults = {k: s.default for k, s in specs.items() if is_widget(s) and (names is None or k in names)}
+    return {**defaults, **inputs}
+
+
 def _filled(node_cls, specs: dict, inputs: dict, *, run: bool) -> dict:
     """``inputs`` with every declared input: an absent optional widget takes its schema default, an
     absent optional socket None; an absent required input is None at queue time (ComfyUI reports it

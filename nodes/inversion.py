@@ -23,7 +23,7 @@ from comfy_api.latest import io
 from ..kernels import inversion as kinv
 from ..kernels import inversion_format as kfmt
 from ._compat import schema_extras
-from ._inputs import CheckedNode, input_specs
+from ._inputs import CheckedNode, with_defaults
 from ._sampling import check_channels, guided_sample, loop_sampler, model_family
 
 CATEGORY = "UltraRes/inversion"
@@ -186,7 +186,7 @@ class _DDIMNode(CheckedNode):
     @classmethod
     def checked(cls, inputs: dict):
         """Direct callers (scripts, tests) may leave out cfg, as before: it takes its schema default."""
-        return super().checked({"cfg": input_specs(cls)["cfg"].default, **inputs})
+        return super().checked(with_defaults(cls, inputs, ("cfg",)))
 
 
 class UltraResDDIMInvert(_DDIMNode):

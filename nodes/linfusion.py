@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 import comfy.ops
-import folder_paths
 import torch
 from comfy_api.latest import io
 from torch import nn
@@ -24,7 +23,8 @@ from torch import nn
 from ..kernels import linfusion as L
 from ..kernels import linfusion_format as fmt
 from ._compat import guard_multigpu, refuse_multigpu, schema_extras
-from ._inputs import CheckedNode, input_specs, is_widget
+from ._inputs import CheckedNode, with_defaults
+from ._paths import model_file, model_files
 from ._sampling import model_family
 
 CATEGORY = "UltraRes/linfusion"
@@ -208,12 +208,6 @@ def patch_model(
     return m
 
 
-def _lf_files() -> list[str]:
-    return sorted(
-        f for f in folder_paths.get_filename_list(FOLDER) if f.endswith((".safetensors", "config.json"))
-    )
-
-
 class UltraResLinFusionLoader(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -231,7 +225,7 @@ class UltraResLinFusionLoader(CheckedNode):
             inputs=[
                 io.Combo.Input(
                     "lf_name",
-                    options=_lf_files(),
+                    options=model_files(FOLDER, (".safetensors", "config.json")),
                     tooltip="LinFusion weights in models/linfusion (.safetensors, or a release folder's config.json).",
                 ),
             ],
@@ -249,12 +243,7 @@ class UltraResLinFusionLoader(CheckedNode):
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
         lf_name = cls.checked(inputs).lf_name
-        path = folder_paths.get_full_path(FOLDER, lf_name)
-        if path is None:
-            raise ValueError(
-                f"lf_name '{lf_name}' is not in models/linfusion; put the file there and refresh."
-            )
-        return io.NodeOutput(load_weights(path, lf_name))
+        return io.NodeOutput(load_weights(model_file(FOLDER, "lf_name", lf_name), lf_name))
 
 
 MULTIGPU_REASON = (
@@ -330,8 +319,7 @@ class UltraResLinFusionApply(CheckedNode):
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
         # direct callers (scripts, tests) may leave out the widgets, as before: they take their schema defaults
-        defaults = {k: s.default for k, s in input_specs(cls).items() if is_widget(s)}
-        v = cls.checked({**defaults, **inputs})
+        v = cls.checked(with_defaults(cls, inputs))
         model, linfusion = v.model, v.linfusion
         if not isinstance(linfusion, LinFusionWeights):
             raise ValueError("linfusion: connect the output of LinFusion Loader (UltraRes).")
