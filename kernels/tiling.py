@@ -46,7 +46,13 @@ METHOD_LABELS = {
     "SpotDiffusion": "spotdiffusion",
 }
 """The methods by the names users see (the node's combo, the demo) -> ``METHODS`` keys."""
+OVERLAPPING = ("multidiffusion", "mixture_of_diffusers")
+"""The methods whose tiles overlap by ``overlap``; the others tile without overlap."""
 GAUSSIAN_VARIANCE = 0.01  # Mixture of Diffusers / FSTD blend weights, relative to the tile size
+MIN_TILE_PX = 64
+"""The smallest tile side in pixels."""
+TILE_MULTIPLE_PX = 8
+"""Tile sides are multiples of this many pixels."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,26 @@ class Tile:
     h: int
     w: int
 
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
+    def slices(self, scale_h: float = 1.0, scale_w: float = 1.0) -> tuple[slice, slice]:
+        """(rows, columns) of the box; with ``scale_*``, of the same box on a grid that many times
+        finer (e.g. a hint in pixels for a tile in latent pixels), edges rounded to the nearest cell."""
+        y0, y1 = round(self.y * scale_h), round((self.y + self.h) * scale_h)
+        x0, x1 = round(self.x * scale_w), round((self.x + self.w) * scale_w)
+        return slice(y0, y1), slice(x0, x1)
+
+
+def area_in_tile(area: Sequence[int], tile: Tile) -> tuple[int, int, int, int] | None:
+    """An area conditioning's box clipped to ``tile`` and placed relative to the tile's origin.
+
+    area: ComfyUI's area, whose last four entries are (h, w, y, x) in latent pixels (earlier entries,
+    e.g. a frame range, are ignored). Returns (h, w, y, x) of the overlap relative to the tile, or None
+    when the area does not touch the tile."""
+    h, w, y, x = area[-4:]
+    y0, x0 = max(y, tile.y), max(x, tile.x)
+    y1, x1 = min(y + h, tile.y + tile.h), min(x + w, tile.x + tile.w)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return y1 - y0, x1 - x0, y0 - tile.y, x0 - tile.x
 
 
 @dataclass
@@ -139,7 +163,7 @@ class TilePlanner:
         self.method, self.height, self.width = method, height, width
         self.clamped = tile_h > height or tile_w > width
         self.tile_h, self.tile_w = min(tile_h, height), min(tile_w, width)
-        if method in ("multidiffusion", "mixture_of_diffusers"):
+        if method in OVERLAPPING:
             if not 0 <= overlap < min(self.tile_h, self.tile_w):
                 raise ValueError(
                     f"overlap {overlap} must be in [0, tile size {min(self.tile_h, self.tile_w)})"
@@ -172,7 +196,7 @@ class TilePlanner:
                 uncovered[:, : xs[0]] = True
             tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
             return StepPlan(tiles, "gaussian", uncovered=uncovered, offset=(oy, ox), image_hw=(H, W))
-        if m in ("multidiffusion", "mixture_of_diffusers"):
+        if m in OVERLAPPING:
             ys, xs = _overlap_origins(H, th, self.overlap), _overlap_origins(W, tw, self.overlap)
             tiles = [Tile(y, x, th, tw) for y in ys for x in xs]
             return StepPlan(tiles, "uniform" if m == "multidiffusion" else "gaussian", image_hw=(H, W))
@@ -290,9 +314,75 @@ class TileSettings:
     reset_interval: int = 4
     seed: int = 0
 
+    @classmethod
+    def from_label(cls, method: str, **values) -> TileSettings:
+        """The settings with ``method`` given by its label (a key of :data:`METHOD_LABELS`, as the node's
+        combo and the demo show it); ``values``: the other fields."""
+        return cls(method=METHOD_LABELS[method], **values)
+
     def latent_tile(self, ratio: int) -> tuple[int, int, int]:
         """(tile_h, tile_w, overlap) in latent pixels for a model with ``ratio`` pixels per latent pixel."""
         return max(1, self.tile_height // ratio), max(1, self.tile_width // ratio), self.overlap // ratio
+
+
+def tile_size_problem(
+    tile_width: int | None, tile_height: int | None, overlap: int | None, method: str | None
+) -> str | None:
+    """The rules on a run's tile sizes in pixels that a range cannot say, for values already in range
+    (``None``: not known yet, skipped): each tile side a multiple of :data:`TILE_MULTIPLE_PX`, and for
+    the :data:`OVERLAPPING` methods (``method``: a ``METHODS`` key) an overlap below the smaller side.
+    Returns None, or a message naming the setting, its value and the fix."""
+    m = TILE_MULTIPLE_PX
+    for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
+        if value is not None and value % m:
+            return f"{name}={value} is not a multiple of {m}: use {value - value % m} or {value - value % m + m}."
+    if method in OVERLAPPING and all(isinstance(v, int) for v in (overlap, tile_width, tile_height)):
+        smallest = min(tile_width, tile_height)
+        if overlap >= smallest:
+            return f"overlap={overlap} must be smaller than the tile ({smallest} px): lower it, e.g. to {smallest // 8}."
+    return None
+
+
+TILED_STATE_TENSORS = 16
+"""Latent-sized float32 tensors alive at the peak of a tiled step: per cond group the blend accumulator,
+the blended output and FSTD's two references (4 x 2 groups), plus the weight sum, the sampler's state
+and the sampler host's copies around it (noise, latent, noised input, output: ~8)."""
+
+
+def tiled_state_bytes(batch: int, channels: int, height: int, width: int) -> int:
+    """Bytes of the latent-sized state of a tiled run (:data:`TILED_STATE_TENSORS` float32 latents of
+    ``batch`` x ``channels`` x ``height`` x ``width``), whatever the number of tiles."""
+    return TILED_STATE_TENSORS * batch * channels * height * width * 4
+
+
+def memory_fix(available: int, state: int, per_tile: int, tile_batch_size: int) -> str | None:
+    """None when a tiled run fits: ``state`` bytes (:func:`tiled_state_bytes`) plus ``per_tile`` bytes of
+    activations for each of ``tile_batch_size`` tiles per model call within ``available`` bytes. Else
+    what to change, as the end of a sentence: the largest tile batch that fits, or smaller tiles, or a
+    smaller image when the latent-sized state alone exceeds the memory."""
+    if state + per_tile * tile_batch_size <= available:
+        return None
+    fits = (available - state) // per_tile if per_tile else 0
+    if fits >= 1:
+        return f"set tile_batch_size to {int(min(fits, tile_batch_size - 1))} or less"
+    if state < available:
+        return "use smaller tiles"
+    return "generate a smaller image (the latent-sized buffers alone exceed the memory)"
+
+
+def pixel_count(size) -> int | None:
+    """Pixels of a size stated as one side (``512``) or a ``(height, width)`` pair; None for anything
+    unusable (a bool, zero, a negative side, not numbers, not one or two values)."""
+    if size is None or isinstance(size, bool):
+        return None
+    try:
+        if isinstance(size, (int, float)):
+            h = w = int(size)
+        else:
+            h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        return None
+    return h * w if h > 0 and w > 0 else None
 
 
 GroupKey = object  # any hashable naming one cond group for a whole run (None: the group is absent)

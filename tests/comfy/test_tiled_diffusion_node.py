@@ -117,13 +117,71 @@ def test_img2img_denoise_and_batches(comfy, tiny_sd15):
     assert not torch.allclose(out[0], out[1])  # each batch item keeps its own input
 
 
-@pytest.mark.parametrize("method", ["FSTD (full coverage)", "MultiDiffusion", "SpotDiffusion"])
-def test_other_methods_sample(comfy, tiny_sd15, method):
+def tile_recorder():
+    """The test pack's tile recorder module (tests/comfy_packs/ultrares_testing/tile_recorder.py)."""
+    import sys
+
+    sys.path.insert(0, "tests/comfy_packs/ultrares_testing")
+    import tile_recorder
+
+    return tile_recorder
+
+
+def direct_blend(latent_hw, boxes, outputs, weighting):
+    """The blend written out: each tile's output [B, C, h, w] placed at its box (y, x, h, w), wrapping
+    around the latent's edges (a rolled grid), weighted by the kernel's blend weights, divided by the
+    summed weights."""
+    from ultrares.kernels.tiling import blend_weights
+
+    H, W = latent_hw
+    acc, total = 0.0, torch.zeros(H, W)
+    for (y, x, h, w), out in zip(boxes, outputs):
+        rows, cols = (torch.arange(y, y + h) % H)[:, None], (torch.arange(x, x + w) % W)[None, :]
+        weight = blend_weights(h, w, weighting)
+        placed = torch.zeros(*out.shape[:-2], H, W)
+        placed[..., rows, cols] = out.float() * weight
+        acc = acc + placed
+        total[rows, cols] += weight
+    assert (total > 0).all()  # these methods cover every latent pixel
+    return acc / total
+
+
+@pytest.mark.parametrize(
+    "method,weighting",
+    [("FSTD (full coverage)", "gaussian"), ("MultiDiffusion", "uniform"), ("SpotDiffusion", "gaussian")],
+)
+def test_other_methods_give_the_model_their_plans_tiles_and_blend_what_it_returns(
+    comfy, tiny_sd15, method, weighting
+):
+    """In every model evaluation the model receives exactly the tiles of the method's kernel plan for
+    that step (found by their values in the latent: placement, size, tile batches, SpotDiffusion's
+    circular shift), and the sampler gets back their blend: the method's weights (uniform for
+    MultiDiffusion, Gaussian otherwise) over what the model returned, written out directly here. The
+    result differs from untiled sampling."""
+    from ultrares.kernels.tiling import TiledRun, TileSettings
+
+    recorder = tile_recorder().TileRecorder()
     model, clip, _ = tiny_sd15
-    out = sample(
-        comfy, tiled(comfy, model, method=method), clip, {"samples": torch.zeros(1, 4, 24, 40)}, steps=2
-    )
-    assert torch.isfinite(out).all()
+    z = {"samples": torch.zeros(1, 4, 24, 40)}  # 192x320 px in 128 px tiles
+    patched = tiled(comfy, recorder.attach(model), method=method)  # the recorder outside the tiled patch
+    out = sample(comfy, patched, clip, z, steps=2, cfg=1.0)
+    assert not torch.allclose(out, sample(comfy, model, clip, z, steps=2, cfg=1.0), atol=1e-3)
+    settings = TileSettings.from_label(method, tile_width=128, tile_height=128, overlap=32, seed=0)
+    planner = TiledRun(settings, 24, 40, ratio=8).planner
+    assert len(recorder.evaluations) == 2  # euler, 2 steps, cfg 1: one evaluation per step
+    rolled = False
+    for step, ev in enumerate(recorder.evaluations):
+        plan = planner.plan(step)
+        assert plan.weighting == weighting
+        (dy, dx), rolled = plan.roll, rolled or plan.roll != (0, 0)
+        expected = [((t.y - dy) % 24, (t.x - dx) % 40, t.h, t.w) for t in plan.tiles]
+        calls = ev.boxes()
+        assert [len(c) for c in calls] == [len(plan.tiles[i : i + 4]) for i in range(0, len(plan.tiles), 4)]
+        assert [box for call in calls for box in call] == expected, f"step {step}"
+        blended = direct_blend((24, 40), expected, torch.cat(ev.outputs).split(1), weighting)
+        torch.testing.assert_close(ev.denoised[0], blended, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ev.denoised[1], torch.zeros_like(blended))  # cfg 1: no uncond
+    assert rolled or method != "SpotDiffusion"  # the shift really moves the grid
 
 
 def test_sdxl_family(comfy, tiny_sdxl):
@@ -142,7 +200,7 @@ def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cro
     import sys
 
     from ultrares.kernels.tiling import Tile
-    from ultrares.nodes.tiled_diffusion import _TileConds
+    from ultrares.nodes._tile_conds import TileConds
 
     sys.path.insert(0, "tests/comfy_packs/ultrares_testing")
     import tiny_models
@@ -158,8 +216,8 @@ def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cro
     untiled.get_control(x, sigma, cond, 1, {})  # prepares untiled.cond_hint for the whole latent
     tiles = [Tile(0, 16, 16, 16), Tile(16, 0, 16, 16)]
     made = {}
-    tiled = _TileConds().crop_control(control, tiles, 1, x, made)
-    assert _TileConds().crop_control(control, tiles, 1, x, made) is tiled  # one copy per call
+    tiled = TileConds().crop_control(control, tiles, 1, x, made)
+    assert TileConds().crop_control(control, tiles, 1, x, made) is tiled  # one copy per call
     assert tiled.model_sampling_current is control.model_sampling_current is not None
     assert tiled.timestep_range == control.timestep_range
     full = untiled.cond_hint
