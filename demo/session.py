@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import math
 import threading
@@ -350,12 +349,6 @@ def model_config(bundle: Bundle) -> dict:
     return dict(cfg.raw) if cfg is not None else {}
 
 
-def remember(bundle: Bundle) -> None:
-    """Offer a model that is already in memory (built by another program) under ``bundle.source``."""
-    _CACHE.clear()
-    _CACHE[bundle.source] = bundle
-
-
 def labels_of(source: str | None) -> list[str]:
     """Class names of an HDiT source ([] for checkpoints, nothing, or a file that does not load)."""
     if not source or not source.startswith(HDIT_PREFIX):
@@ -490,8 +483,3 @@ def latent_view(latent: dict) -> Image.Image:
         z = z[:1].expand(3, *z.shape[1:])
     z = (z - z.mean()) / (4 * z.std().clamp_min(1e-8)) + 0.5
     return to_pil(z.permute(1, 2, 0)[None])
-
-
-def describe_runtime() -> str:
-    r = runtime()
-    return json.dumps({"comfyui": str(r.comfy_path), "device": r.device, "ultrares_nodes": len(r.pack_nodes)})

@@ -215,12 +215,15 @@ def test_inversion_reports_the_psnr_of_its_images(S, T, src):
     assert np.array_equal(pixels(rec), pixels(rec2))
 
 
-def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path):
+def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path, monkeypatch):
+    """A checkpoint from ComfyUI's checkpoints folder goes through the session's own loading (the file
+    listed, CheckpointLoaderSimple, the native size, the cache); the loader is the one substitution the
+    server tests make too: the test pack's stand-in, which builds the tiny SD1.5 for this name."""
     import folder_paths
     from ultrares.kernels import linfusion_distill as ld
     from ultrares.kernels import linfusion_format as fmt
 
-    model, clip, vae = tiny_sd15
+    model, _, vae = tiny_sd15
     folder = tmp_path / "linfusion"
     folder.mkdir()
     specs = ld.specs_for(
@@ -233,15 +236,34 @@ def test_linfusion_timing_on_a_text_model(S, T, tiny_sd15, tmp_path):
         [fmt.build_layer(s) for s in specs.values()],
     )
     folder_paths.add_model_folder_path("linfusion", str(folder))
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "tiny-sd15.safetensors").write_bytes(b"")  # listed by name; the stand-in never reads it
+    folder_paths.add_model_folder_path("checkpoints", str(ckpts))
+    folder_paths.filename_list_cache.pop("checkpoints", None)
+    run_node = S.run_node
+
+    def loader_substituted(node_id, **inputs):
+        if node_id == "CheckpointLoaderSimple":
+            return run_node("UltraResTestCheckpointLoader", ckpt_name=inputs["ckpt_name"], seed=0)
+        return run_node(node_id, **inputs)
+
+    monkeypatch.setattr(S, "run_node", loader_substituted)
+    source = S.CKPT_PREFIX + "tiny-sd15.safetensors"
     try:
         assert "lf-tiny.safetensors" in T.linfusion.linfusion_files()
-        S.remember(S.Bundle(S.CKPT_PREFIX + "tiny-sd15", "checkpoint", model, vae, clip=clip, native=512))
+        assert source in S.sources()
+        bundle = S.load(source)
+        assert bundle.kind == "checkpoint" and bundle.model.model is model.model  # the loader's clone
+        assert bundle.vae is vae and bundle.clip is not None and bundle.native == 512
+        assert S.load(source) is bundle  # cached
         base, lin, table = T.linfusion.linfusion_timing(
-            S.CKPT_PREFIX + "tiny-sd15", "lf-tiny.safetensors", "a cat", width=64, height=64, steps=1
+            source, "lf-tiny.safetensors", "a cat", width=64, height=64, steps=1
         )
     finally:
-        folder_paths.folder_names_and_paths["linfusion"][0].remove(str(folder))
-        folder_paths.filename_list_cache.pop("linfusion", None)
+        for name, path in (("linfusion", folder), ("checkpoints", ckpts)):
+            folder_paths.folder_names_and_paths[name][0].remove(str(path))
+            folder_paths.filename_list_cache.pop(name, None)
     assert base.size == lin.size == (64, 64)
     assert "| softmax attention |" in table and "| LinFusion |" in table and "latent tokens" in table
     assert np.abs(pixels(base) - pixels(lin)).mean() > 0.1  # the attention really was replaced
