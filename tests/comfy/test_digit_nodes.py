@@ -5,6 +5,7 @@ its no-silent-overwrite rule, decoding, and the bad-input messages."""
 from __future__ import annotations
 
 import os
+import re
 
 import folder_paths
 import numpy as np
@@ -193,6 +194,19 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def test_a_file_gone_since_the_list_was_read_is_refused_by_name(comfy, embedded, monkeypatch):
+    """A file listed at queue time but not found at run time (removed in between) is refused naming the
+    input, the file and the folder, as the LinFusion and CLEAR loaders do (nodes/_paths.model_file)."""
+    monkeypatch.setattr(folder_paths, "get_full_path", lambda folder, name: None)
+    for node, name, file in (
+        ("UltraResDiGITCodebookLoader", "codebook_name", CODEBOOK),
+        ("UltraResDiGITEncoderLoader", "encoder_name", ENCODER),
+    ):
+        want = rf"^{name} '{re.escape(file)}' is not in models/digit; put the file there and refresh\.$"
+        with pytest.raises(ValueError, match=want):
+            comfy.run_node(node, **{name: file})
 
 
 def test_hostile_files_give_named_messages_and_run_nothing(comfy, digit_dir):
