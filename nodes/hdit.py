@@ -13,9 +13,7 @@ The latent comes from the stock ``EmptyChromaRadianceLatentImage`` (a zero [B, 3
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 
 import comfy.conds
 import comfy.latent_formats
@@ -26,7 +24,6 @@ import comfy.sd
 import comfy.supported_models_base
 import folder_paths
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..kernels import hdit as H
@@ -37,7 +34,6 @@ from ._inputs import links_and_nulls
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
-UNCOND = -1  # class id meaning "the model's unconditional row"
 
 
 class HDiTPixelLatent(comfy.latent_formats.ChromaRadiance):
@@ -84,11 +80,11 @@ def memory_usage_factor_for(cfg: hdit_format.HDiTConfig, dtype: torch.dtype) -> 
 
 
 class HDiTAdapter(torch.nn.Module):
-    """ComfyUI's ``diffusion_model`` call -> HDiT inner model.
+    """ComfyUI's ``diffusion_model`` call -> HDiT inner model (:meth:`kernels.hdit.HDiT.forward_any_size`:
+    any size from its minimum up, class ids with UNCOND for the unconditional row).
 
     ComfyUI passes ``c_in * x`` and ``t = ln(sigma) / 4`` (ModelSamplingContinuousEDM.timestep);
-    HDiT takes raw sigma, so ``sigma = exp(4 t)``. Inputs whose side is not a multiple of the model's
-    patch grid are padded (reflect) and cropped back.
+    HDiT takes raw sigma, so ``sigma = exp(4 t)``.
     """
 
     def __init__(self, inner: H.HDiT):
@@ -99,74 +95,16 @@ class HDiTAdapter(torch.nn.Module):
     def dtype(self):
         return next(self.inner.parameters()).dtype
 
-    def min_size(self) -> tuple[int, int]:
-        """Smallest (height, width) in pixels the model samples: every neighborhood-attention level
-        needs ``kernel_size * dilation`` tokens per side; sides are padded to ``size_multiple``."""
-        inner = self.inner
-        (mh, mw), (ph, pw) = inner.size_multiple, inner.patch_size
-        need_h, need_w = mh, mw
-        for i, lv in enumerate(inner.levels):
-            sa = lv.self_attn
-            if isinstance(sa, H.NeighborhoodAttentionSpec):
-                need_h = max(need_h, sa.kernel_size * sa.dilation * ph * 2**i)
-                need_w = max(need_w, sa.kernel_size * sa.dilation * pw * 2**i)
-        return -(-need_h // mh) * mh, -(-need_w // mw) * mw
-
-    def size_problem(self, h: int, w: int) -> str | None:
-        min_h, min_w = self.min_size()
-        if h >= min_h and w >= min_w:
-            return None
-        return (
-            f"HDiT: this model needs images of at least {min_w}x{min_h} px (width x height); got {w}x{h} px, too "
-            f"small for its attention windows. Set width and height to at least {min_w} and {min_h} (e.g. on "
-            f"EmptyChromaRadianceLatentImage; with tiling, the tile size), or sample larger and downscale."
-        )
-
-    def class_problem(self, ids: torch.Tensor) -> str | None:
-        """Class ids must be 0..num_classes-1, or UNCOND (-1) for the model's unconditional row."""
-        ids = torch.as_tensor(ids).reshape(-1).long()
-        emb = self.inner.class_emb
-        if emb is None:
-            bad = ids[ids != UNCOND]
-            if bad.numel():
-                return (
-                    f"UltraResHDiTClass: class_id {int(bad[0])} was given, but this HDiT is unconditional "
-                    f"(num_classes 0); turn on 'unconditional' on UltraResHDiTClass."
-                )
-            return None
-        n = emb.num_embeddings - 1  # dataset classes; the last embedding row is the unconditional one
-        bad = ids[(ids < UNCOND) | (ids >= n)]
-        if bad.numel():
-            return (
-                f"UltraResHDiTClass: class_id {int(bad[0])} is out of range for this HDiT, which has {n} classes "
-                f"(ids 0-{n - 1}); use a smaller id, or turn on 'unconditional' for unconditional sampling."
-            )
-        return None
+    def class_problem(self, ids) -> str | None:
+        problem = self.inner.class_problem(ids)
+        return problem and f"UltraResHDiTClass: {problem}"
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
         sigma = torch.exp(4 * timesteps.float()).to(x.dtype)
         class_cond = kwargs.get(COND_KEY)
         if class_cond is not None and (problem := self.class_problem(class_cond)):
             raise ValueError(problem)
-        if self.inner.class_emb is not None:
-            n = self.inner.class_emb.num_embeddings
-            if class_cond is None:
-                class_cond = torch.full((x.shape[0],), n - 1, dtype=torch.long, device=x.device)
-            else:
-                class_cond = class_cond.to(x.device).long().reshape(-1)
-                class_cond = torch.where(class_cond == UNCOND, torch.full_like(class_cond, n - 1), class_cond)
-        else:
-            class_cond = None
-        h, w = x.shape[-2:]
-        if problem := self.size_problem(h, w):
-            raise ValueError(problem)
-        mh, mw = self.inner.size_multiple
-        ph, pw = (-h) % mh, (-w) % mw
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.inner(x, sigma, class_cond=class_cond)
-        return out[..., :h, :w]
+        return self.inner.forward_any_size(x, sigma, class_cond)
 
 
 class HDiTComfyModel(comfy.model_base.BaseModel):
@@ -188,7 +126,7 @@ class HDiTComfyModel(comfy.model_base.BaseModel):
         if (
             torch.is_tensor(noise)
             and noise.ndim == 4
-            and (problem := self.diffusion_model.size_problem(*noise.shape[-2:]))
+            and (problem := self.diffusion_model.inner.size_problem(*noise.shape[-2:]))
         ):
             raise ValueError(problem)
         cls = kwargs.get(COND_KEY)
@@ -225,25 +163,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_hdit_file(path: str, dtype: str = "float32", name: str | None = None):
     """``(MODEL, HDiTConfig)`` from an HDiT file; ``name`` (default: the base name) is how messages
     call the file, the node passes its name relative to the models folder (never an absolute path)."""
-    name = name or os.path.basename(path)
     try:
-        inner, cfg = hdit_format.load_checkpoint(path, name=name)
+        inner, cfg = hdit_format.open_checkpoint(path, name=name)
     except hdit_format.HDiTLoadError as e:
         raise ValueError(f"UltraResHDiTLoader: {e}") from None
-    except MemoryError:
-        raise ValueError(
-            f"UltraResHDiTLoader: not enough memory to load {name}; free memory (unload other "
-            f"models) or use a smaller model."
-        ) from None
-    except (
-        Exception
-    ) as e:  # anything else is a bug or a file we did not foresee: say which file, log the rest
-        logging.exception("UltraResHDiTLoader: loading %s failed", name)
-        raise ValueError(
-            f"UltraResHDiTLoader: cannot load {name}: unexpected {type(e).__name__} while reading it "
-            f"(details in the ComfyUI log). Check that it is a k-diffusion image_transformer_v2 "
-            f"checkpoint."
-        ) from None
     return build_comfy_model(inner, cfg, DTYPES[dtype]), cfg
 
 
@@ -370,9 +293,9 @@ class UltraResHDiTClass(io.ComfyNode):
             raise ValueError(f"UltraResHDiTClass: {v}")
         class_id, unconditional = v.class_id, v.unconditional
         placeholder = torch.zeros(1, 1, 1)
-        pos_id = UNCOND if unconditional else int(class_id)
+        pos_id = H.UNCOND if unconditional else int(class_id)
         pos = [[placeholder, {COND_KEY: torch.tensor([pos_id])}]]
-        neg = [[placeholder.clone(), {COND_KEY: torch.tensor([UNCOND])}]]
+        neg = [[placeholder.clone(), {COND_KEY: torch.tensor([H.UNCOND])}]]
         return io.NodeOutput(pos, neg)
 
 

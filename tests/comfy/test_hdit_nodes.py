@@ -411,7 +411,7 @@ def test_too_small_images_refused_in_pixels(comfy):
     model, _, _ = comfy.run_node(
         "UltraResHDiTLoader", model_name="ultrares-emoji64.safetensors", weight_dtype="float32"
     )
-    assert model.model.diffusion_model.min_size() == (64, 64)  # level 1: 7 tokens x 4 px patch x 2
+    assert model.model.diffusion_model.inner.min_size() == (64, 64)  # level 1: 7 tokens x 4 px patch x 2
     pos, neg = comfy.run_node("UltraResHDiTClass", class_id=0, unconditional=False)
     calls = []
     m = model.clone()
