@@ -13,8 +13,8 @@ A technique whose sampler is a plain loop over a denoiser ``D(x, sigma) -> x0`` 
 
 Also here, once for every node file: the latent checks (:func:`image_samples`, :func:`check_image_tensor`,
 :func:`check_channels`), :func:`model_family`, the model's noise space (:func:`check_sigma_space`), whether
-a wrapper decides what the model sees (:func:`model_sees_full_latent`), and the one reader of the relay
-settings a model was trained with (:func:`trained_relay`, parsed once when the model was loaded).
+a wrapper decides what the model sees (:func:`model_sees_full_latent`), and a model's trained relay
+settings over the node's (:func:`with_trained_relay`, read by ``kernels.hdit_format.trained_relay``).
 """
 
 from __future__ import annotations
@@ -137,18 +137,11 @@ def model_sees_full_latent(model) -> bool:
     )
 
 
-def trained_relay(model) -> R.TrainedRelay | None:
-    """The relay settings ``model`` (a ModelPatcher or BaseModel; None allowed) was trained for: the
-    HDiT config's ``relay`` section, parsed and checked once when the file was loaded
-    (``kernels.hdit_format.HDiTConfig.relay``); None for every other model."""
-    cfg = getattr(getattr(model, "model", model), "hdit_config", None)
-    return cfg.relay if isinstance(cfg, hdit_format.HDiTConfig) else None
-
-
 def with_trained_relay(settings: R.RelaySettings, model, who: str) -> R.RelaySettings:
     """``settings`` with the trained blur/noise settings of a relay-trained ``model`` (unchanged for
-    others); a model trained with blurring refuses another block size, naming the node ``who``."""
-    trained = trained_relay(model)
+    others; ``model`` a ModelPatcher or BaseModel, read by ``kernels.hdit_format.trained_relay``); a model
+    trained with blurring refuses another block size, naming the node ``who``."""
+    trained = hdit_format.trained_relay(model)
     if trained is None:
         return settings
     try:

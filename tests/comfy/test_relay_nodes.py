@@ -134,6 +134,20 @@ def test_relay_sigmas_truncate_the_models_own_grid(comfy, tiny_sd15):
     assert len(sig) - 1 <= 15  # over half of the 30 nominal steps are skipped
 
 
+def test_relay_sigmas_range_refused_at_queue_time_by_the_kernels_check(comfy, tiny_sd15):
+    """A truncation outside the sigma range typed on the node is refused at queue time with the text of
+    the kernel's one check (kernels.relay.truncation_problem), the one the run raises on the model's range."""
+    model, _, _ = tiny_sd15
+    base = dict(steps=10, truncation_sigma=0.9, rho=7.0)
+    for lo, hi in ((2.0, 1.0), (0.95, 0.0), (0.0, 0.5)):
+        msg = comfy.validate("UltraResRelaySigmas", **base, sigma_min=lo, sigma_max=hi)
+        assert msg == R.truncation_problem(0.9, lo, hi) and msg, (lo, hi, msg)
+        with pytest.raises(ValueError) as e:
+            comfy.run_node("UltraResRelaySigmas", model=model, **base, sigma_min=lo, sigma_max=hi)
+        assert str(e.value) == msg
+    assert comfy.validate("UltraResRelaySigmas", **base, sigma_min=0.5, sigma_max=2.0) is True
+
+
 def test_relay_upscale_starts_at_truncation_and_doubles(comfy, tiny_sd15, conds):
     model, _, _ = tiny_sd15
     pos, neg = conds
