@@ -84,9 +84,10 @@ def trained_relay(model) -> TrainedRelay | None:
 
     ``model``: anything that carries its :class:`HDiTConfig` as ``hdit_config``, itself or through its
     ``.model`` (ComfyUI's ModelPatcher around the BaseModel that ``nodes/hdit.py`` builds); None for
-    every other model, and for None."""
+    every other model, and for None. Read by attribute, not by class: ComfyUI loads the pack under its
+    path-derived module name, so the demo's ``ultrares.kernels`` classes are copies of the node's."""
     cfg = getattr(getattr(model, "model", model), "hdit_config", None)
-    return cfg.relay if isinstance(cfg, HDiTConfig) else None
+    return getattr(cfg, "relay", None)
 
 
 # sane bounds for sizes declared in a config (checked before anything is built; the largest

@@ -143,6 +143,10 @@ def test_trained_relay_is_read_from_the_config_parsed_at_load():
     base = _Holder(hdit_config=cfg)  # a BaseModel carrying the config
     assert hdit_format.trained_relay(base) is cfg.relay
     assert hdit_format.trained_relay(_Holder(model=base)) is cfg.relay  # a ModelPatcher around it
+    # read by attribute: ComfyUI's copy of the pack (its own HDiTConfig class) reads the same way
+    assert (
+        hdit_format.trained_relay(_Holder(model=_Holder(hdit_config=_Holder(relay=cfg.relay)))) is cfg.relay
+    )
     plain = _Holder(model=_Holder(hdit_config=hdit_format.parse_config(SMALL)))
     for other in (plain, _Holder(model=_Holder()), None, _Holder(hdit_config={"relay": sec})):
         assert hdit_format.trained_relay(other) is None
