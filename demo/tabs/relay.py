@@ -8,6 +8,7 @@ import time
 
 import gradio as gr
 from PIL import Image
+from ultrares.kernels.hdit_format import trained_relay
 
 from .. import defaults as D
 from .. import session as S
@@ -21,11 +22,6 @@ DEMO_CFG = (
 )
 BASE_STEPS = 20  # stage one, when no image is uploaded
 DEFAULTS = D.of("relay", dict(model=RELAY_MODEL, example="apple.png", seed=0))
-
-
-def trained(bundle: S.Bundle):
-    """The relay settings a relay-trained model carries (kernels.relay.TrainedRelay), else None."""
-    return S.trained_relay(bundle)
 
 
 def default_source(shared: _ui.Shared) -> str | None:
@@ -42,7 +38,7 @@ def model_settings(source: str | None) -> dict:
     }
     out.update(relay_settings="inputs", cfg=DEMO_CFG)
     if source and source.startswith(S.HDIT_PREFIX) and source[len(S.HDIT_PREFIX) :] in S.hdit_files():
-        t = trained(S.load(source))
+        t = trained_relay(S.load(source).model)
         if t is not None:
             out.update(
                 factor=t.settings.patch,
@@ -93,7 +89,7 @@ def relay_stages(
     S.validate(NODE, **settings)  # the node's ranges and rules, before any sampling
     factor, steps = int(settings["factor"]), int(settings["steps"])
     bundle = S.load(source)
-    t = trained(bundle)
+    t = trained_relay(bundle.model)  # the relay settings it was trained with, else None
     if t is not None and settings["relay_settings"] == "model" and factor != t.settings.patch:
         raise S.UserError(
             f"{bundle.source[len(S.HDIT_PREFIX) :]} was trained to relay x{t.settings.patch}: set Factor to "

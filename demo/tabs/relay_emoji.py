@@ -14,6 +14,7 @@ import time
 import gradio as gr
 import torch
 from PIL import Image, ImageDraw
+from ultrares.kernels.hdit_format import trained_relay
 
 from .. import defaults as D
 from .. import session as S
@@ -46,7 +47,7 @@ def relay_inputs(relay: S.Bundle, seed: int) -> dict:
     """UltraResRelayUpscale's inputs for the relay model: its trained schedule (steps, truncation
     sigma, rho) and x{patch} factor, relay_settings "model" (the trained blur / noise settings; the
     same values are typed into the widgets, as in the workflow), cfg 1 (unconditional model)."""
-    trained = S.trained_relay(relay)
+    trained = trained_relay(relay.model)
     if trained is None:
         raise S.UserError(
             f"{RELAY_MODEL} has no relay settings in its metadata: it is not a relay-trained model. "
