@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from hdit_layout import SMALL
+from hdit_layout import SMALL, random_official_state_dict, small_keys
 from ultrares.kernels import hdit, hdit_format, relay
 from ultrares.kernels.hdit_format import HDiTLoadError
 
@@ -72,8 +72,8 @@ def test_min_size_is_the_smallest_size_the_model_runs(patch, attns):
 
 
 def test_forward_any_size_pads_crops_and_maps_the_unconditional_row():
-    torch.manual_seed(0)
     model = hdit_format.build_model(SMALL).eval()  # 5 classes + the unconditional row, size multiple 16
+    hdit_format.load_state_dict_strict(model, random_official_state_dict(small_keys()))  # no zero head
     assert model.size_multiple == (16, 16) and model.min_size() == (16, 16)
     n = model.num_classes - 1
     x, sigma = torch.randn(2, 3, 20, 30), torch.tensor([0.7, 2.0])
@@ -83,6 +83,7 @@ def test_forward_any_size_pads_crops_and_maps_the_unconditional_row():
         # the same by hand: reflect-pad to 32 x 32, the unconditional id as the last embedding row, crop
         want = model(F.pad(x, (0, 2, 0, 12), mode="reflect"), sigma, class_cond=torch.tensor([3, n]))
         torch.testing.assert_close(got, want[..., :20, :30])
+        assert (got[1] - model.forward_any_size(x, sigma, torch.tensor([3, 0]))[1]).abs().max() > 1e-4
         # no ids: unconditional for every image
         free = model.forward_any_size(x[:1], sigma[:1])
         torch.testing.assert_close(
