@@ -22,7 +22,6 @@ import os
 
 import comfy.model_base
 import comfy.patcher_extension
-import folder_paths
 import torch
 from comfy_api.latest import io
 
@@ -30,6 +29,7 @@ from ..kernels import clear as K
 from ..kernels import clear_format as fmt
 from ._common import check_inputs
 from ._inputs import links_and_nulls
+from ._paths import model_file, model_files
 from ._sampling import model_family
 
 CATEGORY = "UltraRes/clear"
@@ -168,14 +168,8 @@ def patch_model(
     return m
 
 
-def _files() -> list[str]:
-    return sorted(f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".safetensors"))
-
-
 def load_file(clear_name: str) -> fmt.ClearFile:
-    path = folder_paths.get_full_path(FOLDER, clear_name) if isinstance(clear_name, str) else None
-    if path is None:
-        raise ValueError(f"clear_name '{clear_name}' is not in models/clear; put the file there and refresh.")
+    path = model_file(FOLDER, "clear_name", clear_name)
     try:
         return fmt.read_clear(path, name=clear_name)
     except fmt.ClearFormatError as exc:
@@ -197,7 +191,7 @@ class UltraResCLEARLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "clear_name",
-                    options=_files(),
+                    options=model_files(FOLDER, (".safetensors",)),
                     tooltip="A CLEAR .safetensors in models/clear (keep the official name: it carries the window "
                     "and the down factor).",
                 ),
