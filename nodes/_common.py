@@ -87,19 +87,6 @@ def require_image_latent(samples: torch.Tensor, node: str, frame_axis: bool = Fa
     )
 
 
-def check_choice(name: str, value: str, options, hint: str = "") -> bool | str:
-    """``validate_inputs`` helper: ComfyUI 0.3.75 does not check V3 combo values at queue time.
-
-    Returns True, or a message naming the input, the bad value and (the first 12 of) the choices."""
-    try:
-        if value in options:
-            return True
-    except TypeError:  # an unhashable value (a list from a hand-written prompt) against a set of options
-        pass
-    shown = ", ".join(str(o) for o in list(options)[:12]) or "(none)"
-    return f"{name}={show_value(value)} is not one of: {shown}{hint}"
-
-
 _SHOW_LIMIT = 60  # characters of a bad value shown back to the user
 
 

@@ -138,11 +138,10 @@ def test_unknown_input_name_is_a_programming_error(check, tiled):
         check(tiled, not_an_input=1)
 
 
-def test_check_choice_unhashable(comfy):
-    from ultrares.nodes._common import check_choice
-
-    _clean(check_choice("mode", ["x"], {"a", "b"}), "mode=['x']", "is not one of")
-    assert check_choice("mode", "a", {"a", "b"}) is True
+def test_an_unhashable_combo_value_is_refused_by_name(check, tiled):
+    """A list from a hand-written prompt (not a link) for a COMBO: a message, not a TypeError."""
+    _clean(check(tiled, method=["x"]), "method=['x']", "is not one of")
+    _clean(check(tiled, method=[["x"], 0]), "method=", "is not one of")
 
 
 # ---------------------------------------------------------------------------------------------
