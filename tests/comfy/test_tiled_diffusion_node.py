@@ -25,15 +25,12 @@ def encode(comfy, clip, text):
     return comfy.run_node("CLIPTextEncode", clip=clip, text=text)[0]
 
 
-def sample(
-    comfy, model, clip, latent, steps=3, sampler="euler", scheduler="normal", denoise=1.0, cfg=5.0, pos=None
-):
-    pos = pos or encode(comfy, clip, "a castle on a hill")
-    neg = encode(comfy, clip, "")
+def ksampler(comfy, model, pos, neg, latent, steps=1, cfg=1.0, sampler="euler", scheduler="simple", **kw):
+    """The stock KSampler (seed 3, denoise 1 unless given): the sampled latent tensor."""
+    args = {"seed": 3, "denoise": 1.0, **kw}
     (out,) = comfy.run_node(
         "KSampler",
         model=model,
-        seed=3,
         steps=steps,
         cfg=cfg,
         sampler_name=sampler,
@@ -41,9 +38,15 @@ def sample(
         positive=pos,
         negative=neg,
         latent_image=latent,
-        denoise=denoise,
+        **args,
     )
     return out["samples"]
+
+
+def sample(comfy, model, clip, latent, steps=3, scheduler="normal", cfg=5.0, pos=None, **kw):
+    """An SD prompt (a castle; empty negative), 3 euler steps at cfg 5 unless given."""
+    pos = pos or encode(comfy, clip, "a castle on a hill")
+    return ksampler(comfy, model, pos, encode(comfy, clip, ""), latent, steps, cfg, scheduler=scheduler, **kw)
 
 
 def count_calls(model):
@@ -75,12 +78,24 @@ def test_samples_with_stock_samplers_and_evaluates_only_tiles(comfy, tiny_sd15, 
 
 
 def test_tiling_changes_the_result_but_stays_close_in_statistics(comfy, tiny_sd15):
+    """FSTD in 2x2 tiles changes the sample (the patch acts) but keeps it: each channel's spread within
+    10 % of the untiled sample's (measured 2-4 %; strips left without a prediction: 17-20 %; a blend
+    30 % too strong: 120 %), and the tiled sample far closer to the untiled one from the same noise
+    than an untiled sample from other noise is (measured 0.42 of that distance; tile predictions
+    blended at each other's places: 1.0)."""
     model, clip, _ = tiny_sd15
     z = {"samples": torch.zeros(1, 4, 32, 32)}
     plain = sample(comfy, model, clip, z)
     tiles = sample(comfy, tiled(comfy, model), clip, z)
     assert not torch.allclose(plain, tiles)
-    assert abs(float(plain.std()) - float(tiles.std())) < 0.5 * float(plain.std())
+    spread = (plain.std(dim=(0, 2, 3)), tiles.std(dim=(0, 2, 3)))
+    assert ((spread[1] - spread[0]).abs() < 0.1 * spread[0]).all(), spread
+    other_noise = sample(comfy, model, clip, z, seed=4)
+    distance = (
+        float((tiles - plain).pow(2).mean().sqrt()),
+        float((other_noise - plain).pow(2).mean().sqrt()),
+    )
+    assert distance[0] < 0.6 * distance[1], distance
 
 
 @pytest.mark.parametrize("denoise,batch", [(1.0, 1), (0.4, 2)])
@@ -407,20 +422,7 @@ def record_model_inputs(model):
 
 def ksample_family(comfy, tm, family, model, latent, pos=None, steps=1, cfg=1.0):
     pos = pos or tm.family_conditioning(family, 1, seed=1)
-    (out,) = comfy.run_node(
-        "KSampler",
-        model=model,
-        seed=3,
-        steps=steps,
-        cfg=cfg,
-        sampler_name="euler",
-        scheduler="simple",
-        positive=pos,
-        negative=tm.family_conditioning(family, 1, seed=2),
-        latent_image=latent,
-        denoise=1.0,
-    )
-    return out["samples"]
+    return ksampler(comfy, model, pos, tm.family_conditioning(family, 1, seed=2), latent, steps, cfg)
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
@@ -515,20 +517,8 @@ def test_flux_fill_inpaint_concat_is_cropped_with_its_tile(comfy):
             tile_batch_size=1,
         )
     )
-    (out,) = comfy.run_node(
-        "KSampler",
-        model=spied,
-        seed=3,
-        steps=1,
-        cfg=1.0,
-        sampler_name="euler",
-        scheduler="simple",
-        positive=pos,
-        negative=neg,
-        latent_image=lat,
-        denoise=1.0,
-    )
-    assert torch.isfinite(out["samples"]).all()
+    out = ksampler(comfy, spied, pos, neg, lat)
+    assert torch.isfinite(out).all()
     plan = TilePlanner("multidiffusion", h // 8, w // 8, 8, 8, overlap=2).plan(0)
     assert len(calls) == len(plan.tiles) > 1
     for tile, (s, kwargs, _) in zip(plan.tiles, calls):
@@ -588,22 +578,10 @@ def test_flux_controlnet_vae_hint_is_encoded_once_per_run_and_cropped_per_tile(c
             overlap=16,
             tile_batch_size=1,
         )
-        (out,) = comfy.run_node(
-            "KSampler",
-            model=m,
-            seed=3,
-            steps=2,
-            cfg=1.0,
-            sampler_name="euler",
-            scheduler="simple",
-            positive=pos,
-            negative=neg,
-            latent_image={"samples": torch.zeros(1, 16, 16, 24)},
-            denoise=1.0,
-        )
+        out = ksampler(comfy, m, pos, neg, {"samples": torch.zeros(1, 16, 16, 24)}, steps=2)
     finally:
         hook.remove()
-    assert torch.isfinite(out["samples"]).all()
+    assert torch.isfinite(out).all()
     assert len(encoded) == 1 and tuple(encoded[0].shape[-2:]) == (16, 24)  # the whole hint, once
     full = control.latent_format.process_in(encoded[0])
     tiles = TilePlanner("multidiffusion", 16, 24, 8, 8, overlap=2).plan(0).tiles
@@ -656,16 +634,4 @@ def test_a_failure_while_the_control_hint_is_prepared_is_not_swallowed(comfy, mo
         comfy, model, method="MultiDiffusion", tile_width=64, tile_height=64, overlap=16, tile_batch_size=1
     )
     with pytest.raises(AttributeError, match="model_patches_models"):
-        comfy.run_node(
-            "KSampler",
-            model=m,
-            seed=3,
-            steps=1,
-            cfg=1.0,
-            sampler_name="euler",
-            scheduler="simple",
-            positive=pos,
-            negative=neg,
-            latent_image={"samples": torch.zeros(1, 16, 16, 24)},
-            denoise=1.0,
-        )
+        ksampler(comfy, m, pos, neg, {"samples": torch.zeros(1, 16, 16, 24)})
