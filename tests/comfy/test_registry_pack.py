@@ -83,6 +83,13 @@ def _running_version(comfy) -> str:
     return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
 
 
+def test_class_names_are_the_node_ids(comfy):
+    """A node's Python class is named as its node id, so a traceback, a grep and a workflow agree."""
+    assert comfy.pack_nodes
+    wrong = {i: comfy.nodes[i].__name__ for i in comfy.pack_nodes if comfy.nodes[i].__name__ != i}
+    assert not wrong, f"class name != node id: {wrong}"
+
+
 def test_help_block_is_what_the_default_version_serves(comfy):
     """The pages are generated on the default ComfyUI (0.30.0) and checked on the floor too: the block's
     input comes from the live /object_info entry, with only the output names taken from our schema. On
