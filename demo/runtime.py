@@ -5,17 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-# The host's names the demo and older callers use (scripts/node_help.py, scripts/linfusion_distill.py
-# and tests/comfy/test_registry_pack.py still import them from here).
-from ultrares.devtools.comfy_host import (  # noqa: F401
-    DEFAULT_COMFYUI_VERSION,
-    TESTED_COMFYUI_VERSIONS,
-    ComfyNotFound,
-    Runtime,
-    boot,
-    comfy_root,
-    put_comfy_on_path,
-)
+from ultrares.devtools.comfy_host import ComfyNotFound, Runtime, boot  # noqa: F401 (the demo's names for them)
 
 
 def progress_hook(report: Callable[[int, int], None]):

@@ -38,7 +38,7 @@ PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16"
 
 
 def _boot_comfyui(comfyui: str | None, device: str) -> None:
-    from ultrares.demo.runtime import ComfyNotFound, comfy_root, put_comfy_on_path
+    from ultrares.devtools.comfy_host import ComfyNotFound, comfy_root, put_comfy_on_path
 
     try:
         root = comfyui or str(comfy_root())

@@ -145,7 +145,7 @@ def stub(node_id: str, info: dict) -> str:
 
 def pack_infos() -> dict[str, dict]:
     """Every UltraRes node's /object_info entry, from ComfyUI booted in this process on the CPU."""
-    from ultrares.demo.runtime import boot  # "ultrares" is this checkout (make setup links it)
+    from ultrares.devtools.comfy_host import boot  # "ultrares" is this checkout (make setup links it)
 
     runtime = boot(cpu=True)
     infos = {}

@@ -95,7 +95,7 @@ def test_help_block_is_what_the_default_version_serves(comfy):
     input comes from the live /object_info entry, with only the output names taken from our schema. On
     the default version that is exactly what the server serves; on the floor (0.3.75) the served names
     differ only where the schema names an output by id alone (0.3.75 serves its type there)."""
-    from ultrares.demo.runtime import DEFAULT_COMFYUI_VERSION
+    from ultrares.devtools.comfy_host import DEFAULT_COMFYUI_VERSION
 
     default = _running_version(comfy) == DEFAULT_COMFYUI_VERSION
     for node_id in comfy.pack_nodes:
@@ -207,7 +207,7 @@ def test_requires_comfyui_is_the_tested_range(comfy):
     releases between them, and nothing older than the floor or at/after the next untested minor."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
-    from ultrares.demo.runtime import TESTED_COMFYUI_VERSIONS
+    from ultrares.devtools.comfy_host import TESTED_COMFYUI_VERSIONS
 
     spec = SpecifierSet(_pyproject()["tool"]["comfy"]["requires-comfyui"])
     running = (Path(comfy.comfy_path) / "comfyui_version.py").read_text()
@@ -253,6 +253,8 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
         ".comfyui/0.30.0/ComfyUI/main.py",
         "bench_results/x.json",
         ".ci/run",
+        "bench/bench_clear.py",
+        "devtools/compat_matrix.py",
     ]
     out = subprocess.run(
         ["git", "-c", "core.excludesFile=.comfyignore", "check-ignore", "--no-index", "--stdin"],
@@ -266,6 +268,7 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
         p
         for p in probe
         if p.split("/")[0] in ("nodes", "kernels", "models", "web")
+        or p == "devtools/comfy_host.py"
         or re.fullmatch(r"workflows/[^/]+\.(json|jpg)", p)
         or re.fullmatch(r"subgraphs/[^/_][^/]*\.json", p)
         or p
@@ -281,9 +284,9 @@ def test_comfyignore_keeps_runtime_files_and_drops_development_files():
     must_drop = [
         p
         for p in probe
-        if p.split("/")[0] in ("tests", "docs", "demo", "bench_results", ".ci", ".venv", ".comfyui")
+        if p.split("/")[0] in ("tests", "docs", "demo", "bench", "bench_results", ".ci", ".venv", ".comfyui")
         or p.startswith(("workflows/specs/", "scripts/assets/"))
-        or p in ("scripts/setup.sh", "subgraphs/_build.py")
+        or p in ("scripts/setup.sh", "subgraphs/_build.py", "devtools/compat_matrix.py")
     ]
     assert must_ship and must_drop
     assert [p for p in must_ship if p in ignored] == [], "runtime files left out of the registry zip"

@@ -324,14 +324,15 @@ def test_app_without_any_model_says_how_to_get_one(S, T, monkeypatch):
 
 
 def test_command_line_defaults_and_bad_comfyui_path(monkeypatch, tmp_path):
-    from ultrares.demo import app, runtime
+    from ultrares.demo import app
+    from ultrares.devtools import comfy_host
 
     args = app.parse_args([])
     assert (args.host, args.port, args.share, args.cpu) == ("127.0.0.1", 7860, False, False)
     assert app.parse_args(["--port", "7999", "--share"]).port == 7999
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
-    with pytest.raises(runtime.ComfyNotFound, match=f"{tmp_path}.*COMFYUI_PATH"):
-        runtime.comfy_root()
+    with pytest.raises(comfy_host.ComfyNotFound, match=f"{tmp_path}.*COMFYUI_PATH"):
+        comfy_host.comfy_root()
 
 
 def test_controls_take_their_ranges_from_the_node_schemas(S, T):

@@ -74,13 +74,7 @@ def test_demo_reaches_nodes_only_by_id_and_tabs_do_not_import_each_other(path):
 
 # What the second pass on the house has not reached yet (issue "The house, second pass"): each is a
 # strict xfail, so it turns into a failure the day it is fixed and its entry must then go.
-KNOWN = {
-    "scripts/compat_table.py": "imports tests/compat_matrix.py: the matrix declaration belongs in a shared dev-tools module",
-    "scripts/workflow_builder.py": "boots ComfyUI through tests/harness: needs the shared ComfyUI host",
-    "nodes/hdit.py": "375 lines: the minimum-size logic and loader checks belong in kernels/hdit*.py",
-    "nodes/relay.py": "431 lines: mostly schemas and tooltips, which must stay identical",
-    "nodes/tiled_diffusion.py": "over 600 lines: the conditioning crops and memory checks need splitting",
-}
+KNOWN: dict[str, str] = {}  # path -> why it is not there yet
 
 
 def _params(paths: list[Path]) -> list:
