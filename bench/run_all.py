@@ -1,4 +1,5 @@
-"""Run every ``bench/bench_*.py`` and print its table; save ``bench_results/<name>.json``.
+"""Run every ``bench/bench_*.py`` and print its table; save ``bench_results/<name>.json``
+(``bench_results/quick/<name>.json`` with ``--quick``, which git ignores).
 
 Each bench module defines ``run(quick: bool) -> dict`` returning
 ``{"title": str, "columns": [str, ...], "rows": [[...], ...], "notes": [str, ...], "targets": {...}}``.
@@ -63,7 +64,11 @@ def main() -> int:
         print(f"### {result['title']}\n{format_table(result)}")
         for note in result.get("notes", []):
             print(f"- {note}")
-        with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        folder = (
+            os.path.join(RESULTS, "quick") if args.quick else RESULTS
+        )  # a smoke run never replaces the figures
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
             json.dump(result, f, indent=2)
     return 1 if failed else 0
 
