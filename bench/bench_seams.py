@@ -98,7 +98,7 @@ def held_out_images(n: int, size: int) -> torch.Tensor:
 def run(quick: bool) -> dict:
     rt = _boot()
     import comfy.patcher_extension as pe
-    from ultrares.kernels import quality, relay
+    from ultrares.kernels import hdit_format, quality, relay
     from ultrares.kernels.tiling import METHOD_LABELS, TiledRun, TileSettings
 
     conf = QUICK if quick else FULL
@@ -106,7 +106,7 @@ def run(quick: bool) -> dict:
     low = held_out_images(conf["images"], side // FACTOR)
     model, vae, _ = rt.run_node("UltraResHDiTLoader", model_name=MODEL, weight_dtype="float32")
     pos, _ = rt.run_node("UltraResHDiTClass", class_id=0, unconditional=True)
-    trained = model.model.hdit_config.relay
+    trained = hdit_format.trained_relay(model)
     levels = len(relay.relay_sigmas(steps, 0.002, 80.0, trained.rho, trained.truncation_sigma)) - 1
 
     seen = {"px": 0}

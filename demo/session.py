@@ -326,13 +326,6 @@ def load_all(sources: list[str]) -> list[Bundle]:
     return _SETS[key]
 
 
-def trained_relay(bundle: Bundle):
-    """The relay settings a relay-trained HDiT carries (``kernels.relay.TrainedRelay``, parsed once when
-    the model loaded, ``hdit_config.relay``); None for any other model."""
-    cfg = getattr(bundle.model.model, "hdit_config", None) if bundle.kind == "hdit" else None
-    return cfg.relay if cfg is not None else None
-
-
 def tile_settings(method: str, tile: int, overlap: int, seed: int) -> dict:
     """UltraResTiledDiffusion's inputs for a run: the node's own defaults (tile batch, reset interval),
     the tab's choices (method label, square tiles in pixels, overlap, seed)."""

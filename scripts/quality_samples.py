@@ -79,7 +79,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     d1, c1 = denoiser(os.path.join(MODELS, "ultrares-emoji64.safetensors"))
     d2, c2 = denoiser(os.path.join(MODELS, "ultrares-emoji-relay256.safetensors"))
-    rc = R.relay_config(c2.raw)
+    rc = c2.relay  # the trained relay settings, parsed once when the file loaded
     data = emoji_data.load_fluent_dataset(
         os.path.join(ROOT, "assets", "cache"), 64, root=os.path.join(ROOT, emoji_data.FLUENT_DIR)
     )
