@@ -349,14 +349,15 @@ def _band_bias(
     return bias.reshape(tiles, 1, th * tw, cols * rows)
 
 
-def _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases):
+def _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases, buffers):
     """Local attention of the image queries ``[y0:y1, x0:x1]`` (one batch item) over their windows.
 
     ``qi, ki, vi``: ``[heads, h, w, D]`` views of the image grid; ``x1 - x0`` a multiple of ``tw``
     (or the row's end). The keys of the rows in reach are copied once, column-major and zero-padded
     by ``window - 1`` columns on each side, into a strip in which every tile's rectangle is a
     contiguous block at a constant stride: the tiles are one strided batch (no per-tile copy) for
-    one fused attention call. Returns ``(out [heads, th, x1-x0, D], lse [heads, th, x1-x0])`` fp32."""
+    one fused attention call. ``buffers``: two flat fp32 tensors large enough for the strips (reused
+    from chunk to chunk). Returns ``(out [heads, th, x1-x0, D], lse [heads, th, x1-x0])`` fp32."""
     nh, h, w, d = qi.shape
     p, th = window - 1, y1 - y0
     ya, yb = max(0, y0 - p), min(h, y1 + p)
@@ -364,10 +365,12 @@ def _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases):
     tiles = -(-span // tw)
     cols = tiles * tw + 2 * p  # the strip: this chunk's columns plus the reach on both sides
     xa, xb = max(0, x0 - p), min(w, x0 - p + cols)
-    strips = []
-    for src in (ki, vi):
-        strip = torch.zeros(nh, cols, rows, d, device=qi.device)
-        strip[:, xa - (x0 - p) : xb - (x0 - p)] = src[:, ya:yb, xa:xb].transpose(1, 2)
+    strips, lo, hi = [], xa - (x0 - p), xb - (x0 - p)
+    for src, buf in zip((ki, vi), buffers):
+        strip = buf[: nh * cols * rows * d].view(nh, cols, rows, d)
+        strip[:, :lo].zero_()  # the columns beyond the grid (masked; zero keeps them finite)
+        strip[:, hi:].zero_()
+        strip[:, lo:hi] = src[:, ya:yb, xa:xb].transpose(1, 2)
         shape, stride = (tiles, nh, (tw + 2 * p) * rows, d), (tw * rows * d, cols * rows * d, d, 1)
         strips.append(strip.as_strided(shape, stride))
     qt = qi[:, y0:y1, x0:x1].to(torch.float32)
@@ -399,6 +402,8 @@ def _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget):
     per_col = 2 * nh * min(h, tile + 2 * p) * d * 4  # bytes of the key + value strips per column
     chunk = max(tw, (max(1, budget // per_col) - 2 * p) // tw * tw)
     biases: dict[tuple, torch.Tensor] = {}
+    size = nh * (min(chunk, -(-w // tw) * tw) + 2 * p) * min(h, tile + 2 * p) * d  # the widest strip
+    buffers = [torch.empty(size, dtype=f32, device=q.device) for _ in range(2)]
     for n in range(b):
         qi, ki, vi = (x[n, :, t0 : t0 + h * w].unflatten(1, (h, w)) for x in (q, k, v))
         oi = out[n, :, t0 : t0 + h * w].unflatten(1, (h, w))
@@ -410,7 +415,7 @@ def _image_queries(q, k, v, out, layout, window, kg, vg, scale, tile, budget):
                 og, lg = og[0].unflatten(1, (y1 - y0, w)), lg[0].unflatten(1, (y1 - y0, w))
             for x0 in range(0, w, chunk):
                 x1 = min(w, x0 + chunk)
-                ol, ll = _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases)
+                ol, ll = _local_chunk(qi, ki, vi, y0, y1, x0, x1, window, tw, scale, budget, biases, buffers)
                 if kg.shape[2]:  # softmax over both key sets: weights exp(lse) each
                     ol = og[:, :, x0:x1].lerp_(ol, torch.sigmoid(ll - lg[:, :, x0:x1])[..., None])
                 oi[:, y0:y1, x0:x1] = ol.to(out.dtype)
