@@ -99,7 +99,7 @@ def run(quick: bool) -> dict:
     rt = _boot()
     import comfy.patcher_extension as pe
     from ultrares.kernels import hdit_format, quality, relay
-    from ultrares.kernels.tiling import METHOD_LABELS, TiledRun, TileSettings
+    from ultrares.kernels.tiling import TiledRun, TileSettings
 
     conf = QUICK if quick else FULL
     side, steps = conf["side"], conf["steps"]
@@ -142,8 +142,8 @@ def run(quick: bool) -> dict:
                         seed=seed,
                     )
                     plan = TiledRun(
-                        TileSettings(
-                            method=METHOD_LABELS[name],
+                        TileSettings.from_label(
+                            name,
                             tile_width=TILE_PX,
                             tile_height=TILE_PX,
                             overlap=OVERLAP_PX,

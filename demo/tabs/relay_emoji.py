@@ -112,7 +112,7 @@ def relay_emoji_stages(
     with the last steps' tile edges drawn or None, description); the smaller stages are enlarged
     (nearest) to the final size."""
     from ultrares.kernels.quality import seam_score, tile_boundaries
-    from ultrares.kernels.tiling import METHOD_LABELS, TiledRun, TileSettings
+    from ultrares.kernels.tiling import TiledRun, TileSettings
 
     seed = S.check("Seed", seed, S.input_range("KSampler", "seed"))
     if int(size) not in SIZES:
@@ -176,9 +176,7 @@ def relay_emoji_stages(
             (high,) = S.run_node(NODE, model=tiled, positive=relay_pos, latent=mid, **inputs)
         times.append(time.perf_counter() - t0)
         images.append(S.decode(relay, high))
-        run = TiledRun(
-            TileSettings(**{**settings, "method": METHOD_LABELS[settings["method"]]}), size, size, 1
-        )
+        run = TiledRun(TileSettings.from_label(**settings), size, size, 1)
         steps = last_steps(relay, inputs)
         edges = [tile_boundaries(run, [s]) for s in steps]
         xs, ys = tile_boundaries(run, steps)

@@ -8,7 +8,7 @@ import time
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
-from ultrares.kernels.tiling import METHOD_LABELS, StepPlan, TiledRun, TileSettings
+from ultrares.kernels.tiling import StepPlan, TiledRun, TileSettings
 
 from .. import defaults as D
 from .. import session as S
@@ -35,7 +35,7 @@ def tiled_methods() -> list[str]:
 def tile_plan(settings: dict, latent: dict, ratio: int, step: int) -> StepPlan:
     """The tiles UltraResTiledDiffusion evaluates at ``step`` on ``latent`` (``ratio`` pixels per
     latent pixel): the kernel's run, built from the node's settings in pixels."""
-    kernel = TileSettings(**{**settings, "method": METHOD_LABELS[settings["method"]]})
+    kernel = TileSettings.from_label(**settings)
     h, w = latent["samples"].shape[-2:]
     return TiledRun(kernel, int(h), int(w), ratio).planner.plan(int(step))
 
