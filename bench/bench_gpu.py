@@ -430,7 +430,7 @@ def _tiled_steps(
 ) -> dict:
     """``steps`` sampler steps' worth of tiled model evaluations (one evaluation per step, cond only)."""
     import comfy.model_management as mm
-    from ultrares.kernels.tiling import TilePlanner, run_tiles
+    from ultrares.kernels.tiled_diffusion import TilePlanner, run_tiles
 
     mm.load_models_gpu([model], force_full_load=True)
     lat, tile = image_px // 8, tile_px // 8
@@ -465,7 +465,7 @@ def _tiled_steps(
     }
 
 
-def bench_tiling(b: Bench, softmax_model, lin_model):
+def bench_tiled_diffusion(b: Bench, softmax_model, lin_model):
     c = b.config
     for method, overlap in (("fstd", 0), ("multidiffusion", c["md_overlap"])):
         b.guarded(
@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         if want("unet"):
             bench_unet_step(b, {"softmax": softmax_model, "linfusion": lin_model})
         if want("tiling"):
-            bench_tiling(b, softmax_model, lin_model)
+            bench_tiled_diffusion(b, softmax_model, lin_model)
         del softmax_model, lin_model
         import comfy.model_management as mm
 

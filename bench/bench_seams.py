@@ -99,7 +99,7 @@ def run(quick: bool) -> dict:
     rt = _boot()
     import comfy.patcher_extension as pe
     from ultrares.kernels import hdit_format, quality, relay
-    from ultrares.kernels.tiling import TiledRun, TileSettings
+    from ultrares.kernels.tiled_diffusion import TiledRun, TileSettings
 
     conf = QUICK if quick else FULL
     side, steps = conf["side"], conf["steps"]
@@ -257,7 +257,7 @@ def run(quick: bool) -> dict:
             "seeds": conf["seeds"],
             "last_steps": LAST_STEPS,
             "band_px": BAND,
-            "relay": {k: trained[k] for k in ("truncation_sigma", "rho", "steps")}
+            "relay": {k: getattr(trained, k) for k in ("truncation_sigma", "rho", "steps")}
             | {
                 "blur_sigma_max": trained.settings.blur_sigma_max,
                 "prob_length": trained.settings.prob_length,
@@ -272,8 +272,8 @@ def run(quick: bool) -> dict:
             "model evaluations = pixels seen by the diffusion model / image pixels, per image (tile overlap and "
             "FSTD's full-coverage first step included)",
             f"{conf['images']} held-out image(s) x {len(conf['seeds'])} seed(s); nominal grid of {steps} levels "
-            f"(the model's own: {trained['steps']}), {levels} below the truncation sigma "
-            f"{trained['truncation_sigma']}: {2 * levels - 1} sampler evaluations (Heun)",
+            f"(the model's own: {trained.steps}), {levels} below the truncation sigma "
+            f"{trained.truncation_sigma}: {2 * levels - 1} sampler evaluations (Heun)",
             "seconds: this process on a shared CPU; compare ratios only. FD not computed (needs hundreds of images)",
         ],
     }

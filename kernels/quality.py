@@ -10,7 +10,7 @@ rest of the image (seams invisible); > 1 = visible edges along the grid. Content
 object edge that happens to lie on a boundary raises the score), so compare methods on the same
 lines, or against an untiled image scored on the same lines.
 
-:func:`tile_boundaries` gives the lines of a tiling plan (``kernels.tiling``): the union of the
+:func:`tile_boundaries` gives the lines of a tiling plan (``kernels.tiled_diffusion``): the union of the
 tile edges of the chosen sampler steps, in pixels. For a shifting grid (FSTD, SpotDiffusion) the
 caller picks which steps count, typically the last few, whose seams survive into the output.
 
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 import kornia
 import torch
 
-from .tiling import StepPlan, TiledRun, TilePlanner
+from .tiled_diffusion import StepPlan, TiledRun, TilePlanner
 
 __all__ = ["boundary_mask", "plan_boundaries", "seam_score", "tile_boundaries"]
 
@@ -109,7 +109,7 @@ def seam_score(
 def plan_boundaries(plan: StepPlan, ratio: int = 1) -> tuple[list[int], list[int]]:
     """Tile edges of one step's plan in image pixels: (columns, rows), sorted, border excluded.
 
-    plan: a :class:`~ultrares.kernels.tiling.StepPlan` (latent pixels); ratio: pixels per latent
+    plan: a :class:`~ultrares.kernels.tiled_diffusion.StepPlan` (latent pixels); ratio: pixels per latent
     pixel (1 for pixel-space models, 8 for SD-style VAEs). A rolled plan (SpotDiffusion) has its
     edges mapped back to image coordinates, including the wrap-around edge of the roll.
     """
@@ -130,9 +130,9 @@ def tile_boundaries(
 ) -> tuple[list[int], list[int]]:
     """Tile edges, in image pixels, of the union of the plans of ``steps``: (columns, rows).
 
-    run: a :class:`~ultrares.kernels.tiling.TiledRun` (its planner is used: FSTD's one-off
+    run: a :class:`~ultrares.kernels.tiled_diffusion.TiledRun` (its planner is used: FSTD's one-off
     full-coverage fallback only adds edges on the image border) or a ``TilePlanner``.
-    steps: the sampler step keys (see ``kernels.tiling.step_of``), e.g. ``range(n - 3, n)`` for the
+    steps: the sampler step keys (see ``kernels.tiled_diffusion.step_of``), e.g. ``range(n - 3, n)`` for the
     last three of ``n`` steps. ratio: pixels per latent pixel (1 for pixel-space models).
     Returns two sorted lists of ints in (0, W) and (0, H), ready for :func:`seam_score`.
     """

@@ -1,7 +1,7 @@
 """Tiled Diffusion's ComfyUI conditioning, cut to the tiles of one model call.
 
 What each tile's model call receives: area conds placed relative to the tile (the box arithmetic is
-``kernels.tiling.area_in_tile``), masks and latent-shaped model conds (inpaint concat, noise-shaped
+``kernels.tiled_diffusion.area_in_tile``), masks and latent-shaped model conds (inpaint concat, noise-shaped
 conds) cropped to the tile, ControlNet / ControlLoRA / T2I-Adapter hints cropped from the hint the
 control prepares for the whole latent. Reference latents (Kontext's, Qwen-Image-Edit's ``ref_latents``)
 are passed whole to every tile.
@@ -16,7 +16,7 @@ import comfy.controlnet
 import comfy.utils
 import torch
 
-from ..kernels.tiling import Tile, area_in_tile
+from ..kernels.tiled_diffusion import Tile, area_in_tile
 
 
 def stack_crops(t: torch.Tensor, tiles: list[Tile], batch: int, scale_h: float = 1.0, scale_w: float = 1.0):

@@ -4,7 +4,7 @@
   frame axis as ComfyUI makes for Qwen-Image; memory) and starts a fresh per-run state, with the tile
   size converted to latent pixels by the model's own latent ratio (8 for SD/Flux, 16 for Flux.2, 32
   for HunyuanImage 2.1, 1 in pixel space);
-- ``CALC_COND_BATCH``: for each model evaluation, runs the step's tile plan (``kernels.tiling``),
+- ``CALC_COND_BATCH``: for each model evaluation, runs the step's tile plan (``kernels.tiled_diffusion``),
   calling the wrapped ``calc_cond_batch`` once per batch of tiles with the conditioning cut to those
   tiles (``_tile_conds``), and blends the denoised predictions.
 """
@@ -18,7 +18,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import torch
 
-from ..kernels.tiling import TiledRun, TileSettings, memory_fix, step_of, tiled_state_bytes
+from ..kernels.tiled_diffusion import TiledRun, TileSettings, memory_fix, step_of, tiled_state_bytes
 from ._common import available_memory, frugal_activation_bytes, latent_downscale_ratio, require_image_latent
 from ._tile_conds import TileConds
 
@@ -37,7 +37,7 @@ class _Run:
 
 def check_tiled_memory(model, shape, run: _Run, settings: TileSettings) -> None:
     """Refuse, before the first model call, a tiled run whose memory lower bound exceeds what the
-    device has: the latent-sized state (``kernels.tiling.tiled_state_bytes``) plus ComfyUI's own
+    device has: the latent-sized state (``kernels.tiled_diffusion.tiled_state_bytes``) plus ComfyUI's own
     activation estimate for one batch of ``tile_batch_size`` tiles with cond and uncond together. The
     message gives the estimate and the largest tile batch that fits (or says the image itself is too large)."""
     b, c, h, w = (int(v) for v in (shape[0], shape[1], shape[-2], shape[-1]))  # a frame axis holds one frame

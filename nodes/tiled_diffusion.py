@@ -1,7 +1,7 @@
 """Tiled Diffusion (UltraRes): FSTD and the overlap baselines as a MODEL -> MODEL patch, and the
 Any-Size plan that picks the size of the first, native pass.
 
-The schemas live here; the patch (ComfyUI's wrapper API around ``kernels.tiling``'s tiled run, no
+The schemas live here; the patch (ComfyUI's wrapper API around ``kernels.tiled_diffusion``'s tiled run, no
 monkey-patching) is ``_tile_patch``, the conditioning cut to tiles ``_tile_conds``. Stock samplers,
 schedulers, CFG, img2img (denoise < 1) and ControlNet work unchanged.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kernels.tiling import (
+from ..kernels.tiled_diffusion import (
     METHOD_LABELS,
     MIN_TILE_PX,
     TileSettings,

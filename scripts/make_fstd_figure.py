@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from ultrares.kernels.tiling import TilePlanner
+from ultrares.kernels.tiled_diffusion import TilePlanner
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2  # screen pixels per latent pixel

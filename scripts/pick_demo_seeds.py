@@ -160,7 +160,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from ultrares.demo import defaults as D
     from ultrares.demo import session as S
-    from ultrares.demo.tabs import digit, hdit, inversion, relay, relay_emoji, tiling
+    from ultrares.demo.tabs import digit, hdit, inversion, relay, relay_emoji, tiled_diffusion
 
     S.runtime()
     tabs = args.tabs.split(",")
@@ -183,11 +183,11 @@ def main() -> None:
 
         out["hdit"] = {**h, "label": CLASS, **pick("hdit", run_hdit, seeds, CLASS, args.save)}
     if "fstd" in tabs:
-        f = tiling.DEFAULTS
+        f = tiled_diffusion.DEFAULTS
 
         def run_fstd(seed):
             (img, *_), sec = timed(
-                tiling.any_size,
+                tiled_diffusion.any_size,
                 base,
                 CLASS,
                 f["width"],

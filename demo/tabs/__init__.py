@@ -15,7 +15,7 @@ TABS = (
     # a new first tab goes here
     "relay_emoji",
     "hdit",
-    "tiling",
+    "tiled_diffusion",
     "relay",
     "linfusion",
     "digit",

@@ -112,7 +112,7 @@ def relay_emoji_stages(
     with the last steps' tile edges drawn or None, description); the smaller stages are enlarged
     (nearest) to the final size."""
     from ultrares.kernels.quality import seam_score, tile_boundaries
-    from ultrares.kernels.tiling import TiledRun, TileSettings
+    from ultrares.kernels.tiled_diffusion import TiledRun, TileSettings
 
     seed = S.check("Seed", seed, S.input_range("KSampler", "seed"))
     if int(size) not in SIZES:

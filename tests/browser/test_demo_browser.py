@@ -184,9 +184,9 @@ def test_any_size_default_refusals_and_the_step_slider(page):
     # the grid-step slider accepts what the run does: 0..steps-1
     set_number(page, "fstd-steps", 30)
     expect(page.locator("#fstd-show-step input[type=range]")).to_have_attribute("max", "29", timeout=10_000)
-    from ultrares.demo.tabs import tiling
+    from ultrares.demo.tabs import tiled_diffusion
 
-    steps = tiling.DEFAULTS["steps"]
+    steps = tiled_diffusion.DEFAULTS["steps"]
     set_number(page, "fstd-steps", steps)
     expect(page.locator("#fstd-show-step input[type=range]")).to_have_attribute(
         "max", str(steps - 1), timeout=10_000

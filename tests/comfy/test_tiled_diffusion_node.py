@@ -77,7 +77,7 @@ def test_samples_with_stock_samplers_and_evaluates_only_tiles(comfy, tiny_sd15, 
     assert calls and all(c[-2:] == (16, 16) for c in calls)  # the model never sees the whole latent
 
 
-def test_tiling_changes_the_result_but_stays_close_in_statistics(comfy, tiny_sd15):
+def test_tiled_diffusion_changes_the_result_but_stays_close_in_statistics(comfy, tiny_sd15):
     """FSTD in 2x2 tiles changes the sample (the patch acts) but keeps it: each channel's spread within
     10 % of the untiled sample's (measured 2-4 %; strips left without a prediction: 17-20 %; a blend
     30 % too strong: 120 %), and the tiled sample far closer to the untiled one from the same noise
@@ -146,7 +146,7 @@ def direct_blend(latent_hw, boxes, outputs, weighting):
     """The blend written out: each tile's output [B, C, h, w] placed at its box (y, x, h, w), wrapping
     around the latent's edges (a rolled grid), weighted by the kernel's blend weights, divided by the
     summed weights."""
-    from ultrares.kernels.tiling import blend_weights
+    from ultrares.kernels.tiled_diffusion import blend_weights
 
     H, W = latent_hw
     acc, total = 0.0, torch.zeros(H, W)
@@ -173,7 +173,7 @@ def test_other_methods_give_the_model_their_plans_tiles_and_blend_what_it_return
     circular shift), and the sampler gets back their blend: the method's weights (uniform for
     MultiDiffusion, Gaussian otherwise) over what the model returned, written out directly here. The
     result differs from untiled sampling."""
-    from ultrares.kernels.tiling import TiledRun, TileSettings
+    from ultrares.kernels.tiled_diffusion import TiledRun, TileSettings
 
     recorder = tile_recorder().TileRecorder()
     model, clip, _ = tiny_sd15
@@ -214,7 +214,7 @@ def test_controlnet_tile_copies_keep_pre_run_state_and_get_the_prepared_hint_cro
     import copy
     import sys
 
-    from ultrares.kernels.tiling import Tile
+    from ultrares.kernels.tiled_diffusion import Tile
     from ultrares.nodes._tile_conds import TileConds
 
     sys.path.insert(0, "tests/comfy_packs/ultrares_testing")
@@ -489,7 +489,7 @@ def test_flux_fill_inpaint_concat_is_cropped_with_its_tile(comfy):
     """Flux Fill: InpaintModelConditioning's mask + masked-image concat reaches each tile cropped to that
     tile's box. The mask encodes each pixel's position, so the packed mask channels a call receives
     tell which box they were cut from; it must be the box of the tile the call evaluates."""
-    from ultrares.kernels.tiling import TilePlanner
+    from ultrares.kernels.tiled_diffusion import TilePlanner
 
     tm, _ = family_or_skip("flux_fill")
     model, clip, vae = tm.build("flux_fill")
@@ -553,7 +553,7 @@ def test_flux_controlnet_vae_hint_is_encoded_once_per_run_and_cropped_per_tile(c
     """A Flux ControlNet whose hint is VAE-encoded (InstantX, stock ControlNetApplyAdvanced with a VAE):
     the hint image is encoded once for the whole run (two steps, six tiles), and each tile's control
     call receives exactly that encoding cut to the tile's box."""
-    from ultrares.kernels.tiling import TilePlanner
+    from ultrares.kernels.tiled_diffusion import TilePlanner
 
     model, vae, control, pos, neg = _flux_instantx_graph(comfy)
     encoded = []

@@ -28,7 +28,7 @@ def S(comfy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def T(S):
-    """The tab modules by name (T.hdit, T.tiling, ...)."""
+    """The tab modules by name (T.hdit, T.tiled_diffusion, ...)."""
     from types import SimpleNamespace
 
     from ultrares.demo import tabs
@@ -101,9 +101,9 @@ def test_cancel_interrupts_sampling_and_the_next_run_works(S, T, src):
 
 
 def test_any_size_draws_the_tile_grid_of_the_chosen_step(S, T, src):
-    from ultrares.kernels.tiling import TilePlanner
+    from ultrares.kernels.tiled_diffusion import TilePlanner
 
-    image, grid, plain, info = T.tiling.any_size(
+    image, grid, plain, info = T.tiled_diffusion.any_size(
         src, "stars", width=192, height=128, method="FSTD", steps=3, seed=3, show_step=1, compare=True
     )
     scale = image.width // 192
@@ -134,7 +134,7 @@ def test_any_size_refuses_bad_settings(S, T, src, kwargs, match):
     settings = dict(width=64, height=64, steps=3)
     settings.update(kwargs)
     with pytest.raises(S.UserError, match=match):
-        T.tiling.any_size(src, "stars", **settings)
+        T.tiled_diffusion.any_size(src, "stars", **settings)
 
 
 def test_ui_handlers_stream_stages_and_refusals_are_status_messages(S, T, src):
@@ -143,11 +143,13 @@ def test_ui_handlers_stream_stages_and_refusals_are_status_messages(S, T, src):
     so no red error badge and no stack trace)."""
     import gradio as gr
 
-    outs = list(T.tiling.ui_any_size(src, "stars", "", 64, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, True))
+    outs = list(T.tiled_diffusion.ui_any_size(src, "stars", "", 64, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, True))
     assert len(outs) == 3  # the tiled image, then the untiled one, then the time note
     assert outs[0][2] is None and outs[1][2] is not None
     assert "Last run here" in outs[-1][-1]
-    refused = list(T.tiling.ui_any_size(src, "stars", "", 5000, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, False))
+    refused = list(
+        T.tiled_diffusion.ui_any_size(src, "stars", "", 5000, 64, "FSTD", 0, 16, 2, 0, 2.0, 1, False)
+    )
     assert len(refused) == 1
     *images, message, time_note = refused[0]
     assert all(isinstance(v, type(gr.skip())) for v in (*images, time_note))
@@ -167,7 +169,7 @@ def test_defaults_file_states_how_seeds_were_picked(S, T):
         best = min(entry["candidates"], key=lambda c: (c["worst"], c["seed"]))
         assert entry["seed"] == best["seed"] and entry["score"] == best["worst"]
     # the seeds were scored with the settings the tabs open on
-    for tab, module in (("hdit", T.hdit), ("fstd", T.tiling)):
+    for tab, module in (("hdit", T.hdit), ("fstd", T.tiled_diffusion)):
         assert all(data[tab][k] == v for k, v in module.DEFAULTS.items()), tab
     for tab in ("hdit", "fstd"):
         assert defaults.seconds(tab) > 0

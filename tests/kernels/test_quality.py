@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from ultrares.kernels import quality as Q
-from ultrares.kernels import tiling as T
+from ultrares.kernels import tiled_diffusion as T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

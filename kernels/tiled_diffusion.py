@@ -15,7 +15,7 @@ Methods (all in latent units; a *step* is one sampler step, identified by an int
   origin (the image is not a whole number of tiles and the offset pushes the last-but-one tile
   past ``size - tile``), the official code evaluates that tile twice and weights it double where
   it overlaps its neighbour; here every distinct tile is evaluated once, with its normal weight.
-  Outputs are identical elsewhere (tests/kernels/test_tiling.py ports the official loop).
+  Outputs are identical elsewhere (tests/kernels/test_tiled_diffusion.py ports the official loop).
 - ``fstd_full`` -- the documented full-coverage variant: the same shifted grid plus one extra
   row/column of tiles at origin 0 whenever the offset is non-zero, so no reference is needed
   (costs one more row and column of tiles on shifted steps).

@@ -32,7 +32,7 @@ OVERLAP_PX = 40  # 64 * 512 / 768 = 42.7, rounded to a multiple of 8
 
 
 def area_ratio(method: str, side: int) -> float:
-    import ultrares.kernels.tiling as tiling
+    import ultrares.kernels.tiled_diffusion as tiled
 
     key = {
         "FSTD": "fstd",
@@ -42,7 +42,7 @@ def area_ratio(method: str, side: int) -> float:
         "SpotDiffusion": "spotdiffusion",
     }[method]
     lat = side // 8
-    planner = tiling.TilePlanner(key, lat, lat, TILE_PX // 8, TILE_PX // 8, overlap=OVERLAP_PX // 8, seed=0)
+    planner = tiled.TilePlanner(key, lat, lat, TILE_PX // 8, TILE_PX // 8, overlap=OVERLAP_PX // 8, seed=0)
     ratios = [planner.plan(s).tile_area_ratio for s in range(16)]
     return sum(ratios) / len(ratios)
 
@@ -149,7 +149,7 @@ FLUX_THREADS = 1
 
 def plan_ratio(method: str, side: int, tile_px: int, overlap_px: int, step: int) -> float:
     """Tile area / image area of ``method``'s plan at ``step`` (the node's seed 0, reset_interval 4)."""
-    import ultrares.kernels.tiling as tiling
+    import ultrares.kernels.tiled_diffusion as tiled
 
     key = {
         "FSTD": "fstd",
@@ -159,7 +159,7 @@ def plan_ratio(method: str, side: int, tile_px: int, overlap_px: int, step: int)
         "SpotDiffusion": "spotdiffusion",
     }[method]
     lat, tile = side // 8, tile_px // 8
-    planner = tiling.TilePlanner(key, lat, lat, tile, tile, overlap=overlap_px // 8, seed=0)
+    planner = tiled.TilePlanner(key, lat, lat, tile, tile, overlap=overlap_px // 8, seed=0)
     return planner.plan(step).tile_area_ratio
 
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from ultrares.kernels.tiling import (
+from ultrares.kernels.tiled_diffusion import (
     METHOD_LABELS,
     METHODS,
     MIN_TILE_PX,

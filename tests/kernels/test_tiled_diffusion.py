@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from ultrares.kernels.tiling import METHODS, TilePlanner, blend_weights, run_tiles
+from ultrares.kernels.tiled_diffusion import METHODS, TilePlanner, blend_weights, run_tiles
 
 
 def coverage(plan):
@@ -144,7 +144,7 @@ def test_bad_inputs_are_refused_clearly():
     ],
 )
 def test_any_size_plan_keeps_aspect_budget_and_multiples(target, native):
-    from ultrares.kernels.tiling import plan_any_size
+    from ultrares.kernels.tiled_diffusion import plan_any_size
 
     tw, th = target
     w, h, up = plan_any_size(tw, th, native)
@@ -254,7 +254,7 @@ def test_tiled_run_keeps_the_first_evaluation_of_a_step_per_group_and_falls_back
     """TiledRun: the reference is the raw prediction of the first evaluation of the latest earlier
     step for that group (SAG-style extra calls never replace it); an absent group needs none; a
     group seen for the first time gets the full-coverage plan."""
-    from ultrares.kernels.tiling import TiledRun, TileSettings
+    from ultrares.kernels.tiled_diffusion import TiledRun, TileSettings
 
     run = TiledRun(
         TileSettings(
@@ -309,7 +309,7 @@ def test_any_size_ends_at_the_exact_target_without_stretching(target, native):
     """16:9, 21:9, 9:16, 1:1 and an awkward 3:2: the first stage keeps its own aspect through the
     upscale (one factor for both sides, up to 8-px rounding), and the centred crop is exactly the
     target and lies inside the upscaled image."""
-    from ultrares.kernels.tiling import cover_and_crop, plan_any_size
+    from ultrares.kernels.tiled_diffusion import cover_and_crop, plan_any_size
 
     tw, th = target
     w, h, up = plan_any_size(tw, th, native)
@@ -321,14 +321,14 @@ def test_any_size_ends_at_the_exact_target_without_stretching(target, native):
 
 
 def test_step_of_is_the_nearest_schedule_entry_or_a_stable_key_without_one():
-    from ultrares.kernels.tiling import step_of
+    from ultrares.kernels.tiled_diffusion import step_of
 
     sigmas = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.0])
     assert [step_of(torch.tensor([s]), sigmas) for s in (14.6, 7.0001, 3.1, 1.19, 0.0)] == [0, 1, 2, 3, 4]
     assert step_of(torch.tensor([3.1, 3.1]), sigmas) == 2  # a batch: its first sigma
     assert step_of(torch.tensor([2.5]), None) == step_of(2.5, torch.tensor([])) == 25000
     # the plan is keyed by the step, so a 64-bit seed (ComfyUI's seed range) plans as well as a small one
-    from ultrares.kernels.tiling import TilePlanner
+    from ultrares.kernels.tiled_diffusion import TilePlanner
 
     big = TilePlanner("fstd", 64, 64, 16, 16, seed=2**64 - 1)
     assert big.offset(1) == big.offset(1) and all(0 <= o < 8 for o in big.offset(1))

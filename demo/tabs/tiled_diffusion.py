@@ -8,7 +8,7 @@ import time
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
-from ultrares.kernels.tiling import StepPlan, TiledRun, TileSettings
+from ultrares.kernels.tiled_diffusion import StepPlan, TiledRun, TileSettings
 
 from .. import defaults as D
 from .. import session as S

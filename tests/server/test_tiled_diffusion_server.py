@@ -92,10 +92,10 @@ def _recorded(prompt: dict, record: str) -> dict:
 
 
 def _kernel_tiles(inputs: dict, latent_hw, ratio: int, steps: int, groups: list) -> list[list[tuple]]:
-    """Per step, the (y, x, h, w) tiles ``kernels.tiling.TiledRun`` evaluates for the node's ``inputs``,
+    """Per step, the (y, x, h, w) tiles ``kernels.tiled_diffusion.TiledRun`` evaluates for the node's ``inputs``,
     driven with a stand-in prediction (its plans do not depend on the values)."""
     import torch
-    from ultrares.kernels.tiling import TiledRun, TileSettings
+    from ultrares.kernels.tiled_diffusion import TiledRun, TileSettings
 
     names = ("tile_width", "tile_height", "overlap", "tile_batch_size", "reset_interval", "seed")
     run = TiledRun(
