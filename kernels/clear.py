@@ -40,9 +40,11 @@ Three implementations of :func:`clear_attention`, same results:
 * ``"blocked"``: plain PyTorch whose memory grows linearly with the image tokens (the CPU and
   low-memory path). Text and tail queries run full attention (``T + E`` rows); image queries are
   split into two key sets whose softmaxes are merged exactly through their log-sum-exp: the global
-  keys (text, tail, downsampled; one fused attention call) and the local keys, taken tile by tile:
-  a ``t x t`` tile of queries sees the ``(t + 2 window - 2)^2`` rectangle around it, masked to each
-  query's circle. No ``N x N`` mask or score matrix exists at any point.
+  keys (text, tail, downsampled; one fused attention call per band of ``tile`` grid rows) and the
+  local keys: a ``tile x TILE_COLS`` tile of queries sees the ``(tile + 2 window - 2) x (TILE_COLS +
+  2 window - 2)`` rectangle around it, masked to each query's circle; a band's tiles run as one strided
+  batch over a column-major copy of the keys in reach. No ``N x N`` mask or score matrix exists at any
+  point.
 * ``"dense"``: the full boolean mask and one ``scaled_dot_product_attention`` (O(N^2) memory; tests).
 
 ``"auto"`` picks flex on CUDA (when this torch has it) and blocked elsewhere; if FlexAttention fails
