@@ -112,7 +112,13 @@ def _looks_linked(value) -> bool:
 class CheckedInputs(dict):
     """Converted input values from :func:`check_inputs`; read them as ``v.steps`` or ``v["steps"]``.
 
-    A value that is not known at queue time (a linked input, or one left out) is ``None``."""
+    A value that is not known at queue time (a linked input, or one left out) is ``None``. An input
+    named like a dict method (``clear``, ``items``...) is read as the input, not the method."""
+
+    def __getattribute__(self, name):
+        if not name.startswith("_") and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
 
     def __getattr__(self, name):
         try:

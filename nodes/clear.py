@@ -27,8 +27,7 @@ from comfy_api.latest import io
 
 from ..kernels import clear as K
 from ..kernels import clear_format as fmt
-from ._common import check_inputs
-from ._inputs import links_and_nulls
+from ._inputs import CheckedNode
 from ._paths import model_file, model_files
 from ._sampling import model_family
 
@@ -176,7 +175,7 @@ def load_file(clear_name: str) -> fmt.ClearFile:
         raise ValueError(f"clear_name: {str(exc).replace(os.path.dirname(path) + os.sep, '')}") from None
 
 
-class UltraResCLEARLoader(io.ComfyNode):
+class UltraResCLEARLoader(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -202,22 +201,15 @@ class UltraResCLEARLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, clear_name: str | None = None, input_types=None) -> bool | str:
-        if problem := links_and_nulls(cls, {"clear_name": clear_name}, input_types):
-            return problem
-        v = check_inputs(
-            cls,
-            clear_name=clear_name,
-            combo_hints={"clear_name": " (put CLEAR files into ComfyUI/models/clear/)"},
-        )
-        return v if isinstance(v, str) else True
+    def combo_hints(cls) -> dict[str, str]:
+        return {"clear_name": " (put CLEAR files into ComfyUI/models/clear/)"}
 
     @classmethod
-    def execute(cls, clear_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_file(clear_name))
+    def execute(cls, **inputs) -> io.NodeOutput:
+        return io.NodeOutput(load_file(cls.checked(inputs).clear_name))
 
 
-class UltraResCLEARApply(io.ComfyNode):
+class UltraResCLEARApply(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -266,17 +258,11 @@ class UltraResCLEARApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window=None, ntk_factor=None) -> bool | str:
-        v = check_inputs(cls, window=window, ntk_factor=ntk_factor)
-        return v if isinstance(v, str) else True
-
-    @classmethod
-    def execute(
-        cls, model, clear, window: int = 0, proportional_attention: bool = True, ntk_factor: float = 10.0
-    ) -> io.NodeOutput:
-        if not isinstance(clear, fmt.ClearFile):
+    def execute(cls, **inputs) -> io.NodeOutput:
+        v = cls.checked(inputs)
+        if not isinstance(v.clear, fmt.ClearFile):
             raise ValueError("clear: connect the output of CLEAR Loader (UltraRes).")
-        return io.NodeOutput(patch_model(model, clear, window, proportional_attention, ntk_factor))
+        return io.NodeOutput(patch_model(v.model, v.clear, v.window, v.proportional_attention, v.ntk_factor))
 
 
 NODES = [UltraResCLEARLoader, UltraResCLEARApply]

@@ -19,9 +19,9 @@ from ..kernels.tiled_diffusion import (
     plan_any_size,
     tile_size_problem,
 )
-from ._common import check_inputs, seed_input
+from ._common import seed_input
 from ._compat import schema_extras
-from ._inputs import links_and_nulls
+from ._inputs import CheckedNode
 from ._tile_patch import TiledDiffusionPatch
 
 METHOD_CHOICES = METHOD_LABELS  # combo option -> kernel method
@@ -87,7 +87,7 @@ def _inputs():
     ]
 
 
-class UltraResTiledDiffusion(io.ComfyNode):
+class UltraResTiledDiffusion(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -115,42 +115,17 @@ class UltraResTiledDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls, tile_width=None, tile_height=None, overlap=None, method=None, input_types=None
-    ):  # None: linked or missing (or a JSON null, told apart by input_types)
-        named = {"tile_width": tile_width, "tile_height": tile_height, "overlap": overlap, "method": method}
-        if problem := links_and_nulls(cls, named, input_types):
-            return problem
-        # Inputs named here skip ComfyUI's own min/max/combo checks, so all of them are checked here.
-        checked = check_inputs(
-            cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method
-        )
-        if isinstance(checked, str):
-            return checked
-        # check_inputs has applied the schema's ranges (tiles >= MIN_TILE_PX, overlap >= 0) and the
-        # method choices; None is a linked value, checked when the node runs.
-        method = METHOD_CHOICES.get(checked.method)
-        return tile_size_problem(checked.tile_width, checked.tile_height, checked.overlap, method) or True
+    def rules(cls, v) -> bool | str:
+        # the schema's ranges (tiles >= MIN_TILE_PX, overlap >= 0) and the method choices are checked;
+        # None is a linked value, checked when the node runs
+        return tile_size_problem(v.tile_width, v.tile_height, v.overlap, METHOD_CHOICES.get(v.method)) or True
 
     @classmethod
-    def execute(
-        cls, model, method, tile_width, tile_height, overlap, tile_batch_size, reset_interval, seed
-    ) -> io.NodeOutput:
-        verdict = cls.validate_inputs(
-            tile_width=tile_width, tile_height=tile_height, overlap=overlap, method=method
-        )
-        if verdict is not True:
-            raise ValueError(verdict)
-        settings = TileSettings.from_label(
-            method,
-            tile_width=tile_width,
-            tile_height=tile_height,
-            overlap=overlap,
-            tile_batch_size=tile_batch_size,
-            reset_interval=reset_interval,
-            seed=seed,
-        )
-        return io.NodeOutput(TiledDiffusionPatch(settings).apply(model))
+    def execute(cls, **inputs) -> io.NodeOutput:
+        v = cls.checked(inputs)
+        names = ("tile_width", "tile_height", "overlap", "tile_batch_size", "reset_interval", "seed")
+        settings = TileSettings.from_label(v.method, **{k: v[k] for k in names})
+        return io.NodeOutput(TiledDiffusionPatch(settings).apply(v.model))
 
 
 # Native training resolution per ComfyUI model config class (pixels per side).
@@ -198,7 +173,7 @@ def native_pixels(model) -> tuple[int, str]:
     return 512 * 512, f"unknown model type {name}: assumed 512x512"
 
 
-class UltraResAnySizePlan(io.ComfyNode):
+class UltraResAnySizePlan(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -271,14 +246,9 @@ class UltraResAnySizePlan(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target_width=None, target_height=None, native_size=None) -> bool | str:
-        checked = check_inputs(
-            cls, target_width=target_width, target_height=target_height, native_size=native_size
-        )
-        if isinstance(checked, str):
-            return checked
+    def rules(cls, v) -> bool | str:
         for name in ("target_width", "target_height"):
-            value = checked.get(name)
+            value = v[name]
             if value is not None and value % 8:
                 return (
                     f"{name}={value} is not a multiple of 8 (latents are 1/8 of the image): use "
@@ -287,21 +257,18 @@ class UltraResAnySizePlan(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, target_width, target_height, native_size=0, model=None) -> io.NodeOutput:
-        if native_size:
-            pixels, source = native_size**2, "native_size input"
-        elif model is not None:
-            pixels, source = native_pixels(model)
+    def execute(cls, **inputs) -> io.NodeOutput:
+        v = cls.checked(inputs)
+        target_width, target_height = v.target_width, v.target_height
+        if v.native_size:
+            pixels, source = v.native_size**2, "native_size input"
+        elif v.model is not None:
+            pixels, source = native_pixels(v.model)
         else:
             raise ValueError(
                 "Any-Size Plan needs the model's native size: connect the model, or set native_size "
                 "(512 for SD1.5, 1024 for SDXL)."
             )
-        verdict = cls.validate_inputs(
-            target_width=target_width, target_height=target_height, native_size=native_size
-        )
-        if verdict is not True:
-            raise ValueError(verdict)
         w, h, up = plan_any_size(target_width, target_height, pixels)
         sw, sh, x, y = cover_and_crop(w, h, target_width, target_height)
         crop = (

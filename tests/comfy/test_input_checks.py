@@ -138,6 +138,18 @@ def test_unknown_input_name_is_a_programming_error(check, tiled):
         check(tiled, not_an_input=1)
 
 
+def test_checked_inputs_named_like_dict_methods_read_as_inputs(comfy):
+    """Apply CLEAR's input ``clear`` read as ``v.clear`` is the input, not ``dict.clear`` (which made
+    the node refuse every CLEAR file); the dict's own methods still work for other names."""
+    from ultrares.nodes._common import CheckedInputs
+
+    v = CheckedInputs(clear="file", items=3, steps=None)
+    assert (v.clear, v.items, v.steps) == ("file", 3, None)
+    assert v.get("clear") == "file" and sorted(v.keys()) == ["clear", "items", "steps"]
+    with pytest.raises(AttributeError, match="window"):
+        _ = v.window
+
+
 def test_an_unhashable_combo_value_is_refused_by_name(check, tiled):
     """A list from a hand-written prompt (not a link) for a COMBO: a message, not a TypeError."""
     _clean(check(tiled, method=["x"]), "method=['x']", "is not one of")
