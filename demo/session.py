@@ -92,7 +92,8 @@ _RUN_LOCK = threading.Lock()
 def exclusive(fn):
     """One run at a time in this process, whatever the web server does: a cancelled run's thread
     finishes its current step before the next run starts. The next run then clears the Cancel flag
-    (a Cancel pressed while nothing was running must not stop it). A generator handler (one that
+    (a Cancel pressed while nothing was running must not stop it), and each run clears it when it ends
+    (a Cancel that came after its last check must not stop later work in this process). A generator handler (one that
     yields each stage's outputs as it finishes) holds the lock while it computes, not while it waits
     to be resumed, so a page that stops reading it cannot block the next run."""
     if inspect.isgeneratorfunction(fn):
@@ -103,16 +104,20 @@ def exclusive(fn):
 
             it = fn(*args, **kwargs)
             first = True
-            while True:
+            try:
+                while True:
+                    with _RUN_LOCK:
+                        if first:
+                            comfy.model_management.interrupt_current_processing(False)
+                            first = False
+                        try:
+                            item = next(it)
+                        except StopIteration:
+                            return
+                    yield item
+            finally:  # a Cancel that came after the last check must not stop later work in this process
                 with _RUN_LOCK:
-                    if first:
-                        comfy.model_management.interrupt_current_processing(False)
-                        first = False
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        return
-                yield item
+                    comfy.model_management.interrupt_current_processing(False)
 
         return stages
 
@@ -122,7 +127,10 @@ def exclusive(fn):
 
         with _RUN_LOCK:
             comfy.model_management.interrupt_current_processing(False)
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                comfy.model_management.interrupt_current_processing(False)
 
     return run
 

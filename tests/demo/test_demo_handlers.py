@@ -374,3 +374,26 @@ def test_linfusion_points_to_the_distillation_script(S, T, src):
         assert "-m ultrares.kernels.linfusion_distill" not in path.read_text(), path
     for path in [root / "session.py", *(root / "tabs").glob("*.py")]:  # tabs reach nodes by id, not by module
         assert "sys.modules" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_cancel_after_the_last_check_does_not_stop_later_work(S, streamed):
+    """A Cancel that lands when the run has passed its last interruption check (the browser's Cancel
+    racing the end of a run) is dropped when the run ends: the next sampling in this process, demo or
+    not, runs (the flag used to stay set and stop the next model call anywhere in the process)."""
+    import comfy.model_management as mm
+
+    def handler():
+        S.cancel()  # after the handler's last check
+        return "done"
+
+    def stages():
+        yield "first"
+        S.cancel()
+        yield "second"
+
+    if streamed:
+        assert list(S.exclusive(stages)()) == ["first", "second"]
+    else:
+        assert S.exclusive(handler)() == "done"
+    mm.throw_exception_if_processing_interrupted()  # raises InterruptProcessingException if it leaked
