@@ -30,7 +30,7 @@ from ..kernels import hdit as H
 from ..kernels import hdit_format
 from ._common import check_inputs
 from ._compat import schema_extras
-from ._inputs import links_and_nulls
+from ._inputs import CheckedNode, links_and_nulls
 
 CATEGORY = "UltraRes/hdit"
 COND_KEY = "ultrares_hdit_class"  # conditioning dict entry read by HDiTComfyModel.extra_conds
@@ -244,7 +244,7 @@ class UltraResHDiTLoader(io.ComfyNode):
         return io.NodeOutput(model, pixel_space_vae(), cfg.num_classes)
 
 
-class UltraResHDiTClass(io.ComfyNode):
+class UltraResHDiTClass(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -279,18 +279,16 @@ class UltraResHDiTClass(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, class_id=None, unconditional=None):
+    def checked(cls, inputs):
         # the model's class count is only known when sampling starts (checked there, in pixels/ids)
-        v = check_inputs(cls, class_id=class_id, unconditional=unconditional)
-        return v if isinstance(v, str) else True
+        try:
+            return super().checked(inputs)
+        except ValueError as exc:  # run time (API/demo calls): the node's name leads, as in sampling's checks
+            raise ValueError(f"UltraResHDiTClass: {exc}") from None
 
     @classmethod
-    def execute(cls, class_id, unconditional=False):
-        v = check_inputs(
-            cls, class_id=class_id, unconditional=unconditional
-        )  # also for direct (API/demo) calls
-        if isinstance(v, str):
-            raise ValueError(f"UltraResHDiTClass: {v}")
+    def execute(cls, **inputs):
+        v = cls.checked(inputs)
         class_id, unconditional = v.class_id, v.unconditional
         placeholder = torch.zeros(1, 1, 1)
         pos_id = H.UNCOND if unconditional else int(class_id)
