@@ -28,6 +28,20 @@ def tiny(family: str, seed: int = 0):
     return harness_boot.tiny(family, seed)
 
 
+def return_freed_memory_to_os() -> None:
+    """Make glibc serve every allocation >= 64 KiB with mmap and unmap it on free, so RSS tracks
+    live tensors (by default the mmap threshold grows after frees and freed blocks stay in the
+    heap, which hides the next call's allocations)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
     """Peak resident memory of this process above the level at start, sampled every 5 ms (CPU).
     On CUDA use torch.cuda.max_memory_allocated instead."""

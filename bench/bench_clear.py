@@ -32,21 +32,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS  # noqa: E402
+from _common import PeakRSS, return_freed_memory_to_os  # noqa: E402
 
-
-def _return_freed_memory_to_os() -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_return_freed_memory_to_os()
+return_freed_memory_to_os()
 
 HEADS, HEAD_DIM, TEXT = 24, 128, 512
 WINDOW, DOWN = 16, 4

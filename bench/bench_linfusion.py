@@ -27,24 +27,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS, boot  # noqa: E402
+from _common import PeakRSS, boot, return_freed_memory_to_os  # noqa: E402
 
-
-def _return_freed_memory_to_os() -> None:
-    """Make glibc serve every allocation >= 64 KiB with mmap and unmap it on free, so RSS tracks
-    live tensors (by default the mmap threshold grows after frees and freed blocks stay in the
-    heap, which hides the next call's allocations)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_return_freed_memory_to_os()
+return_freed_memory_to_os()
 
 DIM, HEADS = 320, 8
 BUDGET_S = 1200.0  # skip a softmax size predicted to take longer than this per call
