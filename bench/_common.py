@@ -74,6 +74,26 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
+def timed_with_peak(fn, repeats: int, clock=time.perf_counter) -> tuple[float, float]:
+    """(median seconds by ``clock``, peak RSS MiB above the start of a call) over ``repeats`` calls of
+    ``fn`` under ``torch.inference_mode``, garbage collected before each."""
+    import gc
+    import statistics
+
+    import torch
+
+    times, peak = [], 0.0
+    for _ in range(repeats):
+        gc.collect()
+        with PeakRSS() as mem, torch.inference_mode():
+            start = clock()
+            out = fn()
+            times.append(clock() - start)
+        del out
+        peak = max(peak, mem.mib)
+    return statistics.median(times), peak
+
+
 @contextmanager
 def timer():
     out = {}

@@ -25,34 +25,21 @@ from __future__ import annotations
 
 import gc
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS, return_freed_memory_to_os  # noqa: E402
+from _common import return_freed_memory_to_os, timed_with_peak  # noqa: E402
 
 return_freed_memory_to_os()
 
 HEADS, HEAD_DIM, TEXT = 24, 128, 512
 WINDOW, DOWN = 16, 4
+CLOCK = time.process_time  # CPU seconds of all threads: steadier than wall time on a shared machine
 FULL_BUDGET_S = 60.0  # a full-attention call predicted longer than this runs on a subset of rows
 SUBQUAD_ROWS = 512  # sub-quadratic attention is always measured on this many query rows (scaled)
-
-
-def _timed(fn, repeats: int):
-    times, peak = [], 0.0
-    for _ in range(repeats):
-        gc.collect()
-        with PeakRSS() as mem, torch.inference_mode():
-            start = time.process_time()
-            out = fn()
-            times.append(time.process_time() - start)
-        peak = max(peak, mem.mib)
-        del out
-    return statistics.median(times), peak
 
 
 def _scaled(fn, q, k, v, n_rows: int, repeats: int):
@@ -62,9 +49,9 @@ def _scaled(fn, q, k, v, n_rows: int, repeats: int):
     chunk and does not)."""
     seq = q.shape[2]
     if n_rows >= seq:
-        t, m = _timed(lambda: fn(q, k, v), repeats)
+        t, m = timed_with_peak(lambda: fn(q, k, v), repeats, CLOCK)
         return t, m, "measured"
-    t, m = _timed(lambda: fn(q[:, :, :n_rows], k, v), 1)
+    t, m = timed_with_peak(lambda: fn(q[:, :, :n_rows], k, v), 1, CLOCK)
     rest = 2 * (seq - n_rows) * q.shape[1] * q.shape[3] * q.element_size() / 2**20
     return t * seq / n_rows, m + rest, f"scaled from {n_rows} rows"
 
@@ -87,7 +74,7 @@ def _one_size(C, A, side: int, prev, g, sw):
         return A.attention_sub_quad(q, k, v, HEADS, skip_reshape=True)
 
     repeats = 1 if side >= 256 else 2
-    t_clear, m_clear = _timed(clear, repeats)
+    t_clear, m_clear = timed_with_peak(clear, repeats, CLOCK)
     predicted = prev[1] * (seq / prev[0]) ** 2 if prev is not None else 0.0
     rows_sdpa = max(256, int(seq * FULL_BUDGET_S / predicted / 2)) if predicted > FULL_BUDGET_S else seq
     t_sdpa, m_sdpa, how = _scaled(sdpa, q, k, v, rows_sdpa, repeats)

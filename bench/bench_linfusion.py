@@ -18,36 +18,19 @@ linear in tokens, UNet step at 2048^2 >= 2x faster.
 
 from __future__ import annotations
 
-import gc
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS, boot, return_freed_memory_to_os  # noqa: E402
+from _common import boot, return_freed_memory_to_os, timed_with_peak  # noqa: E402
 
 return_freed_memory_to_os()
 
 DIM, HEADS = 320, 8
 BUDGET_S = 1200.0  # skip a softmax size predicted to take longer than this per call
 SUB_QUAD_MAX = 16384  # ComfyUI's CPU default is measured up to here only (it is slower than SDPA)
-
-
-def _timed(fn, repeats):
-    times = []
-    peak = 0
-    for _ in range(repeats):
-        gc.collect()
-        with PeakRSS() as mem, torch.inference_mode():
-            start = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - start)
-        del out
-        peak = max(peak, mem.peak - mem.base)
-    return statistics.median(times), peak / 2**20
 
 
 def operator_rows(quick: bool):
@@ -72,12 +55,12 @@ def operator_rows(quick: bool):
         reps = 3 if n <= 16384 else 1
         with torch.inference_mode():
             q, k, v = softmax.to_q(x), softmax.to_k(x), softmax.to_v(x)
-        t_proj, _ = _timed(
+        t_proj, _ = timed_with_peak(
             lambda x=x: softmax.to_out(softmax.to_v(x) + softmax.to_k(x) + softmax.to_q(x)), reps
         )
-        t_core, m_core = _timed(lambda q=q, k=k, v=v: linear_attention(q, k, v, HEADS), reps)
-        t_lin, m_lin = _timed(lambda x=x: lin(x), reps)
-        t_chunk, m_chunk = _timed(lambda x=x: lin(x, chunk_size=16384), reps)
+        t_core, m_core = timed_with_peak(lambda q=q, k=k, v=v: linear_attention(q, k, v, HEADS), reps)
+        t_lin, m_lin = timed_with_peak(lambda x=x: lin(x), reps)
+        t_chunk, m_chunk = timed_with_peak(lambda x=x: lin(x, chunk_size=16384), reps)
         row = {
             "tokens": n,
             "linfusion_core_s": t_core,
@@ -98,7 +81,7 @@ def operator_rows(quick: bool):
                     f"(quadratic from {prev[0]} tokens)"
                 )
                 continue
-            t, m = _timed(lambda q=q, k=k, v=v, fn=fn: fn(q, k, v, HEADS), reps)
+            t, m = timed_with_peak(lambda q=q, k=k, v=v, fn=fn: fn(q, k, v, HEADS), reps)
             row[name + "_core_s"], row[name + "_core_MiB"] = t, m
             last[name] = (n, t)
         results[n] = row
@@ -186,7 +169,7 @@ def unet_rows(quick: bool, results_out: dict):
             m.patch_model()
             try:
                 fn = lambda m=m, x=x, sigma=sigma: m.model.apply_model(x, sigma, c_crossattn=ctx)  # noqa: E731
-                timings[label] = _timed(fn, 1 if px >= 2048 else 2)
+                timings[label] = timed_with_peak(fn, 1 if px >= 2048 else 2)
             finally:
                 m.unpatch_model()
             print(f"  unet {px}^2 {label}: {timings[label]}", flush=True)
